@@ -1,0 +1,24 @@
+"""edgedistill: distil a teacher into a student that fits a device, export it, measure it.
+
+The public API, in pipeline order (later stages arrive with later releases):
+
+    profile  load_profile, list_profiles, local_profile
+    plan     load_teacher, plan, PlanConfig, predict
+"""
+from .errors import EdgeDistillError, MachineError, PlanError, ProfileError, TeacherError
+from .profiles import DeviceProfile, list_profiles, load_profile, profile_names
+from .machine import local_profile, machine_info
+from .arch import ModelShape, shape_from_config
+from .teacher import Teacher, load_teacher
+from .costmodel import Prediction, predict
+from .plan import Plan, PlanConfig, plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EdgeDistillError", "MachineError", "PlanError", "ProfileError", "TeacherError",
+    "DeviceProfile", "list_profiles", "load_profile", "profile_names",
+    "local_profile", "machine_info",
+    "ModelShape", "shape_from_config", "Teacher", "load_teacher",
+    "Prediction", "predict", "Plan", "PlanConfig", "plan",
+]

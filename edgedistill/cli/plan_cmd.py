@@ -1,0 +1,86 @@
+"""``edgedistill plan``: choose a student for a teacher and a target device, and say why."""
+from __future__ import annotations
+
+import argparse
+import re
+
+from ..errors import EdgeDistillError
+from ..plan import DEFAULT_SPEEDUP, PlanConfig, plan
+from .table import table
+
+
+def parse_count(text: str) -> int:
+    """'500M', '1.5B', '2e8' or '123456' -> an int."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
+    if not m:
+        raise EdgeDistillError(f"--max-params {text!r} is not a number.",
+                               "write e.g. --max-params 500M, 1.5B or 120000000")
+    mult = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("plan", help="choose a student that fits a device",
+                       description="Enumerate student shapes of the teacher's family, predict "
+                       "memory and latency on the target, and choose the most capable one that "
+                       "fits. Needs only the teacher's config.json.")
+    p.add_argument("--teacher", default=None,
+                   help="local HF model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--target", default="laptop",
+                   help="profile name, 'local' (measure this machine) or a YAML file "
+                   "(default: laptop)")
+    p.add_argument("--speedup", type=float, default=None,
+                   help=f"required speedup over the teacher on the target (default "
+                   f"{DEFAULT_SPEEDUP:g}, relaxed with a note when out of reach; 1 = targets "
+                   "only)")
+    p.add_argument("--max-params", default=None, help="cap on student size, e.g. 500M")
+    p.add_argument("--deploy", default=None, metavar="FORMAT:QUANT",
+                   help="size for this format and quantization (default: the profile's first)")
+    p.add_argument("--top", type=int, default=8, help="rows of the candidate table")
+    return p
+
+
+def _speed(pred: dict) -> str:
+    if pred.get("encoder_batch_ms") is not None:
+        return f"{pred['encoder_batch_ms']:.1f} ms/batch"
+    return f"{pred['decode_tokens_per_s']:.1f} tok/s"
+
+
+def run(args) -> int:
+    from . import emit_json
+
+    cfg = PlanConfig(speedup=args.speedup,
+                     max_params=parse_count(args.max_params) if args.max_params else None,
+                     deploy=args.deploy, top=args.top)
+    result = plan(args.teacher, args.target, cfg)
+    doc = result.to_dict()
+    if args.json:
+        emit_json(doc)
+        return 0
+    t, s, d = doc["teacher"], doc["student"], doc["deployment"]
+    print(f"target   {doc['target']['name']} ({doc['target']['device']})")
+    print(f"deploy   {d['runtime']} {d['format']}:{d['quant']}")
+    print(f"teacher  {t['name']}: {t['family']}, {t['params']:,} params")
+    print(f"student  {s['family']}, {s['params']:,} params ({s['params_ratio']:.0%} of teacher)")
+    print()
+    encoder = s["predicted"].get("encoder_batch_ms") is not None
+    speed_h = "ms/batch" if encoder else "decode tok/s"
+    rows = [["teacher", "", t["shape"]["num_layers"], t["shape"]["hidden_size"],
+             t["shape"]["intermediate_size"], f"{t['params'] / 1e6:.1f}M",
+             f"{t['predicted']['memory_gb']:.3f}", _speed(t["predicted"]),
+             "meets targets" if t["meets_targets"] else "; ".join(t["failures"])]]
+    for c in doc["candidates"]:
+        mark = "*" if (c["layers"], c["hidden_size"], c["intermediate_size"]) == (
+            s["shape"]["num_layers"], s["shape"]["hidden_size"],
+            s["shape"]["intermediate_size"]) else ""
+        rows.append([mark, "" if c["fits"] else "no", c["layers"], c["hidden_size"],
+                     c["intermediate_size"], f"{c['params'] / 1e6:.1f}M",
+                     f"{c['predicted']['memory_gb']:.3f}", _speed(c["predicted"]),
+                     "fits" if c["fits"] else "; ".join(c["failures"])])
+    print(table(["", "fits", "layers", "hidden", "ffn", "params", "mem GB", speed_h, "why"],
+                rows))
+    print()
+    for line in doc["explanation"]:
+        print(f"- {line}")
+    print("\n(figures: predicted, uncalibrated roofline; --json for the student's config)")
+    return 0

@@ -1,0 +1,164 @@
+"""Roofline cost model: memory, decode speed, prefill time and encoder batch time of a shape
+deployed at a quantization on a device profile.
+
+    decode token  = max(bytes read / (BW * bw_eff), FLOPs / (peak * c_eff))
+                    + layers * layer_overhead + call_overhead
+    prefill       = max(FLOPs / (peak * c_eff), weight bytes / (BW * bw_eff)) per call
+                    + calls * (layers * layer_overhead + call_overhead)
+
+The coefficients (bw_eff, c_eff, overheads) are a :class:`~edgedistill.profiles.CostModel`;
+the profile carries defaults, and a calibration from measurements replaces them. Every figure
+this module returns is a prediction and is labelled so. Pure Python.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .arch import ModelShape
+from .formats import QuantType, quant_type
+from .profiles import CostModel, DeviceProfile
+
+# llama.cpp's fallbacks when a row (the matrix's input dimension) is not a multiple of the
+# block: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 when not even 32 divides it
+# (llama-quant.cpp, llama_tensor_get_type). Bits per weight of the fallback type.
+_KQUANT_FALLBACK_BPW = {"q4_k_m": 5.5, "q5_k_m": 6.0, "q6_k": 8.5}
+RUNTIME_BUFFER_BYTES = 64 * 2**20
+"""Fixed runtime overhead (code, graph, scratch) counted in every memory prediction."""
+
+
+def matrix_bpw(q: QuantType, row: int, block: int = 32) -> float:
+    """Bits per weight that ``q`` really stores for a matrix whose rows have ``row`` entries."""
+    if q.format == "gguf" and q.name in _KQUANT_FALLBACK_BPW and row % 256:
+        return _KQUANT_FALLBACK_BPW[q.name] if row % 32 == 0 else 16.0
+    if q.format == "gguf" and q.name in ("q8_0", "q4_0") and row % 32:
+        return 16.0
+    if q.format == "onnx" and q.name == "int4":
+        return 4.0 + 36 / block if row % block == 0 else 32.0  # MatMulNBits skips the matrix
+    return q.bits_per_weight
+
+
+def row_alignment(shape: ModelShape) -> int:
+    """Largest of 256/64/32 that divides every matrix row (hidden, FFN, q_dim)."""
+    for m in (256, 64, 32):
+        if all(d % m == 0 for d in (shape.hidden_size, shape.intermediate_size, shape.q_dim)):
+            return m
+    return 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted figures for one shape at one format:quant on one profile."""
+
+    format: str
+    quant: str
+    weights_gb: float
+    kv_cache_gb: float
+    memory_gb: float
+    """Weights + KV cache at the profile's context + runtime buffers."""
+    decode_tokens_per_s: float | None
+    prefill_ms: float | None
+    prefill_tokens_per_s: float | None
+    encoder_batch_ms: float | None
+    sentences_per_s: float | None
+    flops_per_token: float
+    decode_bytes_per_token: float
+    fallback_note: str
+    """Non-empty when rows force a quantization to fall back to a wider type."""
+    label: str = "predicted"
+    basis: str = "roofline, uncalibrated (profile defaults)"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _weight_bytes(s: ModelShape, q: QuantType, block: int) -> tuple[float, float, str]:
+    """(bytes of all weights, bytes of the matrices one decode step streams, fallback note)."""
+    h, f, qd = s.hidden_size, s.intermediate_size, s.q_dim
+    bpw_h, bpw_f, bpw_q = (matrix_bpw(q, r, block) for r in (h, f, qd))
+    attn = (h * qd + 2 * h * s.kv_dim) * bpw_h + qd * h * bpw_q
+    mlp = (2 * h * f * bpw_h + h * f * bpw_f) if not s.is_encoder else (h * f * bpw_h + f * h * bpw_f)
+    layer_bits = s.num_layers * (attn + mlp + 32 * s.layer_vector_params())
+    emb_bits = s.embedding_params() * bpw_h
+    head_bits = s.head_params() * bpw_h
+    total = (layer_bits + emb_bits + head_bits) / 8
+    # One decode step reads every layer matrix, the output matrix, and one embedding row.
+    out_bits = s.output_matrix_params() * bpw_h
+    streamed = (layer_bits + out_bits + h * bpw_h) / 8
+    note = ""
+    if q.format == "gguf" and (bpw_h, bpw_f, bpw_q) != (q.bits_per_weight,) * 3:
+        bad = sorted({r for r, b in ((h, bpw_h), (f, bpw_f), (qd, bpw_q))
+                      if b != q.bits_per_weight})
+        note = (f"rows of {bad} are not multiples of the {q.name} block; "
+                "llama.cpp stores those matrices in a wider type")
+    return total, streamed, note
+
+
+def layer_flops(s: ModelShape, tokens: int, context: int, causal: bool) -> float:
+    """FLOPs of the transformer layers for ``tokens`` new tokens attending to ``context``."""
+    matmul = 2 * s.num_layers * s.layer_matrix_params() * tokens
+    # scores (QK^T) and weighted sum (AV): 2 * 2 * q_dim per (query, key) pair
+    pairs = tokens * context - (tokens * (tokens - 1) / 2 if causal else 0)
+    return matmul + 4 * s.num_layers * s.q_dim * pairs
+
+
+def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
+            coeffs: CostModel | None = None) -> Prediction:
+    """Predict memory and latency of ``shape`` as ``fmt:quant`` on ``profile``."""
+    q = quant_type(fmt, quant)
+    c = coeffs or profile.cost_model
+    block = profile.constraints.int4_block_size
+    weights, streamed, note = _weight_bytes(shape, q, block)
+    bw = profile.memory.bandwidth_gbps * 1e9 * c.bandwidth_efficiency
+    peak = profile.peak_tflops(q.compute_dtype) * 1e12 * c.compute_efficiency
+    vec_peak = profile.peak_tflops("fp32") * 1e12 * c.compute_efficiency
+    layer_s = shape.num_layers * c.layer_overhead_us * 1e-6
+    call_s = c.call_overhead_us * 1e-6
+    lt = profile.latency_targets
+    n_weights = shape.num_layers * shape.layer_matrix_params() + shape.output_matrix_params()
+
+    def weights_pass(tokens: int, context: int, causal: bool, logits_tokens: int) -> float:
+        flops = (layer_flops(shape, tokens, context, causal)
+                 + 2 * shape.output_matrix_params() * logits_tokens)
+        dequant = q.dequant_ops_per_weight * n_weights
+        return max(flops / peak + dequant / vec_peak, streamed / bw)
+
+    if shape.is_encoder:
+        seq, batch = lt.encoder_seq_len, lt.encoder_batch
+        act = batch * seq * (4 * shape.hidden_size + shape.intermediate_size) * 4
+        scores = batch * shape.num_heads * seq * seq * 4
+        memory = weights + act + scores + RUNTIME_BUFFER_BYTES
+        flops = layer_flops(shape, seq, seq, causal=False) * batch
+        t = max(flops / peak, streamed / bw) + layer_s + call_s
+        return Prediction(fmt, quant, weights / 1e9, 0.0, memory / 1e9, None, None, None,
+                          t * 1e3, batch / t, flops / (batch * seq), streamed, note)
+
+    ctx = profile.context_length
+    kv_elem = shape.kv_cache_elements(ctx)
+    kv_bytes = kv_elem * q.kv_bytes
+    # Prefill scratch: activations and attention scores of one prompt chunk, plus its logits.
+    chunk = profile.constraints.prefill_chunk or min(lt.prompt_tokens, 512)
+    scratch = chunk * (4 * shape.hidden_size + 2 * shape.intermediate_size
+                       + shape.vocab_size) * 4 + chunk * min(ctx, 4096) * shape.num_heads * 4
+    memory = weights + kv_bytes + scratch + RUNTIME_BUFFER_BYTES
+
+    # Decode one token at the end of a prompt: read all streamed weights and the KV cache.
+    context = lt.prompt_tokens
+    kv_read = shape.kv_cache_elements(context) * q.kv_bytes
+    flops_tok = layer_flops(shape, 1, context, causal=True) + 2 * shape.output_matrix_params()
+    t_mem = (streamed + kv_read) / bw
+    t_cmp = flops_tok / peak + q.dequant_ops_per_weight * n_weights / vec_peak
+    t_tok = max(t_mem, t_cmp) + layer_s + call_s
+
+    # Prefill of the prompt, in fixed chunks on static-shape devices.
+    p = lt.prompt_tokens
+    if profile.constraints.static_shapes:
+        step = profile.constraints.prefill_chunk
+        calls = math.ceil(p / step)
+        t_pre = sum(weights_pass(step, (i + 1) * step, True, 1) for i in range(calls))
+    else:
+        calls = 1
+        t_pre = weights_pass(p, p, True, 1)
+    t_pre += calls * (layer_s + call_s)
+    return Prediction(fmt, quant, weights / 1e9, kv_bytes / 1e9, memory / 1e9, 1 / t_tok,
+                      t_pre * 1e3, p / t_pre, None, None, flops_tok, streamed + kv_read, note)

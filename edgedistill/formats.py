@@ -1,0 +1,96 @@
+"""Export formats, quantization types and runtimes, as data.
+
+Bits per weight are those of the formats themselves (ggml block layouts, onnxruntime's
+MatMulNBits), so the planner's memory figures follow from the file layout, not a guess.
+Pure Python: imported by the planner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """One quantization a format can be written in."""
+
+    format: str
+    """File format: ``gguf`` or ``onnx``."""
+    name: str
+    """Name as the user writes it (``q4_k_m``, ``int8``, ``qdq_a16w8``)."""
+    bits_per_weight: float
+    """Average stored bits per weight of a 2-D weight matrix, scales included."""
+    compute_dtype: str
+    """Dtype whose peak compute bounds prefill (a key of a profile's ``compute_tflops``)."""
+    kv_bytes: int
+    """Bytes per element of the KV cache the runtime keeps at this quantization."""
+    activation_bits: int
+    """Bits of the activations (16/32 for float; 8 or 16 for static QDQ)."""
+    dequant_ops_per_weight: float
+    """Extra scalar operations per weight per decoded token to unpack it (0 for floats)."""
+    static: bool = False
+    """True for static (calibrated) QDQ, the only kind NPUs run."""
+
+
+# ggml block sizes (gguf-py GGML_QUANT_SIZES): Q8_0 34 B / 32, Q6_K 210 B / 256,
+# Q5_K 176 B / 256, Q4_K 144 B / 256, Q4_0 18 B / 32. The _M mixes keep attn_v and half of
+# ffn_down at Q6_K, which raises their average (llama.cpp quantize's table: 4.89 and 5.70 bpw
+# on Llama-3-8B).
+_GGUF = [
+    QuantType("gguf", "f32", 32.0, "fp32", 2, 32, 0.0),
+    QuantType("gguf", "f16", 16.0, "fp16", 2, 32, 0.0),
+    QuantType("gguf", "bf16", 16.0, "bf16", 2, 32, 0.0),
+    QuantType("gguf", "q8_0", 8.5, "int8", 2, 32, 1.0),
+    QuantType("gguf", "q6_k", 6.5625, "int8", 2, 32, 2.0),
+    QuantType("gguf", "q5_k_m", 5.70, "int8", 2, 32, 2.0),
+    QuantType("gguf", "q4_k_m", 4.89, "int8", 2, 32, 2.0),
+    QuantType("gguf", "q4_0", 4.5, "int8", 2, 32, 1.5),
+]
+# onnxruntime: int8 dynamic keeps one fp32 scale per tensor (or channel); MatMulNBits int4 keeps
+# an fp32 scale and a 4-bit zero point per block of 32 (the block size is a profile choice).
+# QDQ: per-channel int8/int4 weights with int8 or int16 activations (Qualcomm's 8a8w,
+# 16a8w and 16a4w schemes for HTP).
+_ONNX = [
+    QuantType("onnx", "fp32", 32.0, "fp32", 4, 32, 0.0),
+    QuantType("onnx", "fp16", 16.0, "fp16", 2, 16, 0.0),
+    QuantType("onnx", "int8", 8.0, "int8", 4, 32, 1.0),
+    QuantType("onnx", "int4", 4.0 + 36 / 32, "int8", 4, 32, 2.0),
+    QuantType("onnx", "qdq_a8w8", 8.0, "int8", 1, 8, 0.0, static=True),
+    QuantType("onnx", "qdq_a16w8", 8.0, "int16", 2, 16, 0.0, static=True),
+    QuantType("onnx", "qdq_a16w4", 4.0, "int16", 2, 16, 1.0, static=True),
+]
+
+# The student's own HF folder (safetensors), as torch on CUDA runs it.
+_HF = [
+    QuantType("hf", "bf16", 16.0, "bf16", 2, 16, 0.0),
+    QuantType("hf", "fp16", 16.0, "fp16", 2, 16, 0.0),
+]
+
+QUANT_TYPES: dict[tuple[str, str], QuantType] = {
+    (q.format, q.name): q for q in _GGUF + _ONNX + _HF
+}
+FORMATS: tuple[str, ...] = ("gguf", "onnx", "hf")
+
+# Runtime -> (format it loads, where it runs). The order of a profile's `runtimes` is its
+# preference; the first one's format is the deployment format the planner sizes for.
+RUNTIMES: dict[str, tuple[str, str]] = {
+    "llama.cpp": ("gguf", "cpu"),
+    "llama.cpp-cuda": ("gguf", "gpu"),
+    "llama.cpp-metal": ("gguf", "gpu"),
+    "onnxruntime-cpu": ("onnx", "cpu"),
+    "onnxruntime-cuda": ("onnx", "gpu"),
+    "onnxruntime-qnn": ("onnx", "npu"),
+    "torch-cuda": ("hf", "gpu"),
+}
+
+
+def quant_type(fmt: str, name: str) -> QuantType:
+    """Look up a quantization; raises KeyError with the valid names listed."""
+    try:
+        return QUANT_TYPES[(fmt, name)]
+    except KeyError:
+        valid = ", ".join(n for f, n in QUANT_TYPES if f == fmt) or "none"
+        raise KeyError(f"unknown {fmt} quantization {name!r}; valid: {valid}") from None
+
+
+def quant_names(fmt: str) -> list[str]:
+    return [n for f, n in QUANT_TYPES if f == fmt]

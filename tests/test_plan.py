@@ -1,0 +1,133 @@
+import subprocess
+import sys
+
+import pytest
+
+from edgedistill.errors import PlanError, TeacherError
+from edgedistill.plan import DEFAULT_SPEEDUP, PlanConfig, enumerate_candidates, plan
+from edgedistill.profiles import load_profile
+from edgedistill.teacher import load_teacher
+
+
+def test_plan_is_pure_python():
+    code = ("import sys, edgedistill.plan, edgedistill.cli; "
+            "bad = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["tinyllama-1.1b", "qwen2-0.5b", "mistral-7b"])
+def test_laptop_student_is_smaller_and_fits(teacher_dir, name):
+    pl = plan(str(teacher_dir(name)), "laptop")
+    t, s = pl.teacher.shape, pl.student.shape
+    assert s.family == t.family and s.vocab_size == t.vocab_size and s.head_dim == t.head_dim
+    assert s.total_params() < t.total_params()
+    p = pl.student.prediction
+    assert p.memory_gb <= load_profile("laptop").memory.budget_gb
+    assert p.decode_tokens_per_s >= pl.requirements["decode_tokens_per_s"]
+    assert p.prefill_ms <= pl.requirements["prefill_ms"]
+    assert s.hidden_size % s.num_heads == 0 and s.num_heads % s.num_kv_heads == 0
+    assert p.label == "predicted"
+
+
+def test_phone_npu_student_differs_and_respects_npu_constraints(teacher_dir):
+    folder = str(teacher_dir("tinyllama-1.1b"))
+    laptop, npu = plan(folder, "laptop"), plan(folder, "phone-npu")
+    s = npu.student.shape
+    assert s != laptop.student.shape
+    assert s.total_params() < npu.teacher.shape.total_params()
+    assert npu.format == "onnx" and npu.quant.startswith("qdq_")
+    for d in (s.hidden_size, s.intermediate_size, s.q_dim):
+        assert d % 64 == 0
+    assert npu.student.prediction.memory_gb <= 3.0
+    assert any("Static shapes" in line for line in npu.explanation)
+
+
+def test_large_teacher_is_shrunk_to_fit_the_phone(teacher_dir):
+    pl = plan(str(teacher_dir("mistral-7b")), "phone-npu")
+    assert not pl.teacher_meets_targets
+    assert any("memory" in f for f in pl.teacher_failures)
+    assert pl.student.prediction.memory_gb <= 3.0
+    assert pl.student.shape.total_params() < 0.5 * pl.teacher.shape.total_params()
+
+
+def test_small_teacher_meets_targets_and_gets_the_default_speedup(teacher_dir):
+    pl = plan(str(teacher_dir("qwen2-0.5b")), "consumer-gpu")
+    assert pl.teacher_meets_targets
+    assert "already meets" in pl.explanation[0]
+    want = DEFAULT_SPEEDUP * pl.teacher_prediction.decode_tokens_per_s
+    assert pl.student.prediction.decode_tokens_per_s >= want
+
+
+def test_speedup_and_max_params_bound_the_choice(teacher_dir):
+    folder = str(teacher_dir("tinyllama-1.1b"))
+    fast = plan(folder, "laptop", PlanConfig(speedup=4))
+    base = plan(folder, "laptop")
+    assert fast.student.shape.total_params() < base.student.shape.total_params()
+    capped = plan(folder, "laptop", PlanConfig(max_params=200_000_000))
+    assert capped.student.shape.total_params() <= 200_000_000
+
+
+def test_nothing_fits_says_which_constraint_and_by_how_much(teacher_dir):
+    with pytest.raises(PlanError) as e:
+        plan(str(teacher_dir("mistral-7b")), "laptop", PlanConfig(speedup=1000))
+    msg = str(e.value)
+    assert "even the smallest candidate" in msg and "decode" in msg and "x faster" in msg
+    with pytest.raises(PlanError, match="below the smallest candidate"):
+        plan(str(teacher_dir("tinyllama-1.1b")), "laptop", PlanConfig(max_params=1000))
+    with pytest.raises(PlanError, match="not allowed by profile"):
+        plan(str(teacher_dir("tinyllama-1.1b")), "laptop", PlanConfig(deploy="gguf:q2_k"))
+
+
+def test_candidates_prefer_k_quant_rows(teacher_dir):
+    t = load_teacher(teacher_dir("tinyllama-1.1b"))
+    shapes = enumerate_candidates(t.shape, load_profile("laptop"))
+    widths = {s.hidden_size for s in shapes}
+    assert all(w % 256 == 0 for w in widths)
+    assert all(s.intermediate_size % 256 == 0 for s in shapes)
+    assert all(s.total_params() < t.shape.total_params() for s in shapes)
+
+
+def test_default_teacher_is_the_bundled_minilm():
+    pl = plan(None, "laptop")
+    assert pl.teacher.shape.family == "bert" and pl.student.shape.family == "bert"
+    assert pl.format == "onnx"  # sentence embedders deploy through onnxruntime
+    assert pl.student.prediction.encoder_batch_ms <= pl.requirements["encoder_batch_ms"]
+    assert pl.student.shape.total_params() < pl.teacher.shape.total_params()
+
+
+def test_default_speedup_relaxes_with_a_note_when_out_of_reach():
+    pl = plan(None, "phone-npu")
+    assert any("out of reach" in line for line in pl.explanation)
+    with pytest.raises(PlanError):
+        plan(None, "phone-npu", PlanConfig(speedup=2.0))
+
+
+def test_teacher_errors(tmp_path):
+    with pytest.raises(TeacherError, match="does not exist"):
+        load_teacher(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "weights.bin").write_text("x")
+    with pytest.raises(TeacherError, match=r"has no config.json \(it holds: weights.bin\)"):
+        load_teacher(tmp_path / "empty")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(TeacherError, match="not valid JSON"):
+        load_teacher(tmp_path / "broken")
+
+
+def test_hub_id_without_network_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")
+    with pytest.raises(TeacherError, match="could not be fetched: HF_HUB_OFFLINE is set"):
+        load_teacher("some-org/some-model")
+
+
+def test_hub_id_from_local_cache(tmp_path, monkeypatch):
+    snap = tmp_path / "models--acme--tiny" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    from conftest import REAL_CONFIGS, write_config
+    write_config(snap, REAL_CONFIGS["tinyllama-1.1b"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    t = load_teacher("acme/tiny")
+    assert t.shape.family == "llama" and t.path is None
