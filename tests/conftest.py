@@ -60,3 +60,81 @@ def teacher_dir(tmp_path):
         cfg = REAL_CONFIGS.get(name) or TINY_CONFIGS[name]
         return write_config(tmp_path / name, cfg)
     return make
+
+
+# -- small real models (trained here, so verification thresholds mean something) ------------
+
+@pytest.fixture(scope="session")
+def trained_llama(tmp_path_factory):
+    """A tiny llama with a byte-level BPE tokenizer, trained for a few seconds on stdlib text."""
+    from edgedistill.toy import make_causal_lm
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "llama", hidden=64, layers=2, heads=4,
+                          kv_heads=2, ffn=128, vocab=320, steps=100, seq_len=64, batch=8,
+                          chars=150_000, lr=1e-2)
+
+
+@pytest.fixture(scope="session")
+def trained_qwen2(tmp_path_factory):
+    """A tiny qwen2 (tied embeddings, QKV bias), trained like trained_llama."""
+    from edgedistill.toy import make_causal_lm
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "qwen2", family="qwen2", hidden=64,
+                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=100,
+                          seq_len=64, batch=8, chars=150_000, lr=1e-2)
+
+
+def sentencepiece_llama(folder: Path, keep_model_file: bool = True, legacy: bool = True) -> Path:
+    """A tiny llama with a real SentencePiece BPE tokenizer (byte fallback), random weights.
+    ``legacy=True`` is the Llama-2 / Mistral tokenizer.json layout (a space prefix on every
+    text segment); ``legacy=False`` prefixes only the start of the text."""
+    import sentencepiece as spm
+    import torch
+    import transformers
+
+    from edgedistill.corpus import stdlib_sentences
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(stdlib_sentences()[:3000]))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "sp"),
+                                   vocab_size=600, model_type="bpe", byte_fallback=True,
+                                   character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0,
+                                   minloglevel=2)
+    slow = transformers.LlamaTokenizer(vocab_file=str(folder / "sp.model"), legacy=legacy)
+    fast = transformers.LlamaTokenizerFast(vocab_file=str(folder / "sp.model"), legacy=legacy,
+                                           from_slow=True)
+    out = folder / "model"
+    fast.save_pretrained(out)
+    if keep_model_file:
+        slow.save_pretrained(out)  # tokenizer.model beside tokenizer.json
+    else:
+        (out / "tokenizer.model").unlink(missing_ok=True)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=256)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+def tiny_sentence_bert(folder: Path) -> Path:
+    """A tiny BERT sentence embedder with the bundled MiniLM's WordPiece tokenizer and its
+    sentence-transformers pooling files, random weights."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from edgedistill.teacher import default_teacher_path
+
+    src = default_teacher_path()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json", "modules.json"):
+        shutil.copy2(src / name, folder / name)
+    shutil.copytree(src / "1_Pooling", folder / "1_Pooling", dirs_exist_ok=True)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  max_position_embeddings=128)
+    transformers.BertModel(cfg).save_pretrained(folder)
+    return folder

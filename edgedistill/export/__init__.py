@@ -1,0 +1,200 @@
+"""Export an HF model for a target, quantize it, and verify every artifact against torch.
+
+    export(student_dir, target) -> ExportResult
+
+For each format the profile allows (or ``formats``): write the float artifact, then each
+quantization, run every file in its own runtime on held-out text, and judge it against the
+thresholds table (export/parity.py). GGUF tokenizers are also checked token for token against
+the HF tokenizer. Nothing is reported as good without having been run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..arch import shape_from_config
+from ..errors import EdgeDistillError
+from ..profiles import DeviceProfile, load_profile
+from .parity import Verdict
+
+EXPORT_FORMATS = ("onnx", "gguf")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    formats: tuple[str, ...] | None = None
+    """Formats to write; default: those the profile allows (onnx, gguf)."""
+    quants: tuple[str, ...] | None = None
+    """Quantizations; default: every one the profile allows for the chosen formats."""
+    data: str | None = None
+    """Text for held-out verification and static-QDQ calibration; default: stdlib text."""
+    threads: int | None = None
+    """Threads for the runtimes; default: the profile's, at most this machine's cores."""
+    eval_sequences: int = 8
+    """Held-out sequences (causal LMs) compared token by token."""
+    seq_len: int = 128
+    """Tokens per held-out sequence."""
+    eval_sentences: int = 256
+    """Held-out sentences (encoders)."""
+
+
+@dataclass
+class Artifact:
+    path: Path
+    format: str
+    quant: str
+    verdict: Verdict
+    tensor_types: dict | None = None
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        return "error" if self.verdict.error else ("passed" if self.verdict.passed else "failed")
+
+    def to_dict(self) -> dict:
+        return {
+            "role": "student", "path": str(self.path), "format": self.format,
+            "quant": self.quant,
+            "size_bytes": self.path.stat().st_size if self.path.exists() else None,
+            "status": self.status, "parity": self.verdict.to_dict(),
+            "tensor_types": self.tensor_types, "note": self.note,
+        }
+
+
+@dataclass
+class ExportResult:
+    model_dir: Path
+    target: str
+    out_dir: Path
+    artifacts: list[Artifact] = field(default_factory=list)
+    tokenizer_parity: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(a.status == "passed" for a in self.artifacts)
+
+    def to_dict(self) -> dict:
+        return {"model": str(self.model_dir), "target": self.target, "out": str(self.out_dir),
+                "passed": self.passed, "tokenizer_parity": self.tokenizer_parity,
+                "artifacts": [a.to_dict() for a in self.artifacts]}
+
+
+def _log(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_formats(profile: DeviceProfile, config: ExportConfig) -> dict[str, list[str]]:
+    """{format: [quant, ...]} to write, checked against what the profile allows."""
+    allowed = {f: q for f, q in profile.formats.items() if f in EXPORT_FORMATS}
+    formats = list(config.formats or allowed)
+    for f in formats:
+        if f not in EXPORT_FORMATS:
+            raise EdgeDistillError(f"unknown export format {f!r}.",
+                                   f"use --formats with {', '.join(EXPORT_FORMATS)}")
+        if f not in allowed:
+            raise EdgeDistillError(f"profile {profile.name!r} does not allow format {f!r}.",
+                                   f"use --formats {','.join(allowed) or '(none)'}, or another "
+                                   "--target")
+    if config.quants is None:
+        return {f: list(allowed[f]) for f in formats}
+    out: dict[str, list[str]] = {f: [] for f in formats}
+    for q in config.quants:
+        homes = [f for f in formats if q in allowed[f]]
+        if not homes:
+            listed = ", ".join(f"{f}:{x}" for f in formats for x in allowed[f])
+            raise EdgeDistillError(f"quantization {q!r} is not allowed by profile "
+                                   f"{profile.name!r} for {', '.join(formats)}.",
+                                   f"use --quant with some of: {listed}")
+        for f in homes:
+            out[f].append(q)
+    return {f: qs for f, qs in out.items() if qs}
+
+
+def _eval_data(model_dir: Path, tok, encoder: bool, config: ExportConfig):
+    """(held-out items, calibration items): token-id sequences for causal LMs, sentences for
+    encoders. User data if given, else standard-library text."""
+    from ..corpus import split_holdout, stdlib_sentences, stdlib_source
+    from ..distill.data import load_texts
+
+    if encoder:
+        if config.data:
+            lines = [ln.strip() for t in load_texts(config.data) for ln in t.splitlines()]
+            sentences = list(dict.fromkeys(ln for ln in lines if len(ln) > 3))
+        else:
+            sentences = list(stdlib_sentences())
+        train, held = split_holdout(sentences)
+        held = held or sentences[-config.eval_sentences:]
+        return held[: config.eval_sentences], train[:64]
+    text = ("\n\n".join(load_texts(config.data)) if config.data
+            else stdlib_source(400_000))
+    ids = tok(text)["input_ids"]
+    L, n = config.seq_len, config.eval_sequences
+    chunks = [ids[i:i + L] for i in range(0, len(ids) - L + 1, L)]
+    if len(chunks) < 2:
+        raise EdgeDistillError(f"the data has {len(ids)} tokens; verification needs at least "
+                               f"{2 * L}.", "pass more text with --data")
+    held = chunks[-n:] if len(chunks) > n else chunks[len(chunks) // 2:]
+    calib = chunks[: max(1, min(16, len(chunks) - len(held)))]
+    return held, calib
+
+
+def export(student: str | Path, target: str | DeviceProfile = "laptop",
+           config: ExportConfig = ExportConfig(), out: str | Path | None = None) -> ExportResult:
+    """Export ``student`` (an HF folder) for ``target``; verify every artifact. Writes
+    ``<out>/onnx/``, ``<out>/gguf/`` and ``<out>/export.json``; returns the result."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(student)
+    if not (model_dir / "config.json").is_file():
+        raise EdgeDistillError(f"student {model_dir} is not an HF model folder (no config.json).",
+                               "pass the folder save_pretrained wrote, e.g. RUN_DIR/student")
+    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    shape = shape_from_config(cfg, str(model_dir / "config.json"))
+    plan = resolve_formats(prof, config)
+    out_dir = Path(out) if out else model_dir.parent / "export"
+    threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    held, calib = _eval_data(model_dir, tok, shape.is_encoder, config)
+    result = ExportResult(model_dir, prof.name, out_dir)
+    _log(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
+         + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
+    from .checks import Checker
+
+    checker = Checker(model_dir, shape, tok, held, threads, _log)
+    if "onnx" in plan:
+        result.artifacts += checker.onnx_artifacts(out_dir / "onnx", plan["onnx"], calib,
+                                                   prof.constraints.int4_block_size)
+    if "gguf" in plan:
+        arts, tp = checker.gguf_artifacts(out_dir / "gguf", plan["gguf"])
+        result.artifacts += arts
+        result.tokenizer_parity = tp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".export.json.tmp"
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    tmp.replace(out_dir / "export.json")
+    return result
+
+
+def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
+                    config: ExportConfig = ExportConfig()) -> Verdict:
+    """Check an existing artifact of ``student`` against torch (same data and thresholds as
+    :func:`export`)."""
+    from transformers import AutoTokenizer
+
+    from .checks import Checker
+
+    model_dir = Path(student)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    shape = shape_from_config(cfg, str(model_dir / "config.json"))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    held, _ = _eval_data(model_dir, tok, shape.is_encoder, config)
+    threads = config.threads or max(1, min(4, os.cpu_count() or 1))
+    return Checker(model_dir, shape, tok, held, threads, _log).verify(Path(path), fmt, quant)
+
+
+__all__ = ["ExportConfig", "ExportResult", "Artifact", "export", "resolve_formats",
+           "verify_artifact"]

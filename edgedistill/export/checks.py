@@ -1,0 +1,199 @@
+"""Write and check the artifacts of one model: the float file of each format, then each
+quantization, each run in its runtime and judged against torch (see export/__init__.py)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .parity import Verdict, embedding_figures, failed_to_run, judge, logit_figures, threshold_for
+from .runtimes import RuntimeFailure
+
+# Strings that trip tokenizers: code, unicode, whitespace runs, digits, special tokens.
+TOKENIZER_PROBES = [
+    "def f(x):\n    return x ** 2  # square\n",
+    "class Foo(Bar):\n\tpass\n\n\n",
+    "Hello, World! It's 3.14159 — naïve café, Zürich.",
+    "日本語のテキストと中文字符 и русский текст",
+    "emoji 🙂🚀 and symbols ©®™ ≤≥ ∑",
+    "a    b\t\tc\n\n\nd     ",
+    "   leading and trailing spaces   ",
+    "1234567890 + 0.5e-10 = x",
+    "URL: https://example.com/path?q=1&r=2#frag",
+    "MixedCASE words_with_underscores and-hyphens",
+    "",
+    " ",
+    "\n",
+]
+
+
+class Checker:
+    """Holds the torch reference for one model and checks artifacts against it."""
+
+    def __init__(self, model_dir: Path, shape, tok, held: list, threads: int, log):
+        from .onnx import sentence_pooling
+        from .runtimes import torch_causal_logits, torch_sentence_embeddings
+
+        self.model_dir, self.shape, self.tok, self.held = model_dir, shape, tok, held
+        self.threads, self.log = threads, log
+        self.encoder = shape.is_encoder
+        t0 = time.time()
+        if self.encoder:
+            self.pooling = sentence_pooling(model_dir)
+            self.ref = torch_sentence_embeddings(model_dir, held, self.pooling)
+        else:
+            self.ref = torch_causal_logits(model_dir, held)
+        log(f"torch reference on {len(held)} held-out "
+            f"{'sentences' if self.encoder else 'sequences'} ({time.time() - t0:.1f}s)")
+
+    def _outputs(self, path: Path, fmt: str):
+        """What ``path`` computes on the held-out items, run in its format's runtime."""
+        from . import runtimes as rt
+
+        if fmt == "onnx":
+            if self.encoder:
+                return rt.onnx_sentence_embeddings(path, self.tok, self.held, threads=self.threads)
+            return rt.onnx_causal_logits(path, self.held, self.threads)
+        if self.encoder:
+            return rt.gguf_sentence_embeddings(path, self.held, self.threads,
+                                               self.pooling.normalize)
+        return rt.gguf_causal_logits(path, self.held, self.threads)
+
+    def verify(self, path: Path, fmt: str, quant: str) -> Verdict:
+        """Run ``path`` in its runtime and judge it against torch with the table's thresholds."""
+        th = threshold_for(fmt, quant, self.encoder)
+        try:
+            got = self._outputs(path, fmt)
+        except (RuntimeFailure, OSError, ValueError) as e:
+            return failed_to_run(f"{type(e).__name__}: {e}", th)
+        except Exception as e:  # onnxruntime raises its own exception types on bad models
+            return failed_to_run(f"{type(e).__name__}: {str(e)[:300]}", th)
+        figs = embedding_figures(self.ref, got) if self.encoder else logit_figures(self.ref, got)
+        return judge(figs, th)
+
+    def _report(self, fmt: str, quant: str, path: Path, v: Verdict, t0: float) -> None:
+        key = "cosine" if self.encoder else "top1_agreement"
+        fig = v.figures.get(key)
+        shown = f"{key} {fig:.4f}" if fig is not None else (v.error or "")
+        size = f"{path.stat().st_size / 2**20:.1f} MiB" if path.exists() else "-"
+        self.log(f"{fmt}:{quant:<9} {size:>10}  {'passed' if v.passed else 'FAILED'}  {shown}"
+                 f"{'' if v.passed else '  (' + '; '.join(v.failures) + ')'}  "
+                 f"[{time.time() - t0:.1f}s]")
+
+    # -- ONNX ---------------------------------------------------------------------------------
+    def _calibration_feeds(self, fp32: Path, calib: list) -> list[dict]:
+        from .runtimes import _empty_past, onnx_causal_feeds, ort_session
+
+        sess = ort_session(fp32, self.threads)
+        if not self.encoder:
+            return [onnx_causal_feeds(sess, ids) | _empty_past(sess, 1) for ids in calib]
+        names = {i.name for i in sess.get_inputs()}
+        feeds = []
+        for i in range(0, len(calib), 8):
+            enc = self.tok(calib[i:i + 8], padding=True, truncation=True, max_length=128,
+                           return_tensors="np")
+            feeds.append({k: v.astype(np.int64) for k, v in enc.items() if k in names})
+        return feeds
+
+    def onnx_artifacts(self, out_dir: Path, quants: list[str], calib: list, block: int):
+        from ..quantize.onnx import quantize_onnx
+        from .onnx import export_onnx
+
+        t0 = time.time()
+        fp32 = export_onnx(self.model_dir, out_dir)
+        self.log(f"onnx: exported {fp32} ({time.time() - t0:.1f}s)")
+        feeds = None
+        arts = []
+        from . import Artifact
+
+        for quant in ["fp32"] + [q for q in quants if q != "fp32"]:
+            t0 = time.time()
+            if quant.startswith("qdq_") and feeds is None:
+                feeds = self._calibration_feeds(fp32, calib)
+            path = quantize_onnx(fp32, quant, block_size=block, calibration=feeds)
+            v = self.verify(path, "onnx", quant)
+            self._report("onnx", quant, path, v, t0)
+            arts.append(Artifact(path, "onnx", quant, v))
+        return arts
+
+    # -- GGUF ---------------------------------------------------------------------------------
+    def tokenizer_parity(self, gguf_path: Path) -> dict:
+        from .runtimes import gguf_tokenize
+
+        specials = [t for t in self.tok.all_special_tokens if t]
+        probes = list(TOKENIZER_PROBES)
+        probes += [f"{s}text{s} {s}" for s in specials[:4]]
+        samples = (self.held if self.encoder else
+                   [self.tok.decode(ids) for ids in self.held])
+        probes += [s[:400] for s in samples[:24]]
+        try:
+            got = gguf_tokenize(gguf_path, probes)
+        except RuntimeFailure as e:
+            return {"passed": False, "cases": len(probes), "mismatches": None, "error": str(e)}
+        bad = []
+        for text, g in zip(probes, got):
+            h = self.tok(text, add_special_tokens=False)["input_ids"]
+            if list(h) != list(g):
+                bad.append({"text": text[:120], "hf": h[:24], "llama.cpp": g[:24]})
+        return {"passed": not bad, "cases": len(probes), "mismatches": len(bad),
+                "examples": bad[:3]}
+
+    def gguf_artifacts(self, out_dir: Path, quants: list[str]):
+        from ..quantize.gguf import quantize_gguf, tensor_types
+        from . import Artifact
+        from .gguf import FLOAT_TYPES, export_gguf
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        floats = [q for q in quants if q in FLOAT_TYPES]
+        quantized = [q for q in quants if q not in FLOAT_TYPES]
+        # Quantize from F32 (most accurate source); keep it only if it was asked for.
+        sources = floats + (["f32"] if quantized and "f32" not in floats else [])
+        arts, tp, scratch = [], None, []
+
+        def check(path: Path, quant: str, t0: float):
+            v = self.verify(path, "gguf", quant)
+            if tp is not None and not tp["passed"]:
+                v.passed = False
+                v.failures.append(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} "
+                                  "probe texts tokenize differently in llama.cpp")
+            types = tensor_types(path) if path.exists() and not v.error else None
+            note = _fallback_note(quant, types)
+            self._report("gguf", quant, path, v, t0)
+            arts.append(Artifact(path, "gguf", quant, v, types, note))
+
+        for ft in sources:
+            t0 = time.time()
+            path = export_gguf(self.model_dir, out_dir / f"model.{ft}.gguf", ft)
+            if tp is None:
+                tp = self.tokenizer_parity(path)
+                self.log(f"gguf: tokenizer parity {'passed' if tp['passed'] else 'FAILED'} "
+                         f"({tp['cases']} probe texts)")
+            if ft in floats:
+                check(path, ft, t0)
+            else:
+                scratch.append(path)
+        src = out_dir / "model.f32.gguf"
+        for q in quantized:
+            t0 = time.time()
+            path = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads)
+            check(path, q, t0)
+        for p in scratch:
+            p.unlink(missing_ok=True)
+        return arts, tp
+
+
+_EXPECTED = {"q8_0": {"Q8_0"}, "q6_k": {"Q6_K"}, "q5_k_m": {"Q5_K", "Q6_K"},
+             "q4_k_m": {"Q4_K", "Q6_K"}, "q4_0": {"Q4_0", "Q6_K"}}
+
+
+def _fallback_note(quant: str, types: dict | None) -> str:
+    """Say which weights llama.cpp stored in another type than asked (k-quant fallback)."""
+    if not types or quant not in _EXPECTED:
+        return ""
+    other = {t: n for t, n in types.items() if t not in _EXPECTED[quant] | {"F32"}}
+    if not other:
+        return ""
+    return ("llama.cpp stored " + ", ".join(f"{n} tensors as {t}" for t, n in other.items())
+            + f" (rows not divisible by the {quant} block)")
+

@@ -1,0 +1,229 @@
+"""HF folder -> GGUF (F32, F16 or BF16), written with gguf-py's GGUFWriter.
+
+Our own converter, after llama.cpp's conventions (tensor names, metadata keys, Q/K
+permutation for llama). Families: llama and mistral (llama architecture, permuted Q/K),
+qwen2 (QKV bias, no permutation), bert (embeddings, with pooling from sentence-transformers).
+Norms, biases and other 1-D tensors stay F32 whatever the file type, as llama.cpp expects.
+The file is written beside its destination and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..arch import shape_from_config
+from ..errors import EdgeDistillError
+from .gguf_vocab import build_vocab, special_ids, tokenizer_kind
+from .onnx import sentence_pooling
+
+FLOAT_TYPES = ("f32", "f16", "bf16")
+# file type ids (gguf LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_BF16
+_FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
+_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "bert": "bert"}
+
+# HF name (after the family prefix is removed) -> GGUF name; {i} is the layer index.
+_DECODER_NAMES = {
+    "embed_tokens.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "layers.{i}.self_attn.q_proj": "blk.{i}.attn_q",
+    "layers.{i}.self_attn.k_proj": "blk.{i}.attn_k",
+    "layers.{i}.self_attn.v_proj": "blk.{i}.attn_v",
+    "layers.{i}.self_attn.o_proj": "blk.{i}.attn_output",
+    "layers.{i}.mlp.gate_proj": "blk.{i}.ffn_gate",
+    "layers.{i}.mlp.up_proj": "blk.{i}.ffn_up",
+    "layers.{i}.mlp.down_proj": "blk.{i}.ffn_down",
+    "layers.{i}.input_layernorm": "blk.{i}.attn_norm",
+    "layers.{i}.post_attention_layernorm": "blk.{i}.ffn_norm",
+}
+_BERT_NAMES = {
+    "embeddings.word_embeddings": "token_embd",
+    "embeddings.position_embeddings": "position_embd",
+    "embeddings.token_type_embeddings": "token_types",
+    "embeddings.LayerNorm": "token_embd_norm",
+    "encoder.layer.{i}.attention.self.query": "blk.{i}.attn_q",
+    "encoder.layer.{i}.attention.self.key": "blk.{i}.attn_k",
+    "encoder.layer.{i}.attention.self.value": "blk.{i}.attn_v",
+    "encoder.layer.{i}.attention.output.dense": "blk.{i}.attn_output",
+    "encoder.layer.{i}.attention.output.LayerNorm": "blk.{i}.attn_output_norm",
+    "encoder.layer.{i}.intermediate.dense": "blk.{i}.ffn_up",
+    "encoder.layer.{i}.output.dense": "blk.{i}.ffn_down",
+    "encoder.layer.{i}.output.LayerNorm": "blk.{i}.layer_output_norm",
+}
+_BERT_DROP = ("embeddings.position_ids", "pooler.", "cls.")
+_ALWAYS_F32 = ("position_embd", "token_types")
+
+
+@lru_cache(maxsize=None)
+def _compiled(family: str) -> list:
+    """The name table as regexes: ``{i}`` matches the layer index, and a key matches its own
+    ``.weight`` / ``.bias`` too."""
+    table = _BERT_NAMES if family == "bert" else _DECODER_NAMES
+    out = []
+    for key, value in table.items():
+        body = re.escape(key).replace(r"\{i\}", r"(?P<i>\d+)")
+        if "(?P<i>" not in body:
+            body += "(?P<i>)"
+        out.append((re.compile(body + r"(?P<suffix>\.(?:weight|bias))?"), value))
+    return out
+
+
+def gguf_name(hf_name: str, family: str) -> str | None:
+    """GGUF tensor name of an HF parameter; None for tensors llama.cpp does not use."""
+    name = hf_name
+    for prefix in ("model.", "bert."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if family == "bert":
+        if name.startswith(_BERT_DROP):
+            return None
+        name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
+    for pattern, value in _compiled(family):
+        m = pattern.fullmatch(name)
+        if m:
+            layer, suffix = m.group("i"), m.group("suffix") or ""
+            return (value.replace("{i}", layer) if layer else value) + suffix
+    raise EdgeDistillError(f"tensor {hf_name!r} of this {family} model has no GGUF name.",
+                           "the checkpoint has weights edgedistill does not know; export ONNX")
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half rope layout -> llama.cpp's interleaved pairs, per head:
+    rows (n_head, 2, hd/2) -> (n_head, hd/2, 2). Works for weights (rows, cols) and biases."""
+    shape = w.shape
+    return (w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:])
+            .swapaxes(1, 2).reshape(shape))
+
+
+def _load_state(model_dir: Path):
+    """Yield (name, float32 numpy array) from the folder's safetensors files."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise EdgeDistillError(f"{model_dir} has no .safetensors weights.",
+                               "save the model with save_pretrained(safe_serialization=True)")
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                yield k, st.get_tensor(k).float().numpy()
+
+
+def _write_tensor(w, name: str, arr: np.ndarray, ftype: str) -> None:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    keep_f32 = (arr.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight")
+                or name.startswith(_ALWAYS_F32))
+    if keep_f32 or ftype == "f32":
+        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
+    elif ftype == "f16":
+        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float16))
+    else:
+        data = quantize(np.ascontiguousarray(arr, dtype=np.float32), GGMLQuantizationType.BF16)
+        w.add_tensor(name, data, raw_dtype=GGMLQuantizationType.BF16)
+
+
+def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16") -> Path:
+    """Write the HF model in ``model_dir`` as a GGUF file of type ``ftype`` (f32/f16/bf16).
+    Raises EdgeDistillError for an unsupported family, tokenizer or type."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    if ftype not in FLOAT_TYPES:
+        raise EdgeDistillError(f"GGUF export writes {', '.join(FLOAT_TYPES)}, not {ftype!r}.",
+                               "quantized types are made from the float file (quantize stage)")
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    shape = shape_from_config(cfg, str(model_dir / "config.json"))
+    family, arch = shape.family, _ARCH[shape.family]
+    kind = tokenizer_kind(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = build_vocab(model_dir, tok, shape.vocab_size)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        _metadata(w, arch, cfg, shape, model_dir, ftype)
+        _tokenizer(w, vocab, tok, kind, cfg)
+        for name, arr in _load_state(model_dir):
+            gname = gguf_name(name, family)
+            if gname is None:
+                continue
+            if arch == "llama" and gname.split(".")[-2] in ("attn_q", "attn_k"):
+                heads = shape.num_heads if ".attn_q." in gname else shape.num_kv_heads
+                arr = permute_qk(arr, heads)
+            _write_tensor(w, gname, arr, ftype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str) -> None:
+    w.add_name(model_dir.name)
+    w.add_file_type(_FILE_TYPE[ftype])
+    w.add_quantization_version(2)
+    w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
+    w.add_embedding_length(shape.hidden_size)
+    w.add_block_count(shape.num_layers)
+    w.add_feed_forward_length(shape.intermediate_size)
+    w.add_head_count(shape.num_heads)
+    if arch == "bert":
+        from gguf import PoolingType
+
+        w.add_layer_norm_eps(float(cfg.get("layer_norm_eps", 1e-12)))
+        w.add_causal_attention(False)
+        pooling = sentence_pooling(model_dir)
+        w.add_pooling_type(PoolingType.CLS if pooling.mode == "cls" else PoolingType.MEAN)
+        w.add_token_type_count(int(cfg.get("type_vocab_size", 2)))
+        return
+    w.add_head_count_kv(shape.num_kv_heads)
+    w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+    w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    w.add_rope_dimension_count(shape.head_dim)
+    if shape.head_dim * shape.num_heads != shape.hidden_size or "head_dim" in cfg:
+        w.add_key_length(shape.head_dim)
+        w.add_value_length(shape.head_dim)
+    if arch == "llama":
+        w.add_vocab_size(shape.vocab_size)
+    rope = cfg.get("rope_scaling") or {}
+    rtype = rope.get("rope_type") or rope.get("type")
+    if rtype not in (None, "default"):
+        raise EdgeDistillError(f"rope scaling {rtype!r} is not supported by the GGUF writer yet.",
+                               "export this model to ONNX (--formats onnx)")
+
+
+def _tokenizer(w, vocab, tok, kind: str, cfg: dict) -> None:
+    w.add_tokenizer_model(vocab.model)
+    if vocab.pre:
+        w.add_tokenizer_pre(vocab.pre)
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.types)
+    if vocab.scores is not None:
+        w.add_token_scores(vocab.scores)
+    if vocab.merges:
+        w.add_token_merges(vocab.merges)
+    if vocab.add_space_prefix is not None:
+        w.add_add_space_prefix(vocab.add_space_prefix)
+    ids = special_ids(tok, kind)
+    setters = {"bos": w.add_bos_token_id, "eos": w.add_eos_token_id, "unk": w.add_unk_token_id,
+               "pad": w.add_pad_token_id, "sep": w.add_sep_token_id, "mask": w.add_mask_token_id}
+    for name, setter in setters.items():
+        if name in ids:
+            setter(ids[name])
+    w.add_add_bos_token(ids["add_bos"])
+    w.add_add_eos_token(ids["add_eos"])
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, str) and template:
+        w.add_chat_template(template)

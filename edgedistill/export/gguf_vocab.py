@@ -1,0 +1,222 @@
+"""Tokenizer metadata for GGUF, written the way llama.cpp reads it.
+
+Three kinds, detected from the HF tokenizer folder:
+
+- ``gpt2``: byte-level BPE (tokens, token types, merges, and a pre-tokenizer name that selects
+  the same split regex in llama.cpp: ``gpt-2``, ``llama-bpe`` or ``qwen2``);
+- ``llama``: SentencePiece (tokens, scores, types). From ``tokenizer.model`` the scores are the
+  model's own; from a BPE ``tokenizer.json`` with byte fallback they follow the merge ranks,
+  because llama.cpp's SPM tokenizer merges by score;
+- ``bert``: WordPiece, with llama.cpp's phantom-space spelling (``##`` stripped, word-initial
+  pieces prefixed with U+2581).
+
+Anything else is refused with the reason, never written approximately. Tokenizer parity is
+then checked by running llama.cpp's tokenizer (see parity checks in export/__init__.py).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EdgeDistillError
+
+# gguf TokenType values (gguf-py constants.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+_SPM_SPACE = "\u2581"
+
+# HF Split regexes of the byte-level BPE families llama.cpp knows, by pre-tokenizer name.
+_SPLIT_PRE = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+
+
+class TokenizerKindError(EdgeDistillError):
+    """A tokenizer that cannot be written as GGUF without changing how it tokenizes."""
+
+
+@dataclass
+class Vocab:
+    model: str
+    """tokenizer.ggml.model: gpt2, llama or bert."""
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] | None = None
+    pre: str | None = None
+    add_space_prefix: bool | None = None
+
+
+def _load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _pre_tokenizers(tj: dict) -> list[dict]:
+    pre = tj.get("pre_tokenizer") or {}
+    return pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+
+
+def tokenizer_kind(model_dir: Path) -> str:
+    """``gpt2``, ``llama`` or ``bert``; raises TokenizerKindError otherwise."""
+    tj = _load_json(model_dir / "tokenizer.json")
+    model = (tj.get("model") or {}).get("type")
+    if model == "WordPiece":
+        return "bert"
+    if model == "BPE":
+        if (tj["model"].get("byte_fallback") or
+                any(p.get("type") == "Metaspace" for p in _pre_tokenizers(tj))):
+            return "llama"
+        if any(p.get("type") == "ByteLevel" for p in _pre_tokenizers(tj)):
+            return "gpt2"
+    if not tj and (model_dir / "tokenizer.model").is_file():
+        return "llama"
+    if not tj and (model_dir / "vocab.txt").is_file():
+        return "bert"
+    raise TokenizerKindError(
+        f"{model_dir}: cannot write this tokenizer as GGUF (tokenizer.json model "
+        f"{model!r}, pre-tokenizer {[p.get('type') for p in _pre_tokenizers(tj)]}).",
+        "edgedistill writes byte-level BPE, SentencePiece and WordPiece tokenizers; export this "
+        "model to ONNX instead (--formats onnx)")
+
+
+def _gpt2_pre_name(tj: dict, where: Path) -> str:
+    pres = _pre_tokenizers(tj)
+    kinds = [p.get("type") for p in pres]
+    if kinds == ["ByteLevel"] and pres[0].get("use_regex", True):
+        if pres[0].get("add_prefix_space"):
+            raise TokenizerKindError(f"{where}: ByteLevel with add_prefix_space is not "
+                                     "supported by llama.cpp's gpt2 tokenizer.",
+                                     "export this model to ONNX instead (--formats onnx)")
+        return "gpt-2"
+    if kinds == ["Split", "ByteLevel"] and not pres[1].get("use_regex", True):
+        regex = (pres[0].get("pattern") or {}).get("Regex")
+        if regex in _SPLIT_PRE:
+            return _SPLIT_PRE[regex]
+    raise TokenizerKindError(
+        f"{where}: the byte-level BPE pre-tokenizer {kinds} has no llama.cpp equivalent "
+        "that edgedistill knows (known: GPT-2, Llama-3 and Qwen2 splits).",
+        "export this model to ONNX instead (--formats onnx), or file the tokenizer.json")
+
+
+def _base(tok, vocab_size: int) -> tuple[list[str], list[int], dict[int, str]]:
+    """Tokens by id (holes filled as UNUSED) and their types from the HF tokenizer."""
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    added = {t.content: t for t in tok.added_tokens_decoder.values()}
+    n = max(vocab_size, max(by_id) + 1)
+    tokens, types = [], []
+    for i in range(n):
+        t = by_id.get(i)
+        if t is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif t in added:
+            tokens.append(t)
+            types.append(CONTROL if added[t].special else USER_DEFINED)
+        else:
+            tokens.append(t)
+            types.append(NORMAL)
+    return tokens, types, by_id
+
+
+def build_vocab(model_dir: Path, tok, vocab_size: int) -> Vocab:
+    """Build the GGUF vocabulary of the tokenizer in ``model_dir`` (``tok`` is its HF
+    tokenizer). ``vocab_size`` is the model's (may exceed the tokenizer's: padded vocabs)."""
+    kind = tokenizer_kind(model_dir)
+    tj = _load_json(model_dir / "tokenizer.json")
+    if kind == "gpt2":
+        tokens, types, _ = _base(tok, vocab_size)
+        merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+        return Vocab("gpt2", tokens, types, merges=merges, pre=_gpt2_pre_name(tj, model_dir))
+    if kind == "bert":
+        tokens, types, _ = _base(tok, vocab_size)
+        special = set(tok.all_special_ids)
+        out = []
+        for i, t in enumerate(tokens):
+            if i in special or types[i] == CONTROL:
+                types[i] = CONTROL
+                out.append(t)
+            elif t.startswith("##"):
+                out.append(t[2:])
+            else:
+                out.append(_SPM_SPACE + t)
+        return Vocab("bert", out, types, pre="default")
+    return _spm_vocab(model_dir, tok, tj, vocab_size)
+
+
+def _spm_vocab(model_dir: Path, tok, tj: dict, vocab_size: int) -> Vocab:
+    sp_file = model_dir / "tokenizer.model"
+    if sp_file.is_file():
+        try:
+            import sentencepiece as spm
+        except ImportError:
+            spm = None
+        if spm is not None:
+            sp = spm.SentencePieceProcessor(model_file=str(sp_file))
+            tokens, types, scores = [], [], []
+            for i in range(sp.vocab_size()):
+                tokens.append(sp.id_to_piece(i))
+                scores.append(float(sp.get_score(i)))
+                types.append(UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else
+                             UNUSED if sp.is_unused(i) else BYTE if sp.is_byte(i) else NORMAL)
+            for t in tok.added_tokens_decoder.values():  # added on top of the SP model
+                if t.content not in tokens:
+                    tokens.append(t.content)
+                    scores.append(-1000.0)
+                    types.append(CONTROL if t.special else USER_DEFINED)
+            while len(tokens) < vocab_size:
+                tokens.append(f"[PAD{len(tokens)}]")
+                scores.append(-10000.0)
+                types.append(UNUSED)
+            return Vocab("llama", tokens, types, scores=scores,
+                         add_space_prefix=_adds_space_prefix(tok))
+    if not tj:
+        raise TokenizerKindError(f"{model_dir}: tokenizer.model needs the sentencepiece package.",
+                                 "pip install sentencepiece")
+    # BPE tokenizer.json with byte fallback: score = -merge rank, so llama.cpp's highest-score-
+    # first merging replays the BPE merge order.
+    tokens, types, _ = _base(tok, vocab_size)
+    rank = {}
+    for r, m in enumerate(tj["model"]["merges"]):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    scores = []
+    unk = tok.unk_token
+    for i, t in enumerate(tokens):
+        if types[i] == NORMAL and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            types[i] = BYTE
+        elif t == unk:
+            types[i] = UNKNOWN
+        scores.append(-float(rank[t]) if t in rank else (0.0 if types[i] == NORMAL else -1000.0))
+    return Vocab("llama", tokens, types, scores=scores,
+                 add_space_prefix=_adds_space_prefix(tok))
+
+
+def _adds_space_prefix(tok) -> bool:
+    """True when the HF tokenizer puts U+2581 before the first word (Llama/Mistral style).
+    Asked of the tokenizer itself: tokenizer.json, tokenizer_config's add_prefix_space and the
+    transformers version all decide it."""
+    ids = tok("a", add_special_tokens=False)["input_ids"]
+    first = tok.convert_ids_to_tokens(ids[:1])
+    return bool(first) and first[0].startswith(_SPM_SPACE)
+
+
+def special_ids(tok, kind: str) -> dict[str, int | bool]:
+    """bos/eos/unk/pad/sep/mask ids and the add_bos/add_eos flags, as HF applies them."""
+    out: dict[str, int | bool] = {}
+    if kind == "bert":
+        pairs = [("bos", tok.cls_token_id), ("eos", tok.sep_token_id), ("sep", tok.sep_token_id)]
+    else:
+        pairs = [("bos", tok.bos_token_id), ("eos", tok.eos_token_id)]
+    pairs += [("unk", tok.unk_token_id), ("pad", tok.pad_token_id), ("mask", tok.mask_token_id)]
+    for name, i in pairs:
+        if i is not None:
+            out[name] = int(i)
+    # What HF adds around a text decides the flags (tokenizer_config and post-processor alike).
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    out["add_bos"] = bool(len(full) > len(plain) and full[0] == out.get("bos"))
+    out["add_eos"] = bool(len(full) > len(plain) and full[-1] == out.get("eos"))
+    return out

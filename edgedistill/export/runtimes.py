@@ -1,0 +1,193 @@
+"""Run a model in each runtime and return what verification compares: logits per token for
+causal LMs, sentence embeddings for encoders, token ids for tokenizers.
+
+torch and onnxruntime run in this process. llama.cpp runs in a child process
+(:mod:`edgedistill.export.llama_worker`): a segfault there (they happen) becomes an error
+message, not a dead pipeline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .onnx import SENTENCE_EMBEDDING, Pooling
+
+
+class RuntimeFailure(RuntimeError):
+    """The runtime could not run the artifact (crash, load error, timeout)."""
+
+
+# -- torch (the reference) --------------------------------------------------------------------
+
+def torch_causal_logits(model_dir: Path, seqs: list[list[int]]) -> list[np.ndarray]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for ids in seqs:
+            logits = model(input_ids=torch.tensor([ids])).logits[0]  # (T, V)
+            out.append(logits.float().numpy())
+    return out
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
+    """sentence-transformers pooling in numpy: (B, S, H), (B, S) -> (B, H)."""
+    if pooling.mode == "cls":
+        v = hidden[:, 0]
+    else:
+        m = mask[..., None].astype(hidden.dtype)
+        v = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    if pooling.normalize:
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v
+
+
+def torch_sentence_embeddings(model_dir: Path, texts: list[str], pooling: Pooling,
+                              max_len: int = 128, batch: int = 32) -> np.ndarray:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch):
+            enc = tok(texts[i:i + batch], padding=True, truncation=True, max_length=max_len,
+                      return_tensors="pt")
+            hidden = model(**enc).last_hidden_state.float().numpy()
+            out.append(pool(hidden, enc["attention_mask"].numpy(), pooling))
+    return np.concatenate(out)
+
+
+# -- onnxruntime ------------------------------------------------------------------------------
+
+def ort_session(path: Path, threads: int | None = None, providers=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _empty_past(sess, batch: int) -> dict:
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values"):
+            _, heads, _, dim = i.shape
+            feeds[i.name] = np.zeros((batch, heads, 0, dim), _ORT_FLOAT.get(i.type, np.float32))
+    return feeds
+
+
+def onnx_causal_feeds(sess, ids: list[int], past_len: int = 0) -> dict:
+    t = len(ids)
+    names = {i.name for i in sess.get_inputs()}
+    feeds = {"input_ids": np.array([ids], dtype=np.int64)}
+    if "attention_mask" in names:
+        feeds["attention_mask"] = np.ones((1, past_len + t), dtype=np.int64)
+    if "position_ids" in names:
+        feeds["position_ids"] = np.arange(past_len, past_len + t, dtype=np.int64)[None]
+    return feeds
+
+
+def onnx_causal_logits(path: Path, seqs: list[list[int]], threads: int | None = None,
+                       sess=None) -> list[np.ndarray]:
+    sess = sess or ort_session(path, threads)
+    out = []
+    for ids in seqs:
+        feeds = onnx_causal_feeds(sess, ids) | _empty_past(sess, 1)
+        logits = sess.run(["logits"], feeds)[0][0]  # (T, V)
+        out.append(logits.astype(np.float32))
+    return out
+
+
+def onnx_greedy(path: Path, prompt: list[int], new_tokens: int,
+                threads: int | None = None) -> list[int]:
+    """Greedy generation with the KV cache: one prefill call, then one call per token."""
+    sess = ort_session(path, threads)
+    outputs = [o.name for o in sess.get_outputs()]
+    feeds = onnx_causal_feeds(sess, prompt) | _empty_past(sess, 1)
+    ids, past_len = list(prompt), 0
+    for _ in range(new_tokens):
+        res = dict(zip(outputs, sess.run(outputs, feeds)))
+        nxt = int(res["logits"][0, -1].argmax())
+        past_len = len(ids)
+        ids.append(nxt)
+        feeds = onnx_causal_feeds(sess, [nxt], past_len)
+        for name in outputs:
+            if name.startswith("present."):
+                feeds[name.replace("present.", "past_key_values.")] = res[name]
+    return ids[len(prompt):]
+
+
+def onnx_sentence_embeddings(path: Path, tokenizer, texts: list[str], max_len: int = 128,
+                             batch: int = 32, threads: int | None = None) -> np.ndarray:
+    sess = ort_session(path, threads)
+    names = {i.name for i in sess.get_inputs()}
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=max_len,
+                        return_tensors="np")
+        feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+        out.append(sess.run([SENTENCE_EMBEDDING], feeds)[0])
+    return np.concatenate(out)
+
+
+# -- llama.cpp, in a child process -----------------------------------------------------------
+
+def llama_worker(task: dict, timeout: float = 600) -> dict:
+    """Run one task in :mod:`edgedistill.export.llama_worker`; raise RuntimeFailure when the
+    child crashes or fails. Arrays travel as .npy files in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="edgedistill-llama-") as tmp:
+        task = dict(task, workdir=tmp)
+        spec = Path(tmp) / "task.json"
+        spec.write_text(json.dumps(task))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        try:
+            r = subprocess.run([sys.executable, "-m", "edgedistill.export.llama_worker",
+                                str(spec)], capture_output=True, text=True, timeout=timeout,
+                               env=env)
+        except subprocess.TimeoutExpired:
+            raise RuntimeFailure(f"llama.cpp did not finish within {timeout:.0f} s") from None
+        if r.returncode != 0:
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            how = (f"killed by signal {-r.returncode}" if r.returncode < 0
+                   else f"exit status {r.returncode}")
+            raise RuntimeFailure(f"llama.cpp failed ({how}): {tail}")
+        result = json.loads((Path(tmp) / "result.json").read_text())
+        for key, name in list(result.items()):
+            if isinstance(name, str) and name.endswith(".npy"):
+                result[key] = np.load(Path(tmp) / name, allow_pickle=False)
+        return result
+
+
+def gguf_causal_logits(path: Path, seqs: list[list[int]], threads: int) -> list[np.ndarray]:
+    n_ctx = max(len(s) for s in seqs) + 8
+    res = llama_worker({"op": "logits", "model": str(path), "seqs": seqs, "n_ctx": n_ctx,
+                        "threads": threads})
+    return [res[f"logits_{i}"] for i in range(len(seqs))]
+
+
+def gguf_tokenize(path: Path, texts: list[str]) -> list[list[int]]:
+    return llama_worker({"op": "tokenize", "model": str(path), "texts": texts})["ids"]
+
+
+def gguf_sentence_embeddings(path: Path, texts: list[str], threads: int,
+                             normalize: bool) -> np.ndarray:
+    res = llama_worker({"op": "embed", "model": str(path), "texts": texts, "threads": threads,
+                        "normalize": normalize})
+    return res["embeddings"]
