@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..export import ExportConfig, export
 from .table import table
 
 
@@ -31,6 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ..export import ExportConfig, export  # heavy (numpy, onnx): only when exporting
     from . import emit_json
 
     cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
