@@ -76,6 +76,8 @@ def _weight_bytes(s: ModelShape, q: QuantType, block: int) -> tuple[float, float
     """(bytes of all weights, bytes of the matrices one decode step streams, fallback note)."""
     h, f, qd = s.hidden_size, s.intermediate_size, s.q_dim
     bpw_h, bpw_f, bpw_q = (matrix_bpw(q, r, block) for r in (h, f, qd))
+    if q.format == "onnx" and q.name == "int8":
+        bpw_f = 32.0  # FFN down projections stay float (quantize/onnx.py: ffn_down_nodes)
     attn = (h * qd + 2 * h * s.kv_dim) * bpw_h + qd * h * bpw_q
     mlp = (2 * h * f * bpw_h + h * f * bpw_f) if not s.is_encoder else (h * f * bpw_h + f * h * bpw_f)
     layer_bits = s.num_layers * (attn + mlp + 32 * s.layer_vector_params())

@@ -129,6 +129,11 @@ def _widths(t: ModelShape, preferred: int) -> list[int]:
     Multiples of lcm(preferred, head_dim * group) up to the teacher's width (whole heads, whole
     KV groups); where that leaves fewer than three, multiples of lcm(preferred, head_dim), then
     of lcm(64, head_dim). The teacher's own width is always tried (layer-pruned students)."""
+    if t.is_encoder:
+        # A sentence embedder's student keeps the teacher's width: its embeddings stay in the
+        # teacher's space, so an index built with the teacher still works (and cosine to the
+        # teacher is measurable). It shrinks in depth and FFN size.
+        return [t.hidden_size]
     group = max(1, t.num_heads // t.num_kv_heads)
     ws: list[int] = []
     for m, g in ((preferred, group), (preferred, 1), (64, group), (64, 1)):

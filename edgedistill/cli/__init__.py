@@ -13,9 +13,9 @@ import sys
 import traceback
 
 from ..errors import EdgeDistillError
-from . import export_cmd, plan_cmd, profiles_cmd
+from . import distill_cmd, export_cmd, plan_cmd, profiles_cmd
 
-VERBS = (profiles_cmd, plan_cmd, export_cmd)
+VERBS = (profiles_cmd, plan_cmd, distill_cmd, export_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

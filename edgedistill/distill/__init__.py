@@ -1,0 +1,228 @@
+"""Distillation: plan the student, build it from the teacher, train it on the teacher's soft
+targets, and save an HF folder.
+
+    distill(teacher, target, data, out) -> DistillResult
+
+Run folder: plan.json, student_init/ (before training), checkpoints/, train_log.jsonl,
+student/ (the result: safetensors, config, tokenizer), distill.json (figures).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..errors import EdgeDistillError
+from .losses import LOSSES, KDConfig
+from .loop import TrainConfig
+
+DEFAULT_CAUSAL_CHARS = 2_000_000
+"""Default causal-LM data: this many characters of standard-library source."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    seq_len: int = 256
+    """Tokens per packed training sequence (encoders: maximum sentence length)."""
+    val_fraction: float = 0.05
+    generate: int = 0
+    """Teacher-generated continuations to add (sequence-level KD); 0 = none."""
+    gen_tokens: int = 128
+    cache_topk: int = 0
+    """Cache the teacher's top-K logits once and train from the cache; 0 = live teacher."""
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    student_dir: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def _log(msg: str) -> None:
+    print(f"[distill] {msg}", file=sys.stderr, flush=True)
+
+
+def _quiet(msg: str) -> None:
+    """Logger of the non-main processes of a distributed run."""
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _teacher_weights_id(path: Path) -> list:
+    return sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+
+
+def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
+    """The student must read and write the teacher's token ids."""
+    from transformers import AutoTokenizer
+
+    a, b = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir)
+    if a.get_vocab() != b.get_vocab():
+        diff = len(set(a.get_vocab().items()) ^ set(b.get_vocab().items()))
+        raise EdgeDistillError(
+            f"the tokenizers of teacher {teacher_dir} and student {student_dir} differ "
+            f"({len(a)} vs {len(b)} tokens, {diff} entries differ).",
+            "use a student with the teacher's tokenizer (edgedistill builds one from the plan "
+            "when --student is not given)")
+
+
+def distill(teacher: str | Path | None = None, target: str = "laptop",
+            data: str | Path | None = None, out: str | Path = "runs/distill", *,
+            kd: KDConfig = KDConfig(), train: TrainConfig = TrainConfig(),
+            data_cfg: DataConfig = DataConfig(), init: str = "teacher",
+            student: str | Path | None = None, resume: bool = False,
+            plan_config=None, log=_log) -> DistillResult:
+    """Distil ``teacher`` into the student planned for ``target`` (or into ``student``, an
+    existing HF folder with the teacher's tokenizer), on ``data`` (default: stdlib text)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from ..plan import PlanConfig, plan
+    from ..student import build_student
+    from ..teacher import load_teacher
+
+    if kd.loss not in LOSSES:
+        raise EdgeDistillError(f"unknown loss {kd.loss!r}.", f"use --loss {'|'.join(LOSSES)}")
+    if data_cfg.cache_topk and kd.loss != "fkl":
+        raise EdgeDistillError("--cache-topk trains against a top-K teacher distribution, "
+                               f"which supports forward KL only, not {kd.loss!r}.",
+                               "use --loss fkl with --cache-topk, or drop --cache-topk")
+    run_dir = Path(out)
+    if resume and not (run_dir / "checkpoints" / "latest").is_file():
+        raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
+                               "run without --resume first, or point --out at the run folder")
+    t = load_teacher(teacher)
+    if t.path is None or not list(t.path.glob("*.safetensors")):
+        raise EdgeDistillError(f"teacher {t.name} has no local safetensors weights.",
+                               "download the model and pass its folder with --teacher PATH")
+    encoder = t.shape.is_encoder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(t.path)
+
+    # -- the student's shape --------------------------------------------------------------
+    if student is not None:
+        student = Path(student)
+        check_same_tokenizer(t.path, student)
+        student_cfg = json.loads((student / "config.json").read_text())
+    else:
+        pl = plan(t, target, plan_config or PlanConfig())
+        (run_dir / "plan.json").write_text(json.dumps(pl.to_dict(), indent=2, default=str))
+        student_cfg = pl.student_config
+        log(f"plan for {target}: {pl.student.shape.describe()} "
+            f"({pl.student.shape.total_params():,} params)")
+
+    # -- data -----------------------------------------------------------------------------
+    from .data import load_texts, pack, sentences_of, split_documents
+
+    if data is not None:
+        texts = load_texts(data)
+    elif encoder:
+        from ..corpus import stdlib_sentences
+        texts = list(stdlib_sentences())
+    else:
+        from ..corpus import stdlib_source
+        texts = [stdlib_source(DEFAULT_CAUSAL_CHARS)]
+    if encoder:
+        items = sentences_of(texts)
+        from ..corpus import split_holdout
+        train_items, val_items = split_holdout(items, data_cfg.val_fraction)
+        if not train_items or not val_items:
+            raise EdgeDistillError(f"the data has {len(items)} sentences; need at least 20.",
+                                   "pass more text with --data")
+        data_desc = {"sentences": len(items), "train": len(train_items), "val": len(val_items)}
+    else:
+        tr, va = split_documents(texts, data_cfg.val_fraction)
+        train_items = pack(tr, tok, data_cfg.seq_len)
+        val_items = pack(va, tok, data_cfg.seq_len)
+        data_desc = {"train_blocks": len(train_items), "val_blocks": len(val_items),
+                     "seq_len": data_cfg.seq_len,
+                     "train_tokens": int(train_items.numel())}
+    data_hash = _fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
+    fingerprint = _fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
+                               str(student), data_hash, asdict(kd), asdict(data_cfg), init,
+                               replace(train, steps=0, eval_every=0, save_every=0))
+    log(f"data: {data_desc}")
+
+    from accelerate import PartialState
+
+    # One process group for the whole run: rank 0 builds shared files first, the others wait.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        log = _quiet
+    auto = AutoModel if encoder else AutoModelForCausalLM
+    device = str(state.device)
+    teacher_model = auto.from_pretrained(t.path, dtype=torch.float32).to(device).eval()
+    for p in teacher_model.parameters():
+        p.requires_grad_(False)
+
+    # -- build (or reuse) the student ----------------------------------------------------
+    init_dir = run_dir / "student_init"
+    if student is not None:
+        init_dir = student
+    elif not state.is_main_process:
+        pass
+    elif not (resume and (init_dir / "config.json").is_file()):
+        calib = None
+        if init == "teacher":
+            if encoder:
+                calib = [dict(tok(train_items[:32], padding=True, truncation=True,
+                                  max_length=data_cfg.seq_len, return_tensors="pt"))]
+            else:
+                calib = [{"input_ids": train_items[i:i + 4]} for i in range(0, 16, 4)
+                         if i < len(train_items)]
+        build_student(t.path, student_cfg, init_dir, init=init, calibration=calib,
+                      seed=train.seed)
+    state.wait_for_everyone()
+    student_model = auto.from_pretrained(init_dir, dtype=torch.float32)
+    log(f"student from {init_dir} ({sum(p.numel() for p in student_model.parameters()):,} "
+        f"params, init={init if student is None else 'given'})")
+
+    from .recipes import causal_recipe, encoder_recipe
+
+    with state.main_process_first():  # generated data and the top-K cache are written once
+        recipe = (encoder_recipe if encoder else causal_recipe)(
+            t, tok, teacher_model, student_model, train_items, val_items, kd, train, data_cfg,
+            run_dir, device, log)
+    from .loop import train as run_training
+
+    t0 = time.time()
+    metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
+                           recipe.val_fn, recipe.train_cfg, run_dir, fingerprint, resume, log)
+    trained = metrics.pop("unwrapped")
+    student_dir = run_dir / "student"
+    if metrics.pop("is_main"):
+        _save_student(trained.student, init_dir, student_dir)
+        metrics |= {"data": data_desc, "teacher": str(t.path), "target": target,
+                    "init": init if student is None else str(student), "kd": asdict(kd),
+                    "data_config": asdict(data_cfg), **recipe.extra,
+                    "wall_seconds": time.time() - t0, "student_dir": str(student_dir)}
+        tmp = run_dir / ".distill.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2, default=str))
+        tmp.replace(run_dir / "distill.json")
+    return DistillResult(run_dir, student_dir, metrics)
+
+
+def _save_student(model, tokenizer_dir: Path, out: Path) -> None:
+    """save_pretrained + tokenizer, into a temp folder renamed into place."""
+    from ..student import copy_tokenizer
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    copy_tokenizer(tokenizer_dir, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+__all__ = ["DataConfig", "DistillResult", "KDConfig", "TrainConfig", "distill",
+           "check_same_tokenizer"]

@@ -58,3 +58,105 @@ def load_texts(path: str | Path) -> list[str]:
         raise EdgeDistillError(f"data {path} holds no text.",
                                "pass a non-empty text file, .jsonl, or folder")
     return texts
+
+
+# -- causal LMs: packed blocks ---------------------------------------------------------------
+
+def split_documents(texts: list[str], val_fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """(train, validation) documents. Several documents: a stable hash picks the held-out ones
+    (at least one). A single document: its last ``val_fraction`` of characters."""
+    from ..corpus import split_holdout
+
+    if len(texts) >= 20:
+        train, val = split_holdout(texts, val_fraction)
+        if val and train:
+            return train, val
+    if len(texts) > 1:
+        k = max(1, round(len(texts) * val_fraction))
+        return texts[:-k], texts[-k:]
+    text = texts[0]
+    cut = int(len(text) * (1 - val_fraction))
+    return [text[:cut]], [text[cut:]]
+
+
+def pack(texts: list[str], tok, seq_len: int):
+    """Token blocks (N, seq_len): documents tokenized, joined with EOS, cut into blocks."""
+    import torch
+
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tok(t, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+    n = len(ids) // seq_len
+    if n == 0:
+        raise EdgeDistillError(f"the data has {len(ids)} tokens, fewer than one block of "
+                               f"--seq-len {seq_len}.", "pass more text, or a smaller --seq-len")
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def sentences_of(texts: list[str]) -> list[str]:
+    """Encoder data: one sentence (or line) per item, deduplicated, order kept."""
+    from ..corpus import _SENT_END
+
+    out = []
+    for t in texts:
+        for line in t.splitlines():
+            out.extend(s.strip() for s in _SENT_END.split(line))
+    return list(dict.fromkeys(s for s in out if len(s) >= 3))
+
+
+def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt_len: int = 32,
+                           seed: int = 0, device="cpu", progress=None):
+    """Sequence-level KD data: the teacher samples ``n`` continuations of prompts drawn from
+    ``blocks``. Returns (n, prompt_len + new_tokens) token ids."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(blocks), (n,), generator=g)
+    out = []
+    torch.manual_seed(seed)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for i in range(0, n, 8):
+        prompts = blocks[rows[i:i + 8], :prompt_len].to(device)
+        with torch.inference_mode():
+            seq = teacher.generate(prompts, attention_mask=torch.ones_like(prompts),
+                                   do_sample=True, top_k=50, temperature=1.0,
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   pad_token_id=pad)
+        out.append(seq.cpu())
+        if progress:
+            progress(min(i + 8, n))
+    return torch.cat(out)
+
+
+def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", progress=None):
+    """Store the teacher's top-``k`` logits of every position of ``blocks`` under ``path``
+    (values fp16, ids int32, as .npy memmaps). Returns (values, ids, bytes_per_token)."""
+    import numpy as np
+    import torch
+
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    n, t = blocks.shape
+    done = path / "complete"
+    vals_f, ids_f = path / "values.npy", path / "ids.npy"
+    if done.is_file() and json.loads(done.read_text()) == {"n": n, "t": t, "k": k}:
+        return (np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6)
+    vals = np.lib.format.open_memmap(vals_f, "w+", np.float16, (n, t, k))
+    ids = np.lib.format.open_memmap(ids_f, "w+", np.int32, (n, t, k))
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            logits = teacher(input_ids=blocks[i:i + batch].to(device)).logits.float()
+            top = logits.topk(k, dim=-1)
+            vals[i:i + batch] = top.values.cpu().numpy().astype(np.float16)
+            ids[i:i + batch] = top.indices.cpu().numpy().astype(np.int32)
+            if progress:
+                progress(min(i + batch, n))
+    vals.flush()
+    ids.flush()
+    done.write_text(json.dumps({"n": n, "t": t, "k": k}))
+    return np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6

@@ -58,7 +58,9 @@ class Checker:
         if self.encoder:
             return rt.gguf_sentence_embeddings(path, self.held, self.threads,
                                                self.pooling.normalize)
-        return rt.gguf_causal_logits(path, self.held, self.threads)
+        # F32 KV cache: judge the file, not llama.cpp's default F16 cache (which alone moves
+        # logits by ~2e-2; the deployed quality with runtime defaults is the bench stage's).
+        return rt.gguf_causal_logits(path, self.held, self.threads, kv_f32=True)
 
     def verify(self, path: Path, fmt: str, quant: str) -> Verdict:
         """Run ``path`` in its runtime and judge it against torch with the table's thresholds."""

@@ -39,9 +39,10 @@ def main(spec_path: str) -> int:
         result["ids"] = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
                          for t in task["texts"]]
     elif op == "logits":
+        kv = {"type_k": 0, "type_v": 0} if task.get("kv_f32") else {}  # GGML_TYPE_F32
         llm = Llama(task["model"], n_ctx=task["n_ctx"], n_batch=task["n_ctx"],
                     n_threads=task["threads"], n_threads_batch=task["threads"],
-                    logits_all=True, verbose=False)
+                    logits_all=True, verbose=False, **kv)
         for i, ids in enumerate(task["seqs"]):
             llm.reset()
             llm.eval(ids)

@@ -34,7 +34,7 @@ THRESHOLDS: dict[tuple[str, str], Threshold] = {
     ("onnx", "qdq_a8w8"): Threshold(top1_agreement=0.90, kl=0.15),
     ("onnx", "qdq_a16w8"): Threshold(top1_agreement=0.95, kl=0.05),
     ("onnx", "qdq_a16w4"): Threshold(top1_agreement=0.92, kl=0.10),
-    ("gguf", "f32"): Threshold(max_abs_diff=5e-3, top1_agreement=0.999),
+    ("gguf", "f32"): Threshold(max_abs_diff=1e-3, top1_agreement=0.999),
     ("gguf", "f16"): Threshold(max_abs_diff=2e-2, top1_agreement=0.995),
     ("gguf", "bf16"): Threshold(max_abs_diff=1.5e-1, top1_agreement=0.98),
     ("gguf", "q8_0"): Threshold(top1_agreement=0.99, kl=0.01),

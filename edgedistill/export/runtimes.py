@@ -175,10 +175,11 @@ def llama_worker(task: dict, timeout: float = 600) -> dict:
         return result
 
 
-def gguf_causal_logits(path: Path, seqs: list[list[int]], threads: int) -> list[np.ndarray]:
+def gguf_causal_logits(path: Path, seqs: list[list[int]], threads: int,
+                       kv_f32: bool = False) -> list[np.ndarray]:
     n_ctx = max(len(s) for s in seqs) + 8
     res = llama_worker({"op": "logits", "model": str(path), "seqs": seqs, "n_ctx": n_ctx,
-                        "threads": threads})
+                        "threads": threads, "kv_f32": kv_f32})
     return [res[f"logits_{i}"] for i in range(len(seqs))]
 
 

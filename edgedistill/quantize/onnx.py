@@ -1,6 +1,7 @@
 """ONNX quantization with onnxruntime's quantizers.
 
-- ``int8``: dynamic quantization (int8 weights, activations quantized at run time);
+- ``int8``: dynamic quantization (int8 weights, activations quantized at run time), FFN down
+  projections kept float (activation outliers; see :func:`ffn_down_nodes`);
 - ``int4``: weight-only 4-bit MatMulNBits, block size from the profile;
 - ``qdq_a8w8`` / ``qdq_a16w8`` / ``qdq_a16w4``: static QDQ with activation ranges calibrated on
   the user's data (what NPUs run).
@@ -10,6 +11,7 @@ Each writes ``model.<quant>.onnx`` beside the float model, via a temporary file.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -67,7 +69,8 @@ def quantize_onnx(fp32_path: str | Path, quant: str, *, block_size: int = 32,
     try:
         if quant == "int8":
             quantize_dynamic(fp32_path, tmp, weight_type=QuantType.QInt8, per_channel=True,
-                             use_external_data_format=large)
+                             use_external_data_format=large,
+                             nodes_to_exclude=ffn_down_nodes(fp32_path))
         elif quant == "int4":
             _int4(fp32_path, tmp, block_size, large)
         elif quant == "fp16":
@@ -91,6 +94,17 @@ def quantize_onnx(fp32_path: str | Path, quant: str, *, block_size: int = 32,
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def ffn_down_nodes(path: Path) -> list[str]:
+    """MatMul nodes of the FFN down projections. Their inputs carry the activation outliers
+    of transformer FFNs; per-tensor dynamic int8 on them cost our trained test llama 30x more
+    KL to torch (0.0026 vs 0.00008) and 5 points of top-1 agreement, so they stay float."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and (
+        "down_proj" in n.name or re.search(r"/layer\.\d+/output/dense/", n.name))]
 
 
 def _int4(src: Path, dst: Path, block_size: int, large: bool) -> None:

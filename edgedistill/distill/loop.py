@@ -1,0 +1,268 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, validation, atomic
+checkpoints and exact resume. Runs as one process, or unchanged under ``accelerate launch`` /
+``torchrun`` (DDP; gloo on CPU, NCCL on GPU): each rank takes its slice of every global batch.
+
+Batches are addressed, not iterated: micro-batch j of the run is a fixed slice of a
+seeded permutation, so a resumed run sees exactly the batches the killed one would have.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import EdgeDistillError
+from .losses import HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss, layer_map, \
+    topk_kd_loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Sequences (encoders: sentences) per micro-batch per process."""
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: float = 0.05
+    """Share of the steps spent warming up the learning rate."""
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    hidden_weight: float = 0.0
+    """Weight of the hidden-state loss (causal LMs; encoders use 1.0 when 0 is given)."""
+    eval_every: int = 50
+    save_every: int = 50
+    eval_batches: int = 16
+    seed: int = 0
+
+
+class DistillModule(torch.nn.Module):
+    """Student plus the trainable parts of the loss; forward returns the loss. One module,
+    so DDP sees every parameter that the loss touches."""
+
+    def __init__(self, student, encoder: bool, kd: KDConfig, hidden: HiddenStateLoss | None,
+                 hidden_weight: float, vocab: int, pooling=None):
+        super().__init__()
+        self.student, self.hidden, self.hidden_weight = student, hidden, hidden_weight
+        self.encoder, self.kd, self.vocab, self.pooling = encoder, kd, vocab, pooling
+
+    def forward(self, batch: dict, teacher_out: dict) -> torch.Tensor:
+        want_states = self.hidden is not None
+        if self.encoder:
+            out = self.student(**batch, output_hidden_states=want_states)
+            s_emb = pool_embeddings(out.last_hidden_state, batch["attention_mask"], self.pooling)
+            loss = embedding_loss(s_emb, teacher_out["embedding"])
+            if want_states:
+                loss = loss + self.hidden_weight * self.hidden(
+                    out.hidden_states, teacher_out["states"], batch["attention_mask"])
+            return loss
+        ids = batch["input_ids"]
+        labels = ids[:, 1:].reshape(-1)
+        if "topk_values" in teacher_out:  # cached teacher: full student logits, top-K KD
+            logits = self.student(input_ids=ids).logits[:, :-1, : self.vocab]
+            k = teacher_out["topk_values"].shape[-1]
+            return topk_kd_loss(logits.reshape(-1, logits.shape[-1]),
+                                teacher_out["topk_values"][:, :-1].reshape(-1, k),
+                                teacher_out["topk_ids"][:, :-1].reshape(-1, k), labels, self.kd)
+        out = self.student.model(input_ids=ids, output_hidden_states=want_states)
+        h = out.last_hidden_state[:, :-1]
+        head = self.student.get_output_embeddings().weight
+        t_h, t_head = teacher_out["last_hidden"], teacher_out["head"]
+        loss = chunked_kd_loss(h.reshape(-1, h.shape[-1]), head,
+                               t_h.reshape(-1, t_h.shape[-1]), t_head, labels, self.kd,
+                               self.vocab)
+        if want_states:
+            loss = loss + self.hidden_weight * self.hidden(out.hidden_states,
+                                                             teacher_out["states"])
+        return loss
+
+
+def pool_embeddings(hidden, mask, pooling):
+    """sentence-transformers pooling in torch (mean or CLS, optional L2 normalisation)."""
+    if pooling is not None and pooling.mode == "cls":
+        v = hidden[:, 0]
+    else:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        v = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if pooling is not None and pooling.normalize:
+        v = torch.nn.functional.normalize(v, dim=-1)
+    return v
+
+
+def _lr_lambda(cfg: TrainConfig):
+    warm = max(1, int(cfg.warmup * cfg.steps))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, cfg.steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def micro_batch_indices(j: int, n: int, batch: int, world: int, rank: int, seed: int):
+    """Sample indices of micro-batch ``j`` for ``rank``: a fixed slice of a stream of seeded
+    permutations of range(n), so any (j, rank) is reproducible without replaying the run."""
+    per = batch * world
+    start = j * per
+    out = []
+    while len(out) < batch:
+        pos = start + rank * batch + len(out)
+        epoch, k = divmod(pos, n)
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        take = min(batch - len(out), n - k)
+        out.extend(perm[k:k + take].tolist())
+    return out
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    import numpy as np
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    import numpy as np
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, module, optimizer, scheduler, fingerprint: str,
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically (temp folder, rename, then the ``latest`` pointer)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step-{step:07d}"
+    tmp = ckpt_dir / f".tmp-step-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save({"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                "fingerprint": fingerprint}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    pointer = ckpt_dir / ".latest.tmp"
+    pointer.write_text(final.name)
+    pointer.replace(ckpt_dir / "latest")
+    for old in sorted(ckpt_dir.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict:
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise EdgeDistillError(f"--resume: no checkpoint in {ckpt_dir}.",
+                               "run once without --resume (checkpoints are written every "
+                               "--save-every steps)")
+    state = torch.load(ckpt_dir / latest.read_text().strip() / "state.pt", weights_only=False)
+    if state["fingerprint"] != fingerprint:
+        raise EdgeDistillError(f"--resume: the checkpoint in {ckpt_dir} was made with other "
+                               "inputs (teacher, data, student shape or hyper-parameters).",
+                               "resume with the original arguments, or use a new --out")
+    return state
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg: TrainConfig,
+          run_dir: Path, fingerprint: str, resume: bool = False, log=None) -> dict:
+    """Train ``module`` for ``cfg.steps`` optimizer steps.
+
+    teacher_fn(batch) -> teacher outputs (no grad); batch_fn(indices) -> batch dict;
+    val_fn(module) -> dict of validation figures. Returns the metrics dict (also written to
+    run_dir/train_log.jsonl as it goes)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    cuda = torch.cuda.is_available()
+    # cpu=True lets torchrun / accelerate launch start gloo process groups on CPU machines
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
+                      mixed_precision="bf16" if cuda else "no")
+    torch.manual_seed(cfg.seed)
+    decay = [p for n, p in module.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in module.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    ckpt_dir = run_dir / "checkpoints"
+    start = 0
+    if resume:
+        state = load_checkpoint(ckpt_dir, fingerprint)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start = state["step"]
+        if log:
+            log(f"resumed from step {start}")
+    model, opt = acc.prepare(module, opt)
+    world, rank = acc.num_processes, acc.process_index
+    log_path = run_dir / "train_log.jsonl"
+    history: list[dict] = []
+    bar = tqdm(total=cfg.steps, initial=start, disable=not acc.is_main_process,
+               desc="distill", unit="step", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    tokens, t0, loss_ema = 0, time.time(), None
+    for step in range(start, cfg.steps):
+        model.train()
+        step_loss = 0.0
+        for m in range(cfg.grad_accum):
+            j = step * cfg.grad_accum + m
+            batch = batch_fn(micro_batch_indices(j, n_train, cfg.batch_size, world, rank,
+                                                 cfg.seed))
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(model), acc.autocast():
+                with torch.no_grad():
+                    t_out = teacher_fn(batch)
+                loss = model(batch, t_out)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.clip:
+                    acc.clip_grad_norm_(model.parameters(), cfg.clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step_loss += loss.item() / cfg.grad_accum
+            tokens += batch["input_ids"].numel() * world
+        sched.step()
+        loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
+        rec = {"step": step + 1, "loss": step_loss, "lr": sched.get_last_lr()[0]}
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        last = step + 1 == cfg.steps
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+            model.eval()
+            with torch.no_grad():
+                rec |= {f"val_{k}": v for k, v in val_fn(acc.unwrap_model(model)).items()}
+            if log and acc.is_main_process:
+                log("step {step}: ".format(step=step + 1) + ", ".join(
+                    f"{k} {v:.4f}" for k, v in rec.items() if k.startswith("val_")))
+        history.append(rec)
+        if acc.is_main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or last):
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(ckpt_dir, step + 1, acc.unwrap_model(model), opt, sched,
+                                fingerprint)
+            acc.wait_for_everyone()
+    bar.close()
+    elapsed = time.time() - t0
+    final = next((r for r in reversed(history) if any(k.startswith("val_") for k in r)), {})
+    return {"steps": cfg.steps, "start_step": start, "seconds": elapsed,
+            "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "final_train_loss": history[-1]["loss"] if history else None,
+            "validation": {k[4:]: v for k, v in final.items() if k.startswith("val_")},
+            "world_size": world, "is_main": acc.is_main_process,
+            "unwrapped": acc.unwrap_model(model), "config": asdict(cfg)}

@@ -1,0 +1,187 @@
+"""Distillation losses.
+
+Token-level KD on logits: forward KL (teacher || student), reverse KL (student || teacher) and
+generalised JSD(beta), at temperature T (scaled by T**2, as in Hinton et al.), mixed with the
+usual cross-entropy on the data:
+
+    loss = kd_weight * KD + (1 - kd_weight) * CE
+
+Memory: for large vocabularies the (tokens x vocab) logits dominate. :func:`chunked_kd_loss`
+takes the *hidden states* and LM-head weights of both models and computes logits, loss and
+gradients a chunk of tokens at a time (a fused linear KD, after Liger-Kernel's fused linear
+cross-entropy): the full (B*T, V) logit or probability tensors never exist. :func:`kd_loss`
+is the plain formula on full logits, kept as the reference the chunked one is tested against.
+
+Teachers whose logit dimension is padded beyond the tokenizer (Qwen: 151936 rows for 151665
+tokens) are cut to the shared vocabulary first (``vocab`` argument).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("fkl", "rkl", "jsd")
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    loss: str = "fkl"
+    """fkl (forward KL, mode-covering), rkl (reverse KL, mode-seeking) or jsd."""
+    temperature: float = 1.0
+    kd_weight: float = 1.0
+    """Weight of KD against CE on the data; 0 is plain CE training (the honest baseline)."""
+    jsd_beta: float = 0.5
+    """JSD mixture weight: 0 behaves like forward KL, 1 like reverse KL."""
+    chunk_tokens: int = 1024
+    """Tokens per chunk in the chunked loss."""
+
+
+def _divergence(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: KDConfig) -> torch.Tensor:
+    """Sum over tokens of the divergence at temperature T (fp32). (N, V), (N, V) -> ()."""
+    T = cfg.temperature
+    s_log = F.log_softmax(s_logits.float() / T, dim=-1)
+    t_log = F.log_softmax(t_logits.float() / T, dim=-1)
+    if cfg.loss == "fkl":
+        d = (t_log.exp() * (t_log - s_log)).sum(-1)
+    elif cfg.loss == "rkl":
+        d = (s_log.exp() * (s_log - t_log)).sum(-1)
+    else:  # generalised JSD: beta * KL(t || m) + (1 - beta) * KL(s || m), m = beta t + (1-beta) s
+        b = cfg.jsd_beta
+        if b <= 0.0:
+            d = (t_log.exp() * (t_log - s_log)).sum(-1)
+        elif b >= 1.0:
+            d = (s_log.exp() * (s_log - t_log)).sum(-1)
+        else:
+            m_log = torch.logsumexp(torch.stack([t_log + math.log(b), s_log + math.log(1 - b)]),
+                                    dim=0)
+            d = (b * (t_log.exp() * (t_log - m_log)).sum(-1)
+                 + (1 - b) * (s_log.exp() * (s_log - m_log)).sum(-1))
+    return d.sum() * T * T
+
+
+def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor | None,
+            cfg: KDConfig, vocab: int | None = None) -> torch.Tensor:
+    """Plain (unchunked) KD + CE on full logits (N, V). Labels -100 are ignored, for both
+    terms. ``vocab`` cuts both to the shared vocabulary (padded teachers)."""
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; use one of {LOSSES}")
+    v = vocab or min(s_logits.shape[-1], t_logits.shape[-1])
+    s, t = s_logits[..., :v].reshape(-1, v), t_logits[..., :v].reshape(-1, v)
+    keep = (labels.reshape(-1) != -100) if labels is not None else torch.ones(len(s), dtype=bool)
+    n = keep.sum().clamp(min=1)
+    total = s.new_zeros((), dtype=torch.float32)
+    if cfg.kd_weight > 0:
+        total = total + cfg.kd_weight * _divergence(s[keep], t[keep], cfg) / n
+    if cfg.kd_weight < 1 and labels is not None:
+        ce = F.cross_entropy(s[keep].float(), labels.reshape(-1)[keep], reduction="sum")
+        total = total + (1 - cfg.kd_weight) * ce / n
+    return total
+
+
+class _ChunkedLinearKD(torch.autograd.Function):
+    """Loss and its gradients, one chunk of tokens at a time; saves only the gradients of the
+    (small) inputs for backward, never the logits."""
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, labels, cfg: KDConfig, vocab: int):
+        n_tokens = (labels != -100).sum().clamp(min=1)
+        g_hidden = torch.zeros_like(s_hidden)
+        g_weight = torch.zeros_like(s_weight)
+        total = torch.zeros((), dtype=torch.float32, device=s_hidden.device)
+        for i in range(0, s_hidden.shape[0], cfg.chunk_tokens):
+            sl = slice(i, i + cfg.chunk_tokens)
+            lab = labels[sl]
+            if not (lab != -100).any():
+                continue
+            with torch.enable_grad():
+                h = s_hidden[sl].detach().requires_grad_(True)
+                w = s_weight.detach().requires_grad_(True)
+                s_logits = h @ w[:vocab].T  # (chunk, V)
+                with torch.no_grad():
+                    t_logits = t_hidden[sl] @ t_weight[:vocab].T
+                loss = kd_loss(s_logits, t_logits, lab, cfg, vocab) * (lab != -100).sum()
+                gh, gw = torch.autograd.grad(loss, (h, w))
+            g_hidden[sl] += gh
+            g_weight += gw
+            total += loss.detach()
+        ctx.save_for_backward(g_hidden / n_tokens, g_weight / n_tokens)
+        return total / n_tokens
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        g_hidden, g_weight = ctx.saved_tensors
+        return g_hidden * grad_out, g_weight * grad_out, None, None, None, None, None
+
+
+def chunked_kd_loss(s_hidden: torch.Tensor, s_head: torch.Tensor, t_hidden: torch.Tensor,
+                    t_head: torch.Tensor, labels: torch.Tensor, cfg: KDConfig,
+                    vocab: int | None = None) -> torch.Tensor:
+    """KD + CE from final hidden states and LM-head weights, chunked over tokens.
+
+    s_hidden (N, Hs), s_head (Vs, Hs), t_hidden (N, Ht), t_head (Vt, Ht), labels (N,) with -100
+    for ignored positions. Equal to ``kd_loss(s_hidden @ s_head.T, t_hidden @ t_head.T, ...)``
+    in value and gradient, in O(chunk x V) extra memory. Gradients flow to s_hidden and s_head.
+    """
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; use one of {LOSSES}")
+    v = vocab or min(s_head.shape[0], t_head.shape[0])
+    return _ChunkedLinearKD.apply(s_hidden, s_head, t_hidden.detach(), t_head.detach(),
+                                  labels, cfg, v)
+
+
+def topk_kd_loss(s_logits: torch.Tensor, t_values: torch.Tensor, t_indices: torch.Tensor,
+                 labels: torch.Tensor | None, cfg: KDConfig) -> torch.Tensor:
+    """Forward KL against a cached top-K teacher distribution (renormalised over its K ids).
+    s_logits (N, V); t_values / t_indices (N, K) teacher logits and their ids."""
+    T = cfg.temperature
+    keep = labels.reshape(-1) != -100 if labels is not None else slice(None)
+    s_log = F.log_softmax(s_logits.float() / T, dim=-1)[keep]
+    t_log = F.log_softmax(t_values.float()[keep] / T, dim=-1)  # over the K cached ids
+    n = max(1, int(s_log.shape[0]))
+    kd = (t_log.exp() * (t_log - s_log.gather(-1, t_indices[keep].long()))).sum() * T * T / n
+    total = cfg.kd_weight * kd
+    if cfg.kd_weight < 1 and labels is not None:
+        ce = F.cross_entropy(s_logits.float()[keep], labels.reshape(-1)[keep])
+        total = total + (1 - cfg.kd_weight) * ce
+    return total
+
+
+class HiddenStateLoss(torch.nn.Module):
+    """MSE between student and teacher hidden states over a layer map, with a learned linear
+    projection when widths differ. ``layer_map``: [(student_layer, teacher_layer), ...]."""
+
+    def __init__(self, layer_map: list[tuple[int, int]], s_width: int, t_width: int):
+        super().__init__()
+        self.layer_map = list(layer_map)
+        self.proj = (torch.nn.Linear(s_width, t_width, bias=False)
+                     if s_width != t_width else torch.nn.Identity())
+
+    def forward(self, s_states, t_states, mask: torch.Tensor | None = None) -> torch.Tensor:
+        total = 0.0
+        for si, ti in self.layer_map:
+            diff = (self.proj(s_states[si]) - t_states[ti].detach()).float().pow(2).mean(-1)
+            if mask is not None:
+                m = mask.float()
+                total = total + (diff * m).sum() / m.sum().clamp(min=1)
+            else:
+                total = total + diff.mean()
+        return total / max(1, len(self.layer_map))
+
+
+def embedding_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Sentence-embedding KD for encoders: 1 - cosine, or MSE. (B, H) each (same width, or
+    projected first)."""
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(s_emb.float(), t_emb.float().detach(), dim=-1)).mean()
+    if kind == "mse":
+        return F.mse_loss(s_emb.float(), t_emb.float().detach())
+    raise ValueError(f"unknown embedding loss {kind!r}; use cosine or mse")
+
+
+def layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """Student layer i matched to teacher layer round(i * (Lt/Ls)), by hidden-state index
+    (0 = embeddings, L = last layer), so the last maps to the last."""
+    return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]

@@ -1,0 +1,150 @@
+"""What one training step needs, per model kind: the loss module, the teacher's outputs for a
+batch, how a batch is made from sample indices, and validation."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .losses import HiddenStateLoss, KDConfig, layer_map
+from .loop import DistillModule, TrainConfig, pool_embeddings
+
+
+@dataclass
+class Recipe:
+    module: DistillModule
+    teacher_fn: object
+    batch_fn: object
+    val_fn: object
+    train_cfg: TrainConfig
+    extra: dict = field(default_factory=dict)
+
+
+def _hidden_loss(student, teacher, weight: float) -> HiddenStateLoss | None:
+    if weight <= 0:
+        return None
+    s_cfg, t_cfg = student.config, teacher.config
+    return HiddenStateLoss(layer_map(s_cfg.num_hidden_layers, t_cfg.num_hidden_layers),
+                           s_cfg.hidden_size, t_cfg.hidden_size)
+
+
+def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
+                  cfg: TrainConfig, data_cfg, run_dir, device, log) -> Recipe:
+    from .data import cache_topk, generate_continuations
+
+    vocab = len(tok)  # padded logit rows beyond the tokenizer are cut (Qwen-style teachers)
+    extra: dict = {}
+    if data_cfg.generate:
+        gen_path = run_dir / "data" / f"generated-{data_cfg.generate}x{data_cfg.gen_tokens}.pt"
+        if gen_path.is_file():
+            gen = torch.load(gen_path)
+        else:
+            log(f"teacher generating {data_cfg.generate} continuations of "
+                f"{data_cfg.gen_tokens} tokens")
+            gen = generate_continuations(teacher, tok, train_blocks, data_cfg.generate,
+                                         data_cfg.gen_tokens, seed=cfg.seed, device=device)
+            gen_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(gen, gen_path)
+        seq = train_blocks.shape[1]
+        gen = gen[:, :seq] if gen.shape[1] >= seq else torch.nn.functional.pad(
+            gen, (0, seq - gen.shape[1]), value=tok.eos_token_id or 0)
+        train_blocks = torch.cat([train_blocks, gen])
+        extra["generated_sequences"] = int(len(gen))
+    cache = None
+    if data_cfg.cache_topk:
+        log(f"caching the teacher's top-{data_cfg.cache_topk} logits for "
+            f"{len(train_blocks)} blocks")
+        vals, ids, bpt = cache_topk(teacher, train_blocks, data_cfg.cache_topk,
+                                    run_dir / "cache" / f"top{data_cfg.cache_topk}",
+                                    device=device)
+        cache = (vals, ids)
+        extra |= {"cache_topk": data_cfg.cache_topk, "cache_bytes_per_token": bpt,
+                  "cache_bytes": int(vals.nbytes + ids.nbytes)}
+        log(f"top-{data_cfg.cache_topk} cache: {bpt} bytes per token, "
+            f"{(vals.nbytes + ids.nbytes) / 2**20:.1f} MiB")
+    hidden = None if cache is not None else _hidden_loss(student, teacher, cfg.hidden_weight)
+    module = DistillModule(student, False, kd, hidden, cfg.hidden_weight, vocab)
+    want_states = hidden is not None
+    head = teacher.get_output_embeddings().weight
+
+    def batch_fn(idx):
+        b = {"input_ids": train_blocks[idx]}
+        if cache is not None:
+            b["topk_values"] = torch.from_numpy(cache[0][idx].astype("float32"))
+            b["topk_ids"] = torch.from_numpy(cache[1][idx].astype("int64"))
+        return b
+
+    def teacher_fn(batch):
+        if "topk_values" in batch:
+            return {"topk_values": batch["topk_values"], "topk_ids": batch["topk_ids"]}
+        out = teacher.model(input_ids=batch["input_ids"], output_hidden_states=want_states)
+        return {"last_hidden": out.last_hidden_state[:, :-1], "head": head,
+                "states": out.hidden_states if want_states else None}
+
+    def val_fn(module):
+        student_m = module.student
+        ce_sum, kd_sum, n = 0.0, 0.0, 0
+        for i in range(0, min(len(val_blocks), cfg.eval_batches * cfg.batch_size),
+                       cfg.batch_size):
+            ids = val_blocks[i:i + cfg.batch_size].to(device)
+            s = student_m(input_ids=ids).logits[:, :-1, :vocab].float()
+            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float()
+            labels = ids[:, 1:]
+            ce_sum += torch.nn.functional.cross_entropy(
+                s.reshape(-1, vocab), labels.reshape(-1), reduction="sum").item()
+            lt, ls = tl.log_softmax(-1), s.log_softmax(-1)
+            kd_sum += (lt.exp() * (lt - ls)).sum().item()
+            n += labels.numel()
+        return {"loss": ce_sum / n, "ppl": math.exp(min(50.0, ce_sum / n)), "kl": kd_sum / n}
+
+    # the teacher's own held-out loss, once: the bar the student is measured against
+    with torch.no_grad():
+        ce, count = 0.0, 0
+        for i in range(0, min(len(val_blocks), cfg.eval_batches * cfg.batch_size),
+                       cfg.batch_size):
+            ids = val_blocks[i:i + cfg.batch_size].to(device)
+            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float()
+            ce += torch.nn.functional.cross_entropy(tl.reshape(-1, vocab),
+                                                    ids[:, 1:].reshape(-1), reduction="sum").item()
+            count += ids[:, 1:].numel()
+    extra["teacher_val_loss"] = ce / count
+    return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, extra)
+
+
+def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: TrainConfig,
+                   data_cfg, run_dir, device, log) -> Recipe:
+    from ..export.onnx import sentence_pooling
+
+    pooling = sentence_pooling(t.path)
+    if cfg.hidden_weight <= 0:
+        cfg = replace(cfg, hidden_weight=1.0)
+    hidden = _hidden_loss(student, teacher, cfg.hidden_weight)
+    module = DistillModule(student, True, kd, hidden, cfg.hidden_weight, len(tok), pooling)
+
+    def encode(texts):
+        enc = tok(texts, padding=True, truncation=True, max_length=data_cfg.seq_len,
+                  return_tensors="pt")
+        return {k: v for k, v in enc.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def batch_fn(idx):
+        return encode([train_items[i] for i in idx])
+
+    def teacher_fn(batch):
+        out = teacher(**batch, output_hidden_states=True)
+        return {"embedding": pool_embeddings(out.last_hidden_state, batch["attention_mask"],
+                                             pooling),
+                "states": out.hidden_states}
+
+    def val_fn(module):
+        sims = []
+        for i in range(0, min(len(val_items), cfg.eval_batches * 32), 32):
+            b = {k: v.to(device) for k, v in encode(val_items[i:i + 32]).items()}
+            s = pool_embeddings(module.student(**b).last_hidden_state, b["attention_mask"],
+                                pooling)
+            te = teacher_fn(b)["embedding"]
+            sims.append(torch.nn.functional.cosine_similarity(s, te, dim=-1))
+        return {"cosine": torch.cat(sims).mean().item()}
+
+    return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, {"pooling": pooling.mode})

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from edgedistill.distill.data import load_texts, pack, sentences_of, split_documents
+from edgedistill.errors import EdgeDistillError
+
+
+def test_load_text_jsonl_folder_and_dataset(tmp_path):
+    (tmp_path / "a.txt").write_text("first document")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "second"}) + "\n\n" +
+                                      json.dumps({"text": "third"}) + "\n")
+    assert load_texts(tmp_path / "a.txt") == ["first document"]
+    assert load_texts(tmp_path / "b.jsonl") == ["second", "third"]
+    assert load_texts(tmp_path) == ["first document", "second", "third"]
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"text": ["x one", "y two"]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    assert load_texts(tmp_path / "ds") == ["x one", "y two"]
+
+
+def test_bad_data_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("   \n")
+    with pytest.raises(EdgeDistillError, match="holds no text"):
+        load_texts(tmp_path / "empty.txt")
+    with pytest.raises(EdgeDistillError, match="does not exist"):
+        load_texts(tmp_path / "nope.txt")
+    (tmp_path / "bad.jsonl").write_text('{"txt": "x"}\n')
+    with pytest.raises(EdgeDistillError, match=r"bad.jsonl:1: no string field 'text'"):
+        load_texts(tmp_path / "bad.jsonl")
+
+
+class _Tok:
+    eos_token_id = 0
+    sep_token_id = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_pack_joins_documents_with_eos_and_cuts_blocks():
+    blocks = pack(["abc", "de"], _Tok(), seq_len=3)
+    assert blocks.tolist() == [[97, 98, 99], [0, 100, 101]]  # trailing EOS dropped
+    with pytest.raises(EdgeDistillError, match="fewer than one block"):
+        pack(["a"], _Tok(), seq_len=64)
+
+
+def test_validation_split_is_stable_and_disjoint():
+    docs = [f"document number {i} " * 5 for i in range(200)]
+    a = split_documents(docs)
+    assert a == split_documents(docs)
+    train, val = a
+    assert val and not set(train) & set(val) and len(train) + len(val) == 200
+    single = split_documents(["x" * 1000], 0.1)
+    assert len(single[1][0]) == 100
+
+
+def test_sentences_of_splits_and_deduplicates():
+    out = sentences_of(["One sentence here. Another one follows.\nOne sentence here."])
+    assert out == ["One sentence here.", "Another one follows."]

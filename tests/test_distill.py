@@ -1,0 +1,150 @@
+"""Distillation end to end on tiny models: CLI and API, resume after a kill, data-parallel
+on 2 CPU processes (gloo), the top-K cache, teacher-generated data, encoders, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill
+from edgedistill.errors import EdgeDistillError
+from edgedistill.plan import PlanConfig
+
+from conftest import tiny_sentence_bert
+
+pytestmark = pytest.mark.slow
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+SMALL = ["--steps", "8", "--batch-size", "2", "--seq-len", "32", "--eval-every", "4",
+         "--save-every", "2", "--speedup", "1", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from edgedistill.corpus import stdlib_source
+    p = tmp_path_factory.mktemp("data") / "code.txt"
+    p.write_text(stdlib_source(60_000))
+    return p
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(run / "student" / "model.safetensors"))
+
+
+def _cli(*args, env=ENV, launcher=(sys.executable, "-m", "edgedistill")):
+    return subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_api_distill_improves_on_the_initial_student(trained_llama, text_file, tmp_path):
+    res = distill(trained_llama, "laptop", text_file, tmp_path / "run",
+                  train=TrainConfig(steps=30, batch_size=4, lr=2e-3, eval_every=1,
+                                    save_every=0),
+                  data_cfg=DataConfig(seq_len=32), plan_config=PlanConfig(speedup=1.0))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(res.student_dir)
+    assert AutoTokenizer.from_pretrained(res.student_dir).get_vocab() == \
+        AutoTokenizer.from_pretrained(trained_llama).get_vocab()
+    assert model.num_parameters() < AutoModelForCausalLM.from_pretrained(
+        trained_llama).num_parameters()
+    log = [json.loads(line) for line in (res.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 30 and log[-1]["val_kl"] < log[0]["val_kl"]
+    doc = json.loads((res.run_dir / "distill.json").read_text())
+    assert doc["validation"]["loss"] > 0 and doc["teacher_val_loss"] > 0
+    assert (res.run_dir / "plan.json").is_file()
+
+
+def test_resume_after_kill_continues_exactly(trained_llama, text_file, tmp_path):
+    args = ["distill", "--teacher", trained_llama, "--data", text_file, *SMALL,
+            "--steps", "16"]
+    straight = _cli(*args, "--out", tmp_path / "a")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *map(str, args), "--out",
+                             str(tmp_path / "b")], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = tmp_path / "b" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (latest.is_file() and
+                                          latest.read_text().strip() >= "step-0000006"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file() and not (tmp_path / "b" / "student").exists()
+    resumed = _cli(*args, "--out", tmp_path / "b", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stderr
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_on_gloo_match_one_process(trained_llama, text_file, tmp_path):
+    args = ["distill", "--teacher", trained_llama, "--data", text_file, *SMALL,
+            "--save-every", "0"]
+    one = _cli(*args, "--batch-size", "4", "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _cli(*args, "--batch-size", "2", "--out", tmp_path / "two",
+               launcher=(str(Path(sys.executable).parent / "accelerate"), "launch",
+                         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                         "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "--main_process_port", "29561", "-m", "edgedistill"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "distill.json").read_text())["world_size"] == 2
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_topk_cache_and_generated_data(trained_llama, text_file, tmp_path):
+    r = _cli("distill", "--teacher", trained_llama, "--data", text_file, *SMALL,
+             "--cache-topk", "8", "--generate", "4", "--out", tmp_path / "c", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert doc["cache_bytes_per_token"] == 8 * 6 and doc["generated_sequences"] == 4
+    assert "bytes per token" in r.stderr
+    assert (tmp_path / "c" / "cache" / "top8" / "values.npy").is_file()
+    bad = _cli("distill", "--teacher", trained_llama, "--data", text_file, *SMALL,
+               "--cache-topk", "8", "--loss", "rkl", "--out", tmp_path / "d")
+    assert bad.returncode == 2 and "forward KL only" in bad.stderr
+
+
+def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
+    for loss in ("rkl", "jsd"):
+        res = distill(trained_llama, "laptop", text_file, tmp_path / loss,
+                      kd=KDConfig(loss=loss, temperature=2.0, kd_weight=0.5),
+                      train=TrainConfig(steps=2, batch_size=2, save_every=0, eval_every=2),
+                      data_cfg=DataConfig(seq_len=32), init="random",
+                      plan_config=PlanConfig(speedup=1))
+        assert res.metrics["validation"]["loss"] > 0
+
+
+def test_encoder_distillation_keeps_the_embedding_space(tmp_path):
+    teacher = tiny_sentence_bert(tmp_path / "bert")
+    sentences = tmp_path / "s.txt"
+    from edgedistill.corpus import stdlib_sentences
+    sentences.write_text("\n".join(stdlib_sentences()[:400]))
+    res = distill(teacher, "laptop", sentences, tmp_path / "run",
+                  train=TrainConfig(steps=3, batch_size=8, save_every=0, eval_every=3),
+                  data_cfg=DataConfig(seq_len=32), plan_config=PlanConfig(speedup=1.2))
+    cfg = json.loads((res.student_dir / "config.json").read_text())
+    assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] <= 2
+    assert (res.student_dir / "modules.json").is_file()
+    assert -1 <= res.metrics["validation"]["cosine"] <= 1
+
+
+def test_bad_inputs(trained_llama, text_file, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    r = _cli("distill", "--teacher", trained_llama, "--data", empty, "--out", tmp_path / "e")
+    assert r.returncode == 2 and "holds no text" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("distill", "--teacher", trained_llama, "--loss", "mse", "--out", tmp_path / "e")
+    assert r.returncode == 2 and "unknown --loss" in r.stderr
+    r = _cli("distill", "--teacher", trained_llama, "--resume", "--out", tmp_path / "none")
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    other = tiny_sentence_bert(tmp_path / "other")  # a WordPiece tokenizer, not the teacher's
+    with pytest.raises(EdgeDistillError, match="tokenizers of teacher .* differ"):
+        distill(trained_llama, "laptop", text_file, tmp_path / "x", student=other)

@@ -1,0 +1,51 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from edgedistill.arch import config_for_shape, shape_from_config
+from edgedistill.student import build_student, select_layers
+
+
+def test_layer_selection_spreads_and_keeps_ends():
+    assert select_layers(6, 3) == [0, 2, 5]
+    assert select_layers(22, 10)[0] == 0 and select_layers(22, 10)[-1] == 21
+    assert len(select_layers(22, 10)) == 10
+    assert select_layers(4, 4) == [0, 1, 2, 3]
+
+
+def _load(folder):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def test_same_shape_student_is_the_teacher(trained_llama, tmp_path):
+    cfg = json.loads((trained_llama / "config.json").read_text())
+    out = build_student(trained_llama, config_for_shape(cfg, shape_from_config(cfg)),
+                        tmp_path / "s")
+    ids = torch.arange(1, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(_load(trained_llama)(ids).logits, _load(out)(ids).logits)
+    assert (out / "tokenizer.json").read_text() == (trained_llama / "tokenizer.json").read_text()
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["weights", "activations"])
+def test_shrunk_student_tracks_the_teacher_better_than_random(trained_llama, tmp_path,
+                                                              calibrated):
+    cfg = json.loads((trained_llama / "config.json").read_text())
+    t = shape_from_config(cfg)
+    small = dataclasses.replace(t, num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1,
+                                intermediate_size=64)
+    ids = torch.randint(1, 300, (2, 48), generator=torch.Generator().manual_seed(0))
+    calib = [{"input_ids": ids}] if calibrated else None
+    init = build_student(trained_llama, config_for_shape(cfg, small), tmp_path / "i",
+                         calibration=calib)
+    rand = build_student(trained_llama, config_for_shape(cfg, small), tmp_path / "r",
+                         init="random")
+    with torch.no_grad():
+        ref = _load(trained_llama)(ids).logits.flatten()
+        corr = [torch.corrcoef(torch.stack([ref, _load(p)(ids).logits.flatten()]))[0, 1]
+                for p in (init, rand)]
+    assert shape_from_config(json.loads((init / "config.json").read_text())) == small
+    assert corr[0] > 0.5 and corr[0] > corr[1] + 0.3
