@@ -87,19 +87,32 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+CONFIDENT_MARGIN = 0.1
+"""Nats between torch's top-1 and top-2 logits above which a token counts as 'confident'."""
+
+
 def logit_figures(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
-    """Compare per-sequence logits (T, V) from torch (``ref``) and an artifact (``got``)."""
-    diffs, agree, kls, n = [], 0, 0.0, 0
+    """Compare per-sequence logits (T, V) from torch (``ref``) and an artifact (``got``).
+    Besides the thresholded figures, ``top1_agreement_confident`` counts only tokens whose
+    torch top-2 margin is at least CONFIDENT_MARGIN: flips there are real, flips between
+    near-tied tokens are rounding."""
+    diffs, agree, kls, n, conf, conf_agree = [], 0, 0.0, 0, 0, 0
     for r, g in zip(ref, got):
         if r.shape != g.shape:
             raise ValueError(f"logit shapes differ: torch {r.shape} vs artifact {g.shape}")
         diffs.append(float(np.abs(r.astype(np.float64) - g).max()))
-        agree += int((r.argmax(-1) == g.argmax(-1)).sum())
+        same = r.argmax(-1) == g.argmax(-1)
+        agree += int(same.sum())
+        top2 = np.partition(r, -2, axis=-1)[:, -2:]
+        sure = (top2[:, 1] - top2[:, 0]) >= CONFIDENT_MARGIN
+        conf += int(sure.sum())
+        conf_agree += int((same & sure).sum())
         lr, lg = _log_softmax(r), _log_softmax(g)
         kls += float((np.exp(lr) * (lr - lg)).sum())
         n += r.shape[0]
     return {"max_abs_diff": max(diffs), "top1_agreement": agree / n, "kl": kls / n,
-            "tokens": n}
+            "top1_agreement_confident": conf_agree / conf if conf else None,
+            "confident_share": conf / n, "tokens": n}
 
 
 def embedding_figures(ref: np.ndarray, got: np.ndarray) -> dict:
