@@ -3,6 +3,7 @@ verify every artifact against torch."""
 from __future__ import annotations
 
 import argparse
+import json
 
 from .table import table
 
@@ -12,11 +13,24 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("export", help="export a model to ONNX/GGUF and verify every file",
-                       description="Export an HF model folder for a target device: ONNX and/or "
-                       "GGUF, quantized as the profile allows, each file run in its runtime and "
-                       "compared with torch. Exit status 3 when any artifact fails its check.")
-    p.add_argument("--student", required=True, help="HF model folder to export")
+    p = sub.add_parser("export", help="the whole chain, or export one model (--student)",
+                       description="Without --student: the whole chain for a teacher and a "
+                       "target (plan, distill, export, quantize, verify, benchmark, report) into "
+                       "--out. With --student: export that HF folder for the target: ONNX "
+                       "and/or GGUF, quantized as the profile allows, each file run in its "
+                       "runtime and compared with torch (exit status 3 when one fails).")
+    p.add_argument("--student", default=None, help="export this HF model folder only")
+    p.add_argument("--teacher", default=None, help="teacher for the whole chain (default: "
+                   "the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--steps", type=int, default=300, help="distillation steps (whole chain)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--speedup", type=float, default=None, help="as for 'plan'")
+    p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per benchmark run")
+    p.add_argument("--repeats", type=int, default=3, help="benchmark repeats (median reported)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="do not export and measure the teacher too")
     p.add_argument("--target", default="laptop", help="profile name, 'local' or a YAML file")
     p.add_argument("--formats", default=None, help="comma list: onnx,gguf (default: profile's)")
     p.add_argument("--quant", default=None,
@@ -35,6 +49,8 @@ def run(args) -> int:
 
     cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
                        threads=args.threads)
+    if args.student is None:
+        return _pipeline(args, cfg)
     res = export(args.student, args.target, cfg, args.out)
     doc = res.to_dict()
     if args.json:
@@ -62,3 +78,33 @@ def _fmt(x) -> str:
     if x is None:
         return ""
     return f"{x:.3g}" if abs(x) < 1e-2 or abs(x) >= 1e3 else f"{x:.4f}"
+
+
+def _pipeline(args, export_cfg) -> int:
+    from ..bench import BenchConfig
+    from ..distill import DataConfig, TrainConfig
+    from ..pipeline import run
+    from ..plan import PlanConfig
+    from ..report import main_table
+    from . import emit_json
+
+    out = args.out or "runs/run"
+    paths = run(args.teacher, args.target, args.data, out,
+                plan_config=PlanConfig(speedup=args.speedup),
+                train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                  eval_every=max(1, args.steps // 5),
+                                  save_every=max(1, args.steps // 5)),
+                data_cfg=DataConfig(seq_len=args.seq_len), export_config=export_cfg,
+                bench_config=BenchConfig(threads=args.threads, new_tokens=args.new_tokens,
+                                         repeats=args.repeats, data=args.data),
+                baselines=not args.no_baselines)
+    doc = json.loads(open(paths["json"]).read())
+    if args.json:
+        emit_json(doc)
+        return 0
+    head, rows = main_table(doc["artifacts"])
+    print(table(head, rows))
+    for n in doc.get("notes", []):
+        print(f"- {n}")
+    print(f"\nreport: {paths['html']}")
+    return 0

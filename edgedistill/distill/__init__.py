@@ -118,7 +118,7 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
         pl = plan(t, target, plan_config or PlanConfig())
         (run_dir / "plan.json").write_text(json.dumps(pl.to_dict(), indent=2, default=str))
         student_cfg = pl.student_config
-        log(f"plan for {target}: {pl.student.shape.describe()} "
+        log(f"plan for {getattr(target, 'name', target)}: {pl.student.shape.describe()} "
             f"({pl.student.shape.total_params():,} params)")
 
     # -- data -----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
     student_dir = run_dir / "student"
     if metrics.pop("is_main"):
         _save_student(trained.student, init_dir, student_dir)
-        metrics |= {"data": data_desc, "teacher": str(t.path), "target": target,
+        metrics |= {"data": data_desc, "teacher": str(t.path), "target": getattr(target, "name", target),
                     "init": init if student is None else str(student), "kd": asdict(kd),
                     "data_config": asdict(data_cfg), **recipe.extra,
                     "wall_seconds": time.time() - t0, "student_dir": str(student_dir)}

@@ -113,7 +113,7 @@ def resolve_formats(profile: DeviceProfile, config: ExportConfig) -> dict[str, l
     return {f: qs for f, qs in out.items() if qs}
 
 
-def _eval_data(model_dir: Path, tok, encoder: bool, config: ExportConfig):
+def eval_data(model_dir: Path, tok, encoder: bool, config: ExportConfig):
     """(held-out items, calibration items): token-id sequences for causal LMs, sentences for
     encoders. User data if given, else standard-library text."""
     from ..corpus import split_holdout, stdlib_sentences, stdlib_source
@@ -158,7 +158,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     out_dir = Path(out) if out else model_dir.parent / "export"
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     tok = AutoTokenizer.from_pretrained(model_dir)
-    held, calib = _eval_data(model_dir, tok, shape.is_encoder, config)
+    held, calib = eval_data(model_dir, tok, shape.is_encoder, config)
     result = ExportResult(model_dir, prof.name, out_dir)
     _log(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
          + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
@@ -191,7 +191,7 @@ def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
     tok = AutoTokenizer.from_pretrained(model_dir)
-    held, _ = _eval_data(model_dir, tok, shape.is_encoder, config)
+    held, _ = eval_data(model_dir, tok, shape.is_encoder, config)
     threads = config.threads or max(1, min(4, os.cpu_count() or 1))
     return Checker(model_dir, shape, tok, held, threads, _log).verify(Path(path), fmt, quant)
 

@@ -150,24 +150,28 @@ def onnx_sentence_embeddings(path: Path, tokenizer, texts: list[str], max_len: i
 # -- llama.cpp, in a child process -----------------------------------------------------------
 
 def llama_worker(task: dict, timeout: float = 600) -> dict:
-    """Run one task in :mod:`edgedistill.export.llama_worker`; raise RuntimeFailure when the
-    child crashes or fails. Arrays travel as .npy files in a temporary folder."""
+    """Run one task in :mod:`edgedistill.export.llama_worker` (see :func:`child`)."""
+    return child("edgedistill.export.llama_worker", task, timeout, "llama.cpp")
+
+
+def child(module: str, task: dict, timeout: float = 600, what: str = "the runtime") -> dict:
+    """Run ``python -m module TASK.json`` in a child process; raise RuntimeFailure when it
+    crashes, fails or times out. Arrays come back as .npy files in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="edgedistill-llama-") as tmp:
         task = dict(task, workdir=tmp)
         spec = Path(tmp) / "task.json"
         spec.write_text(json.dumps(task))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
-            r = subprocess.run([sys.executable, "-m", "edgedistill.export.llama_worker",
-                                str(spec)], capture_output=True, text=True, timeout=timeout,
-                               env=env)
+            r = subprocess.run([sys.executable, "-m", module, str(spec)], capture_output=True,
+                               text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            raise RuntimeFailure(f"llama.cpp did not finish within {timeout:.0f} s") from None
+            raise RuntimeFailure(f"{what} did not finish within {timeout:.0f} s") from None
         if r.returncode != 0:
             tail = (r.stderr.strip().splitlines() or ["no output"])[-1][:300]
             how = (f"killed by signal {-r.returncode}" if r.returncode < 0
                    else f"exit status {r.returncode}")
-            raise RuntimeFailure(f"llama.cpp failed ({how}): {tail}")
+            raise RuntimeFailure(f"{what} failed ({how}): {tail}")
         result = json.loads((Path(tmp) / "result.json").read_text())
         for key, name in list(result.items()):
             if isinstance(name, str) and name.endswith(".npy"):

@@ -1,0 +1,165 @@
+"""Benchmark artifacts in the runtimes they deploy to, and measure their quality there.
+
+    bench(artifacts, teacher_dir, target) -> list of per-artifact records (report.json shape)
+
+Every figure measured here is labelled ``measured`` with this machine and the runtime. The
+target profile's figures come from the planner and are labelled ``predicted``; so are this
+machine's own predictions, kept beside the measurements to show how far the model is off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..arch import shape_from_config
+from ..costmodel import predict
+from ..export.runtimes import RuntimeFailure
+from ..profiles import DeviceProfile, load_profile
+from .runners import RUNTIME_OF_FORMAT, time_artifact
+from .timing import roofline_fraction, summarize_causal, summarize_encoder
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int | None = None
+    """Runtime threads; default: the profile's, at most this machine's cores."""
+    new_tokens: int = 64
+    """Decoded tokens per run (llama-bench's tg)."""
+    prompt_tokens: int | None = None
+    """Prompt length (pp); default: the profile's, at most 512 and the model's context."""
+    repeats: int = 3
+    data: str | None = None
+    """Held-out text for quality; default: standard-library text."""
+    timeout_s: float = 900
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
+    from ..machine import local_profile
+
+    local = local_profile(threads=threads, quick=True)
+    return f"{local.device} ({threads} threads, this machine)", local
+
+
+def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DeviceProfile,
+          config: BenchConfig = BenchConfig(), log=_log) -> list[dict]:
+    """Time and score each artifact. ``artifacts``: dicts with role, path, format, quant and
+    model_dir (the HF folder it was made from). Returns the artifacts with ``bench``,
+    ``quality`` and ``predicted`` added (a failed runtime gives ``bench.error``)."""
+    from transformers import AutoTokenizer
+
+    from ..export import ExportConfig, eval_data
+    from ..export.onnx import sentence_pooling
+    from ..export.runtimes import torch_causal_logits, torch_sentence_embeddings
+    from .quality import causal_quality, encoder_quality, runtime_logits
+
+    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    teacher_dir = Path(teacher_dir)
+    t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))
+    encoder = t_shape.is_encoder
+    threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
+    device, local = _this_machine(threads)
+    log(f"measuring on {device}; memory bandwidth {local.memory.bandwidth_gbps:.1f} GB/s")
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    held, _ = eval_data(teacher_dir, tok, encoder, ExportConfig(data=config.data,
+                                                                 eval_sequences=8,
+                                                                 seq_len=128))
+    lt = prof.latency_targets
+    if encoder:
+        pooling = sentence_pooling(teacher_dir)
+        teacher_ref = torch_sentence_embeddings(teacher_dir, held, pooling)
+        batch_texts = (held * (lt.encoder_batch // max(1, len(held)) + 1))[: lt.encoder_batch]
+    else:
+        teacher_ref = torch_causal_logits(teacher_dir, held)
+        max_pos = 512
+        cfg = json.loads((teacher_dir / "config.json").read_text())
+        max_pos = min(max_pos, int(cfg.get("max_position_embeddings", 2048)))
+        p = min(config.prompt_tokens or lt.prompt_tokens, max_pos - config.new_tokens - 8)
+        stream = [t for s in held for t in s]
+        prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
+    out = []
+    for art in artifacts:
+        rec = dict(art)
+        path, fmt, quant = Path(art["path"]), art["format"], art["quant"]
+        shape = shape_from_config(json.loads((Path(art["model_dir"]) / "config.json")
+                                             .read_text()))
+        runtime = RUNTIME_OF_FORMAT[fmt]
+        b = {"runtime": runtime, "device": device, "measured": True, "threads": threads}
+        try:
+            if encoder:
+                raw = time_artifact(path, fmt, threads=threads, repeats=config.repeats,
+                                    texts=batch_texts, seq_len=lt.encoder_seq_len,
+                                    tokenizer=Path(art["model_dir"]),
+                                    timeout=config.timeout_s)
+                b |= summarize_encoder(raw["batch_s"], lt.encoder_batch, lt.encoder_seq_len)
+            else:
+                raw = time_artifact(path, fmt, threads=threads, prompt=prompt,
+                                    new_tokens=config.new_tokens, repeats=config.repeats,
+                                    timeout=config.timeout_s)
+                b |= summarize_causal(raw["runs"], len(prompt), config.new_tokens)
+            b["peak_rss_mb"] = raw["peak_rss_mb"]
+        except RuntimeFailure as e:
+            b |= {"error": str(e), "measured": False}
+        rec["size_bytes"] = _size(path)
+        if fmt != "hf":
+            here = predict(shape, local, fmt, quant)
+            there = predict(shape, prof, fmt, quant)
+            rec["predicted"] = {"this_machine": _pred(here, device),
+                                "target": _pred(there, f"{prof.name} ({prof.device})")}
+            if "decode_tokens_per_s" in b:
+                b["roofline_fraction"] = roofline_fraction(
+                    here.decode_bytes_per_token, b["decode_tokens_per_s"],
+                    local.memory.bandwidth_gbps)
+        rec["bench"] = b
+        rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log,
+                                  causal_quality, encoder_quality, runtime_logits)
+        shown = (f"{b.get('decode_tokens_per_s', 0):.1f} tok/s decode" if not encoder
+                 else f"{b.get('batch_ms', 0):.1f} ms/batch")
+        log(f"{art['role']:>7} {fmt}:{quant:<8} {runtime:<12} "
+            f"{b['error'] if 'error' in b else shown}")
+        out.append(rec)
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*.safetensors"))
+    return path.stat().st_size if path.exists() else 0
+
+
+def _pred(p, where: str) -> dict:
+    d = {k: getattr(p, k) for k in ("memory_gb", "decode_tokens_per_s", "prefill_ms",
+                                    "prefill_tokens_per_s", "encoder_batch_ms",
+                                    "sentences_per_s")}
+    return d | {"label": "predicted", "device": where, "basis": p.basis}
+
+
+def _quality(path, fmt, encoder, held, ref, threads, art, log, causal_quality,
+             encoder_quality, runtime_logits) -> dict:
+    from ..export.onnx import sentence_pooling
+    from ..export import runtimes as rt
+
+    try:
+        if encoder:
+            model_dir = Path(art["model_dir"])
+            pooling = sentence_pooling(model_dir)
+            if fmt == "gguf":
+                emb = rt.gguf_sentence_embeddings(path, held, threads, pooling.normalize)
+            elif fmt == "onnx":
+                from transformers import AutoTokenizer
+                emb = rt.onnx_sentence_embeddings(path, AutoTokenizer.from_pretrained(model_dir),
+                                                  held, threads=threads)
+            else:
+                emb = rt.torch_sentence_embeddings(path, held, pooling)
+            return encoder_quality(emb, ref) | {"measured": True}
+        return causal_quality(runtime_logits(path, fmt, held, threads), held, ref) \
+            | {"measured": True}
+    except (RuntimeFailure, OSError, ValueError) as e:
+        log(f"quality of {path.name} failed: {e}")
+        return {"error": str(e), "measured": False}

@@ -1,0 +1,58 @@
+"""Quality of the deployed artifact, from the runtime's own outputs on held-out text (not
+the torch model's): perplexity, KL to the teacher and top-1 agreement with the teacher for
+causal LMs; cosine to the teacher's embeddings and top-10 neighbour overlap for encoders.
+llama.cpp runs with its default F16 KV cache here: this is what users get."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..export.parity import _log_softmax
+
+
+def runtime_logits(path: Path, fmt: str, seqs: list[list[int]], threads: int):
+    from ..export import runtimes as rt
+
+    if fmt == "gguf":
+        return rt.gguf_causal_logits(path, seqs, threads)
+    if fmt == "onnx":
+        return rt.onnx_causal_logits(path, seqs, threads)
+    return rt.torch_causal_logits(path, seqs)
+
+
+def causal_quality(logits: list[np.ndarray], seqs: list[list[int]],
+                   teacher_logits: list[np.ndarray]) -> dict:
+    """Perplexity on the held-out tokens, and agreement with the teacher's distribution."""
+    nll, n, kl, agree = 0.0, 0, 0.0, 0
+    for lg, ids, tl in zip(logits, seqs, teacher_logits):
+        v = min(lg.shape[-1], tl.shape[-1])
+        ls, lt = _log_softmax(lg[:, :v]), _log_softmax(tl[:, :v])
+        nxt = np.asarray(ids[1:])
+        nll -= float(ls[np.arange(len(nxt)), nxt].sum())
+        kl += float((np.exp(lt) * (lt - ls)).sum())
+        agree += int((lg[:, :v].argmax(-1) == tl[:, :v].argmax(-1)).sum())
+        n += len(nxt)
+    tokens = sum(len(x) for x in logits)
+    return {"perplexity": math.exp(nll / n), "loss": nll / n, "kl_to_teacher": kl / tokens,
+            "top1_agreement": agree / tokens, "tokens": tokens}
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each item's k nearest neighbours (cosine) that two spaces agree on."""
+    def knn(x):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argsort(-sim, axis=1)[:, :k]
+    ka, kb = knn(a.astype(np.float64)), knn(b.astype(np.float64))
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ka, kb)]))
+
+
+def encoder_quality(emb: np.ndarray, teacher_emb: np.ndarray) -> dict:
+    a, b = emb.astype(np.float64), teacher_emb.astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return {"cosine_to_teacher": float(cos.mean()), "min_cosine": float(cos.min()),
+            "neighbour_overlap": neighbour_overlap(emb, teacher_emb, 10),
+            "sentences": int(len(a))}

@@ -1,0 +1,35 @@
+"""One runner per runtime, each in its own child process with a timeout: llama.cpp
+(llama-cpp-python), onnxruntime on CPU, and torch as the reference. A crash or a missing
+runtime is reported with its reason; the other runtimes are still measured."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..export.runtimes import RuntimeFailure, child
+
+RUNTIME_OF_FORMAT = {"gguf": "llama.cpp", "onnx": "onnxruntime", "hf": "torch"}
+_PACKAGE = {"llama.cpp": "llama_cpp", "onnxruntime": "onnxruntime", "torch": "torch"}
+
+
+def available(runtime: str) -> bool:
+    return importlib.util.find_spec(_PACKAGE[runtime]) is not None
+
+
+def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | None = None,
+                  new_tokens: int = 64, repeats: int = 3, texts: list[str] | None = None,
+                  seq_len: int = 128, tokenizer: Path | None = None,
+                  timeout: float = 900) -> dict:
+    """Raw timings of one artifact: {"runs": [...]} (causal) or {"batch_s": [...]} (encoder),
+    plus peak_rss_mb. Raises RuntimeFailure with the reason when the runtime cannot run it."""
+    runtime = RUNTIME_OF_FORMAT[fmt]
+    if not available(runtime):
+        raise RuntimeFailure(f"{runtime} is not installed (pip package "
+                             f"{_PACKAGE[runtime]!r})")
+    task = {"runtime": runtime, "model": str(path), "threads": threads, "repeats": repeats}
+    if texts is not None:
+        task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len,
+                 "tokenizer": str(tokenizer or path.parent)}
+    else:
+        task |= {"kind": "causal", "prompt": prompt, "new_tokens": new_tokens}
+    return child("edgedistill.bench.worker", task, timeout, runtime)

@@ -1,0 +1,169 @@
+"""Child process that times one artifact in one runtime.
+
+Usage: ``python -m edgedistill.bench.worker TASK.json``; writes ``result.json`` into the
+task's workdir. Each runtime runs in its own process: a crash there is the parent's report,
+not its death. Causal LMs: prefill a prompt, then greedy-decode token by token with the KV
+cache; encoders: embed fixed-size batches.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _llama_causal(task):
+    import llama_cpp
+    from llama_cpp import Llama
+
+    prompt, n_new = task["prompt"], task["new_tokens"]
+    llm = Llama(task["model"], n_ctx=len(prompt) + n_new + 8, n_batch=min(512, len(prompt)),
+                n_threads=task["threads"], n_threads_batch=task["threads"], verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits():
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(n_vocab,))
+
+    runs = []
+    for r in range(task["repeats"] + 1):  # the first run warms up
+        llm.reset()
+        llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        nxt = int(last_logits().argmax())
+        prefill = time.perf_counter() - t0
+        token_s = []
+        for _ in range(n_new):
+            t0 = time.perf_counter()
+            llm.eval([nxt])
+            nxt = int(last_logits().argmax())
+            token_s.append(time.perf_counter() - t0)
+        if r:
+            runs.append({"prefill_s": prefill, "token_s": token_s})
+    return runs
+
+
+def _ort_causal(task):
+    from ..export.runtimes import _empty_past, onnx_causal_feeds, ort_session
+
+    sess = ort_session(Path(task["model"]), task["threads"])
+    outputs = [o.name for o in sess.get_outputs()]
+    prompt, n_new = task["prompt"], task["new_tokens"]
+    runs = []
+    for r in range(task["repeats"] + 1):
+        t0 = time.perf_counter()
+        res = dict(zip(outputs, sess.run(outputs, onnx_causal_feeds(sess, prompt)
+                                         | _empty_past(sess, 1))))
+        nxt = int(res["logits"][0, -1].argmax())
+        prefill = time.perf_counter() - t0
+        token_s, past = [], len(prompt)
+        for _ in range(n_new):
+            t0 = time.perf_counter()
+            feeds = onnx_causal_feeds(sess, [nxt], past)
+            for name in outputs:
+                if name.startswith("present."):
+                    feeds[name.replace("present.", "past_key_values.")] = res[name]
+            res = dict(zip(outputs, sess.run(outputs, feeds)))
+            nxt = int(res["logits"][0, -1].argmax())
+            past += 1
+            token_s.append(time.perf_counter() - t0)
+        if r:
+            runs.append({"prefill_s": prefill, "token_s": token_s})
+    return runs
+
+
+def _torch_causal(task):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(task["threads"])
+    model = AutoModelForCausalLM.from_pretrained(task["model"], dtype=torch.float32).eval()
+    prompt, n_new = torch.tensor([task["prompt"]]), task["new_tokens"]
+    runs = []
+    with torch.inference_mode():
+        for r in range(task["repeats"] + 1):
+            t0 = time.perf_counter()
+            out = model(input_ids=prompt, use_cache=True)
+            nxt = out.logits[0, -1].argmax().view(1, 1)
+            prefill = time.perf_counter() - t0
+            past, token_s = out.past_key_values, []
+            for _ in range(n_new):
+                t0 = time.perf_counter()
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past, nxt = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+                token_s.append(time.perf_counter() - t0)
+            if r:
+                runs.append({"prefill_s": prefill, "token_s": token_s})
+    return runs
+
+
+def _encoder(task):
+    texts, runtime = task["texts"], task["runtime"]
+    if runtime == "llama.cpp":
+        from llama_cpp import Llama
+
+        llm = Llama(task["model"], embedding=True, n_ctx=4096, n_batch=4096, n_ubatch=4096,
+                    n_threads=task["threads"], n_threads_batch=task["threads"], verbose=False)
+        run = lambda: llm.embed(texts)  # noqa: E731
+    elif runtime == "onnxruntime":
+        from transformers import AutoTokenizer
+
+        from ..export.runtimes import onnx_sentence_embeddings
+        tok = AutoTokenizer.from_pretrained(task["tokenizer"])
+        sess_path = Path(task["model"])
+        run = lambda: onnx_sentence_embeddings(sess_path, tok, texts, task["seq_len"],  # noqa
+                                               len(texts), task["threads"])
+    else:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.set_num_threads(task["threads"])
+        tok = AutoTokenizer.from_pretrained(task["model"])
+        model = AutoModel.from_pretrained(task["model"]).eval()
+
+        def run():
+            with torch.inference_mode():
+                enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
+                          return_tensors="pt")
+                return model(**enc).last_hidden_state
+    times = []
+    for r in range(task["repeats"] + 1):
+        t0 = time.perf_counter()
+        run()
+        if r:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: on Linux that keeps the
+    parent's size from before exec, so every child would report at least its parent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(spec: str) -> int:
+    task = json.loads(Path(spec).read_text())
+    if task.get("kind") == "encoder":
+        result = {"batch_s": _encoder(task)}
+    else:
+        fn = {"llama.cpp": _llama_causal, "onnxruntime": _ort_causal,
+              "torch": _torch_causal}[task["runtime"]]
+        result = {"runs": fn(task)}
+    result["peak_rss_mb"] = peak_rss_mb()
+    (Path(task["workdir"]) / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1]))

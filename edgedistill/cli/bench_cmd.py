@@ -1,0 +1,76 @@
+"""``edgedistill bench ARTIFACT_OR_RUN_DIR`` and ``edgedistill report RUN_DIR``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .table import table
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="measure artifacts in their runtimes",
+                       description="Measure a run folder's exported artifacts (or one .gguf / "
+                       ".onnx file) in the runtimes they deploy to: speed, memory and quality "
+                       "from the runtime's own outputs. A run folder gets bench.json.")
+    p.add_argument("path", help="run folder, or one artifact file")
+    p.add_argument("--target", default="laptop")
+    p.add_argument("--model", default=None, help="for a single file: the HF folder it came "
+                   "from (default: the file's folder's student/)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data", default=None)
+    return p
+
+
+def run(args) -> int:
+    from ..bench import BenchConfig, bench
+    from ..errors import EdgeDistillError
+    from ..report import main_table
+    from . import emit_json
+
+    path = Path(args.path)
+    cfg = BenchConfig(threads=args.threads, new_tokens=args.new_tokens, repeats=args.repeats,
+                      data=args.data)
+    if path.is_dir():
+        arts, teacher = [], None
+        for role in ("student", "teacher"):
+            exp = path / "export" / role / "export.json"
+            if exp.is_file():
+                doc = json.loads(exp.read_text())
+                teacher = doc["model"] if role == "teacher" else teacher
+                arts += [{"role": role, "path": a["path"], "format": a["format"],
+                          "quant": a["quant"], "model_dir": doc["model"],
+                          "parity": {"status": a["status"], **a["parity"]["figures"]}}
+                         for a in doc["artifacts"]]
+        if not arts:
+            raise EdgeDistillError(f"{path} has no export/*/export.json.",
+                                   "export first: edgedistill export --student ... --out "
+                                   f"{path}/export/student")
+        plan = json.loads((path / "plan.json").read_text()) if (path / "plan.json").is_file() \
+            else {}
+        teacher = teacher or (plan.get("teacher") or {}).get("path") or arts[0]["model_dir"]
+        records = bench(arts, teacher, args.target, cfg)
+        (path / "bench.json").write_text(json.dumps(records, indent=2, default=str))
+    else:
+        if not path.is_file():
+            raise EdgeDistillError(f"{path} does not exist.", "pass a run folder or a file")
+        fmt = {".gguf": "gguf", ".onnx": "onnx"}.get(path.suffix)
+        if fmt is None:
+            raise EdgeDistillError(f"{path.name}: not a .gguf or .onnx file.",
+                                   "pass an exported artifact or a run folder")
+        model = Path(args.model) if args.model else path.parent.parent / "student"
+        if not (model / "config.json").is_file():
+            raise EdgeDistillError(f"cannot find the HF folder {path.name} came from.",
+                                   "pass it with --model PATH")
+        quant = path.stem.split(".", 1)[1] if "." in path.stem else (
+            "fp32" if fmt == "onnx" else "f16")
+        records = bench([{"role": "student", "path": str(path), "format": fmt,
+                          "quant": quant, "model_dir": str(model)}], model, args.target, cfg)
+    if args.json:
+        emit_json(records)
+        return 0
+    head, rows = main_table(records)
+    print(table(head, rows))
+    return 0

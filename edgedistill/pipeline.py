@@ -1,0 +1,194 @@
+"""The whole chain: profile -> plan -> distill -> export -> quantize -> verify -> bench -> report.
+
+    run(teacher, target, data, out) -> report paths
+
+Each stage records a hash of its inputs in RUN_DIR/stages.json; a re-run skips the stages whose
+inputs have not changed, and an interrupted distillation resumes from its last checkpoint.
+The teacher is exported, verified and measured too (same formats and quantizations): the
+baseline that says what distillation bought beyond quantizing the teacher.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .bench import BenchConfig
+from .export import ExportConfig
+from .plan import PlanConfig
+
+
+def _log(msg: str) -> None:
+    print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
+
+
+def _hash(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _files_id(path: Path) -> list:
+    """Cheap identity of a file or folder's contents: names, sizes, mtimes."""
+    path = Path(path)
+    if path.is_file():
+        s = path.stat()
+        return [(path.name, s.st_size, int(s.st_mtime))]
+    return sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
+                  for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+
+
+@dataclass
+class Stages:
+    """RUN_DIR/stages.json: input hash of every finished stage."""
+
+    path: Path
+    done: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Stages":
+        p = run_dir / "stages.json"
+        return cls(p, json.loads(p.read_text()) if p.is_file() else {})
+
+    def fresh(self, name: str, key: str) -> bool:
+        return self.done.get(name, {}).get("key") == key
+
+    def mark(self, name: str, key: str) -> None:
+        self.done[name] = {"key": key, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.path.with_name(".stages.json.tmp")
+        tmp.write_text(json.dumps(self.done, indent=2))
+        tmp.replace(self.path)
+
+
+def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
+        plan_config: PlanConfig = PlanConfig(), kd=None, train=None, data_cfg=None,
+        export_config: ExportConfig = ExportConfig(), bench_config: BenchConfig = BenchConfig(),
+        baselines: bool = True, log=_log) -> dict:
+    """Run every stage for ``teacher`` on ``target``; returns {json, md, html} report paths."""
+    from .distill import DataConfig, KDConfig, TrainConfig, distill
+    from .profiles import load_profile
+    from .teacher import load_teacher
+
+    kd, train, data_cfg = kd or KDConfig(), train or TrainConfig(), data_cfg or DataConfig()
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = Stages.load(run_dir)
+    prof = load_profile(target)
+    t = load_teacher(teacher)
+    t_id = [t.config, _files_id(t.path) if t.path else None]
+    data_id = _files_id(Path(data)) if data else "stdlib"
+    total = 5 if baselines else 4
+    step = iter(range(1, total + 1))
+
+    # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
+    key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(kd), asdict(train),
+                asdict(data_cfg))
+    student_dir = run_dir / "student"
+    if stages.fresh("distill", key) and (student_dir / "config.json").is_file():
+        log(f"[{next(step)}/{total}] distill: inputs unchanged, kept {student_dir}")
+    else:
+        started = stages.done.get("distill_started", {}).get("key") == key
+        resume = started and (run_dir / "checkpoints" / "latest").is_file()
+        if not started:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            stages.mark("distill_started", key)
+        log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
+        distill(t.path if t.path else teacher, prof, data, run_dir, kd=kd, train=train,
+                data_cfg=data_cfg, resume=resume, plan_config=plan_config)
+        stages.mark("distill", key)
+
+    # 3. export, quantize and verify the student, then the teacher (the baseline)
+    exports = {}
+    roles = [("student", student_dir)] + ([("teacher", t.path)] if baselines else [])
+    for role, model_dir in roles:
+        exports[role] = _export_stage(role, model_dir, prof, export_config, run_dir, stages,
+                                      next(step), total, log)
+
+    # 4. benchmark every artifact (and the HF folders, in torch) on this machine
+    artifacts = []
+    for role, model_dir in roles:
+        for a in exports[role]["artifacts"]:
+            artifacts.append({"role": role, "path": a["path"], "format": a["format"],
+                              "quant": a["quant"], "model_dir": str(model_dir),
+                              "parity": {"status": a["status"], **a["parity"]["figures"]},
+                              "tensor_types": a.get("tensor_types")})
+        artifacts.append({"role": role, "path": str(model_dir), "format": "hf",
+                          "quant": "fp32", "model_dir": str(model_dir)})
+    bkey = _hash([stages.done.get(f"export_{r}") for r, _ in roles], asdict(bench_config),
+                 asdict(prof))
+    bench_path = run_dir / "bench.json"
+    if stages.fresh("bench", bkey) and bench_path.is_file():
+        log(f"[{next(step)}/{total}] bench: inputs unchanged, kept {bench_path}")
+        records = json.loads(bench_path.read_text())
+    else:
+        from .bench import bench
+        log(f"[{next(step)}/{total}] bench: {len(artifacts)} artifacts")
+        records = bench(artifacts, t.path, prof, bench_config)
+        tmp = run_dir / ".bench.json.tmp"
+        tmp.write_text(json.dumps(records, indent=2, default=str))
+        tmp.replace(bench_path)
+        stages.mark("bench", bkey)
+    return report(run_dir)
+
+
+def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) -> dict:
+    from .export import export
+
+    key = _hash(_files_id(Path(model_dir)), asdict(prof), asdict(cfg))
+    out = run_dir / "export" / role
+    if stages.fresh(f"export_{role}", key) and (out / "export.json").is_file():
+        log(f"[{n}/{total}] export {role}: inputs unchanged, kept {out}")
+    else:
+        log(f"[{n}/{total}] export {role}: {model_dir}")
+        export(model_dir, prof, cfg, out)
+        stages.mark(f"export_{role}", key)
+    return json.loads((out / "export.json").read_text())
+
+
+def report(run_dir: str | Path) -> dict:
+    """(Re)write report.json/md/html of a run folder from its bench.json and plan.json."""
+    from .errors import EdgeDistillError
+    from .report import write_report
+
+    run_dir = Path(run_dir)
+    bench_path = run_dir / "bench.json"
+    if not bench_path.is_file():
+        raise EdgeDistillError(f"{run_dir} has no bench.json.",
+                               "run 'edgedistill bench RUN_DIR' (or the full 'export') first")
+    records = json.loads(bench_path.read_text())
+    plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").is_file() \
+        else {}
+    dist = json.loads((run_dir / "distill.json").read_text()) \
+        if (run_dir / "distill.json").is_file() else {}
+    measured_on = next((r["bench"]["device"] for r in records if r.get("bench")), "this machine")
+    notes = [
+        "Figures in bench columns are measured on this machine, each runtime in its own "
+        "process (median of repeats after a warm-up). 'pred. target' figures are predicted "
+        "by the planner's uncalibrated roofline for the target device.",
+        "Quality is computed from each runtime's own outputs on held-out text; the teacher "
+        "rows are the baseline: the teacher exported and quantized the same way.",
+    ]
+    if dist:
+        v = dist.get("validation", {})
+        if "loss" in v:
+            notes.append(f"Distillation: {dist['steps']} steps, {dist['tokens']:,} tokens; "
+                         f"held-out loss student {v['loss']:.4f} vs teacher "
+                         f"{dist.get('teacher_val_loss', float('nan')):.4f} (torch).")
+        elif "cosine" in v:
+            notes.append(f"Distillation: {dist['steps']} steps; held-out embedding cosine to "
+                         f"the teacher {v['cosine']:.4f} (torch).")
+    for r in records:
+        if "error" in (r.get("bench") or {}):
+            notes.append(f"{r['role']} {r['format']}:{r['quant']} could not be measured: "
+                         f"{r['bench']['error']}")
+    doc = {"target": plan.get("target", {}), "measured_on": measured_on,
+           "plan": {k: plan.get(k) for k in ("deployment", "requirements", "explanation")}
+           | {"student_predicted": (plan.get("student") or {}).get("predicted"),
+              "teacher_predicted": (plan.get("teacher") or {}).get("predicted")},
+           "artifacts": records, "notes": notes}
+    return write_report(run_dir, doc)

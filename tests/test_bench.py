@@ -1,0 +1,141 @@
+"""Runners, timing, quality, reports and the whole chain, on tiny models built here."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedistill.bench import BenchConfig, bench
+from edgedistill.bench.quality import causal_quality, neighbour_overlap
+from edgedistill.bench.timing import percentile, roofline_fraction, summarize_causal
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_timing_statistics():
+    runs = [{"prefill_s": 0.5, "token_s": [0.01] * 9 + [0.1]},
+            {"prefill_s": 1.0, "token_s": [0.02] * 10}]
+    s = summarize_causal(runs, prompt_tokens=100, new_tokens=10)
+    assert s["prefill_tokens_per_s"] == pytest.approx(150.0)  # median of 200 and 100
+    assert s["spread"]["prefill_tokens_per_s"] == [100.0, 200.0]
+    assert s["p50_ms"] == pytest.approx(20.0) and s["p95_ms"] > 20
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert roofline_fraction(1e9, 10, 20) == pytest.approx(0.5)
+
+
+def test_quality_figures():
+    rng = np.random.default_rng(0)
+    t = [rng.normal(size=(6, 11))]
+    ids = [[1, 2, 3, 4, 5, 6, 7]]
+    same = causal_quality(t, [ids[0][:6]], t)
+    assert same["kl_to_teacher"] == pytest.approx(0) and same["top1_agreement"] == 1
+    assert same["perplexity"] > 1
+    a = rng.normal(size=(30, 8))
+    assert neighbour_overlap(a, a) == 1.0 and neighbour_overlap(a, rng.normal(size=(30, 8))) < 1
+
+
+def _arts(model: Path, export_dir: Path, extra=()):
+    from edgedistill.export import ExportConfig, export
+    res = export(model, "laptop", ExportConfig(quants=("q8_0", "int8")), export_dir)
+    return [{"role": "student", "path": str(a.path), "format": a.format, "quant": a.quant,
+             "model_dir": str(model)} for a in res.artifacts] + list(extra)
+
+
+@pytest.mark.slow
+def test_a_crashing_or_missing_runtime_is_reported_and_the_rest_measured(trained_llama,
+                                                                         tmp_path,
+                                                                         monkeypatch):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    arts = _arts(trained_llama, tmp_path / "e", [
+        {"role": "student", "path": str(junk), "format": "gguf", "quant": "q8_0",
+         "model_dir": str(trained_llama)}])
+    recs = bench(arts, trained_llama, "laptop", BenchConfig(new_tokens=8, repeats=1))
+    by = {(r["path"]): r for r in recs}
+    bad = by[str(junk)]
+    assert bad["bench"]["measured"] is False and "llama.cpp failed" in bad["bench"]["error"]
+    good = [r for r in recs if r["path"] != str(junk)]
+    for r in good:
+        b = r["bench"]
+        assert b["measured"] and b["decode_tokens_per_s"] > 0 and b["prefill_tokens_per_s"] > 0
+        assert b["p95_ms"] >= b["p50_ms"] > 0 and b["peak_rss_mb"] > 10
+        assert 0 < b["roofline_fraction"] and r["quality"]["perplexity"] > 1
+        assert r["predicted"]["target"]["label"] == "predicted"
+    from edgedistill.bench import runners
+    monkeypatch.setattr(runners, "available", lambda rt: rt != "onnxruntime")
+    recs = bench(arts[:1], trained_llama, "laptop", BenchConfig(new_tokens=4, repeats=1))
+    assert recs[0]["format"] != "onnx" or "not installed" in recs[0]["bench"]["error"]
+
+
+@pytest.mark.slow
+def test_whole_chain_report_and_rerun_skips(trained_llama, tmp_path):
+    cmd = [sys.executable, "-m", "edgedistill", "export", "--teacher", str(trained_llama),
+           "--target", "laptop", "--out", str(tmp_path / "run"), "--steps", "4",
+           "--seq-len", "32", "--batch-size", "2", "--quant", "q8_0,int8", "--new-tokens", "8",
+           "--repeats", "1", "--speedup", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    doc = json.loads((run / "report.json").read_text())
+    roles = {a["role"] for a in doc["artifacts"]}
+    assert roles == {"student", "teacher"}
+    for a in doc["artifacts"]:
+        for key in ("role", "path", "format", "quant", "size_bytes", "bench", "quality"):
+            assert key in a
+        b = a["bench"]
+        assert b["measured"] is True and b["device"] and b["runtime"]
+        for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "p50_ms",
+                    "p95_ms", "peak_rss_mb"):
+            assert b[key] > 0
+        if a["format"] != "hf":
+            assert {"max_abs_diff", "top1_agreement", "status"} <= set(a["parity"])
+            assert a["predicted"]["target"]["label"] == "predicted"
+            assert b["roofline_fraction"] > 0
+    assert (run / "report.md").read_text().startswith("# edgedistill report")
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert again.stderr.count("inputs unchanged") == 4
+    if CHROMIUM:
+        _render(run / "report.html", tmp_path)
+
+
+def _render(page: Path, tmp: Path) -> None:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp / 'chrome'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "edgedistill report" in dom and "<table>" in dom and dom.count("<img") == 2
+    shot = tmp / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600",
+                    page.as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.std() > 10  # not a blank page: text, a table and two plots
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
+def test_report_html_shows_in_headless_chromium(tmp_path):
+    from edgedistill.report import write_report
+    recs = []
+    for role, q, tps, ppl in (("student", "q4_k_m", 300.0, 12.0), ("teacher", "q4_k_m", 100.0,
+                                                                      10.0)):
+        recs.append({"role": role, "path": f"/x/{role}.gguf", "format": "gguf", "quant": q,
+                     "size_bytes": 10 * 2**20, "parity": {"status": "passed"},
+                     "bench": {"runtime": "llama.cpp", "device": "cpu", "measured": True,
+                               "decode_tokens_per_s": tps, "prefill_tokens_per_s": 9 * tps,
+                               "ttft_ms": 5.0, "p50_ms": 3.0, "p95_ms": 4.0,
+                               "peak_rss_mb": 50.0, "roofline_fraction": 0.5},
+                     "quality": {"perplexity": ppl, "kl_to_teacher": 0.1,
+                                 "top1_agreement": 0.9},
+                     "predicted": {"this_machine": {"decode_tokens_per_s": tps * 1.3},
+                                   "target": {"decode_tokens_per_s": tps * 2,
+                                              "label": "predicted"}}})
+    paths = write_report(tmp_path, {"target": {"name": "laptop", "device": "x"},
+                                    "measured_on": "cpu", "artifacts": recs})
+    _render(Path(paths["html"]), tmp_path)
