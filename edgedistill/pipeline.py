@@ -9,7 +9,6 @@ baseline that says what distillation bought beyond quantizing the teacher.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -18,19 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .bench import BenchConfig
+from .distill import fingerprint as _hash
 from .export import ExportConfig
 from .plan import PlanConfig
 
 
 def _log(msg: str) -> None:
     print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
-
-
-def _hash(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def _files_id(path: Path) -> list:

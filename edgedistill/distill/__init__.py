@@ -51,7 +51,8 @@ def _quiet(msg: str) -> None:
     """Logger of the non-main processes of a distributed run."""
 
 
-def _fingerprint(*parts) -> str:
+def fingerprint(*parts) -> str:
+    """Short stable hash of JSON-able parts (inputs of a stage)."""
     h = hashlib.sha256()
     for p in parts:
         h.update(json.dumps(p, sort_keys=True, default=str).encode())
@@ -147,8 +148,8 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
         data_desc = {"train_blocks": len(train_items), "val_blocks": len(val_items),
                      "seq_len": data_cfg.seq_len,
                      "train_tokens": int(train_items.numel())}
-    data_hash = _fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
-    fingerprint = _fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
+    data_hash = fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
+    fingerprint = fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
                                str(student), data_hash, asdict(kd), asdict(data_cfg), init,
                                replace(train, steps=0, eval_every=0, save_every=0))
     log(f"data: {data_desc}")
@@ -225,4 +226,4 @@ def _save_student(model, tokenizer_dir: Path, out: Path) -> None:
 
 
 __all__ = ["DataConfig", "DistillResult", "KDConfig", "TrainConfig", "distill",
-           "check_same_tokenizer"]
+           "check_same_tokenizer", "fingerprint"]
