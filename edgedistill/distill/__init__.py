@@ -149,7 +149,7 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
                      "seq_len": data_cfg.seq_len,
                      "train_tokens": int(train_items.numel())}
     data_hash = fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
-    fingerprint = fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
+    run_key = fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
                                str(student), data_hash, asdict(kd), asdict(data_cfg), init,
                                replace(train, steps=0, eval_every=0, save_every=0))
     log(f"data: {data_desc}")
@@ -198,7 +198,7 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
 
     t0 = time.time()
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
-                           recipe.val_fn, recipe.train_cfg, run_dir, fingerprint, resume, log)
+                           recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log)
     trained = metrics.pop("unwrapped")
     student_dir = run_dir / "student"
     if metrics.pop("is_main"):
