@@ -1,9 +1,9 @@
 """The whole chain for the laptop on a small causal LM: student against teacher, both at
 Q4_K_M in llama.cpp, with the decode speedup and the held-out loss.
 
-    .venv/bin/python benchmarks/e2e_laptop.py [--steps 600] [--speedup 3]
+    .venv/bin/python benchmarks/e2e_laptop.py [--steps 400] [--max-params 9000000]
 
-Teacher: a llama (hidden 512, 8 layers, FFN 1536, vocabulary 4096: 27 M parameters) trained
+Teacher: a llama (hidden 512, 6 layers, FFN 1024, vocabulary 4096: 18 M parameters) trained
 here on the first 2 M characters of the standard library's source (reused if already trained).
 Smaller teachers are dominated by llama.cpp's fixed per-token cost, which no student removes.
 Pipeline: `edgedistill export --teacher T --target laptop --data D` with D = the next 1 M
@@ -24,9 +24,13 @@ ROOT = Path(__file__).resolve().parent
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher-steps", type=int, default=1200)
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--speedup", type=float, default=3.0)
+    ap.add_argument("--teacher-steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--speedup", type=float, default=None,
+                    help="planner speedup (default: the planner's)")
+    ap.add_argument("--max-params", type=int, default=9_000_000,
+                    help="student size cap: the laptop profile's predicted per-token overhead "
+                    "makes the planner settle for near-teacher students of teachers this small")
     ap.add_argument("--work", default="/tmp/edgedistill-bench")
     ap.add_argument("--out", default=str(ROOT / "results" / "e2e_laptop.json"))
     args = ap.parse_args()
@@ -40,16 +44,16 @@ def main() -> int:
     from edgedistill.toy import make_causal_lm
 
     work = Path(args.work)
-    teacher = work / f"e2e-teacher-h512-l8-s{args.teacher_steps}"
+    teacher = work / f"e2e-teacher-h512-l6-s{args.teacher_steps}"
     if not (teacher / "config.json").is_file():
-        make_causal_lm(teacher, hidden=512, layers=8, heads=8, kv_heads=4, ffn=1536,
+        make_causal_lm(teacher, hidden=512, layers=6, heads=8, kv_heads=4, ffn=1024,
                        vocab=4096, steps=args.teacher_steps, seq_len=128, batch=8, lr=1e-3,
                        chars=2_000_000, log=lambda m: print(m, file=sys.stderr))
     data = work / "e2e_data.txt"
     data.write_text(stdlib_source(3_000_000)[2_000_000:])
     t0 = time.time()
     paths = run(teacher, "laptop", str(data), work / "e2e_laptop",
-                plan_config=PlanConfig(speedup=args.speedup),
+                plan_config=PlanConfig(speedup=args.speedup, max_params=args.max_params),
                 train=TrainConfig(steps=args.steps, batch_size=8, lr=1e-3,
                                   eval_every=args.steps // 4, save_every=args.steps // 4),
                 data_cfg=DataConfig(seq_len=128),
