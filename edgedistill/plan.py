@@ -394,7 +394,10 @@ def _explain(pl: Plan, bigger: list[Candidate]) -> list[str]:
     if s.alignment < 256 and pl.format == "gguf":
         lines.append(f"Rows are multiples of {s.alignment}, not 256: "
                      f"{sp.fallback_note or 'k-quants store some matrices in wider types'}.")
-    if prof.constraints.static_shapes:
+    if prof.constraints.static_shapes and t.shape.is_encoder:
+        lines.append(f"Static shapes: one graph for batches of {req['encoder_batch']} x "
+                     f"{req['encoder_seq_len']} tokens; widths are multiples of {s.alignment}.")
+    elif prof.constraints.static_shapes:
         lines.append(f"Static shapes: prefill graph of {prof.constraints.prefill_chunk} tokens, "
                      f"decode graph of 1 token, KV cache fixed at {prof.context_length}; widths "
                      f"are multiples of {s.alignment}.")
