@@ -1,9 +1,15 @@
 """edgedistill: distil a teacher into a student that fits a device, export it, measure it.
 
-The public API, in pipeline order (later stages arrive with later releases):
+The public API, in pipeline order. The first two stages are pure Python and imported here;
+the others need torch and live in their modules (imported on use):
 
     profile  load_profile, list_profiles, local_profile
     plan     load_teacher, plan, PlanConfig, predict
+    distill  edgedistill.distill.distill(teacher, target, data, out, kd=, train=, data_cfg=)
+    export   edgedistill.export.export(student, target, ExportConfig(...))  (+ verification)
+    bench    edgedistill.bench.bench(artifacts, teacher_dir, target, BenchConfig(...))
+    report   edgedistill.pipeline.report(run_dir)
+    all      edgedistill.pipeline.run(teacher, target, data, out)
 """
 from .errors import EdgeDistillError, MachineError, PlanError, ProfileError, TeacherError
 from .profiles import DeviceProfile, list_profiles, load_profile, profile_names
