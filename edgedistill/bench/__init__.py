@@ -57,7 +57,6 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     from ..export import ExportConfig, eval_data
     from ..export.onnx import sentence_pooling
     from ..export.runtimes import torch_causal_logits, torch_sentence_embeddings
-    from .quality import causal_quality, encoder_quality, runtime_logits
 
     prof = target if isinstance(target, DeviceProfile) else load_profile(target)
     teacher_dir = Path(teacher_dir)
@@ -77,9 +76,8 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         batch_texts = (held * (lt.encoder_batch // max(1, len(held)) + 1))[: lt.encoder_batch]
     else:
         teacher_ref = torch_causal_logits(teacher_dir, held)
-        max_pos = 512
         cfg = json.loads((teacher_dir / "config.json").read_text())
-        max_pos = min(max_pos, int(cfg.get("max_position_embeddings", 2048)))
+        max_pos = min(512, int(cfg.get("max_position_embeddings", 2048)))
         p = min(config.prompt_tokens or lt.prompt_tokens, max_pos - config.new_tokens - 8)
         stream = [t for s in held for t in s]
         prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
@@ -117,8 +115,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
                     here.decode_bytes_per_token, b["decode_tokens_per_s"],
                     local.memory.bandwidth_gbps)
         rec["bench"] = b
-        rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log,
-                                  causal_quality, encoder_quality, runtime_logits)
+        rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log)
         shown = (f"{b.get('decode_tokens_per_s', 0):.1f} tok/s decode" if not encoder
                  else f"{b.get('batch_ms', 0):.1f} ms/batch")
         log(f"{art['role']:>7} {fmt}:{quant:<8} {runtime:<12} "
@@ -140,10 +137,11 @@ def _pred(p, where: str) -> dict:
     return d | {"label": "predicted", "device": where, "basis": p.basis}
 
 
-def _quality(path, fmt, encoder, held, ref, threads, art, log, causal_quality,
-             encoder_quality, runtime_logits) -> dict:
-    from ..export.onnx import sentence_pooling
+def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:
+    """Quality from the runtime's own outputs; an error record when the runtime fails."""
     from ..export import runtimes as rt
+    from ..export.onnx import sentence_pooling
+    from .quality import causal_quality, encoder_quality, runtime_logits
 
     try:
         if encoder:
