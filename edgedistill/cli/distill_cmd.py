@@ -22,8 +22,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/distill", help="run folder")
     p.add_argument("--student", default=None, help="train this HF folder instead of the "
                    "planned student (same tokenizer as the teacher; any supported family)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None,
+                   help="default 800 for encoders, 300 for causal LMs")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 32 sentences for encoders, 8 sequences for causal LMs")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -59,7 +61,7 @@ def _check(args) -> None:
         raise EdgeDistillError(f"--kd-weight must be in [0, 1], got {args.kd_weight}.",
                                "use 1 for pure KD, 0 for the CE baseline")
     for name in ("steps", "batch_size", "seq_len", "grad_accum"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise EdgeDistillError(f"--{name.replace('_', '-')} must be at least 1.",
                                    f"pass --{name.replace('_', '-')} 1 or more")
     if args.temperature <= 0 or args.lr <= 0:
@@ -67,17 +69,18 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
-    from ..distill import DataConfig, KDConfig, TrainConfig, distill
+    from ..distill import DataConfig, KDConfig, TrainConfig, distill, train_size
     from ..plan import PlanConfig
     from . import emit_json
     from .plan_cmd import parse_count
 
     _check(args)
+    steps, batch = train_size(args.teacher, args.steps, args.batch_size)
     res = distill(
         args.teacher, args.target, args.data, args.out,
         kd=KDConfig(loss=args.loss, temperature=args.temperature, kd_weight=args.kd_weight,
                     jsd_beta=args.jsd_beta),
-        train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
+        train=TrainConfig(steps=steps, batch_size=batch,
                           grad_accum=args.grad_accum, lr=args.lr,
                           hidden_weight=args.hidden_weight, eval_every=args.eval_every,
                           save_every=args.save_every, seed=args.seed),

@@ -22,8 +22,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="export this HF model folder only")
     p.add_argument("--teacher", default=None, help="teacher for the whole chain (default: "
                    "the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--steps", type=int, default=300, help="distillation steps (whole chain)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="distillation steps (whole chain; "
+                   "default 800 for encoders, 300 for causal LMs)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 32 sentences for encoders, 8 sequences for causal LMs")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--speedup", type=float, default=None, help="as for 'plan'")
@@ -82,18 +84,18 @@ def _fmt(x) -> str:
 
 def _pipeline(args, export_cfg) -> int:
     from ..bench import BenchConfig
-    from ..distill import DataConfig, TrainConfig
+    from ..distill import DataConfig, TrainConfig, train_size
     from ..pipeline import run
     from ..plan import PlanConfig
     from ..report import main_table
     from . import emit_json
 
     out = args.out or "runs/run"
+    steps, batch = train_size(args.teacher, args.steps, args.batch_size)
     paths = run(args.teacher, args.target, args.data, out,
                 plan_config=PlanConfig(speedup=args.speedup),
-                train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                  eval_every=max(1, args.steps // 5),
-                                  save_every=max(1, args.steps // 5)),
+                train=TrainConfig(steps=steps, batch_size=batch, lr=args.lr,
+                                  eval_every=max(1, steps // 4), save_every=max(1, steps // 8)),
                 data_cfg=DataConfig(seq_len=args.seq_len), export_config=export_cfg,
                 bench_config=BenchConfig(threads=args.threads, new_tokens=args.new_tokens,
                                          repeats=args.repeats, data=args.data),

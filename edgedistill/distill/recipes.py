@@ -128,8 +128,18 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
         return {k: v for k, v in enc.items()
                 if k in ("input_ids", "attention_mask", "token_type_ids")}
 
+    # Length-grouped batches (as transformers' group_by_length): sentences sorted by length are
+    # cut into groups of one batch each, and the sampler's first index picks the group. A random
+    # batch of stdlib sentences pads to ~2.5x its mean length; a group pads to almost none.
+    lengths = [len(ids) for ids in tok(list(train_items), truncation=True,
+                                        max_length=data_cfg.seq_len)["input_ids"]]
+    by_length = sorted(range(len(train_items)), key=lengths.__getitem__)
+    group_of = {item: pos // cfg.batch_size for pos, item in enumerate(by_length)}
+
     def batch_fn(idx):
-        return encode([train_items[i] for i in idx])
+        g = group_of[int(idx[0])]
+        members = by_length[g * cfg.batch_size:(g + 1) * cfg.batch_size]
+        return encode([train_items[i] for i in members])
 
     def teacher_fn(batch):
         out = teacher(**batch, output_hidden_states=True)
@@ -137,10 +147,12 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
                                              pooling),
                 "states": out.hidden_states}
 
+    held = sorted(val_items[:cfg.eval_batches * 32], key=len)  # little padding; same mean
+
     def val_fn(module):
         sims = []
-        for i in range(0, min(len(val_items), cfg.eval_batches * 32), 32):
-            b = {k: v.to(device) for k, v in encode(val_items[i:i + 32]).items()}
+        for i in range(0, len(held), 32):
+            b = {k: v.to(device) for k, v in encode(held[i:i + 32]).items()}
             s = pool_embeddings(module.student(**b).last_hidden_state, b["attention_mask"],
                                 pooling)
             te = teacher_fn(b)["embedding"]
