@@ -65,8 +65,9 @@ class Prediction:
     decode_bytes_per_token: float
     fallback_note: str
     """Non-empty when rows force a quantization to fall back to a wider type."""
-    label: str = "predicted"
-    basis: str = "roofline, uncalibrated (profile defaults)"
+    label: str = "uncalibrated"
+    """``uncalibrated`` (this roofline), ``calibrated`` or ``predicted`` (predictor.py)."""
+    basis: str = "roofline with the profile's default coefficients"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,10 +83,17 @@ def _weight_bytes(s: ModelShape, q: QuantType, block: int) -> tuple[float, float
     mlp = (2 * h * f * bpw_h + h * f * bpw_f) if not s.is_encoder else (h * f * bpw_h + f * h * bpw_f)
     layer_bits = s.num_layers * (attn + mlp + 32 * s.layer_vector_params())
     emb_bits = s.embedding_params() * bpw_h
-    head_bits = s.head_params() * bpw_h
+    # llama.cpp stores the output matrix in Q6_K whatever the quantized type (Q8_0 stays
+    # Q8_0), and in Q8_0 when its rows are not multiples of 256 (llama-quant.cpp)
+    bpw_out = bpw_h
+    if q.format == "gguf" and q.bits_per_weight < 16 and q.name != "q8_0":
+        bpw_out = 8.5 if h % 256 else 6.5625
+    head_bits = s.head_params() * bpw_out
+    if s.tie_embeddings and not s.is_encoder:
+        emb_bits = s.embedding_params() * bpw_out  # the shared matrix is the output one
     total = (layer_bits + emb_bits + head_bits) / 8
     # One decode step reads every layer matrix, the output matrix, and one embedding row.
-    out_bits = s.output_matrix_params() * bpw_h
+    out_bits = s.output_matrix_params() * bpw_out
     streamed = (layer_bits + out_bits + h * bpw_h) / 8
     note = ""
     if q.format == "gguf" and (bpw_h, bpw_f, bpw_q) != (q.bits_per_weight,) * 3:
@@ -102,6 +110,38 @@ def layer_flops(s: ModelShape, tokens: int, context: int, causal: bool) -> float
     # scores (QK^T) and weighted sum (AV): 2 * 2 * q_dim per (query, key) pair
     pairs = tokens * context - (tokens * (tokens - 1) / 2 if causal else 0)
     return matmul + 4 * s.num_layers * s.q_dim * pairs
+
+
+def encoder_compute_s(shape: ModelShape, q: QuantType, seq: int, batch: int, peak: float,
+                      vec_peak: float, bw: float, streamed: float) -> float:
+    """Seconds of one encoder batch, before fixed overheads.
+
+    Matrix products run at the quantization's compute peak, except those that stay float: the
+    attention scores (QK^T, AV) always, and the FFN down projections of ONNX int8 (see
+    ``_weight_bytes``). Element-wise work (layer norms, GELU, residual adds, softmax, the
+    activation quantization of dynamic int8) moves activations through memory: about 12
+    hidden-wide and 4 FFN-wide tensor passes per token and layer, and 3 passes over the
+    attention scores."""
+    L, h, f = shape.num_layers, shape.hidden_size, shape.intermediate_size
+    tokens = batch * seq
+    scores = 4 * L * shape.q_dim * seq * seq * batch
+    float_mm = 2 * L * h * f * tokens if (q.format == "onnx" and q.name == "int8") else 0.0
+    quant_mm = 2 * L * shape.layer_matrix_params() * tokens - float_mm
+    if q.compute_dtype == "fp32":
+        quant_mm, float_mm = 0.0, quant_mm + float_mm
+    elementwise = L * (tokens * (12 * h + 4 * f) + 3 * batch * shape.num_heads * seq * seq) * 4
+    if q.format == "onnx" and q.name == "int8":
+        # dynamic quantization: each quantized product's input is scanned and quantized, and
+        # its int32 output rescaled to float (q/k/v share an input): ~14 h + 2 f passes
+        elementwise += L * tokens * (14 * h + 2 * f) * 4
+    if q.format == "onnx" and q.name == "int8":
+        # onnxruntime's dynamic int8 (MatMulInteger) ran the MiniLM teacher only 1.7x faster
+        # than fp32 here (148.6 vs 252.9 ms per batch of 32, 2 threads, `edgedistill export
+        # --target laptop`), far from the VNNI peak: count its products at 1.7x the fp32 rate
+        # until a calibration replaces it
+        peak = min(peak, 1.7 * vec_peak)
+    compute = quant_mm / peak + (float_mm + scores) / vec_peak
+    return max(compute, streamed / bw) + elementwise / bw
 
 
 def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
@@ -131,7 +171,7 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         scores = batch * shape.num_heads * seq * seq * 4
         memory = weights + act + scores + RUNTIME_BUFFER_BYTES
         flops = layer_flops(shape, seq, seq, causal=False) * batch
-        t = max(flops / peak, streamed / bw) + layer_s + call_s
+        t = encoder_compute_s(shape, q, seq, batch, peak, vec_peak, bw, streamed) + layer_s + call_s
         return Prediction(fmt, quant, weights / 1e9, 0.0, memory / 1e9, None, None, None,
                           t * 1e3, batch / t, flops / (batch * seq), streamed, note)
 

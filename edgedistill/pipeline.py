@@ -159,10 +159,12 @@ def report(run_dir: str | Path) -> dict:
     dist = json.loads((run_dir / "distill.json").read_text()) \
         if (run_dir / "distill.json").is_file() else {}
     measured_on = next((r["bench"]["device"] for r in records if r.get("bench")), "this machine")
+    target_pred = next((r["predicted"]["target"] for r in records if r.get("predicted")), {})
     notes = [
         "Figures in bench columns are measured on this machine, each runtime in its own "
-        "process (median of repeats after a warm-up). 'pred. target' figures are predicted "
-        "by the planner's uncalibrated roofline for the target device.",
+        "process (median of repeats after a warm-up). 'pred. target' figures are "
+        f"{target_pred.get('label', 'predicted')} for the target device "
+        f"({target_pred.get('basis', 'the planner')}), not measured.",
         "Quality is computed from each runtime's own outputs on held-out text; the teacher "
         "rows are the baseline: the teacher exported and quantized the same way.",
     ]

@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass, field
 
 from .arch import ModelShape, config_for_shape
-from .costmodel import Prediction, predict, row_alignment
+from .costmodel import Prediction, row_alignment
+from .predictor import predictor_for
 from .errors import PlanError
 from .formats import RUNTIMES
 from .profiles import DeviceProfile, load_profile
@@ -41,6 +42,8 @@ class PlanConfig:
     """``format:quant`` to size for; default: the profile's preferred runtime and quant."""
     top: int = 8
     """Rows in the explanation table."""
+    calibration: str | None = None
+    """A calibration file of this machine; default: the cache entry, if any (predictor.py)."""
 
 
 @dataclass
@@ -265,7 +268,8 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
         raise PlanError(f"--speedup must be positive, got {config.speedup}.",
                         "pass e.g. --speedup 2 (or 1 to ask for no speedup)")
     runtime, fmt, quant = deployment(prof, t.shape.is_encoder, config.deploy)
-    t_pred = predict(t.shape, prof, fmt, quant)
+    predict_on = predictor_for(prof, config.calibration)
+    t_pred = predict_on(t.shape, fmt, quant)
     speedup = config.speedup or DEFAULT_SPEEDUP
     req = _requirements(t_pred, prof, t.shape.is_encoder, speedup)
     t_fail = _failures(t_pred, _targets_only(req, prof))
@@ -282,7 +286,7 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
         raise PlanError(f"teacher {t.name} ({t.shape.describe()}) is too small to shrink.",
                         "deploy the teacher itself, or pick a larger teacher")
     need = prof.constraints.dim_multiple if prof.constraints.static_shapes else 1
-    preds = [(s, predict(s, prof, fmt, quant), row_alignment(s)) for s in shapes]
+    preds = [(s, predict_on(s, fmt, quant), row_alignment(s)) for s in shapes]
 
     def judge(req: dict) -> list[Candidate]:
         out = []
@@ -314,7 +318,7 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
     # next feasible ones (what else would fit).
     bigger = [c for c in cands if c.rank_key() > best.rank_key()][-(config.top // 2):]
     table = bigger + feasible[: config.top - len(bigger)]
-    by_quant = {q: predict(best.shape, prof, fmt, q) for q in prof.formats[fmt]}
+    by_quant = {q: predict_on(best.shape, fmt, q) for q in prof.formats[fmt]}
     result = Plan(t, prof, runtime, fmt, quant, req, t_pred, t_fail, best,
                   config_for_shape(t.config, best.shape), by_quant, table, len(cands),
                   len(feasible))
@@ -401,6 +405,6 @@ def _explain(pl: Plan, bigger: list[Candidate]) -> list[str]:
         lines.append(f"Static shapes: prefill graph of {prof.constraints.prefill_chunk} tokens, "
                      f"decode graph of 1 token, KV cache fixed at {prof.context_length}; widths "
                      f"are multiples of {s.alignment}.")
-    lines.append("All figures are predicted by the uncalibrated roofline cost model "
-                 "(profile defaults), not measured.")
+    lines.append(f"All figures are {sp.label}, not measured: {sp.basis}. Memory is the "
+                 "arithmetic of the layout (weights, KV cache, runtime buffers).")
     return lines

@@ -3,9 +3,15 @@ save_pretrained folder where weights matter). No network, no downloads."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Hermetic: a calibration made on this machine by 'edgedistill calibrate' must not change what
+# the tests see (labels, plans). Subprocesses inherit this.
+os.environ["EDGEDISTILL_CACHE"] = tempfile.mkdtemp(prefix="edgedistill-test-cache-")
 
 # Real shapes of public models (their config.json values), used only for planning: the planner
 # needs no weights. Kept small in number; each family is covered.

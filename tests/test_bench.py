@@ -63,7 +63,7 @@ def test_a_crashing_or_missing_runtime_is_reported_and_the_rest_measured(trained
         assert b["measured"] and b["decode_tokens_per_s"] > 0 and b["prefill_tokens_per_s"] > 0
         assert b["p95_ms"] >= b["p50_ms"] > 0 and b["peak_rss_mb"] > 10
         assert 0 < b["roofline_fraction"] and r["quality"]["perplexity"] > 1
-        assert r["predicted"]["target"]["label"] == "predicted"
+        assert r["predicted"]["target"]["label"] == "uncalibrated"
     from edgedistill.bench import runners
     monkeypatch.setattr(runners, "available", lambda rt: rt != "onnxruntime")
     recs = bench(arts[:1], trained_llama, "laptop", BenchConfig(new_tokens=4, repeats=1))
@@ -92,7 +92,7 @@ def test_whole_chain_report_and_rerun_skips(trained_llama, tmp_path):
             assert b[key] > 0
         if a["format"] != "hf":
             assert {"max_abs_diff", "top1_agreement", "status"} <= set(a["parity"])
-            assert a["predicted"]["target"]["label"] == "predicted"
+            assert a["predicted"]["target"]["label"] == "uncalibrated"
             assert b["roofline_fraction"] > 0
     assert (run / "report.md").read_text().startswith("# edgedistill report")
     html = (run / "report.html").read_text()

@@ -32,7 +32,7 @@ def test_plan_json_contract(tmp_path):
     assert s["params"] < t["params"]
     for key in ("memory_gb", "decode_tokens_per_s", "prefill_ms"):
         assert s["predicted"][key] > 0 and t["predicted"][key] > 0
-    assert s["predicted"]["label"] == "predicted"
+    assert s["predicted"]["label"] == "uncalibrated"
     assert s["predicted"]["memory_gb"] <= 4.0
     assert s["config"]["model_type"] == "llama" and t["config"]["num_hidden_layers"] == 22
     assert s["config"]["num_hidden_layers"] == s["shape"]["num_layers"]

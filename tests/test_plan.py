@@ -27,7 +27,7 @@ def test_laptop_student_is_smaller_and_fits(teacher_dir, name):
     assert p.decode_tokens_per_s >= pl.requirements["decode_tokens_per_s"]
     assert p.prefill_ms <= pl.requirements["prefill_ms"]
     assert s.hidden_size % s.num_heads == 0 and s.num_heads % s.num_kv_heads == 0
-    assert p.label == "predicted"
+    assert p.label == "uncalibrated"
 
 
 def test_phone_npu_student_differs_and_respects_npu_constraints(teacher_dir):

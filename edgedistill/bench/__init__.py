@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..arch import shape_from_config
-from ..costmodel import predict
+from ..predictor import predictor_for
 from ..export.runtimes import RuntimeFailure
 from ..profiles import DeviceProfile, load_profile
 from .runners import RUNTIME_OF_FORMAT, time_artifact
@@ -65,6 +65,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     device, local = _this_machine(threads)
     log(f"measuring on {device}; memory bandwidth {local.memory.bandwidth_gbps:.1f} GB/s")
+    predict_here, predict_there = predictor_for(local), predictor_for(prof)
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     held, _ = eval_data(teacher_dir, tok, encoder, ExportConfig(data=config.data,
                                                                  eval_sequences=8,
@@ -106,8 +107,8 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
             b |= {"error": str(e), "measured": False}
         rec["size_bytes"] = _size(path)
         if fmt != "hf":
-            here = predict(shape, local, fmt, quant)
-            there = predict(shape, prof, fmt, quant)
+            here = predict_here(shape, fmt, quant)
+            there = predict_there(shape, fmt, quant)
             rec["predicted"] = {"this_machine": _pred(here, device),
                                 "target": _pred(there, f"{prof.name} ({prof.device})")}
             if "decode_tokens_per_s" in b:
@@ -134,7 +135,7 @@ def _pred(p, where: str) -> dict:
     d = {k: getattr(p, k) for k in ("memory_gb", "decode_tokens_per_s", "prefill_ms",
                                     "prefill_tokens_per_s", "encoder_batch_ms",
                                     "sentences_per_s")}
-    return d | {"label": "predicted", "device": where, "basis": p.basis}
+    return d | {"label": p.label, "device": where, "basis": p.basis}
 
 
 def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:

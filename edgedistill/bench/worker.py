@@ -138,6 +138,26 @@ def _encoder(task):
     return times
 
 
+def _encoder_ids(task):
+    """An ONNX encoder on a fixed (batch, seq_len) of token ids: the calibration workload,
+    whose length does not depend on text."""
+    from ..export.runtimes import ort_session
+
+    sess = ort_session(Path(task["model"]), task["threads"])
+    shape = (task["batch"], task["seq_len"])
+    ids = (np.arange(shape[0] * shape[1]).reshape(shape) * 7919 % 1000 + 1000).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones(shape, np.int64),
+             "token_type_ids": np.zeros(shape, np.int64)}
+    feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
+    times = []
+    for r in range(task["repeats"] + 1):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        if r:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM). Not ru_maxrss: on Linux that keeps the
     parent's size from before exec, so every child would report at least its parent."""
@@ -155,6 +175,8 @@ def main(spec: str) -> int:
     task = json.loads(Path(spec).read_text())
     if task.get("kind") == "encoder":
         result = {"batch_s": _encoder(task)}
+    elif task.get("kind") == "encoder_ids":
+        result = {"batch_s": _encoder_ids(task)}
     else:
         fn = {"llama.cpp": _llama_causal, "onnxruntime": _ort_causal,
               "torch": _torch_causal}[task["runtime"]]

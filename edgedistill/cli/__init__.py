@@ -13,9 +13,11 @@ import sys
 import traceback
 
 from ..errors import EdgeDistillError
-from . import bench_cmd, distill_cmd, export_cmd, plan_cmd, profiles_cmd, report_cmd
+from . import (bench_cmd, calibrate_cmd, distill_cmd, export_cmd, plan_cmd, predict_cmd,
+               profiles_cmd, report_cmd)
 
-VERBS = (profiles_cmd, plan_cmd, distill_cmd, export_cmd, bench_cmd, report_cmd)
+VERBS = (profiles_cmd, plan_cmd, predict_cmd, calibrate_cmd, distill_cmd, export_cmd, bench_cmd,
+         report_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

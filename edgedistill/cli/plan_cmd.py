@@ -37,6 +37,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--deploy", default=None, metavar="FORMAT:QUANT",
                    help="size for this format and quantization (default: the profile's first)")
     p.add_argument("--top", type=int, default=8, help="rows of the candidate table")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a calibration of this machine (default: the one 'edgedistill "
+                   "calibrate' stored in the cache, if any)")
     return p
 
 
@@ -51,7 +54,7 @@ def run(args) -> int:
 
     cfg = PlanConfig(speedup=args.speedup,
                      max_params=parse_count(args.max_params) if args.max_params else None,
-                     deploy=args.deploy, top=args.top)
+                     deploy=args.deploy, top=args.top, calibration=args.calibration)
     result = plan(args.teacher, args.target, cfg)
     doc = result.to_dict()
     if args.json:
@@ -82,5 +85,6 @@ def run(args) -> int:
     print()
     for line in doc["explanation"]:
         print(f"- {line}")
-    print("\n(figures: predicted, uncalibrated roofline; --json for the student's config)")
+    label = s["predicted"]["label"]
+    print(f"\n(figures: {label}, {s['predicted']['basis']}; --json for the student's config)")
     return 0

@@ -10,6 +10,7 @@ Each writes ``model.<quant>.onnx`` beside the float model, via a temporary file.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -66,6 +67,11 @@ def quantize_onnx(fp32_path: str | Path, quant: str, *, block_size: int = 32,
     out = quantized_path(fp32_path, quant)
     tmp = _atomic_target(out)
     large = fp32_path.stat().st_size > _LARGE
+    # onnxruntime logs "Please consider to run pre-processing" on the root logger for every
+    # model; shape inference is not what our quantizations need
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
     try:
         if quant == "int8":
             quantize_dynamic(fp32_path, tmp, weight_type=QuantType.QInt8, per_channel=True,
@@ -92,6 +98,7 @@ def quantize_onnx(fp32_path: str | Path, quant: str, *, block_size: int = 32,
             )
         tmp.replace(out)
     finally:
+        root.setLevel(level)
         tmp.unlink(missing_ok=True)
     return out
 

@@ -1,0 +1,438 @@
+"""``edgedistill calibrate``: measure this machine's runtimes on a designed set of random-weight
+shapes, fit the latency predictor (predictor.py), hold out a quarter of the shapes to measure
+its error, and store the result in the cache, keyed by a machine fingerprint.
+
+    calibrate(target="local", formats=None, budget_s=600) -> calibration dict
+
+Shapes span the planner's candidate space: llama-family decoders (hidden 256-1024, 2-12
+layers, FFN 2-3.5x, vocab 8k or 32k) for llama.cpp GGUF and onnxruntime ONNX with KV cache;
+bert encoders (hidden 256-768, 2-12 layers) for onnxruntime. Each artifact is made the way a
+real export makes it (our GGUF writer and llama.cpp's quantizer; optimum and our ONNX
+quantizer) and timed in its runtime in a child process (bench/worker.py): decode tokens after
+a prompt, prefill of the prompt, and encoder batches at the profile's batch and length.
+Weights are random: speed does not depend on their values. Each figure is the fastest of
+``repeats`` timed runs (contention only ever adds time). The held-out shapes are measured a
+second time at the end: how far the two measurements of the same file disagree
+(``repeatability`` in each fit) is the floor under any predictor's error on this machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .arch import shape_from_config
+from .errors import EdgeDistillError
+from .predictor import (FEATURES, CalibrationError, cache_dir, calibration_path, evaluate,
+                        features, fingerprint, fingerprint_key, fit_key)
+
+CAUSAL_FORMATS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "onnx:fp32", "onnx:int8")
+ENCODER_FORMATS = ("onnx:fp32", "onnx:int8")
+DEFAULT_FORMATS = CAUSAL_FORMATS + tuple(f"encoder:{f}" for f in ENCODER_FORMATS)
+HOLDOUT_EVERY = 4
+"""Every 4th designed shape is held out of the fit and used to measure its error."""
+DECODE_TOKENS = 32
+REPEAT_SHARE = 0.15
+MIN_TRAIN = 7
+
+
+def _log(msg: str) -> None:
+    print(f"[calibrate] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the design -------------------------------------------------------------------------------
+
+def design(family: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct shapes spread over the candidate space (stratified: each hidden size and
+    depth bucket is visited in turn, the rest drawn at random). Returns HF config dicts."""
+    rng = random.Random(seed)
+    if family == "llama":
+        hiddens, depths = [256, 384, 512, 640, 768, 896, 1024], [2, 3, 4, 6, 8, 10, 12]
+        mults, vocabs = [2.0, 2.75, 3.5], [8192, 32000]
+    else:
+        hiddens, depths = [256, 384, 512, 640, 768], [2, 3, 4, 6, 8, 10, 12]
+        mults, vocabs = [2.0, 3.0, 4.0], [30522]
+    seen, out = set(), []
+    while len(out) < n and len(seen) < len(hiddens) * len(depths) * len(mults) * len(vocabs):
+        i = len(seen)
+        h = hiddens[i % len(hiddens)] if i < 2 * len(hiddens) else rng.choice(hiddens)
+        L = depths[(i * 3) % len(depths)] if i < 2 * len(depths) else rng.choice(depths)
+        m, v = rng.choice(mults), rng.choice(vocabs)
+        key = (h, L, m, v)
+        if key in seen:
+            seen.add(("dup", len(seen)))
+            continue
+        seen.add(key)
+        out.append(_config(family, h, L, m, v))
+    return out
+
+
+def _config(family: str, h: int, layers: int, mult: float, vocab: int) -> dict:
+    heads = max(1, h // 64)
+    if family == "llama":
+        ffn = max(256, int(round(h * mult / 256)) * 256)
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "hidden_size": h, "intermediate_size": ffn, "num_hidden_layers": layers,
+                "num_attention_heads": heads,
+                "num_key_value_heads": heads // 2 if heads % 2 == 0 else heads,
+                "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+                "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": 0,
+                "eos_token_id": 0, "rope_theta": 10000.0}
+    return {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": h,
+            "intermediate_size": int(h * mult), "num_hidden_layers": layers,
+            "num_attention_heads": heads, "vocab_size": vocab, "max_position_embeddings": 512,
+            "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}
+
+
+# -- making the artifacts ---------------------------------------------------------------------
+
+def _tokenizer(work: Path, family: str, vocab: int) -> Path:
+    """A tokenizer folder with exactly ``vocab`` entries (made once per calibration)."""
+    d = work / f"tokenizer-{family}-{vocab}"
+    if d.is_dir():
+        return d
+    if family == "llama":
+        from .corpus import stdlib_source
+        from .toy import train_bpe_tokenizer
+
+        tok = train_bpe_tokenizer(stdlib_source(200_000), 1024)
+        tok.add_tokens([f"<|cal{i}|>" for i in range(vocab - len(tok))])
+    else:
+        from transformers import AutoTokenizer
+
+        from .teacher import load_teacher
+        tok = AutoTokenizer.from_pretrained(load_teacher(None).path)
+    tok.save_pretrained(d)
+    return d
+
+
+def _hf_folder(work: Path, family: str, cfg: dict, name: str) -> Path:
+    import torch
+    import transformers
+
+    d = work / name / "hf"
+    if (d / "config.json").is_file():
+        return d
+    torch.manual_seed(0)
+    conf = transformers.AutoConfig.for_model(**cfg)
+    auto = transformers.AutoModelForCausalLM if family == "llama" else transformers.AutoModel
+    model = auto.from_config(conf).eval()
+    model.save_pretrained(d)
+    for f in _tokenizer(work, family, cfg["vocab_size"]).iterdir():
+        shutil.copy(f, d / f.name)
+    return d
+
+
+def _artifact(work: Path, hf: Path, fmt: str, quant: str, threads: int) -> Path:
+    if fmt == "gguf":
+        from .export.gguf import export_gguf
+        from .quantize.gguf import quantize_gguf
+
+        f16 = hf.parent / "model-f16.gguf"
+        if not f16.is_file():
+            export_gguf(hf, f16, "f16")
+        if quant == "f16":
+            return f16
+        out = hf.parent / f"model-{quant}.gguf"
+        return out if out.is_file() else quantize_gguf(f16, quant, out, threads)
+    from .export.onnx import export_onnx
+    from .quantize.onnx import quantize_onnx, quantized_path
+
+    fp32 = hf.parent / "onnx" / "model.onnx"
+    if not fp32.is_file():
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_onnx(hf, hf.parent / "onnx")
+    if quant == "fp32":
+        return fp32
+    out = quantized_path(fp32, quant)
+    return out if out.is_file() else quantize_onnx(fp32, quant)
+
+
+def _measure(path: Path, fmt: str, encoder: bool, threads: int, prompt: int, seq: int,
+             batch: int, repeats: int) -> dict:
+    """{workload: seconds per unit} for one artifact: the fastest of the repeats (decode: the
+    median token of a run)."""
+    from .bench.runners import time_artifact
+
+    if encoder:
+        from .export.runtimes import child
+        task = {"kind": "encoder_ids", "runtime": "onnxruntime", "model": str(path),
+                "threads": threads, "repeats": repeats, "batch": batch, "seq_len": seq}
+        r = child("edgedistill.bench.worker", task, 900, "onnxruntime")
+        return {"encoder": min(r["batch_s"])}
+    ids = [(7 * i + 3) % 900 + 1 for i in range(prompt)]
+    r = time_artifact(path, fmt, threads=threads, prompt=ids, new_tokens=DECODE_TOKENS,
+                      repeats=repeats)
+    runs = r["runs"]
+    return {"prefill": min(x["prefill_s"] for x in runs),
+            "decode": min(statistics.median(x["token_s"]) for x in runs)}
+
+
+# -- fitting ----------------------------------------------------------------------------------
+
+def _nnls(rows: list[list[float]], y: list[float]) -> list[float]:
+    """Non-negative least squares of relative error (rows and targets divided by y), by an
+    active set: fit, drop the most negative coefficient, refit."""
+    import numpy as np
+
+    A = np.array(rows, dtype=float) / np.array(y)[:, None]
+    b = np.ones(len(y))
+    active = list(range(A.shape[1]))
+    while active:
+        coef, *_ = np.linalg.lstsq(A[:, active], b, rcond=None)
+        if (coef >= 0).all():
+            out = [0.0] * A.shape[1]
+            for i, c in zip(active, coef):
+                out[i] = float(c)
+            return out
+        active.pop(int(np.argmin(coef)))
+    return [0.0] * A.shape[1]
+
+
+def _loglinear(rows: list[list[float]], y: list[float]) -> list[float]:
+    import numpy as np
+
+    X = np.array([[1.0] + [math.log(max(v, 1e-6)) for v in r[1:]] for r in rows])
+    w, *_ = np.linalg.lstsq(X, np.log(np.array(y)), rcond=1e-6)
+    return [float(v) for v in w]
+
+
+def _errors(fit: dict, rows, y, model=None) -> list[float]:
+    return [evaluate(fit, x, model) / t - 1 for x, t in zip(rows, y)]
+
+
+def fit(rows: list[list[float]], y: list[float]) -> dict:
+    """Both models on (rows, y); the one with the lower leave-one-out MAPE is chosen."""
+    full = {"physical": _nnls(rows, y), "loglinear": _loglinear(rows, y)}
+    loo = {"physical": [], "loglinear": []}
+    for i in range(len(y)):
+        r, t = rows[:i] + rows[i + 1:], y[:i] + y[i + 1:]
+        part = {"physical": _nnls(r, t), "loglinear": _loglinear(r, t)}
+        for m in loo:
+            loo[m].append(abs(evaluate(part, rows[i], m) / y[i] - 1))
+    cv = {m: statistics.mean(v) for m, v in loo.items()}
+    full["chosen"] = min(cv, key=cv.get)
+    full["cv_mape"] = cv
+    full["train_mape"] = statistics.mean(abs(e) for e in _errors(full, rows, y))
+    full["n_train"] = len(y)
+    return full
+
+
+def fit_all(points: list[dict], llc: int) -> dict:
+    """One fit per format:quant:workload from the training points; held-out errors added."""
+    groups: dict = {}
+    for p in points:
+        groups.setdefault(fit_key(p["format"], p["quant"], p["workload"]), []).append(p)
+    fits = {}
+    for key, pts in sorted(groups.items()):
+        train = [p for p in pts if p["split"] == "train"]
+        if len(train) < MIN_TRAIN:
+            continue
+        xs = [_x(p, llc) for p in train]
+        f = fit(xs, [p["seconds"] for p in train]) | {"features": FEATURES[pts[0]["workload"]]}
+        held = [p for p in pts if p["split"] == "holdout"]
+        if held:
+            errs = _errors(f, [_x(p, llc) for p in held], [p["seconds"] for p in held])
+            f["holdout"] = {"n": len(held), "mape": statistics.mean(abs(e) for e in errs),
+                            "worst": max(errs, key=abs),
+                            "errors": [round(e, 4) for e in errs]}
+            rep = [p["repeat_seconds"] / p["seconds"] - 1 for p in held if "repeat_seconds" in p]
+            if rep:
+                f["repeatability"] = {"n": len(rep), "mape": statistics.mean(abs(e) for e in rep),
+                                      "worst": max(rep, key=abs)}
+        fits[key] = f
+    return fits
+
+
+def _x(p: dict, llc: int) -> list[float]:
+    return features(p["workload"], shape_from_config(p["config"]), p["format"], p["quant"],
+                    llc_bytes=llc, context=p.get("prompt", 0), prompt=p.get("prompt", 0),
+                    seq=p.get("seq", 0), batch=p.get("batch", 0))
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def parse_formats(spec: str | None) -> list[tuple[str, str, str]]:
+    """'gguf:q4_k_m,onnx:int8,encoder:onnx:int8' -> [(family, format, quant)]."""
+    from .formats import quant_type
+
+    items = [s.strip() for s in (spec.split(",") if spec else DEFAULT_FORMATS) if s.strip()]
+    out = []
+    for item in items:
+        family, rest = ("bert", item[len("encoder:"):]) if item.startswith("encoder:") \
+            else ("llama", item)
+        fmt, _, quant = rest.partition(":")
+        allowed = CAUSAL_FORMATS if family == "llama" else ENCODER_FORMATS
+        if rest not in allowed:
+            raise CalibrationError(
+                f"cannot calibrate {item!r}.",
+                f"use some of {', '.join(CAUSAL_FORMATS)} and encoder:"
+                f"{', encoder:'.join(ENCODER_FORMATS)}")
+        quant_type(fmt, quant)
+        out.append((family, fmt, quant))
+    return out
+
+
+def calibrate(target: str = "local", formats: str | None = None, budget_s: float = 600,
+              threads: int | None = None, out: str | Path | None = None, seed: int = 0,
+              repeats: int = 3, progress: bool = True, log=_log) -> dict:
+    """Measure, fit and store a calibration of this machine; returns it (also written to the
+    cache, and to ``out`` when given)."""
+    from .machine import machine_info, measure_bandwidth
+    from .profiles import load_profile
+
+    if budget_s < 60:
+        raise CalibrationError(f"--budget-s {budget_s:g} is too short to measure anything.",
+                               "give at least 60 seconds (default 600)")
+    jobs = parse_formats(formats)
+    prof = load_profile(target) if target != "local" else None
+    info = machine_info()
+    threads = threads or (prof.threads if prof and prof.kind == "cpu" and prof.name == "local"
+                          else info.physical_cores)
+    threads = min(threads, info.logical_cpus)
+    base = prof or load_profile("laptop")
+    lt = base.latency_targets
+    prompt, seq, batch = lt.prompt_tokens, lt.encoder_seq_len, lt.encoder_batch
+    t_start = time.time()
+    bw = measure_bandwidth(threads, mib_per_thread=max(128, 4 * info.llc_bytes // threads
+                                                       // 2**20), repeats=3)
+    from .machine import estimate_peak_tflops, measure_gemm_tflops
+    gemm = measure_gemm_tflops(threads) or estimate_peak_tflops(info, threads)["fp32"]
+    fp = fingerprint(threads)
+    log(f"{info.cpu_model}, {threads} threads, {bw:.1f} GB/s, last-level cache "
+        f"{info.llc_bytes / 2**20:.0f} MiB; budget {budget_s:.0f} s")
+
+    families = sorted({f for f, _, _ in jobs}, reverse=True)  # llama first
+    share = {"llama": 0.75, "bert": 0.25} if len(families) == 2 else {families[0]: 1.0}
+    points: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix="edgedistill-calibrate-"))
+    bar = _bar(budget_s, progress)
+    kept: list[tuple[dict, Path]] = []  # held-out artifacts, measured again at the end
+    try:
+        deadline = t_start
+        for family in families:
+            fjobs = [(f, q) for fam, f, q in jobs if fam == family]
+            # the last 15% of each family's share re-measures its held-out shapes
+            deadline += budget_s * share[family] * (1 - REPEAT_SHARE)
+            shapes = design(family, 64, seed)
+            cost = None
+            for i, cfg in enumerate(shapes):
+                left = deadline - time.time()
+                if cost is not None and left < cost * 1.2:
+                    break
+                t0 = time.time()
+                name = f"{family}-{i}"
+                split = "holdout" if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else "train"
+                hf = _hf_folder(work, family, cfg, name)
+                for fmt, quant in fjobs:
+                    try:
+                        art = _artifact(work, hf, fmt, quant, threads)
+                        meas = _measure(art, fmt, family == "bert", threads, prompt, seq, batch,
+                                        repeats)
+                    except Exception as e:  # one shape failing is a note, not the end
+                        log(f"{name} {fmt}:{quant}: {type(e).__name__}: {str(e)[:200]}")
+                        continue
+                    for w, sec in meas.items():
+                        points.append({"family": family, "config": cfg, "format": fmt,
+                                       "quant": quant, "workload": w, "seconds": sec,
+                                       "prompt": prompt if w != "encoder" else 0,
+                                       "seq": seq if w == "encoder" else 0,
+                                       "batch": batch if w == "encoder" else 0,
+                                       "split": split, "shape": name})
+                        if split == "holdout":
+                            kept.append((points[-1], art))
+                if split != "holdout":
+                    shutil.rmtree(work / name, ignore_errors=True)
+                took = time.time() - t0
+                cost = took if cost is None else max(0.7 * cost + 0.3 * took, took * 0.5)
+                bar(time.time() - t_start, f"{family} shape {i + 1} "
+                    f"(h{cfg['hidden_size']} L{cfg['num_hidden_layers']}) {took:.0f}s")
+        # Repeatability: the held-out artifacts again, minutes later. How far a second
+        # measurement of the same file lands is the floor under any predictor's error here.
+        done = set()
+        for p, art in kept:
+            if time.time() > t_start + budget_s:
+                break
+            if (str(art), p["workload"]) in done:
+                continue
+            try:
+                again = _measure(art, p["format"], p["family"] == "bert", threads, prompt, seq,
+                                 batch, repeats)
+            except Exception:
+                continue
+            for q, a in kept:
+                if a == art and q["workload"] in again:
+                    q["repeat_seconds"] = again[q["workload"]]
+                    done.add((str(art), q["workload"]))
+            bar(time.time() - t_start, "repeatability of held-out shapes")
+    finally:
+        bar(None, "")
+        shutil.rmtree(work, ignore_errors=True)
+    fits = fit_all(points, info.llc_bytes)
+    if not fits:
+        raise CalibrationError(
+            f"the budget of {budget_s:g} s measured too few shapes to fit anything "
+            f"({len(points)} measurements).", "raise --budget-s, or calibrate fewer --formats")
+    cal = {"version": 1, "key": fingerprint_key(fp), "fingerprint": fp,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "machine": {"cpu_model": info.cpu_model, "threads": threads, "bandwidth_gbps": bw,
+                       "compute_tflops_fp32": gemm, "llc_bytes": info.llc_bytes},
+           "workload": {"prompt_tokens": prompt, "decode_tokens": DECODE_TOKENS,
+                        "encoder_seq_len": seq, "encoder_batch": batch, "repeats": repeats},
+           "seconds": time.time() - t_start, "fits": fits, "points": points}
+    _write(calibration_path(threads), cal)
+    if out:
+        _write(Path(out), cal)
+    return cal
+
+
+def _write(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def _bar(total: float, on: bool):
+    if not on:
+        return lambda done, msg: None
+    from tqdm import tqdm
+
+    t = tqdm(total=int(total), desc="calibrate", unit="s", file=sys.stderr,
+             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
+
+    def update(done, msg):
+        if done is None:
+            t.close()
+            return
+        t.n = min(int(done), int(total))
+        t.set_postfix_str(msg)
+        t.refresh()
+    return update
+
+
+def summary_rows(cal: dict) -> list[list]:
+    rows = []
+    for key, f in cal["fits"].items():
+        h = f.get("holdout", {})
+        r = f.get("repeatability", {})
+        rows.append([key, f["n_train"], h.get("n", 0), f["chosen"],
+                     f"{f['cv_mape']['physical']:.1%}", f"{f['cv_mape']['loglinear']:.1%}",
+                     f"{h['mape']:.1%}" if h else "-", f"{h['worst']:+.1%}" if h else "-",
+                     f"{r['mape']:.1%}" if r else "-"])
+    return rows
+
+
+SUMMARY_HEAD = ["runtime format:quant:workload", "train", "held out", "model", "CV physical",
+                "CV log-linear", "held-out MAPE", "worst", "re-measured"]
+
+__all__ = ["calibrate", "design", "fit", "fit_all", "parse_formats", "summary_rows",
+           "cache_dir", "EdgeDistillError"]

@@ -1,0 +1,297 @@
+"""The latency predictor that ``plan`` and ``predict`` share.
+
+    predict(shape, profile, fmt, quant) -> Prediction labelled
+        calibrated    a fit to measurements of this machine (``edgedistill calibrate``)
+        predicted     that fit scaled to another CPU profile by bandwidth and compute
+        uncalibrated  the roofline with the profile's default coefficients
+
+A calibration fits, per ``format:quant`` and workload (``decode``, ``prefill``, ``encoder``),
+the time of one unit of work as a non-negative sum of physically motivated terms:
+
+    decode   s/token = c0 + c1 L + c2 MB-from-cache + c3 MB-from-DRAM + c4 attention GFLOP
+                       + c5 vocabulary/1000 (the logits row: copied out and scanned per token)
+    prefill  s/prompt = c0 + c1 L + c2 matmul GFLOP + c3 attention GFLOP + c4 weight MB
+    encoder  s/batch = c0 + c1 L + c2 matmul GFLOP + c3 attention GFLOP + c4 element-wise MB
+
+where the bytes a decode step streams (weights at their stored width, plus the KV cache) are
+split at the last-level cache size: a model of tens of MB partly lives in the cache. A
+log-linear model over the same terms is fitted too; whichever generalises better in
+cross-validation on the calibration's own training shapes is used (``fit.chosen``).
+
+Pure Python: ``plan`` must not import numpy or torch. The fitting lives in calibrate.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+from .arch import ModelShape
+from .costmodel import Prediction, predict as roofline
+from .errors import EdgeDistillError
+from .formats import quant_type
+from .profiles import DeviceProfile
+
+CALIBRATION_VERSION = 1
+WORKLOADS = ("decode", "prefill", "encoder")
+FEATURES = {
+    "decode": ["call", "layers", "cache_mb", "dram_mb", "attn_gflop", "vocab_k"],
+    "prefill": ["call", "layers", "matmul_gflop", "attn_gflop", "weight_mb"],
+    "encoder": ["call", "layers", "matmul_gflop", "attn_gflop", "elementwise_mb"],
+}
+SCALED_UNCERTAINTY = 0.5
+"""Stated relative uncertainty of figures scaled from this machine to another CPU profile:
+the scaling by bandwidth and compute ratios is physics, not a measurement of that device."""
+
+
+class CalibrationError(EdgeDistillError):
+    """A calibration is missing, unreadable, or was made on another machine."""
+
+
+# -- where calibrations live ------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """``$EDGEDISTILL_CACHE`` or ``$XDG_CACHE_HOME/edgedistill`` or ``~/.cache/edgedistill``."""
+    if os.environ.get("EDGEDISTILL_CACHE"):
+        return Path(os.environ["EDGEDISTILL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgedistill"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def fingerprint(threads: int) -> dict:
+    """What a calibration is only valid for: this CPU, core count, thread count and runtime
+    versions. Cheap (no runtime is imported)."""
+    return {"cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(), "threads": int(threads),
+            "llama_cpp_python": _version("llama_cpp_python"),
+            "onnxruntime": _version("onnxruntime"), "version": CALIBRATION_VERSION}
+
+
+def fingerprint_key(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def calibration_path(threads: int) -> Path:
+    return cache_dir() / "calibration" / f"{fingerprint_key(fingerprint(threads))}.json"
+
+
+def load_calibration(path: str | Path | None = None, threads: int | None = None) -> dict | None:
+    """This machine's calibration: ``path`` (an error if made elsewhere), else the cache entry
+    for this machine and ``threads`` (None when there is none)."""
+    if path is None:
+        if threads is None:
+            return None
+        p = calibration_path(threads)
+        return json.loads(p.read_text()) if p.is_file() else None
+    p = Path(path)
+    try:
+        cal = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"cannot read calibration {p}: {e}.",
+                               "run 'edgedistill calibrate' to make one") from None
+    if not isinstance(cal, dict) or "fingerprint" not in cal or "fits" not in cal:
+        raise CalibrationError(f"{p} is not an edgedistill calibration.",
+                               "pass a file written by 'edgedistill calibrate'")
+    here = fingerprint(cal["fingerprint"].get("threads", 1))
+    diff = [k for k in here if here[k] != cal["fingerprint"].get(k)]
+    if diff:
+        what = ", ".join(f"{k} {cal['fingerprint'].get(k)!r} (here {here[k]!r})" for k in diff)
+        raise CalibrationError(f"calibration {p} was made on another machine or runtime: {what}.",
+                               "run 'edgedistill calibrate' on this machine")
+    return cal
+
+
+# -- features ---------------------------------------------------------------------------------
+
+def _attn_flops(s: ModelShape, tokens: int, context: int, causal: bool) -> float:
+    pairs = tokens * context - (tokens * (tokens - 1) / 2 if causal else 0)
+    return 4 * s.num_layers * s.q_dim * pairs
+
+
+def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_bytes: int,
+             context: int = 0, prompt: int = 0, seq: int = 0, batch: int = 0,
+             block: int = 32) -> list[float]:
+    """The terms of FEATURES[workload] for one shape, in MB and GFLOP."""
+    from .costmodel import _weight_bytes
+
+    q = quant_type(fmt, quant)
+    weights, streamed, _ = _weight_bytes(shape, q, block)
+    L = shape.num_layers
+    if workload == "decode":
+        total = streamed + shape.kv_cache_elements(context) * q.kv_bytes
+        cached = min(total, llc_bytes)
+        return [1.0, L, cached / 1e6, (total - cached) / 1e6,
+                _attn_flops(shape, 1, context, True) / 1e9, shape.vocab_size / 1e3]
+    if workload == "prefill":
+        mm = 2 * (L * shape.layer_matrix_params() * prompt + shape.output_matrix_params())
+        return [1.0, L, mm / 1e9, _attn_flops(shape, prompt, prompt, True) / 1e9, weights / 1e6]
+    if workload == "encoder":
+        tokens = batch * seq
+        mm = 2 * L * shape.layer_matrix_params() * tokens
+        elem = L * (tokens * (12 * shape.hidden_size + 4 * shape.intermediate_size)
+                    + 3 * batch * shape.num_heads * seq * seq) * 4
+        return [1.0, L, mm / 1e9, _attn_flops(shape, seq, seq, False) * batch / 1e9, elem / 1e6]
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def evaluate(fit: dict, x: list[float], model: str | None = None) -> float:
+    """Seconds for one unit of work from a fit and its feature vector."""
+    model = model or fit["chosen"]
+    if model == "physical":
+        return sum(c * v for c, v in zip(fit["physical"], x))
+    w = fit["loglinear"]
+    return math.exp(w[0] + sum(wi * math.log(max(v, 1e-6)) for wi, v in zip(w[1:], x[1:])))
+
+
+def fit_key(fmt: str, quant: str, workload: str) -> str:
+    return f"{fmt}:{quant}:{workload}"
+
+
+# -- predicting -------------------------------------------------------------------------------
+
+def _scale_physical(fit: dict, x: list[float], workload: str, cal: dict,
+                    prof: DeviceProfile) -> float:
+    """The physical fit moved to another CPU: memory terms by the bandwidth ratio, compute
+    terms by the fp32 compute ratio, fixed costs by the compute ratio per thread."""
+    m = cal["machine"]
+    bw = m["bandwidth_gbps"] / prof.memory.bandwidth_gbps
+    comp = m["compute_tflops_fp32"] / prof.peak_tflops("fp32")
+    per_thread = comp * prof.threads / max(1, m["threads"])
+    kinds = {"decode": ["fixed", "fixed", "memory", "memory", "compute", "fixed"],
+             "prefill": ["fixed", "fixed", "compute", "compute", "compute"],
+             "encoder": ["fixed", "fixed", "compute", "compute", "memory"]}[workload]
+    factor = {"fixed": per_thread, "memory": bw, "compute": comp}
+    return sum(c * v * factor[k] for c, v, k in zip(fit["physical"], x, kinds))
+
+
+def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
+            calibration: dict | None = None) -> Prediction:
+    """Memory and latency of ``shape`` as ``fmt:quant`` on ``profile``: calibrated on the
+    machine the calibration was made on (``--target local``), scaled to other CPU profiles,
+    else the roofline. Memory is always the layout's arithmetic (weights, KV cache, buffers)."""
+    base = roofline(shape, profile, fmt, quant)
+    uncal = dataclasses.replace(base, label="uncalibrated",
+                                basis="roofline with the profile's default coefficients")
+    if calibration is None:
+        return uncal
+    workloads = ["encoder"] if shape.is_encoder else ["decode", "prefill"]
+    fits = [calibration["fits"].get(fit_key(fmt, quant, w)) for w in workloads]
+    if any(f is None for f in fits):
+        return uncal
+    here = profile.name == "local" and profile.threads == calibration["fingerprint"]["threads"]
+    if not here and profile.kind != "cpu":
+        return uncal  # a CPU's calibration says nothing about a GPU or an NPU
+    lt, llc = profile.latency_targets, calibration["machine"]["llc_bytes"]
+    times = {}
+    for w, fit in zip(workloads, fits):
+        x = features(w, shape, fmt, quant, llc_bytes=llc, context=lt.prompt_tokens,
+                     prompt=lt.prompt_tokens, seq=lt.encoder_seq_len, batch=lt.encoder_batch,
+                     block=profile.constraints.int4_block_size)
+        times[w] = evaluate(fit, x) if here else _scale_physical(fit, x, w, calibration, profile)
+        times[w] = max(times[w], 1e-7)
+    hold = {w: calibration["fits"][fit_key(fmt, quant, w)].get("holdout", {}) for w in workloads}
+    err = ", ".join(f"{w} held-out MAPE {h['mape']:.1%}" for w, h in hold.items() if h)
+    if here:
+        label, basis = "calibrated", (f"calibration {calibration['key']} of this machine "
+                                      f"({err or 'no held-out shapes'})")
+    else:
+        label, basis = "predicted", (
+            f"this machine's calibration ({calibration['fingerprint']['cpu_model']}, "
+            f"{calibration['fingerprint']['threads']} threads) scaled to {profile.name} by "
+            f"memory bandwidth and compute; uncertainty about ±{SCALED_UNCERTAINTY:.0%}")
+    if shape.is_encoder:
+        t = times["encoder"]
+        return dataclasses.replace(base, encoder_batch_ms=t * 1e3,
+                                   sentences_per_s=lt.encoder_batch / t, label=label,
+                                   basis=basis)
+    return dataclasses.replace(base, decode_tokens_per_s=1 / times["decode"],
+                               prefill_ms=times["prefill"] * 1e3,
+                               prefill_tokens_per_s=lt.prompt_tokens / times["prefill"],
+                               label=label, basis=basis)
+
+
+def predictor_for(profile: DeviceProfile, calibration: str | Path | None = None):
+    """predict() bound to ``profile`` and the calibration that applies to it (``calibration``
+    given: that file, which must be this machine's; else this machine's cache entry)."""
+    if calibration is not None:
+        cal = load_calibration(calibration)
+    else:
+        threads = profile.threads if profile.name == "local" else None
+        cal = load_calibration(threads=threads)
+        if cal is None and profile.name != "local" and profile.kind == "cpu":
+            cal = _any_local_calibration()
+    return lambda shape, fmt, quant: predict(shape, profile, fmt, quant, cal)
+
+
+def _any_local_calibration() -> dict | None:
+    """The newest calibration of this machine (any thread count), to scale to other CPUs."""
+    d = cache_dir() / "calibration"
+    if not d.is_dir():
+        return None
+    here = {k: v for k, v in fingerprint(0).items() if k != "threads"}
+    best = None
+    for p in d.glob("*.json"):
+        try:
+            cal = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        fp = {k: v for k, v in cal.get("fingerprint", {}).items() if k != "threads"}
+        if fp == here and (best is None or cal.get("created", "") > best.get("created", "")):
+            best = cal
+    return best
+
+
+def predict_config(config: str | Path | dict, target: str | DeviceProfile = "local",
+                   format: str = "gguf:q4_k_m", calibration: str | Path | None = None) -> dict:
+    """The ``predict`` command as a function: figures for the shape in an HF config.json (a
+    path, its folder, or the dict) deployed as ``format`` ("gguf:q4_k_m") on ``target``."""
+    from .arch import shape_from_config
+    from .profiles import load_profile
+
+    if isinstance(config, dict):
+        cfg, name = config, "config"
+    else:
+        p = Path(config)
+        p = p / "config.json" if p.is_dir() else p
+        try:
+            cfg = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise EdgeDistillError(f"cannot read config {p}: {e}.",
+                                   "pass an HF config.json or the model folder") from None
+        name = str(p)
+    shape = shape_from_config(cfg, name)
+    fmt, _, quant = format.partition(":")
+    if not quant:
+        raise EdgeDistillError(f"--format {format!r} names no quantization.",
+                               "write FORMAT:QUANT, e.g. gguf:q4_k_m or onnx:int8")
+    try:
+        quant_type(fmt, quant)
+    except KeyError as e:
+        raise EdgeDistillError(f"unknown --format {format!r}: {e.args[0]}.",
+                               "write e.g. gguf:q4_k_m, gguf:f16, gguf:q8_0 or onnx:int8") from None
+    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    p = predictor_for(prof, calibration)(shape, fmt, quant)
+    return p.to_dict() | {"model": name, "target": prof.name, "format": f"{fmt}:{quant}",
+                          "family": shape.family, "params": shape.total_params()}

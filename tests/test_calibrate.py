@@ -1,0 +1,155 @@
+"""The latency predictor: design, fitting, labels, fingerprints, and a real (small) calibration
+in llama.cpp."""
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from edgedistill.arch import shape_from_config
+from edgedistill.calibrate import calibrate, design, fit, fit_all, parse_formats
+from edgedistill.errors import EdgeDistillError
+from edgedistill.predictor import (CalibrationError, evaluate, features, fingerprint,
+                                   load_calibration, predict, predict_config, predictor_for)
+from edgedistill.profiles import load_profile
+
+from conftest import REAL_CONFIGS, write_config
+
+
+def test_design_spans_the_space_without_duplicates():
+    shapes = design("llama", 24, seed=0)
+    keys = {(c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"],
+             c["vocab_size"]) for c in shapes}
+    assert len(keys) == 24
+    assert {c["hidden_size"] for c in shapes} >= {256, 512, 1024}
+    assert {c["num_hidden_layers"] for c in shapes} >= {2, 12}
+    for c in shapes:
+        s = shape_from_config(c)
+        assert s.intermediate_size % 256 == 0 and s.q_dim == s.hidden_size
+    assert design("llama", 24, seed=0) == shapes  # deterministic
+    enc = design("bert", 8)
+    assert all(shape_from_config(c).is_encoder for c in enc)
+
+
+def _synthetic(coef, n, noise, seed=0):
+    rng = random.Random(seed)
+    rows, y = [], []
+    for c in design("llama", n, seed=seed):
+        x = features("decode", shape_from_config(c), "gguf", "q8_0", llc_bytes=32 << 20,
+                     context=512)
+        rows.append(x)
+        y.append(sum(a * b for a, b in zip(coef, x)) * (1 + rng.uniform(-noise, noise)))
+    return rows, y
+
+
+def test_fit_recovers_a_physical_law_and_predicts_unseen_shapes():
+    coef = [3e-4, 5e-5, 2e-5, 6e-5, 1e-3]  # s, s/layer, s/MB cached, s/MB DRAM, s/GFLOP
+    rows, y = _synthetic(coef, 30, noise=0.02)
+    f = fit(rows[:22], y[:22])
+    errs = [abs(evaluate(f, x) / t - 1) for x, t in zip(rows[22:], y[22:])]
+    assert max(errs) < 0.08, errs
+    assert all(c >= 0 for c in f["physical"])
+
+
+def test_fit_all_reports_holdout_errors():
+    rows, y = _synthetic([1e-4, 4e-5, 1e-5, 5e-5, 0.0], 16, noise=0.01)
+    cfgs = design("llama", 16)
+    points = [{"config": c, "format": "gguf", "quant": "q8_0", "workload": "decode",
+               "seconds": t, "prompt": 512, "split": "holdout" if i % 4 == 3 else "train"}
+              for i, (c, t) in enumerate(zip(cfgs, y))]
+    fits = fit_all(points, 32 << 20)
+    h = fits["gguf:q8_0:decode"]["holdout"]
+    assert h["n"] == 4 and h["mape"] < 0.05 and abs(h["worst"]) < 0.1
+
+
+def _fake_calibration(threads):
+    fp = fingerprint(threads)
+    fit_ = {"physical": [1e-3, 1e-4, 1e-5, 5e-5, 0.0], "loglinear": [0, 0, 0, 0, 0],
+            "chosen": "physical", "holdout": {"n": 3, "mape": 0.03, "worst": 0.05}}
+    pre = dict(fit_, physical=[1e-2, 1e-3, 1e-2, 1e-3, 1e-5])
+    return {"version": 1, "key": "k", "fingerprint": fp, "created": "2026-11-23T00:00:00",
+            "machine": {"cpu_model": fp["cpu_model"], "threads": threads, "bandwidth_gbps": 30.0,
+                        "compute_tflops_fp32": 0.2, "llc_bytes": 32 << 20},
+            "fits": {"gguf:q4_k_m:decode": fit_, "gguf:q4_k_m:prefill": pre}}
+
+
+def test_labels_calibrated_predicted_uncalibrated(tmp_path):
+    shape = shape_from_config(REAL_CONFIGS["qwen2-0.5b"])
+    laptop = load_profile("laptop")
+    local = dataclasses.replace(laptop, name="local", threads=2)
+    cal = _fake_calibration(2)
+    here = predict(shape, local, "gguf", "q4_k_m", cal)
+    assert here.label == "calibrated"
+    x = features("decode", shape, "gguf", "q4_k_m", llc_bytes=32 << 20, context=512)
+    assert here.decode_tokens_per_s == pytest.approx(1 / evaluate(cal["fits"]["gguf:q4_k_m:decode"], x))
+    there = predict(shape, laptop, "gguf", "q4_k_m", cal)
+    assert there.label == "predicted" and "±" in there.basis
+    # more bandwidth and compute on the laptop than measured here: faster
+    assert there.decode_tokens_per_s > here.decode_tokens_per_s
+    assert predict(shape, load_profile("phone-npu"), "gguf", "q4_k_m", cal).label == "uncalibrated"
+    assert predict(shape, local, "gguf", "q8_0", cal).label == "uncalibrated"  # not calibrated
+    assert predict(shape, local, "gguf", "q4_k_m", None).label == "uncalibrated"
+
+
+def test_calibration_of_another_machine_is_refused(tmp_path):
+    cal = _fake_calibration(2)
+    cal["fingerprint"]["cpu_model"] = "Some Other CPU"
+    p = tmp_path / "cal.json"
+    p.write_text(json.dumps(cal))
+    with pytest.raises(CalibrationError, match="another machine"):
+        load_calibration(p)
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(CalibrationError, match="not an edgedistill calibration"):
+        load_calibration(tmp_path / "junk.json")
+    cfg = write_config(tmp_path / "m", REAL_CONFIGS["tinyllama-1.1b"])
+    r = subprocess.run([sys.executable, "-m", "edgedistill", "predict", "--config", str(cfg),
+                        "--target", "laptop", "--format", "gguf:q4_k_m", "--calibration",
+                        str(p)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "another machine" in r.stderr and "Fix:" in r.stderr
+
+
+def test_predict_command_and_its_errors(tmp_path):
+    cfg = write_config(tmp_path / "m", REAL_CONFIGS["tinyllama-1.1b"])
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "edgedistill", "predict", *a],
+                              capture_output=True, text=True, timeout=120)
+    r = run("--config", str(cfg), "--target", "laptop", "--format", "gguf:q4_k_m", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["label"] == "uncalibrated" and doc["decode_tokens_per_s"] > 0
+    assert doc["prefill_tokens_per_s"] > 0 and 0.4 < doc["memory_gb"] < 4
+    assert doc == predict_config(cfg, "laptop", "gguf:q4_k_m") | {"model": doc["model"]}
+    for fmt, msg in (("gguf:q3_x", "unknown --format"), ("tflite:int8", "unknown --format"),
+                     ("gguf", "names no quantization")):
+        r = run("--config", str(cfg), "--target", "laptop", "--format", fmt)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+    bad = write_config(tmp_path / "neox", {"model_type": "gpt_neox", "hidden_size": 64})
+    r = run("--config", str(bad), "--target", "laptop", "--format", "gguf:q4_k_m")
+    assert r.returncode == 2 and "unsupported architecture" in r.stderr
+
+
+def test_bad_calibrate_arguments():
+    with pytest.raises(EdgeDistillError, match="cannot calibrate"):
+        parse_formats("gguf:q2_k")
+    with pytest.raises(EdgeDistillError, match="too short"):
+        calibrate(budget_s=5)
+    assert parse_formats("encoder:onnx:int8,gguf:f16") == [("bert", "onnx", "int8"),
+                                                            ("llama", "gguf", "f16")]
+
+
+@pytest.mark.slow
+def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
+    cal = calibrate("local", "gguf:q8_0", budget_s=100, threads=2, repeats=1, progress=False,
+                    out=tmp_path / "cal.json")
+    f = cal["fits"]["gguf:q8_0:decode"]
+    assert f["n_train"] >= 7 and "holdout" in f and f["holdout"]["n"] >= 1
+    # the fit is a real description of the measurements it saw
+    assert f["train_mape"] < 0.25
+    assert load_calibration(tmp_path / "cal.json")["key"] == cal["key"]
+    local = dataclasses.replace(load_profile("laptop"), name="local", threads=2)
+    shape = shape_from_config(REAL_CONFIGS["tinyllama-1.1b"])
+    assert predictor_for(local)(shape, "gguf", "q8_0").label == "calibrated"  # from the cache
+    assert predictor_for(load_profile("laptop"))(shape, "gguf", "q8_0").label == "predicted"
