@@ -86,7 +86,7 @@ def _weight_bytes(s: ModelShape, q: QuantType, block: int) -> tuple[float, float
     # llama.cpp stores the output matrix in Q6_K whatever the quantized type (Q8_0 stays
     # Q8_0), and in Q8_0 when its rows are not multiples of 256 (llama-quant.cpp)
     bpw_out = bpw_h
-    if q.format == "gguf" and q.bits_per_weight < 16 and q.name != "q8_0":
+    if q.format == "gguf" and q.bits_per_weight < 16 and q.name != "q8_0" and not s.is_encoder:
         bpw_out = 8.5 if h % 256 else 6.5625
     head_bits = s.head_params() * bpw_out
     if s.tie_embeddings and not s.is_encoder:

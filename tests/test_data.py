@@ -59,3 +59,19 @@ def test_validation_split_is_stable_and_disjoint():
 def test_sentences_of_splits_and_deduplicates():
     out = sentences_of(["One sentence here. Another one follows.\nOne sentence here."])
     assert out == ["One sentence here.", "Another one follows."]
+
+
+def test_length_groups_cover_every_item_once_and_cut_padding():
+    import random
+
+    from edgedistill.distill.recipes import length_groups
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 120) for _ in range(1000)]
+    groups = length_groups(lengths, 32)
+    assert sorted(i for g in groups for i in g) == list(range(1000))
+    assert all(len(g) == 32 for g in groups[:-1]) and len(groups[-1]) == 1000 % 32
+    padded = sum(max(lengths[i] for i in g) * len(g) for g in groups)
+    random_batches = [list(range(i, min(i + 32, 1000))) for i in range(0, 1000, 32)]
+    padded_random = sum(max(lengths[i] for i in g) * len(g) for g in random_batches)
+    assert padded < 0.6 * padded_random and padded >= sum(lengths)

@@ -29,6 +29,13 @@ def _hidden_loss(student, teacher, weight: float) -> HiddenStateLoss | None:
                            s_cfg.hidden_size, t_cfg.hidden_size)
 
 
+def length_groups(lengths: list[int], batch: int) -> list[list[int]]:
+    """Item indices sorted by length and cut into consecutive groups of ``batch``: every
+    item in exactly one group, and each group's lengths as close as the data allows."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
 def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
                   cfg: TrainConfig, data_cfg, run_dir, device, log) -> Recipe:
     from .data import cache_topk, generate_continuations
@@ -131,15 +138,13 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
     # Length-grouped batches (as transformers' group_by_length): sentences sorted by length are
     # cut into groups of one batch each, and the sampler's first index picks the group. A random
     # batch of stdlib sentences pads to ~2.5x its mean length; a group pads to almost none.
-    lengths = [len(ids) for ids in tok(list(train_items), truncation=True,
-                                        max_length=data_cfg.seq_len)["input_ids"]]
-    by_length = sorted(range(len(train_items)), key=lengths.__getitem__)
-    group_of = {item: pos // cfg.batch_size for pos, item in enumerate(by_length)}
+    groups = length_groups([len(ids) for ids in tok(list(train_items), truncation=True,
+                                                     max_length=data_cfg.seq_len)["input_ids"]],
+                           cfg.batch_size)
+    group_of = {item: g for g, members in enumerate(groups) for item in members}
 
     def batch_fn(idx):
-        g = group_of[int(idx[0])]
-        members = by_length[g * cfg.batch_size:(g + 1) * cfg.batch_size]
-        return encode([train_items[i] for i in members])
+        return encode([train_items[i] for i in groups[group_of[int(idx[0])]]])
 
     def teacher_fn(batch):
         out = teacher(**batch, output_hidden_states=True)
