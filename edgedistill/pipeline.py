@@ -68,7 +68,7 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     from .teacher import load_teacher
 
     kd, train, data_cfg = kd or KDConfig(), train or TrainConfig(), data_cfg or DataConfig()
-    run_dir = Path(out)
+    run_dir = Path(out).resolve()  # records hold absolute paths: usable from any folder
     run_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages.load(run_dir)
     prof = load_profile(target)

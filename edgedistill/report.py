@@ -117,7 +117,8 @@ def _plots(arts: list[dict]) -> list[tuple[str, str]]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         unit = "ms per batch" if enc else "decode tokens/s"
-        ax.set_xlabel(f"predicted {unit} ({pairs[0][2]['predicted']['this_machine']['label']})")
+        label = pairs[0][2]["predicted"]["this_machine"].get("label", "predicted")
+        ax.set_xlabel(f"predicted {unit} ({label})")
         ax.set_ylabel(f"measured {unit}")
         ax.set_title("Predicted against measured, this machine")
         ax.legend(fontsize=8)

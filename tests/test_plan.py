@@ -97,10 +97,16 @@ def test_default_teacher_is_the_bundled_minilm():
 
 
 def test_default_speedup_relaxes_with_a_note_when_out_of_reach():
-    pl = plan(None, "phone-npu")
+    import dataclasses
+
+    npu = load_profile("phone-npu")  # a device whose fixed per-call cost dominates the teacher
+    slow_calls = dataclasses.replace(
+        npu, cost_model=dataclasses.replace(npu.cost_model, call_overhead_us=5e6),
+        latency_targets=dataclasses.replace(npu.latency_targets, encoder_batch_ms=1e5))
+    pl = plan(None, slow_calls)
     assert any("out of reach" in line for line in pl.explanation)
     with pytest.raises(PlanError):
-        plan(None, "phone-npu", PlanConfig(speedup=2.0))
+        plan(None, slow_calls, PlanConfig(speedup=2.0))
 
 
 def test_teacher_errors(tmp_path):

@@ -30,14 +30,26 @@ class BenchConfig:
     """Decoded tokens per run (llama-bench's tg)."""
     prompt_tokens: int | None = None
     """Prompt length (pp); default: the profile's, at most 512 and the model's context."""
-    repeats: int = 3
+    repeats: int | None = None
+    """Timed runs per artifact (median reported); default ENCODER_REPEATS for encoders, whose
+    one batch takes a tenth of a second, and CAUSAL_REPEATS for causal LMs."""
     data: str | None = None
     """Held-out text for quality; default: standard-library text."""
     timeout_s: float = 900
 
 
+ENCODER_REPEATS, CAUSAL_REPEATS = 15, 3
+
+
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def interleaved(artifacts: list[dict]) -> list[int]:
+    """Measuring order: each format:quant's student and teacher back to back, so that a
+    machine that slows down for a minute does not favour one role over the other."""
+    return sorted(range(len(artifacts)), key=lambda i: (
+        (artifacts[i]["format"], artifacts[i]["quant"]), i))
 
 
 def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
@@ -82,8 +94,15 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         p = min(config.prompt_tokens or lt.prompt_tokens, max_pos - config.new_tokens - 8)
         stream = [t for s in held for t in s]
         prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
-    out = []
-    for art in artifacts:
+    repeats = config.repeats or (ENCODER_REPEATS if encoder else CAUSAL_REPEATS)
+    order = interleaved(artifacts)
+    enc_raw: dict = {}
+    if encoder:
+        enc_raw = _time_encoders(artifacts, order, threads, repeats, batch_texts,
+                                 lt.encoder_seq_len, config.timeout_s)
+    out: list = [None] * len(artifacts)
+    for k in order:
+        art = artifacts[k]
         rec = dict(art)
         path, fmt, quant = Path(art["path"]), art["format"], art["quant"]
         shape = shape_from_config(json.loads((Path(art["model_dir"]) / "config.json")
@@ -92,14 +111,13 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         b = {"runtime": runtime, "device": device, "measured": True, "threads": threads}
         try:
             if encoder:
-                raw = time_artifact(path, fmt, threads=threads, repeats=config.repeats,
-                                    texts=batch_texts, seq_len=lt.encoder_seq_len,
-                                    tokenizer=Path(art["model_dir"]),
-                                    timeout=config.timeout_s)
+                raw = enc_raw[k]
+                if isinstance(raw, RuntimeFailure):
+                    raise raw
                 b |= summarize_encoder(raw["batch_s"], lt.encoder_batch, lt.encoder_seq_len)
             else:
                 raw = time_artifact(path, fmt, threads=threads, prompt=prompt,
-                                    new_tokens=config.new_tokens, repeats=config.repeats,
+                                    new_tokens=config.new_tokens, repeats=repeats,
                                     timeout=config.timeout_s)
                 b |= summarize_causal(raw["runs"], len(prompt), config.new_tokens)
             b["peak_rss_mb"] = raw["peak_rss_mb"]
@@ -121,7 +139,43 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
                  else f"{b.get('batch_ms', 0):.1f} ms/batch")
         log(f"{art['role']:>7} {fmt}:{quant:<8} {runtime:<12} "
             f"{b['error'] if 'error' in b else shown}")
-        out.append(rec)
+        out[k] = rec
+    return out
+
+
+def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) -> dict:
+    """{index: {"batch_s", "peak_rss_mb"} or RuntimeFailure}. Each artifact runs alone once
+    (its own peak RSS, and its failure if it fails); then all of one runtime are timed in one
+    process in turn (bench/worker.py, encoder_paired), so student and teacher share the
+    machine's good and bad seconds alike."""
+    from ..export.runtimes import child
+
+    out: dict = {}
+    for k in order:
+        art = artifacts[k]
+        try:
+            out[k] = time_artifact(Path(art["path"]), art["format"], threads=threads, repeats=1,
+                                   texts=texts, seq_len=seq_len,
+                                   tokenizer=Path(art["model_dir"]), timeout=timeout)
+        except RuntimeFailure as e:
+            out[k] = e
+    by_runtime: dict = {}
+    for k in order:
+        if not isinstance(out[k], RuntimeFailure):
+            by_runtime.setdefault(RUNTIME_OF_FORMAT[artifacts[k]["format"]], []).append(k)
+    for runtime, ks in by_runtime.items():
+        task = {"kind": "encoder_paired", "runtime": runtime, "threads": threads,
+                "repeats": repeats, "texts": texts, "seq_len": seq_len,
+                "models": [str(artifacts[k]["path"]) for k in ks],
+                "tokenizers": [str(artifacts[k]["model_dir"]) for k in ks]}
+        try:
+            res = child("edgedistill.bench.worker", task, timeout * len(ks), runtime)
+        except RuntimeFailure as e:
+            for k in ks:
+                out[k] = e
+            continue
+        for k, times in zip(ks, res["batch_s"]):
+            out[k]["batch_s"] = times
     return out
 
 

@@ -101,6 +101,33 @@ def _torch_causal(task):
 
 
 def _encoder(task):
+    run = _encoder_run(task)
+    times = []
+    for r in range(task["repeats"] + 1):
+        t0 = time.perf_counter()
+        run()
+        if r:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _encoder_paired(task):
+    """Several models of one runtime in one process, timed in turn (A B C A B C ...), so that
+    every model sees the same machine: batches take a tenth of a second, and a shared
+    machine's speed wanders by tens of percent over seconds."""
+    runs = [_encoder_run(dict(task, model=m, tokenizer=t, paired=True))
+            for m, t in zip(task["models"], task["tokenizers"])]
+    times = [[] for _ in runs]
+    for r in range(task["repeats"] + 1):
+        for i, run in enumerate(runs):
+            t0 = time.perf_counter()
+            run()
+            if r:
+                times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def _encoder_run(task):
     texts, runtime = task["texts"], task["runtime"]
     if runtime == "llama.cpp":
         from llama_cpp import Llama
@@ -111,11 +138,17 @@ def _encoder(task):
     elif runtime == "onnxruntime":
         from transformers import AutoTokenizer
 
-        from ..export.runtimes import onnx_sentence_embeddings
+        from ..export.runtimes import SENTENCE_EMBEDDING, ort_session
         tok = AutoTokenizer.from_pretrained(task["tokenizer"])
-        sess_path = Path(task["model"])
-        run = lambda: onnx_sentence_embeddings(sess_path, tok, texts, task["seq_len"],  # noqa
-                                               len(texts), task["threads"])
+        # loaded once, as deployed; several sessions taking turns must not spin (see there)
+        sess = ort_session(Path(task["model"]), task["threads"], spin=not task.get("paired"))
+        names = {i.name for i in sess.get_inputs()}
+
+        def run():  # tokenizing is part of the work, as in llama.cpp's embed()
+            enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
+                      return_tensors="np")
+            return sess.run([SENTENCE_EMBEDDING], {k: v.astype(np.int64) for k, v in enc.items()
+                                                   if k in names})[0]
     else:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -129,13 +162,7 @@ def _encoder(task):
                 enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
                           return_tensors="pt")
                 return model(**enc).last_hidden_state
-    times = []
-    for r in range(task["repeats"] + 1):
-        t0 = time.perf_counter()
-        run()
-        if r:
-            times.append(time.perf_counter() - t0)
-    return times
+    return run
 
 
 def _encoder_ids(task):
@@ -175,6 +202,8 @@ def main(spec: str) -> int:
     task = json.loads(Path(spec).read_text())
     if task.get("kind") == "encoder":
         result = {"batch_s": _encoder(task)}
+    elif task.get("kind") == "encoder_paired":
+        result = {"batch_s": _encoder_paired(task)}
     elif task.get("kind") == "encoder_ids":
         result = {"batch_s": _encoder_ids(task)}
     else:

@@ -30,7 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--speedup", type=float, default=None, help="as for 'plan'")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per benchmark run")
-    p.add_argument("--repeats", type=int, default=3, help="benchmark repeats (median reported)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="benchmark runs per artifact, median reported (default 15 for encoders, "
+                   "3 for causal LMs)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not export and measure the teacher too")
     p.add_argument("--target", default="laptop", help="profile name, 'local' or a YAML file")

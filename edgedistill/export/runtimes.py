@@ -71,11 +71,15 @@ def torch_sentence_embeddings(model_dir: Path, texts: list[str], pooling: Poolin
 
 # -- onnxruntime ------------------------------------------------------------------------------
 
-def ort_session(path: Path, threads: int | None = None, providers=None):
+def ort_session(path: Path, threads: int | None = None, providers=None, spin: bool = True):
+    """An onnxruntime session. ``spin=False`` stops its idle threads from busy-waiting: needed
+    when several sessions share a process and take turns (their spinning steals the cores)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
