@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 from .arch import shape_from_config
-from .errors import EdgeDistillError
-from .predictor import (FEATURES, CalibrationError, cache_dir, calibration_path, evaluate,
+from .predictor import (FEATURES, CalibrationError, calibration_path, evaluate,
                         features, fingerprint, fingerprint_key, fit_key)
 
 CAUSAL_FORMATS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "onnx:fp32", "onnx:int8")
@@ -286,26 +285,21 @@ def calibrate(target: str = "local", formats: str | None = None, budget_s: float
               repeats: int = 3, progress: bool = True, log=_log) -> dict:
     """Measure, fit and store a calibration of this machine; returns it (also written to the
     cache, and to ``out`` when given)."""
-    from .machine import machine_info, measure_bandwidth
+    from .machine import local_profile, machine_info
     from .profiles import load_profile
 
     if budget_s < 60:
         raise CalibrationError(f"--budget-s {budget_s:g} is too short to measure anything.",
                                "give at least 60 seconds (default 600)")
     jobs = parse_formats(formats)
-    prof = load_profile(target) if target != "local" else None
-    info = machine_info()
-    threads = threads or (prof.threads if prof and prof.kind == "cpu" and prof.name == "local"
-                          else info.physical_cores)
-    threads = min(threads, info.logical_cpus)
-    base = prof or load_profile("laptop")
-    lt = base.latency_targets
+    # the profile only sets the workload (prompt length, encoder batch); this machine is measured
+    lt = load_profile("laptop" if target == "local" else target).latency_targets
     prompt, seq, batch = lt.prompt_tokens, lt.encoder_seq_len, lt.encoder_batch
+    info = machine_info()
+    threads = min(threads or info.physical_cores, info.logical_cpus)
     t_start = time.time()
-    bw = measure_bandwidth(threads, mib_per_thread=max(128, 4 * info.llc_bytes // threads
-                                                       // 2**20), repeats=3)
-    from .machine import estimate_peak_tflops, measure_gemm_tflops
-    gemm = measure_gemm_tflops(threads) or estimate_peak_tflops(info, threads)["fp32"]
+    here = local_profile(threads)  # bandwidth with these threads, fp32 compute from a GEMM
+    bw, gemm = here.memory.bandwidth_gbps, here.peak_tflops("fp32")
     fp = fingerprint(threads)
     log(f"{info.cpu_model}, {threads} threads, {bw:.1f} GB/s, last-level cache "
         f"{info.llc_bytes / 2**20:.0f} MiB; budget {budget_s:.0f} s")
@@ -315,7 +309,7 @@ def calibrate(target: str = "local", formats: str | None = None, budget_s: float
     points: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="edgedistill-calibrate-"))
     bar = _bar(budget_s, progress)
-    kept: list[tuple[dict, Path]] = []  # held-out artifacts, measured again at the end
+    kept: list[tuple[Path, list[dict]]] = []  # held-out artifacts and their points, re-timed
     try:
         deadline = t_start
         for family in families:
@@ -340,15 +334,15 @@ def calibrate(target: str = "local", formats: str | None = None, budget_s: float
                     except Exception as e:  # one shape failing is a note, not the end
                         log(f"{name} {fmt}:{quant}: {type(e).__name__}: {str(e)[:200]}")
                         continue
-                    for w, sec in meas.items():
-                        points.append({"family": family, "config": cfg, "format": fmt,
-                                       "quant": quant, "workload": w, "seconds": sec,
-                                       "prompt": prompt if w != "encoder" else 0,
-                                       "seq": seq if w == "encoder" else 0,
-                                       "batch": batch if w == "encoder" else 0,
-                                       "split": split, "shape": name})
-                        if split == "holdout":
-                            kept.append((points[-1], art))
+                    new = [{"family": family, "config": cfg, "format": fmt, "quant": quant,
+                            "workload": w, "seconds": sec,
+                            "prompt": prompt if w != "encoder" else 0,
+                            "seq": seq if w == "encoder" else 0,
+                            "batch": batch if w == "encoder" else 0,
+                            "split": split, "shape": name} for w, sec in meas.items()]
+                    points += new
+                    if split == "holdout":
+                        kept.append((art, new))
                 if split != "holdout":
                     shutil.rmtree(work / name, ignore_errors=True)
                 took = time.time() - t0
@@ -357,21 +351,16 @@ def calibrate(target: str = "local", formats: str | None = None, budget_s: float
                     f"(h{cfg['hidden_size']} L{cfg['num_hidden_layers']}) {took:.0f}s")
         # Repeatability: the held-out artifacts again, minutes later. How far a second
         # measurement of the same file lands is the floor under any predictor's error here.
-        done = set()
-        for p, art in kept:
+        for art, pts in kept:
             if time.time() > t_start + budget_s:
                 break
-            if (str(art), p["workload"]) in done:
-                continue
             try:
-                again = _measure(art, p["format"], p["family"] == "bert", threads, prompt, seq,
-                                 batch, repeats)
+                again = _measure(art, pts[0]["format"], pts[0]["family"] == "bert", threads,
+                                 prompt, seq, batch, repeats)
             except Exception:
                 continue
-            for q, a in kept:
-                if a == art and q["workload"] in again:
-                    q["repeat_seconds"] = again[q["workload"]]
-                    done.add((str(art), q["workload"]))
+            for p in pts:
+                p["repeat_seconds"] = again[p["workload"]]
             bar(time.time() - t_start, "repeatability of held-out shapes")
     finally:
         bar(None, "")
@@ -434,5 +423,4 @@ def summary_rows(cal: dict) -> list[list]:
 SUMMARY_HEAD = ["runtime format:quant:workload", "train", "held out", "model", "CV physical",
                 "CV log-linear", "held-out MAPE", "worst", "re-measured"]
 
-__all__ = ["calibrate", "design", "fit", "fit_all", "parse_formats", "summary_rows",
-           "cache_dir", "EdgeDistillError"]
+__all__ = ["calibrate", "design", "fit", "fit_all", "parse_formats", "summary_rows"]

@@ -104,12 +104,26 @@ def _weight_bytes(s: ModelShape, q: QuantType, block: int) -> tuple[float, float
     return total, streamed, note
 
 
+def attention_flops(s: ModelShape, tokens: int, context: int, causal: bool) -> float:
+    """Scores (QK^T) and weighted sum (AV) for ``tokens`` queries over ``context`` keys:
+    2 * 2 * q_dim per (query, key) pair, per layer."""
+    pairs = tokens * context - (tokens * (tokens - 1) / 2 if causal else 0)
+    return 4 * s.num_layers * s.q_dim * pairs
+
+
 def layer_flops(s: ModelShape, tokens: int, context: int, causal: bool) -> float:
     """FLOPs of the transformer layers for ``tokens`` new tokens attending to ``context``."""
-    matmul = 2 * s.num_layers * s.layer_matrix_params() * tokens
-    # scores (QK^T) and weighted sum (AV): 2 * 2 * q_dim per (query, key) pair
-    pairs = tokens * context - (tokens * (tokens - 1) / 2 if causal else 0)
-    return matmul + 4 * s.num_layers * s.q_dim * pairs
+    return 2 * s.num_layers * s.layer_matrix_params() * tokens + attention_flops(
+        s, tokens, context, causal)
+
+
+def encoder_elementwise_bytes(s: ModelShape, seq: int, batch: int) -> float:
+    """Activation traffic of an encoder batch's element-wise work (layer norms, GELU, residual
+    adds, softmax): about 12 hidden-wide and 4 FFN-wide fp32 passes per token and layer, and 3
+    passes over the attention scores."""
+    tokens = batch * seq
+    return s.num_layers * (tokens * (12 * s.hidden_size + 4 * s.intermediate_size)
+                           + 3 * batch * s.num_heads * seq * seq) * 4
 
 
 def encoder_compute_s(shape: ModelShape, q: QuantType, seq: int, batch: int, peak: float,
@@ -118,28 +132,26 @@ def encoder_compute_s(shape: ModelShape, q: QuantType, seq: int, batch: int, pea
 
     Matrix products run at the quantization's compute peak, except those that stay float: the
     attention scores (QK^T, AV) always, and the FFN down projections of ONNX int8 (see
-    ``_weight_bytes``). Element-wise work (layer norms, GELU, residual adds, softmax, the
-    activation quantization of dynamic int8) moves activations through memory: about 12
-    hidden-wide and 4 FFN-wide tensor passes per token and layer, and 3 passes over the
-    attention scores."""
+    ``_weight_bytes``). Element-wise work moves activations through memory
+    (``encoder_elementwise_bytes``)."""
     L, h, f = shape.num_layers, shape.hidden_size, shape.intermediate_size
     tokens = batch * seq
-    scores = 4 * L * shape.q_dim * seq * seq * batch
-    float_mm = 2 * L * h * f * tokens if (q.format == "onnx" and q.name == "int8") else 0.0
-    quant_mm = 2 * L * shape.layer_matrix_params() * tokens - float_mm
-    if q.compute_dtype == "fp32":
-        quant_mm, float_mm = 0.0, quant_mm + float_mm
-    elementwise = L * (tokens * (12 * h + 4 * f) + 3 * batch * shape.num_heads * seq * seq) * 4
+    scores = attention_flops(shape, seq, seq, causal=False) * batch
+    elementwise = encoder_elementwise_bytes(shape, seq, batch)
+    float_mm = 0.0
     if q.format == "onnx" and q.name == "int8":
+        float_mm = 2 * L * h * f * tokens
         # dynamic quantization: each quantized product's input is scanned and quantized, and
         # its int32 output rescaled to float (q/k/v share an input): ~14 h + 2 f passes
         elementwise += L * tokens * (14 * h + 2 * f) * 4
-    if q.format == "onnx" and q.name == "int8":
         # onnxruntime's dynamic int8 (MatMulInteger) ran the MiniLM teacher only 1.7x faster
         # than fp32 here (148.6 vs 252.9 ms per batch of 32, 2 threads, `edgedistill export
         # --target laptop`), far from the VNNI peak: count its products at 1.7x the fp32 rate
         # until a calibration replaces it
         peak = min(peak, 1.7 * vec_peak)
+    quant_mm = 2 * L * shape.layer_matrix_params() * tokens - float_mm
+    if q.compute_dtype == "fp32":
+        quant_mm, float_mm = 0.0, quant_mm + float_mm
     compute = quant_mm / peak + (float_mm + scores) / vec_peak
     return max(compute, streamed / bw) + elementwise / bw
 

@@ -44,6 +44,10 @@ def _cpuinfo() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
 def _physical_cores() -> int:
     pairs = set()
     try:
@@ -92,7 +96,7 @@ def machine_info() -> MachineInfo:
     info = _cpuinfo()
     flags = tuple(sorted((info.get("flags") or info.get("Features") or "").split()))
     return MachineInfo(
-        cpu_model=info.get("model name") or platform.processor() or platform.machine(),
+        cpu_model=cpu_model(),
         physical_cores=_physical_cores(),
         logical_cpus=os.cpu_count() or 1,
         ram_total_gb=round(_meminfo_gb("MemTotal"), 2),

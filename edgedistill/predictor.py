@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 from pathlib import Path
 
 from .arch import ModelShape
@@ -62,16 +61,6 @@ def cache_dir() -> Path:
     return Path(base) / "edgedistill"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -84,7 +73,9 @@ def _version(dist: str) -> str | None:
 def fingerprint(threads: int) -> dict:
     """What a calibration is only valid for: this CPU, core count, thread count and runtime
     versions. Cheap (no runtime is imported)."""
-    return {"cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(), "threads": int(threads),
+    from .machine import cpu_model
+
+    return {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "threads": int(threads),
             "llama_cpp_python": _version("llama_cpp_python"),
             "onnxruntime": _version("onnxruntime"), "version": CALIBRATION_VERSION}
 
@@ -125,16 +116,11 @@ def load_calibration(path: str | Path | None = None, threads: int | None = None)
 
 # -- features ---------------------------------------------------------------------------------
 
-def _attn_flops(s: ModelShape, tokens: int, context: int, causal: bool) -> float:
-    pairs = tokens * context - (tokens * (tokens - 1) / 2 if causal else 0)
-    return 4 * s.num_layers * s.q_dim * pairs
-
-
 def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_bytes: int,
              context: int = 0, prompt: int = 0, seq: int = 0, batch: int = 0,
              block: int = 32) -> list[float]:
     """The terms of FEATURES[workload] for one shape, in MB and GFLOP."""
-    from .costmodel import _weight_bytes
+    from .costmodel import _weight_bytes, attention_flops, encoder_elementwise_bytes
 
     q = quant_type(fmt, quant)
     weights, streamed, _ = _weight_bytes(shape, q, block)
@@ -143,16 +129,15 @@ def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_byte
         total = streamed + shape.kv_cache_elements(context) * q.kv_bytes
         cached = min(total, llc_bytes)
         return [1.0, L, cached / 1e6, (total - cached) / 1e6,
-                _attn_flops(shape, 1, context, True) / 1e9, shape.vocab_size / 1e3]
+                attention_flops(shape, 1, context, True) / 1e9, shape.vocab_size / 1e3]
     if workload == "prefill":
         mm = 2 * (L * shape.layer_matrix_params() * prompt + shape.output_matrix_params())
-        return [1.0, L, mm / 1e9, _attn_flops(shape, prompt, prompt, True) / 1e9, weights / 1e6]
+        return [1.0, L, mm / 1e9, attention_flops(shape, prompt, prompt, True) / 1e9,
+                weights / 1e6]
     if workload == "encoder":
-        tokens = batch * seq
-        mm = 2 * L * shape.layer_matrix_params() * tokens
-        elem = L * (tokens * (12 * shape.hidden_size + 4 * shape.intermediate_size)
-                    + 3 * batch * shape.num_heads * seq * seq) * 4
-        return [1.0, L, mm / 1e9, _attn_flops(shape, seq, seq, False) * batch / 1e9, elem / 1e6]
+        mm = 2 * L * shape.layer_matrix_params() * batch * seq
+        return [1.0, L, mm / 1e9, attention_flops(shape, seq, seq, False) * batch / 1e9,
+                encoder_elementwise_bytes(shape, seq, batch) / 1e6]
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -191,18 +176,16 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
     """Memory and latency of ``shape`` as ``fmt:quant`` on ``profile``: calibrated on the
     machine the calibration was made on (``--target local``), scaled to other CPU profiles,
     else the roofline. Memory is always the layout's arithmetic (weights, KV cache, buffers)."""
-    base = roofline(shape, profile, fmt, quant)
-    uncal = dataclasses.replace(base, label="uncalibrated",
-                                basis="roofline with the profile's default coefficients")
+    base = roofline(shape, profile, fmt, quant)  # labelled uncalibrated
     if calibration is None:
-        return uncal
+        return base
     workloads = ["encoder"] if shape.is_encoder else ["decode", "prefill"]
     fits = [calibration["fits"].get(fit_key(fmt, quant, w)) for w in workloads]
     if any(f is None for f in fits):
-        return uncal
+        return base
     here = profile.name == "local" and profile.threads == calibration["fingerprint"]["threads"]
     if not here and profile.kind != "cpu":
-        return uncal  # a CPU's calibration says nothing about a GPU or an NPU
+        return base  # a CPU's calibration says nothing about a GPU or an NPU
     lt, llc = profile.latency_targets, calibration["machine"]["llc_bytes"]
     times = {}
     for w, fit in zip(workloads, fits):
@@ -211,8 +194,8 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
                      block=profile.constraints.int4_block_size)
         times[w] = evaluate(fit, x) if here else _scale_physical(fit, x, w, calibration, profile)
         times[w] = max(times[w], 1e-7)
-    hold = {w: calibration["fits"][fit_key(fmt, quant, w)].get("holdout", {}) for w in workloads}
-    err = ", ".join(f"{w} held-out MAPE {h['mape']:.1%}" for w, h in hold.items() if h)
+    err = ", ".join(f"{w} held-out MAPE {f['holdout']['mape']:.1%}"
+                    for w, f in zip(workloads, fits) if f.get("holdout"))
     if here:
         label, basis = "calibrated", (f"calibration {calibration['key']} of this machine "
                                       f"({err or 'no held-out shapes'})")
@@ -237,11 +220,10 @@ def predictor_for(profile: DeviceProfile, calibration: str | Path | None = None)
     given: that file, which must be this machine's; else this machine's cache entry)."""
     if calibration is not None:
         cal = load_calibration(calibration)
-    else:
-        threads = profile.threads if profile.name == "local" else None
-        cal = load_calibration(threads=threads)
-        if cal is None and profile.name != "local" and profile.kind == "cpu":
-            cal = _any_local_calibration()
+    elif profile.name == "local":
+        cal = load_calibration(threads=profile.threads)
+    else:  # another CPU: this machine's newest calibration, scaled; GPUs and NPUs: none
+        cal = _any_local_calibration() if profile.kind == "cpu" else None
     return lambda shape, fmt, quant: predict(shape, profile, fmt, quant, cal)
 
 

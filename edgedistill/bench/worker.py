@@ -100,31 +100,28 @@ def _torch_causal(task):
     return runs
 
 
-def _encoder(task):
-    run = _encoder_run(task)
-    times = []
-    for r in range(task["repeats"] + 1):
-        t0 = time.perf_counter()
-        run()
-        if r:
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def _encoder_paired(task):
-    """Several models of one runtime in one process, timed in turn (A B C A B C ...), so that
-    every model sees the same machine: batches take a tenth of a second, and a shared
-    machine's speed wanders by tens of percent over seconds."""
-    runs = [_encoder_run(dict(task, model=m, tokenizer=t, paired=True))
-            for m, t in zip(task["models"], task["tokenizers"])]
+def _in_turn(runs: list, repeats: int) -> list[list[float]]:
+    """Seconds of each callable, timed in turn (A B C A B C ...) after one warm-up round."""
     times = [[] for _ in runs]
-    for r in range(task["repeats"] + 1):
+    for r in range(repeats + 1):
         for i, run in enumerate(runs):
             t0 = time.perf_counter()
             run()
             if r:
                 times[i].append(time.perf_counter() - t0)
     return times
+
+
+def _encoder(task):
+    return _in_turn([_encoder_run(task)], task["repeats"])[0]
+
+
+def _encoder_paired(task):
+    """Several models of one runtime in one process, timed in turn, so that every model sees
+    the same machine: batches take a tenth of a second, and a shared machine's speed wanders
+    by tens of percent over seconds."""
+    return _in_turn([_encoder_run(dict(task, model=m, tokenizer=t, paired=True))
+                     for m, t in zip(task["models"], task["tokenizers"])], task["repeats"])
 
 
 def _encoder_run(task):
@@ -176,13 +173,7 @@ def _encoder_ids(task):
     feeds = {"input_ids": ids, "attention_mask": np.ones(shape, np.int64),
              "token_type_ids": np.zeros(shape, np.int64)}
     feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
-    times = []
-    for r in range(task["repeats"] + 1):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        if r:
-            times.append(time.perf_counter() - t0)
-    return times
+    return _in_turn([lambda: sess.run(None, feeds)], task["repeats"])[0]
 
 
 def peak_rss_mb() -> float:

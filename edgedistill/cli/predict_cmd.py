@@ -3,10 +3,7 @@ student shape, from the predictor that ``plan`` uses."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..errors import EdgeDistillError
 from .table import table
 
 
