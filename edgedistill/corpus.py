@@ -91,6 +91,19 @@ def stdlib_source(max_chars: int | None = None) -> str:
     return out[:max_chars] if max_chars is not None else out
 
 
+def stdlib_source_split(fraction: float = 0.05) -> tuple[str, str]:
+    """(train, held_out) standard-library source, split by whole file with :func:`is_holdout`:
+    held-out text comes from files the training text never touches, yet from the same mix."""
+    train, held = [], []
+    for path in stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        (held if is_holdout(text, fraction) else train).append(text)
+    return "\n\n".join(train), "\n\n".join(held)
+
+
 def is_holdout(text: str, fraction: float = 0.05) -> bool:
     """Stable split: a text is held out when its hash falls in the first ``fraction``."""
     h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")

@@ -58,6 +58,10 @@ class Constraints:
     """With static shapes: tokens per prefill graph call (e.g. 128)."""
     int4_block_size: int = 32
     """Block size of int4 weight-only quantization (MatMulNBits / Q4 groups)."""
+    htp_arch: Optional[int] = None
+    """NPUs: Hexagon HTP architecture the graphs are compiled for (75 = v75, 8 Gen 3)."""
+    soc_model: Optional[int] = None
+    """NPUs: QNN SoC model id (57 = SM8650, Snapdragon 8 Gen 3); QNN sizes VTCM from it."""
 
 
 @dataclass(frozen=True)

@@ -35,16 +35,19 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
                    layers: int = 4, heads: int = 4, kv_heads: int = 2, ffn: int = 512,
                    vocab: int = 1024, steps: int = 200, seq_len: int = 128, batch: int = 8,
                    lr: float = 3e-3, chars: int = 2_000_000, seed: int = 0,
-                   log=None) -> Path:
+                   text: str | None = None, log=None) -> Path:
     """Train a small causal LM on standard-library source and save it (HF folder with
-    tokenizer) to ``out_dir``. Returns ``out_dir``. Deterministic for a given seed."""
+    tokenizer) to ``out_dir``. Returns ``out_dir``. Deterministic for a given seed.
+
+    ``text``: train on this instead of the first ``chars`` of standard-library source (the
+    tokenizer is still learnt from its first ``chars``)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
-    text = stdlib_source(chars)
-    tok = train_bpe_tokenizer(text, vocab)
+    text = stdlib_source(chars) if text is None else text
+    tok = train_bpe_tokenizer(text[:chars], vocab)
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
     cfg_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family]
     cfg = cfg_cls(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn,

@@ -39,6 +39,11 @@ class ExportConfig:
     """Tokens per held-out sequence."""
     eval_sentences: int = 256
     """Held-out sentences (encoders)."""
+    context: int | None = None
+    """Static-shape (NPU) profiles: KV-cache slots of the fixed graphs; default the profile's
+    context_length."""
+    npu_eval_items: int = 16
+    """Static-shape profiles: held-out items run on the HTP (its x86 simulation is slow)."""
 
 
 @dataclass
@@ -165,7 +170,10 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     from .checks import Checker
 
     checker = Checker(model_dir, shape, tok, held, threads, _log)
-    if "onnx" in plan:
+    if "onnx" in plan and prof.constraints.static_shapes:
+        result.artifacts += checker.npu_artifacts(out_dir / "onnx", plan["onnx"], calib, prof,
+                                                  config.context, config.npu_eval_items)
+    elif "onnx" in plan:
         result.artifacts += checker.onnx_artifacts(out_dir / "onnx", plan["onnx"], calib,
                                                    prof.constraints.int4_block_size)
     if "gguf" in plan:

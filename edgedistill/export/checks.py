@@ -119,6 +119,161 @@ class Checker:
             arts.append(Artifact(path, "onnx", quant, v))
         return arts
 
+    # -- NPU: fixed-shape QDQ graphs on the HTP -------------------------------------------------
+    def npu_artifacts(self, out_dir: Path, quants: list[str], calib: list, profile,
+                      context: int | None = None, eval_items: int = 16):
+        """Fixed-shape float graphs, then each QDQ scheme; every graph checked against torch
+        on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider."""
+        from . import Artifact
+        from . import npu
+        from .onnx import export_onnx
+        from .runtimes import ort_session
+
+        graphs = npu.graph_shapes(self.encoder, profile, context)  # bad shapes fail first
+        t0 = time.time()
+        fp32 = export_onnx(self.model_dir, out_dir)
+        fixed = [npu.fix_graph(fp32, g) for g in graphs]
+        self.log(f"npu: fixed-shape graphs {', '.join(p.name for p in fixed)} "
+                 f"({time.time() - t0:.1f}s)")
+        items = self.held[:eval_items]
+        if self.encoder:
+            ref = self.ref[:len(items)]
+        else:
+            items, ref, nxt, dec_ref = self._decode_reference(items, graphs[0].tokens)
+        unavailable = npu.qnn_available()
+        opts = None if unavailable else npu.htp_options(profile)
+        if unavailable:
+            self.log(f"npu: {unavailable}; the graphs are checked on the CPU provider only")
+
+        def figures(got):
+            if self.encoder:
+                return embedding_figures(ref, got)
+            pre, dec = got
+            f = logit_figures(ref, pre)
+            d = logit_figures([dec_ref], [dec])
+            f.update(decode_top1_agreement=d["top1_agreement"], decode_kl=d["kl"],
+                     decode_tokens=d["tokens"])
+            return f
+
+        def cpu_run(paths):
+            sessions = [ort_session(p, self.threads, basic=True) for p in paths]
+            if self.encoder:
+                names = {i.name for i in sessions[0].get_inputs()}
+                return np.concatenate([sessions[0].run(["sentence_embedding"], f)[0] for f in
+                                       npu.encoder_feeds(self.tok, items, graphs[0], names)])
+            return npu.run_causal(sessions[0], sessions[1], items, nxt, graphs)
+
+        arts = []
+        feeds = None
+        for quant in ["fp32"] + [q for q in quants if q in npu.SCHEMES]:
+            t0 = time.time()
+            if quant == "fp32":
+                paths = fixed
+            else:
+                if feeds is None:
+                    feeds = self._npu_calibration(fixed, graphs, calib)
+                paths = [npu.quantize_graph(p, quant, f) for p, f in zip(fixed, feeds)]
+            th = threshold_for("onnx", quant, self.encoder)
+            cpu = figures(cpu_run(paths))
+            if quant == "fp32":
+                v = judge(cpu, th)
+                v.figures["runtime"] = "onnxruntime CPU"
+            elif unavailable:
+                v = judge(cpu, th)
+                v.figures["runtime"] = "onnxruntime CPU (HTP not run: onnxruntime-qnn missing)"
+                v.passed = False
+                v.failures.append(unavailable)
+            else:
+                v = self._htp_verdict(paths, graphs, items, nxt if not self.encoder else None,
+                                      opts, th, figures)
+                v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
+                                        if k in cpu}
+            note = ("decode graph: " + paths[1].name) if len(paths) > 1 else ""
+            self._report("onnx", quant, paths[0], v, t0)
+            arts.append(Artifact(paths[0], "onnx", quant, v, note=note))
+        return arts
+
+    def _decode_reference(self, seqs: list, chunk: int):
+        """Held-out sequences cut to the prefill chunk, their torch logits, the token torch
+        picks next, and torch's logits after it (the decode graph's reference)."""
+        from .runtimes import torch_causal_logits
+
+        seqs = [list(s[:chunk]) for s in seqs]
+        ref = [r[:len(s)] for r, s in zip(self.ref, seqs)]
+        nxt = [int(r[-1].argmax()) for r in ref]
+        longer = torch_causal_logits(self.model_dir, [s + [t] for s, t in zip(seqs, nxt)])
+        return seqs, ref, nxt, np.stack([x[-1] for x in longer])
+
+    def _npu_calibration(self, fixed: list[Path], graphs, calib: list) -> list[list[dict]]:
+        """Calibration feeds per graph from the calibration items (the user's data)."""
+        from . import npu
+        from .runtimes import ort_session
+
+        first = ort_session(fixed[0], self.threads, basic=True)
+        names = {i.name for i in first.get_inputs()}
+        if self.encoder:
+            return [npu.encoder_feeds(self.tok, calib, graphs[0], names)]
+        gp, gd = graphs
+        dec = ort_session(fixed[1], self.threads, basic=True)
+        pre_feeds, dec_feeds = [], []
+        outs = [o.name for o in first.get_outputs()]
+        for ids in calib:
+            ids = list(ids[:gp.tokens])
+            f = npu.prefill_feed(first, ids, gp)
+            res = dict(zip(outs, first.run(outs, f)))
+            nxt = int(res["logits"][0, -1].argmax())
+            pre_feeds.append(f)
+            dec_feeds.append(npu.decode_feed(dec, nxt, len(ids), res, len(ids), gd))
+        return [pre_feeds, dec_feeds]
+
+    def _htp_verdict(self, paths, graphs, items, nxt, opts, th, figures):
+        from .runtimes import child
+
+        t0 = time.time()
+        try:
+            if self.encoder:
+                import tempfile
+
+                from . import npu
+                from .runtimes import ort_session
+
+                names = {i.name for i in ort_session(paths[0], basic=True).get_inputs()}
+                feeds = npu.encoder_feeds(self.tok, items, graphs[0], names)
+                with tempfile.TemporaryDirectory(prefix="edgedistill-npu-") as tmp:
+                    npz = Path(tmp) / "feeds.npz"
+                    np.savez(npz, n=len(feeds), **{f"{i}/{k}": v for i, f in enumerate(feeds)
+                                                   for k, v in f.items()})
+                    res = child("edgedistill.export.qnn_worker",
+                                {"op": "encoder", "path": str(paths[0]), "options": opts,
+                                 "feeds": str(npz), "output": "sentence_embedding"},
+                                timeout=3600, what="the QNN HTP backend")
+                got = res.get("out")
+            else:
+                res = child("edgedistill.export.qnn_worker",
+                            {"op": "causal", "paths": [str(p) for p in paths], "options": opts,
+                             "seqs": items, "next": nxt,
+                             "graphs": [[g.role, g.tokens, g.past] for g in graphs]},
+                            timeout=3600, what="the QNN HTP backend")
+                got = None
+                if "decode" in res:
+                    got = ([res[f"prefill_{i}"] for i in range(len(items))], res["decode"])
+        except RuntimeFailure as e:
+            return failed_to_run(str(e), th)
+        graphs_info = {Path(p).name: info for p, info in res.get("graphs", {}).items()}
+        if got is None:
+            errors = "; ".join(f"{n}: {i['error']}" for n, i in graphs_info.items()
+                               if "error" in i)
+            unsupported = sorted({u["op"] for i in graphs_info.values()
+                                  for u in i["coverage"]["unsupported_ops"]})
+            v = failed_to_run(f"the HTP did not take the whole graph (ops on CPU: "
+                              f"{', '.join(unsupported) or 'none found'}): {errors}", th)
+        else:
+            v = judge(figures(got), th)
+        v.figures.update(runtime="onnxruntime-qnn HTP backend (x86 simulation, no CPU "
+                         "fallback)", htp=graphs_info,
+                         htp_seconds=round(time.time() - t0, 1))
+        return v
+
     # -- GGUF ---------------------------------------------------------------------------------
     def tokenizer_parity(self, gguf_path: Path) -> dict:
         from .runtimes import gguf_tokenize

@@ -71,13 +71,18 @@ def torch_sentence_embeddings(model_dir: Path, texts: list[str], pooling: Poolin
 
 # -- onnxruntime ------------------------------------------------------------------------------
 
-def ort_session(path: Path, threads: int | None = None, providers=None, spin: bool = True):
+def ort_session(path: Path, threads: int | None = None, providers=None, spin: bool = True,
+                basic: bool = False):
     """An onnxruntime session. ``spin=False`` stops its idle threads from busy-waiting: needed
-    when several sessions share a process and take turns (their spinning steals the cores)."""
+    when several sessions share a process and take turns (their spinning steals the cores).
+    ``basic``: only basic graph optimizations (the NPU graphs, already QNN-fused, trip
+    onnxruntime 1.32's extended CPU fusions: "Attempt to replace the existing tensor")."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if basic:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:

@@ -1,0 +1,88 @@
+"""Child process that runs fixed-shape QDQ graphs on onnxruntime-qnn's HTP backend.
+
+Usage: ``python -m edgedistill.export.qnn_worker TASK.json``. Ops: ``encoder`` (one graph,
+feeds from an .npz file) and ``causal`` (prefill and decode graphs, held-out sequences).
+Each graph is compiled with CPU fallback disabled; when that fails, the graph is run once with
+fallback allowed to list the ops the HTP refused. Results go to ``result.json`` in the task's
+workdir, arrays as .npy files beside it. Apart from the caller, so that a crash in Qualcomm's
+native libraries is reported rather than fatal.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _compile(path: str, options: dict, feed: dict, result: dict):
+    from .npu import coverage, htp_session
+
+    import onnx
+
+    nodes = len(onnx.load(path, load_external_data=False).graph.node)
+    t0 = time.time()
+    try:
+        sess = htp_session(Path(path), options)
+    except Exception as e:  # onnxruntime raises its own types
+        cov = coverage(Path(path), options, feed)
+        result.setdefault("graphs", {})[path] = {"error": str(e)[:400], "coverage": cov}
+        return None
+    result.setdefault("graphs", {})[path] = {
+        "compile_s": round(time.time() - t0, 2),
+        "coverage": {"nodes": nodes, "on_htp": nodes, "on_cpu": 0, "unsupported_ops": []}}
+    return sess
+
+
+def main(spec_path: str) -> int:
+    task = json.loads(Path(spec_path).read_text())
+    work = Path(task["workdir"])
+    result: dict = {}
+    opts = task["options"]
+    if task["op"] == "encoder":
+        data = np.load(task["feeds"])
+        n = int(data["n"])
+        feeds = [{k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
+                 for i in range(n)]
+        sess = _compile(task["path"], opts, feeds[0], result)
+        if sess is not None:
+            emb = np.concatenate([sess.run([task["output"]], f)[0] for f in feeds])
+            np.save(work / "out.npy", emb)
+            result["out"] = "out.npy"
+    elif task["op"] == "causal":
+        from .npu import GraphShape, run_causal
+
+        graphs = [GraphShape(*g) for g in task["graphs"]]
+        seqs = task["seqs"]
+        sessions = [_compile(path, opts, _probe(path), result) for path in task["paths"]]
+        if all(s is not None for s in sessions):
+            pre, dec = run_causal(sessions[0], sessions[1], seqs, task["next"], graphs)
+            for i, x in enumerate(pre):
+                np.save(work / f"prefill_{i}.npy", x)
+                result[f"prefill_{i}"] = f"prefill_{i}.npy"
+            np.save(work / "decode.npy", dec)
+            result["decode"] = "decode.npy"
+    else:
+        raise SystemExit(f"unknown op {task['op']!r}")
+    (work / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+def _probe(path: str) -> dict:
+    """A feed of zeros (mask of ones) for a fixed graph: coverage only needs it to run once."""
+    from .runtimes import ort_session
+
+    sess = ort_session(Path(path), basic=True)
+    feed = {}
+    for i in sess.get_inputs():
+        shape = [int(d) for d in i.shape]
+        dtype = np.int64 if "int64" in i.type else np.float32
+        feed[i.name] = np.ones(shape, dtype) if i.name == "attention_mask" else \
+            np.zeros(shape, dtype)
+    return feed
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

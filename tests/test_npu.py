@@ -1,0 +1,121 @@
+"""Phone-NPU path: fixed-shape graphs, QDQ for the HTP, and real runs on onnxruntime-qnn's HTP
+backend (x86 simulation) with CPU fallback disabled."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.export import ExportConfig, export
+from edgedistill.export import npu
+from edgedistill.profiles import load_profile
+
+from conftest import tiny_sentence_bert
+
+
+def test_graph_shapes_follow_the_profile():
+    prof = load_profile("phone-npu")
+    (enc,) = npu.graph_shapes(True, prof)
+    assert (enc.role, enc.tokens) == ("encoder", prof.latency_targets.encoder_seq_len)
+    pre, dec = npu.graph_shapes(False, prof)
+    assert pre.tokens == prof.constraints.prefill_chunk and pre.context == prof.context_length
+    assert (dec.tokens, dec.past) == (1, prof.context_length - 1)
+    with pytest.raises(EdgeDistillError, match="prefill chunk"):
+        npu.graph_shapes(False, prof, context=prof.constraints.prefill_chunk)
+
+
+def test_fixed_graphs_are_static_and_match_torch(trained_llama, tmp_path):
+    import onnx
+
+    from edgedistill.export.onnx import export_onnx
+    from edgedistill.export.runtimes import ort_session, torch_causal_logits
+
+    fp32 = export_onnx(trained_llama, tmp_path / "onnx")
+    graphs = [npu.GraphShape("prefill", 32, 48), npu.GraphShape("decode", 1, 79)]
+    fixed = [npu.fix_graph(fp32, g) for g in graphs]
+    for path in fixed:
+        m = onnx.load(str(path))
+        for t in list(m.graph.input) + list(m.graph.output):
+            dims = [d.dim_value for d in t.type.tensor_type.shape.dim]
+            assert dims and all(d > 0 for d in dims), (t.name, dims)
+        vals = [onnx.numpy_helper.to_array(t) for t in m.graph.initializer]
+        assert not any(v.dtype.kind == "f" and v.size and v.min() < -1e30 for v in vals)
+    seqs = [list(range(5, 25)), list(range(40, 72))]  # shorter than the chunk, and a full one
+    nxt = [7, 9]
+    sessions = [ort_session(p, basic=True) for p in fixed]
+    pre, dec = npu.run_causal(sessions[0], sessions[1], seqs, nxt, graphs)
+    ref = torch_causal_logits(trained_llama, [s + [t] for s, t in zip(seqs, nxt)])
+    for r, p, d in zip(ref, pre, dec):
+        assert np.abs(r[:-1] - p).max() < 1e-4  # masked, padded prefill == torch
+        assert np.abs(r[-1] - d).max() < 1e-4   # decode on the prefill's cache == torch
+
+
+def test_context_the_profile_cannot_hold_is_a_clear_error(trained_llama, tmp_path):
+    with pytest.raises(EdgeDistillError, match="prefill chunk") as e:
+        export(trained_llama, "phone-npu", ExportConfig(context=64), tmp_path / "x")
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.slow
+def test_causal_lm_runs_entirely_on_the_htp(trained_llama, tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    res = export(trained_llama, "phone-npu",
+                 ExportConfig(quants=("qdq_a16w8",), context=192, eval_sequences=2,
+                              npu_eval_items=2), tmp_path / "out")
+    by = {a.quant: a for a in res.artifacts}
+    assert set(by) == {"fp32", "qdq_a16w8"}
+    assert by["fp32"].status == "passed" and by["fp32"].verdict.figures["max_abs_diff"] < 1e-4
+    v = by["qdq_a16w8"].verdict
+    assert v.passed, v.failures
+    assert v.figures["runtime"].startswith("onnxruntime-qnn HTP")
+    assert len(v.figures["htp"]) == 2  # prefill and decode graphs
+    for info in v.figures["htp"].values():
+        cov = info["coverage"]
+        assert cov["on_htp"] == cov["nodes"] > 0 and not cov["unsupported_ops"]
+        assert info["compile_s"] > 0
+    assert v.figures["top1_agreement"] >= 0.95 and v.figures["decode_tokens"] == 2
+    # the HTP and onnxruntime's CPU provider run the same QDQ graph to the same numbers
+    assert abs(v.figures["cpu_qdq"]["top1_agreement"] - v.figures["top1_agreement"]) < 0.03
+
+
+@pytest.mark.slow
+def test_encoder_a8w8_runs_on_the_htp(tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+
+    model = tiny_sentence_bert(tmp_path / "bert")
+    res = export(model, "phone-npu",
+                 ExportConfig(quants=("qdq_a8w8",), eval_sentences=8, npu_eval_items=2),
+                 tmp_path / "out")
+    art = [a for a in res.artifacts if a.quant == "qdq_a8w8"][0]
+    assert art.status == "passed", art.verdict.failures
+    assert art.verdict.figures["cosine"] >= 0.95
+    # LayerNorm and Softmax outputs stay 16-bit in a8w8
+    m = onnx.load(str(art.path))
+    q16 = {n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"
+           and any(i.name == n.input[2] and i.data_type == onnx.TensorProto.UINT16
+                   for i in m.graph.initializer)}
+    soft = [n.output[0] for n in m.graph.node if n.op_type == "Softmax"]
+    assert soft and all(s in q16 for s in soft)
+
+
+def test_unsupported_op_is_listed_with_a_fix(tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    from onnx import TensorProto, helper
+
+    # NonZero has a data-dependent output shape: no NPU compiles it
+    g = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    opts = npu.htp_options(load_profile("phone-npu"))
+    with pytest.raises(Exception):
+        npu.htp_session(path, opts)  # CPU fallback disabled: the session refuses the graph
+    cov = npu.coverage(path, opts, {"x": np.eye(4, dtype=np.float32)})
+    assert cov["on_cpu"] == 1 and cov["on_htp"] == 0
+    assert cov["unsupported_ops"][0]["op"] == "NonZero"
+    assert "mask" in cov["unsupported_ops"][0]["fix"]
