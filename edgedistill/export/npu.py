@@ -38,9 +38,11 @@ SCHEMES = {  # quant -> (activation bits, weight bits)
     "qdq_a16w8": (16, 8),
     "qdq_a16w4": (16, 4),
 }
-MASK_VALUE = -100.0
-"""Stands in for -inf / float32 min in attention masks: exp(-100) is 0 to float32 softmax,
-yet the masked sum stays inside a range 16-bit (and 8-bit) activations can resolve."""
+MASK_VALUES = (-100.0, -1000.0, -10000.0, None)
+"""Candidates, tried in turn, for the -inf / float32 min of attention masks: the first whose
+float graph still matches torch is kept (None: leave the mask as exported). A masked slot
+must score below every real one (some heads of our trained test llama score below -100), yet
+the smaller the value, the finer the 16-bit (or 8-bit) steps of the scores it is added to."""
 SENSITIVE_OPS = ("LayerNormalization", "Softmax")
 """Ops whose outputs keep 16-bit activations when the rest of the graph is 8 bit."""
 # Fixes to suggest for ops the HTP backend refuses (QNN HTP op support tables).
@@ -110,9 +112,10 @@ def _atomic_save(model, out: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def fix_graph(fp32: Path, g: GraphShape) -> Path:
+def fix_graph(fp32: Path, g: GraphShape, mask_value: float | None = -1000.0) -> Path:
     """Write the float graph of ``fp32`` with every input fixed to ``g``'s shape, shape ops
-    folded, mask constants bounded, and QNN's fusions applied. Returns its path."""
+    folded, mask constants bounded to ``mask_value``, and QNN's fusions applied. Returns its
+    path."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -138,8 +141,9 @@ def fix_graph(fp32: Path, g: GraphShape) -> Path:
         model = onnx.load(str(folded))
         for t in model.graph.initializer:
             a = numpy_helper.to_array(t)
-            if a.dtype.kind == "f" and a.size and float(a.min()) < -1e30:
-                bounded = np.where(a < -1e30, MASK_VALUE, a).astype(a.dtype)
+            if mask_value is not None and a.dtype.kind == "f" and a.size and \
+                    float(a.min()) < -1e30:
+                bounded = np.where(a < -1e30, mask_value, a).astype(a.dtype)
                 t.CopyFrom(numpy_helper.from_array(bounded, t.name))
         model = onnx.shape_inference.infer_shapes(model)
         onnx.save(model, str(folded))
@@ -174,6 +178,8 @@ def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
         for n in model.graph.node:
             if n.op_type in SENSITIVE_OPS:
                 overrides[n.output[0]] = [{"quant_type": QuantType.QUInt16}]
+            if n.op_type == "Softmax":  # masked scores: 8-bit steps would swamp real ones
+                overrides[n.input[0]] = [{"quant_type": QuantType.QUInt16}]
     if w_bits == 4:
         # 4-bit weights per output channel, symmetric (what the HTP's int4 MatMul takes)
         inits = {t.name: t for t in model.graph.initializer}
