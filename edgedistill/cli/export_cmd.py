@@ -44,6 +44,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "(default: Python standard-library text)")
     p.add_argument("--out", default=None, help="output folder (default: next to the student)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads")
+    p.add_argument("--context", type=int, default=None,
+                   help="NPU profiles: KV-cache slots of the fixed graphs (default: the "
+                        "profile's context_length)")
+    p.add_argument("--npu-items", type=int, default=16,
+                   help="NPU profiles: held-out items run on the HTP (its simulation is slow)")
     return p
 
 
@@ -52,7 +57,8 @@ def run(args) -> int:
     from . import emit_json
 
     cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
-                       threads=args.threads)
+                       threads=args.threads, context=args.context,
+                       npu_eval_items=args.npu_items)
     if args.student is None:
         return _pipeline(args, cfg)
     res = export(args.student, args.target, cfg, args.out)
