@@ -134,7 +134,7 @@ class Checker:
         fp32 = export_onnx(self.model_dir, out_dir)
         items = self.held[:eval_items]
         if self.encoder:
-            ref = self.ref[:len(items)]
+            ref, nxt = self.ref[:len(items)], None
         else:
             items, ref, nxt, dec_ref = self._decode_reference(items, graphs[0].tokens)
         unavailable = npu.qnn_available()
@@ -152,12 +152,15 @@ class Checker:
                      decode_tokens=d["tokens"])
             return f
 
+        # encoder feeds: the same inputs for every graph of this model, tokenized once
+        enc_feeds = (npu.encoder_feeds(self.tok, items, graphs[0], npu.input_names(fp32))
+                     if self.encoder else None)
+
         def cpu_run(paths):
             sessions = [ort_session(p, self.threads, basic=True) for p in paths]
             if self.encoder:
-                names = {i.name for i in sessions[0].get_inputs()}
-                return np.concatenate([sessions[0].run(["sentence_embedding"], f)[0] for f in
-                                       npu.encoder_feeds(self.tok, items, graphs[0], names)])
+                return np.concatenate([sessions[0].run(["sentence_embedding"], f)[0]
+                                       for f in enc_feeds])
             return npu.run_causal(sessions[0], sessions[1], items, nxt, graphs)
 
         th = threshold_for("onnx", "fp32", self.encoder)
@@ -190,8 +193,8 @@ class Checker:
                 v.passed = False
                 v.failures.append(unavailable)
             else:
-                v = self._htp_verdict(paths, graphs, items, nxt if not self.encoder else None,
-                                      opts, th, figures)
+                v = self._htp_verdict(paths, graphs, enc_feeds or items, nxt, opts, th,
+                                      figures)
                 v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
                                         if k in cpu}
             note = ("decode graph: " + paths[1].name) if len(paths) > 1 else ""
@@ -215,10 +218,9 @@ class Checker:
         from . import npu
         from .runtimes import ort_session
 
-        first = ort_session(fixed[0], self.threads, basic=True)
-        names = {i.name for i in first.get_inputs()}
         if self.encoder:
-            return [npu.encoder_feeds(self.tok, calib, graphs[0], names)]
+            return [npu.encoder_feeds(self.tok, calib, graphs[0], npu.input_names(fixed[0]))]
+        first = ort_session(fixed[0], self.threads, basic=True)
         gp, gd = graphs
         dec = ort_session(fixed[1], self.threads, basic=True)
         pre_feeds, dec_feeds = [], []
@@ -233,6 +235,7 @@ class Checker:
         return [pre_feeds, dec_feeds]
 
     def _htp_verdict(self, paths, graphs, items, nxt, opts, th, figures):
+        """``items``: feed dicts for an encoder, token sequences for a causal LM."""
         from .runtimes import child
 
         t0 = time.time()
@@ -240,11 +243,7 @@ class Checker:
             if self.encoder:
                 import tempfile
 
-                from . import npu
-                from .runtimes import ort_session
-
-                names = {i.name for i in ort_session(paths[0], basic=True).get_inputs()}
-                feeds = npu.encoder_feeds(self.tok, items, graphs[0], names)
+                feeds = items
                 with tempfile.TemporaryDirectory(prefix="edgedistill-npu-") as tmp:
                     npz = Path(tmp) / "feeds.npz"
                     np.savez(npz, n=len(feeds), **{f"{i}/{k}": v for i, f in enumerate(feeds)

@@ -218,6 +218,13 @@ def _trans_b(node) -> bool:
 
 
 # -- feeds ------------------------------------------------------------------------------------
+def input_names(path: Path) -> set[str]:
+    """The graph inputs of an ONNX file (read without its weights)."""
+    import onnx
+
+    return {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+
+
 def encoder_feeds(tok, texts: list[str], g: GraphShape, names: set[str]) -> list[dict]:
     """One feed per sentence, padded to the graph's fixed length."""
     out = []
