@@ -18,6 +18,8 @@ from ..arch import shape_from_config
 from ..predictor import predictor_for
 from ..export.runtimes import RuntimeFailure
 from ..profiles import DeviceProfile, load_profile
+from ..errors import EdgeDistillError
+from .cuda import GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device
 from .runners import RUNTIME_OF_FORMAT, time_artifact
 from .timing import roofline_fraction, summarize_causal, summarize_encoder
 
@@ -36,6 +38,11 @@ class BenchConfig:
     data: str | None = None
     """Held-out text for quality; default: standard-library text."""
     timeout_s: float = 900
+    runtimes: tuple[str, ...] | None = None
+    """GPU runtimes to measure causal LMs in (bench.cuda.GPU_RUNTIMES, or "gpu" for those of
+    the target profile); each must be usable here, else EdgeDistillError. Default: each
+    format's CPU runtime, plus, on a GPU target, the profile's GPU runtimes this machine has
+    (the others are skipped with a note)."""
 
 
 ENCODER_REPEATS, CAUSAL_REPEATS = 15, 3
@@ -95,6 +102,8 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         stream = [t for s in held for t in s]
         prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
     repeats = config.repeats or (ENCODER_REPEATS if encoder else CAUSAL_REPEATS)
+    gpu = [] if encoder else gpu_runtimes(prof, config.runtimes, log)
+    artifacts = with_gpu_runs(artifacts, gpu, ("teacher", str(teacher_dir)))
     order = interleaved(artifacts)
     enc_raw: dict = {}
     if encoder:
@@ -107,8 +116,10 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         path, fmt, quant = Path(art["path"]), art["format"], art["quant"]
         shape = shape_from_config(json.loads((Path(art["model_dir"]) / "config.json")
                                              .read_text()))
-        runtime = RUNTIME_OF_FORMAT[fmt]
-        b = {"runtime": runtime, "device": device, "measured": True, "threads": threads}
+        on_gpu = art.get("runtime") in GPU_RUNTIMES
+        runtime = _runtime_label(art) if on_gpu else RUNTIME_OF_FORMAT[fmt]
+        b = {"runtime": runtime, "device": f"{cuda_device()} (this machine)" if on_gpu
+             else device, "measured": True, "threads": threads}
         try:
             if encoder:
                 raw = enc_raw[k]
@@ -118,13 +129,17 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
             else:
                 raw = time_artifact(path, fmt, threads=threads, prompt=prompt,
                                     new_tokens=config.new_tokens, repeats=repeats,
-                                    timeout=config.timeout_s)
+                                    timeout=config.timeout_s, runtime=art.get("runtime"),
+                                    options=art.get("options"))
                 b |= summarize_causal(raw["runs"], len(prompt), config.new_tokens)
+                b["greedy_tokens"] = raw["runs"][0].get("tokens")
+                if "warmup_s" in raw:
+                    b["warmup_s"] = raw["warmup_s"]  # torch.compile's capture included
             b["peak_rss_mb"] = raw["peak_rss_mb"]
         except RuntimeFailure as e:
             b |= {"error": str(e), "measured": False}
         rec["size_bytes"] = _size(path)
-        if fmt != "hf":
+        if fmt != "hf" and not on_gpu:
             here = predict_here(shape, fmt, quant)
             there = predict_there(shape, fmt, quant)
             rec["predicted"] = {"this_machine": _pred(here, device),
@@ -133,14 +148,139 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
                 b["roofline_fraction"] = roofline_fraction(
                     here.decode_bytes_per_token, b["decode_tokens_per_s"],
                     local.memory.bandwidth_gbps)
+        if on_gpu and "decode_tokens_per_s" in b:
+            qfmt, qq = ("gguf", "f16") if fmt == "hf" else (fmt, quant)
+            rec["predicted"] = {"target": scaled_to_card(
+                b["decode_tokens_per_s"], predict_there(shape, qfmt, qq).decode_bytes_per_token,
+                gpu_bandwidth_gbps(), prof, b["device"])}
         rec["bench"] = b
-        rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log)
+        if on_gpu and (art.get("options") or {}).get("mode", "eager") != "eager":
+            rec["quality"] = {"measured": False, "note": "same weights as the eager row; "
+                              "greedy tokens compared in bench.tokens_match_eager"}
+        else:
+            rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log)
+            if on_gpu:
+                rec["quality"]["note"] = "from the CPU runtime on the same file"
         shown = (f"{b.get('decode_tokens_per_s', 0):.1f} tok/s decode" if not encoder
                  else f"{b.get('batch_ms', 0):.1f} ms/batch")
         log(f"{art['role']:>7} {fmt}:{quant:<8} {runtime:<12} "
             f"{b['error'] if 'error' in b else shown}")
         out[k] = rec
+    _agreement(out)
     return out
+
+
+def gpu_runtimes(prof: DeviceProfile, requested: tuple[str, ...] | None, log) -> list[str]:
+    """The GPU runtimes to measure in: the requested ones (each must run here: else
+    EdgeDistillError), or on a GPU target those of its profile that this machine has."""
+    from .cuda import require, runtime_status
+
+    if requested:
+        names = [r for r in prof.runtimes if r in GPU_RUNTIMES] if "gpu" in requested \
+            else list(requested)
+        if not names:
+            raise EdgeDistillError(f"profile {prof.name} names no GPU runtime.",
+                                   f"use --runtime with one of {', '.join(GPU_RUNTIMES)}")
+        for r in names:
+            require(r)
+        return names
+    if prof.kind != "gpu":
+        return []
+    status = runtime_status()
+    for r in prof.runtimes:
+        if status.get(r):
+            log(f"{r} skipped: {status[r]}")
+    return [r for r in prof.runtimes if r in GPU_RUNTIMES and status.get(r) is None]
+
+
+def scaled_to_card(decode_tps: float, bytes_per_token: float, measured_gbps: float | None,
+                   prof: DeviceProfile, measured_on: str) -> dict:
+    """The target card's decode speed, predicted from a GPU measurement: the measured time per
+    token splits into reading the weights (bytes / the measured GPU's copy bandwidth) and a
+    fixed part (kernel launches, host sync, sampling), which is kept; the card reads the
+    weights at its profile bandwidth times its bandwidth efficiency."""
+    per_token = 1.0 / decode_tps
+    read_here = bytes_per_token / (measured_gbps * 1e9) if measured_gbps else 0.0
+    fixed = max(0.0, per_token - read_here)
+    card_gbps = prof.memory.bandwidth_gbps * prof.cost_model.bandwidth_efficiency
+    there = fixed + bytes_per_token / (card_gbps * 1e9)
+    return {"decode_tokens_per_s": 1.0 / there, "label": "predicted",
+            "device": f"{prof.name} ({prof.device})",
+            "basis": (f"scaled from {decode_tps:.0f} tok/s measured on {measured_on}: "
+                      f"{fixed * 1e3:.3f} ms/token fixed (launches, sync; kept as is) + "
+                      f"{bytes_per_token / 2**20:.1f} MiB of weights per token read at "
+                      f"{card_gbps:.0f} GB/s (profile bandwidth x efficiency) instead of "
+                      f"{measured_gbps or 0:.0f} GB/s (measured device copy)")}
+
+
+_GPU_BW: dict = {}
+
+
+def gpu_bandwidth_gbps() -> float | None:
+    """This GPU's device-memory bandwidth, measured: median of 5 copies of 512 MiB
+    (read + write counted). None without CUDA."""
+    if "gbps" not in _GPU_BW:
+        _GPU_BW["gbps"] = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                a = torch.empty(2**27, dtype=torch.float32, device="cuda")
+                b = torch.empty_like(a)
+                times = []
+                for _ in range(6):
+                    t0, t1 = torch.cuda.Event(enable_timing=True), \
+                        torch.cuda.Event(enable_timing=True)
+                    t0.record()
+                    b.copy_(a)
+                    t1.record()
+                    torch.cuda.synchronize()
+                    times.append(t0.elapsed_time(t1) / 1e3)
+                _GPU_BW["gbps"] = 2 * a.numel() * 4 / sorted(times[1:])[2] / 1e9
+                del a, b
+                torch.cuda.empty_cache()
+        except Exception:  # a broken CUDA setup: no scaling basis, said so in the basis
+            _GPU_BW["gbps"] = None
+    return _GPU_BW["gbps"]
+
+
+def with_gpu_runs(artifacts: list[dict], gpu: list[str],
+                  default: tuple[str, str] | None = None) -> list[dict]:
+    """``artifacts`` plus one entry per (artifact, GPU runtime of its format); torch-cuda runs
+    each model's HF folder in fp16 three ways (eager, static cache, CUDA graphs): the models
+    the artifacts came from, else ``default`` (role, HF folder)."""
+    from ..formats import RUNTIMES
+
+    out = list(artifacts)
+    for rt in gpu:
+        if rt == "torch-cuda":
+            models = dict.fromkeys((a["role"], a["model_dir"]) for a in artifacts) or \
+                dict.fromkeys([default] if default else [])
+            out += [{"role": role, "path": model_dir, "format": "hf", "quant": "fp16",
+                     "model_dir": model_dir, "runtime": rt, "options": {"mode": mode}}
+                    for role, model_dir in models for mode in TORCH_MODES]
+        else:
+            out += [dict(a, runtime=rt) for a in artifacts
+                    if a["format"] == RUNTIMES[rt][0] and "runtime" not in a]
+    return out
+
+
+def _runtime_label(art: dict) -> str:
+    mode = (art.get("options") or {}).get("mode")
+    return TORCH_MODE_LABEL[mode] if art["runtime"] == "torch-cuda" and mode else art["runtime"]
+
+
+def _agreement(records: list[dict]) -> None:
+    """Greedy tokens of the static-cache and CUDA-graph runs against the eager run of the same
+    model (``tokens_match_eager``: the share of positions equal), so that a graph replay that
+    computes something else shows up."""
+    eager = {r["model_dir"]: r["bench"].get("greedy_tokens") for r in records
+             if r and r["bench"].get("runtime") == TORCH_MODE_LABEL["eager"]}
+    for r in records:
+        ref, got = eager.get(r["model_dir"]), r["bench"].get("greedy_tokens")
+        if ref and got and r["bench"]["runtime"].startswith("torch-cuda") and \
+                r["bench"]["runtime"] != TORCH_MODE_LABEL["eager"]:
+            r["bench"]["tokens_match_eager"] = sum(a == b for a, b in zip(ref, got)) / len(ref)
 
 
 def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) -> dict:

@@ -19,17 +19,40 @@ def available(runtime: str) -> bool:
 def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | None = None,
                   new_tokens: int = 64, repeats: int = 3, texts: list[str] | None = None,
                   seq_len: int = 128, tokenizer: Path | None = None,
-                  timeout: float = 900) -> dict:
+                  timeout: float = 900, runtime: str | None = None,
+                  options: dict | None = None) -> dict:
     """Raw timings of one artifact: {"runs": [...]} (causal) or {"batch_s": [...]} (encoder),
-    plus peak_rss_mb. Raises RuntimeFailure with the reason when the runtime cannot run it."""
-    runtime = RUNTIME_OF_FORMAT[fmt]
+    plus peak_rss_mb. ``runtime``: one of formats.RUNTIMES (default: the format's CPU
+    runtime); ``options``: worker options (torch: mode, dtype). Raises RuntimeFailure with
+    the reason when the runtime cannot run it."""
+    if runtime in (None, "llama.cpp", "onnxruntime-cpu", "torch"):
+        runtime = RUNTIME_OF_FORMAT[fmt]
+    name = runtime
+    task = {"runtime": runtime, "model": str(path), "threads": threads, "repeats": repeats}
+    if runtime in GPU_RUNTIME_TASK:
+        from .cuda import runtime_status
+
+        why = runtime_status().get(runtime)
+        if why:
+            raise RuntimeFailure(f"{runtime} cannot run here: {why}")
+        task |= GPU_RUNTIME_TASK[runtime]
+        runtime = task["runtime"]
     if not available(runtime):
         raise RuntimeFailure(f"{runtime} is not installed (pip package "
                              f"{_PACKAGE[runtime]!r})")
-    task = {"runtime": runtime, "model": str(path), "threads": threads, "repeats": repeats}
+    task |= options or {}
     if texts is not None:
         task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len,
                  "tokenizer": str(tokenizer or path.parent)}
     else:
         task |= {"kind": "causal", "prompt": prompt, "new_tokens": new_tokens}
-    return child("edgedistill.bench.worker", task, timeout, runtime)
+    return child("edgedistill.bench.worker", task, timeout, name)
+
+
+# The worker task of each GPU runtime: which worker runs it, and how.
+GPU_RUNTIME_TASK = {
+    "torch-cuda": {"runtime": "torch", "device": "cuda", "dtype": "float16", "mode": "graphs"},
+    "onnxruntime-cuda": {"runtime": "onnxruntime",
+                         "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+    "llama.cpp-cuda": {"runtime": "llama.cpp", "gpu_layers": -1},
+}

@@ -21,8 +21,12 @@ def _llama_causal(task):
     from llama_cpp import Llama
 
     prompt, n_new = task["prompt"], task["new_tokens"]
+    gpu_layers = task.get("gpu_layers", 0)
+    if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+        raise RuntimeError("llama-cpp-python was built without a GPU backend")
     llm = Llama(task["model"], n_ctx=len(prompt) + n_new + 8, n_batch=min(512, len(prompt)),
-                n_threads=task["threads"], n_threads_batch=task["threads"], verbose=False)
+                n_threads=task["threads"], n_threads_batch=task["threads"],
+                n_gpu_layers=gpu_layers, verbose=False)
     n_vocab = llm.n_vocab()
 
     def last_logits():
@@ -35,21 +39,26 @@ def _llama_causal(task):
         llm.eval(prompt)
         nxt = int(last_logits().argmax())
         prefill = time.perf_counter() - t0
-        token_s = []
+        token_s, tokens = [], [nxt]
         for _ in range(n_new):
             t0 = time.perf_counter()
             llm.eval([nxt])
             nxt = int(last_logits().argmax())
             token_s.append(time.perf_counter() - t0)
+            tokens.append(nxt)
         if r:
-            runs.append({"prefill_s": prefill, "token_s": token_s})
+            runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
     return runs
 
 
 def _ort_causal(task):
     from ..export.runtimes import _empty_past, onnx_causal_feeds, ort_session
 
-    sess = ort_session(Path(task["model"]), task["threads"])
+    providers = task.get("providers") or ["CPUExecutionProvider"]
+    sess = ort_session(Path(task["model"]), task["threads"], providers=providers)
+    if sess.get_providers()[0] != providers[0]:  # onnxruntime falls back without a word
+        raise RuntimeError(f"onnxruntime could not start {providers[0]} (it fell back to "
+                           f"{sess.get_providers()[0]}); check the CUDA and cuDNN libraries")
     outputs = [o.name for o in sess.get_outputs()]
     prompt, n_new = task["prompt"], task["new_tokens"]
     runs = []
@@ -59,7 +68,7 @@ def _ort_causal(task):
                                          | _empty_past(sess, 1))))
         nxt = int(res["logits"][0, -1].argmax())
         prefill = time.perf_counter() - t0
-        token_s, past = [], len(prompt)
+        token_s, past, tokens = [], len(prompt), [nxt]
         for _ in range(n_new):
             t0 = time.perf_counter()
             feeds = onnx_causal_feeds(sess, [nxt], past)
@@ -70,34 +79,92 @@ def _ort_causal(task):
             nxt = int(res["logits"][0, -1].argmax())
             past += 1
             token_s.append(time.perf_counter() - t0)
+            tokens.append(nxt)
         if r:
-            runs.append({"prefill_s": prefill, "token_s": token_s})
+            runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
     return runs
 
 
 def _torch_causal(task):
+    """torch decoding. ``device`` cpu or cuda, ``dtype`` a torch dtype name, ``mode``:
+    eager (HF's dynamic cache), static (a preallocated StaticCache, the decode step run
+    eagerly) or graphs (StaticCache, decode step compiled with mode reduce-overhead: CUDA
+    graphs; CUDA only). The first run warms up (and compiles), and is not timed."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    device, mode = task.get("device", "cpu"), task.get("mode", "eager")
+    if mode == "graphs" and not device.startswith("cuda"):
+        raise RuntimeError("CUDA graphs need a CUDA device")
     torch.set_num_threads(task["threads"])
-    model = AutoModelForCausalLM.from_pretrained(task["model"], dtype=torch.float32).eval()
-    prompt, n_new = torch.tensor([task["prompt"]]), task["new_tokens"]
+    model = AutoModelForCausalLM.from_pretrained(
+        task["model"], dtype=getattr(torch, task.get("dtype", "float32"))).to(device).eval()
+    prompt, n_new = torch.tensor([task["prompt"]], device=device), task["new_tokens"]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    decode = _static_decoder(model, prompt.shape[1] + n_new + 1, mode) if mode != "eager" \
+        else None
     runs = []
     with torch.inference_mode():
         for r in range(task["repeats"] + 1):
             t0 = time.perf_counter()
-            out = model(input_ids=prompt, use_cache=True)
-            nxt = out.logits[0, -1].argmax().view(1, 1)
-            prefill = time.perf_counter() - t0
-            past, token_s = out.past_key_values, []
-            for _ in range(n_new):
-                t0 = time.perf_counter()
-                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            if decode is None:
+                out = model(input_ids=prompt, use_cache=True)
                 past, nxt = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+            else:
+                nxt = decode.prefill(prompt)
+            tokens = [int(nxt)]  # .item(): the host has the token, so the GPU is done
+            prefill = time.perf_counter() - t0
+            token_s = []
+            for i in range(n_new):
+                t0 = time.perf_counter()
+                if decode is None:
+                    out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                    past, nxt = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+                else:
+                    nxt = decode.step(nxt, prompt.shape[1] + i)
+                tokens.append(int(nxt))
                 token_s.append(time.perf_counter() - t0)
+            sync()
             if r:
-                runs.append({"prefill_s": prefill, "token_s": token_s})
-    return runs
+                runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
+            else:
+                warmup_s = prefill + sum(token_s)
+    return runs, {"warmup_s": warmup_s}
+
+
+class _static_decoder:
+    """Greedy decoding on a StaticCache: fixed-address KV tensors, so that a compiled decode
+    step can be captured as a CUDA graph and replayed (HF's "static cache" recipe)."""
+
+    def __init__(self, model, max_len: int, mode: str):
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.torch = model, torch
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.device = next(model.parameters()).device
+
+        def one(token, pos):
+            logits = model(input_ids=token, position_ids=pos.view(1, 1), cache_position=pos,
+                           past_key_values=self.cache, use_cache=True, return_dict=False)[0]
+            return logits[:, -1].argmax(-1, keepdim=True)
+
+        self._one = torch.compile(one, mode="reduce-overhead", fullgraph=True) \
+            if mode == "graphs" else one
+
+    def prefill(self, prompt):
+        torch = self.torch
+        self.cache.reset()
+        n = prompt.shape[1]
+        pos = torch.arange(n, device=self.device)
+        logits = self.model(input_ids=prompt, position_ids=pos.view(1, -1), cache_position=pos,
+                            past_key_values=self.cache, use_cache=True, return_dict=False)[0]
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    def step(self, token, position: int):
+        pos = self.torch.tensor([position], device=self.device)
+        # a graph replay reuses its output buffer: copy the token out before the next step
+        return self._one(token, pos).clone()
 
 
 def _in_turn(runs: list, repeats: int) -> list[list[float]]:
@@ -200,7 +267,12 @@ def main(spec: str) -> int:
     else:
         fn = {"llama.cpp": _llama_causal, "onnxruntime": _ort_causal,
               "torch": _torch_causal}[task["runtime"]]
-        result = {"runs": fn(task)}
+        runs = fn(task)
+        if isinstance(runs, tuple):
+            runs, extra = runs
+            result = {"runs": runs, **extra}
+        else:
+            result = {"runs": runs}
     result["peak_rss_mb"] = peak_rss_mb()
     (Path(task["workdir"]) / "result.json").write_text(json.dumps(result))
     return 0

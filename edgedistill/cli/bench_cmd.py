@@ -23,6 +23,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="timed runs per artifact, median reported (default 15 for encoders, 3 "
                    "for causal LMs)")
     p.add_argument("--data", default=None)
+    p.add_argument("--runtime", action="append", default=None,
+                   choices=["gpu", "torch-cuda", "onnxruntime-cuda", "llama.cpp-cuda"],
+                   help="also measure causal LMs in this GPU runtime (repeatable; gpu: the "
+                   "target profile's GPU runtimes). A runtime that cannot run here is an "
+                   "error. Default: CPU runtimes, plus on a GPU target those of its GPU "
+                   "runtimes this machine has")
     return p
 
 
@@ -34,7 +40,11 @@ def run(args) -> int:
 
     path = Path(args.path)
     cfg = BenchConfig(threads=args.threads, new_tokens=args.new_tokens, repeats=args.repeats,
-                      data=args.data)
+                      data=args.data, runtimes=tuple(args.runtime) if args.runtime else None)
+    if cfg.runtimes:  # fail before any work when a requested runtime is missing
+        from ..bench import gpu_runtimes
+        from ..profiles import load_profile
+        gpu_runtimes(load_profile(args.target), cfg.runtimes, lambda m: None)
     if path.is_dir():
         arts, teacher = [], None
         for role in ("student", "teacher"):

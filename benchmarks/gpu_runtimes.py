@@ -1,0 +1,135 @@
+"""The consumer-GPU runtimes measured on a real GPU: torch eager vs static cache vs CUDA graphs,
+onnxruntime's CUDA provider and llama.cpp's CUDA backend, beside llama.cpp on 2 CPU threads.
+
+    .venv/bin/python benchmarks/gpu_runtimes.py [--hidden 512 --layers 6] [--work DIR]
+
+Needs a CUDA GPU and torch's CUDA build (exit 2 with the reason otherwise); onnxruntime-gpu
+and a CUDA build of llama-cpp-python are measured when installed and listed as skipped (with
+the reason) when not. Builds a ~28M-parameter llama (the size of the issue's test teacher),
+trains it briefly on standard-library source (so greedy decoding does not repeat one token),
+exports it for the consumer-gpu profile, and benchmarks every artifact in every runtime
+here. Figures for the profile's own card (an 8 GB RTX 4060 class) are predicted: scaled from
+the measurement (bench.scaled_to_card states the basis). Writes
+benchmarks/results/gpu_runtimes_<gpu>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=150, help="training steps (CPU)")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--work", default="/tmp/edgedistill-bench/gpu_runtimes")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from edgedistill.bench import BenchConfig, bench, gpu_bandwidth_gbps
+    from edgedistill.bench.cuda import cuda_device, runtime_status
+    from edgedistill.export import ExportConfig, export
+    from edgedistill.toy import make_causal_lm
+
+    status = runtime_status()
+    gpu = cuda_device()
+    if status["torch-cuda"] or not gpu:
+        print(f"gpu_runtimes: no CUDA GPU here: {status['torch-cuda']}. Fix: run it on a "
+              "machine with an NVIDIA GPU and torch's CUDA build.", file=sys.stderr)
+        return 2
+    work = Path(args.work)
+    model = work / f"llama-h{args.hidden}-l{args.layers}-v{args.vocab}-s{args.steps}"
+    t0 = time.time()
+    if not (model / "config.json").is_file():
+        make_causal_lm(model, hidden=args.hidden, layers=args.layers, heads=args.hidden // 64,
+                       kv_heads=max(1, args.hidden // 128), ffn=3 * args.hidden,
+                       vocab=args.vocab, steps=args.steps, seq_len=256, batch=8, lr=2e-3,
+                       chars=4_000_000, log=lambda m: print(m, file=sys.stderr))
+    train_s = time.time() - t0
+    res = export(model, "consumer-gpu",
+                 ExportConfig(formats=("gguf", "onnx"),
+                              quants=("f16", "q8_0", "q4_k_m", "fp16", "int4"), threads=2),
+                 work / "export")
+    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    runtimes = tuple(r for r, why in status.items() if why is None)
+    recs = bench(arts, model, "consumer-gpu",
+                 BenchConfig(threads=2, new_tokens=args.new_tokens, repeats=args.repeats,
+                             runtimes=runtimes))
+    params = _params(model)
+    rows = []
+    for r in recs:
+        b = r["bench"]
+        rows.append({
+            "artifact": f"{r['format']}:{r['quant']}", "runtime": b["runtime"],
+            "device": b.get("device"), "parity": (r.get("parity") or {}).get("status"),
+            **{k: b.get(k) for k in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms",
+                                     "p50_ms", "p95_ms", "warmup_s", "tokens_match_eager",
+                                     "error")},
+            "predicted_card": (r.get("predicted") or {}).get("target")
+            if b["runtime"] in runtimes or b["runtime"].startswith("torch-cuda") else None,
+        })
+    by = {(x["runtime"], x["artifact"]): x for x in rows}
+
+    def tps(rt, art):
+        return (by.get((rt, art)) or {}).get("decode_tokens_per_s")
+
+    eager, graphs = tps("torch-cuda eager", "hf:fp16"), tps("torch-cuda CUDA graphs", "hf:fp16")
+    static = tps("torch-cuda static cache", "hf:fp16")
+    doc = {
+        "benchmark": "gpu_runtimes", "measured": True, "gpu": gpu,
+        "gpu_copy_bandwidth_gbps": gpu_bandwidth_gbps(),
+        "host": f"{platform.processor() or platform.machine()}",
+        "runtimes_skipped": {r: why for r, why in status.items() if why},
+        "model": {"family": "llama", "hidden": args.hidden, "layers": args.layers,
+                  "vocab": args.vocab, "params": params, "train_steps": args.steps,
+                  "train_seconds": round(train_s, 1)},
+        "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "cuda_graphs_effect": {
+            "eager_tokens_per_s": eager, "static_cache_tokens_per_s": static,
+            "cuda_graphs_tokens_per_s": graphs,
+            "graphs_over_eager": graphs / eager if eager and graphs else None,
+            "graphs_over_static": graphs / static if static and graphs else None},
+        "rows": rows,
+    }
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    out = Path(args.out or ROOT / "results" / f"gpu_runtimes_{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"{'runtime':<26} {'artifact':<12} {'decode tok/s':>12} {'prefill tok/s':>13} "
+          f"{'card (pred.)':>12}")
+    for x in rows:
+        card = (x["predicted_card"] or {}).get("decode_tokens_per_s")
+        print(f"{x['runtime']:<26} {x['artifact']:<12} "
+              f"{_f(x['decode_tokens_per_s']):>12} {_f(x['prefill_tokens_per_s']):>13} "
+              f"{_f(card):>12}  {x['error'] or ''}")
+    print(json.dumps({"benchmark": "gpu_runtimes", "gpu": gpu, "out": str(out),
+                      "cuda_graphs_effect": doc["cuda_graphs_effect"]}))
+    return 0
+
+
+def _params(model: Path) -> int:
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(model / "model.safetensors"), "np") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
