@@ -119,3 +119,26 @@ def test_unsupported_op_is_listed_with_a_fix(tmp_path):
     assert cov["on_cpu"] == 1 and cov["on_htp"] == 0
     assert cov["unsupported_ops"][0]["op"] == "NonZero"
     assert "mask" in cov["unsupported_ops"][0]["fix"]
+
+
+@pytest.mark.slow
+def test_bench_reports_npu_graphs_with_htp_figures_and_no_simulated_time(tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    from edgedistill.bench import BenchConfig, bench
+    from edgedistill.report import main_table
+
+    model = tiny_sentence_bert(tmp_path / "bert")
+    res = export(model, "phone-npu",
+                 ExportConfig(quants=("qdq_a16w8",), eval_sentences=8, npu_eval_items=2),
+                 tmp_path / "out")
+    arts = [a.to_dict() | {"model_dir": str(model), "parity": {
+        "status": a.status, **a.verdict.figures}} for a in res.artifacts]
+    recs = bench(arts, model, "phone-npu", BenchConfig(repeats=1))
+    q = [r for r in recs if r["quant"] == "qdq_a16w8"][0]
+    b = q["bench"]
+    assert b["measured"] is False and "decode_tokens_per_s" not in b and "batch_ms" not in b
+    assert b["htp"]["nodes_on_htp"] == b["htp"]["nodes"] > 0 and b["htp"]["compile_s"] > 0
+    assert q["quality"]["cosine"] >= 0.95
+    assert q["predicted"]["target"]["label"] in ("predicted", "uncalibrated")
+    head, rows = main_table(recs)
+    assert not any("failed" in str(c) for row in rows for c in row)

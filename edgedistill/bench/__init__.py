@@ -107,7 +107,9 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     order = interleaved(artifacts)
     enc_raw: dict = {}
     if encoder:
-        enc_raw = _time_encoders(artifacts, order, threads, repeats, batch_texts,
+        timed = [i for i in order if not (prof.constraints.static_shapes
+                                          and artifacts[i]["format"] == "onnx")]
+        enc_raw = _time_encoders(artifacts, timed, threads, repeats, batch_texts,
                                  lt.encoder_seq_len, config.timeout_s)
     out: list = [None] * len(artifacts)
     for k in order:
@@ -120,6 +122,9 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         runtime = _runtime_label(art) if on_gpu else RUNTIME_OF_FORMAT[fmt]
         b = {"runtime": runtime, "device": f"{cuda_device()} (this machine)" if on_gpu
              else device, "measured": True, "threads": threads}
+        if prof.constraints.static_shapes and fmt == "onnx":
+            out[k] = _npu_record(rec, art, prof, shape, predict_there, log)
+            continue
         try:
             if encoder:
                 raw = enc_raw[k]
@@ -168,6 +173,38 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         out[k] = rec
     _agreement(out)
     return out
+
+
+def _npu_record(rec: dict, art: dict, prof: DeviceProfile, shape, predict_there, log) -> dict:
+    """A fixed-shape NPU graph is not timed: its run on the HTP backend is an x86 simulation,
+    whose time says nothing about the phone. The record carries what export measured on the
+    HTP (placement, compile time, numerics against the float model) and the predicted phone
+    latency."""
+    par = art.get("parity") or {}
+    htp = par.get("htp") or {}
+    cov = [g.get("coverage") or {} for g in htp.values()]
+    b = {"runtime": "onnxruntime-qnn (HTP, x86 simulation)", "measured": False,
+         "note": "not timed: simulated HTP time says nothing about the phone; latency is "
+                 "predicted from the profile"}
+    if htp:
+        b["htp"] = {"graphs": len(htp),
+                    "nodes_on_htp": sum(c.get("on_htp", 0) for c in cov),
+                    "nodes": sum(c.get("nodes", 0) for c in cov),
+                    "unsupported_ops": sorted({u["op"] if isinstance(u, dict) else u
+                                               for c in cov
+                                               for u in c.get("unsupported_ops", [])}),
+                    "compile_s": round(sum(g.get("compile_s", 0) for g in htp.values()), 2)}
+    rec["size_bytes"] = _size(Path(art["path"]))
+    rec["bench"] = b
+    rec["quality"] = {"measured": bool(htp), "against": "the float student (export check)",
+                      **{k: par[k] for k in ("top1_agreement", "kl", "cosine",
+                                             "decode_top1_agreement") if k in par}}
+    rec["predicted"] = {"target": _pred(predict_there(shape, "onnx", art["quant"]),
+                                        f"{prof.name} ({prof.device})")}
+    log(f"{art['role']:>7} onnx:{art['quant']:<8} NPU graph, not timed "
+        f"({b.get('htp', {}).get('nodes_on_htp', '-')}/{b.get('htp', {}).get('nodes', '-')}"
+        " nodes on the HTP)")
+    return rec
 
 
 def gpu_runtimes(prof: DeviceProfile, requested: tuple[str, ...] | None, log) -> list[str]:
