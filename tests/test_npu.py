@@ -78,15 +78,23 @@ def test_causal_lm_runs_entirely_on_the_htp(trained_llama, tmp_path):
     assert abs(v.figures["cpu_qdq"]["top1_agreement"] - v.figures["top1_agreement"]) < 0.03
 
 
-@pytest.mark.slow
-def test_encoder_a8w8_runs_on_the_htp(tmp_path):
+@pytest.fixture(scope="module")
+def bert_a8w8(tmp_path_factory):
+    """A tiny sentence bert exported for phone-npu at qdq_a8w8, checked on the HTP: (model
+    folder, export result)."""
     pytest.importorskip("onnxruntime_qnn")
+    tmp = tmp_path_factory.mktemp("npu")
+    model = tiny_sentence_bert(tmp / "bert")
+    return model, export(model, "phone-npu",
+                         ExportConfig(quants=("qdq_a8w8",), eval_sentences=8,
+                                      npu_eval_items=2), tmp / "out")
+
+
+@pytest.mark.slow
+def test_encoder_a8w8_runs_on_the_htp(bert_a8w8):
     import onnx
 
-    model = tiny_sentence_bert(tmp_path / "bert")
-    res = export(model, "phone-npu",
-                 ExportConfig(quants=("qdq_a8w8",), eval_sentences=8, npu_eval_items=2),
-                 tmp_path / "out")
+    _, res = bert_a8w8
     art = [a for a in res.artifacts if a.quant == "qdq_a8w8"][0]
     assert art.status == "passed", art.verdict.failures
     assert art.verdict.figures["cosine"] >= 0.95
@@ -122,19 +130,15 @@ def test_unsupported_op_is_listed_with_a_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_reports_npu_graphs_with_htp_figures_and_no_simulated_time(tmp_path):
-    pytest.importorskip("onnxruntime_qnn")
+def test_bench_reports_npu_graphs_with_htp_figures_and_no_simulated_time(bert_a8w8):
     from edgedistill.bench import BenchConfig, bench
     from edgedistill.report import main_table
 
-    model = tiny_sentence_bert(tmp_path / "bert")
-    res = export(model, "phone-npu",
-                 ExportConfig(quants=("qdq_a16w8",), eval_sentences=8, npu_eval_items=2),
-                 tmp_path / "out")
+    model, res = bert_a8w8
     arts = [a.to_dict() | {"model_dir": str(model), "parity": {
         "status": a.status, **a.verdict.figures}} for a in res.artifacts]
     recs = bench(arts, model, "phone-npu", BenchConfig(repeats=1))
-    q = [r for r in recs if r["quant"] == "qdq_a16w8"][0]
+    q = [r for r in recs if r["quant"] == "qdq_a8w8"][0]
     b = q["bench"]
     assert b["measured"] is False and "decode_tokens_per_s" not in b and "batch_ms" not in b
     assert b["htp"]["nodes_on_htp"] == b["htp"]["nodes"] > 0 and b["htp"]["compile_s"] > 0

@@ -19,7 +19,8 @@ from ..predictor import predictor_for
 from ..export.runtimes import RuntimeFailure
 from ..profiles import DeviceProfile, load_profile
 from ..errors import EdgeDistillError
-from .cuda import GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device
+from .cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
+                   gpu_bandwidth_gbps)
 from .runners import RUNTIME_OF_FORMAT, time_artifact
 from .timing import roofline_fraction, summarize_causal, summarize_encoder
 
@@ -81,6 +82,8 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     teacher_dir = Path(teacher_dir)
     t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))
     encoder = t_shape.is_encoder
+    gpu = [] if encoder else gpu_runtimes(prof, config.runtimes, log)  # fails before work
+    gpu_device = f"{cuda_device()} (this machine)" if gpu else None
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     device, local = _this_machine(threads)
     log(f"measuring on {device}; memory bandwidth {local.memory.bandwidth_gbps:.1f} GB/s")
@@ -102,7 +105,6 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         stream = [t for s in held for t in s]
         prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
     repeats = config.repeats or (ENCODER_REPEATS if encoder else CAUSAL_REPEATS)
-    gpu = [] if encoder else gpu_runtimes(prof, config.runtimes, log)
     artifacts = with_gpu_runs(artifacts, gpu, ("teacher", str(teacher_dir)))
     order = interleaved(artifacts)
     enc_raw: dict = {}
@@ -118,13 +120,13 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         path, fmt, quant = Path(art["path"]), art["format"], art["quant"]
         shape = shape_from_config(json.loads((Path(art["model_dir"]) / "config.json")
                                              .read_text()))
-        on_gpu = art.get("runtime") in GPU_RUNTIMES
-        runtime = _runtime_label(art) if on_gpu else RUNTIME_OF_FORMAT[fmt]
-        b = {"runtime": runtime, "device": f"{cuda_device()} (this machine)" if on_gpu
-             else device, "measured": True, "threads": threads}
         if prof.constraints.static_shapes and fmt == "onnx":
             out[k] = _npu_record(rec, art, prof, shape, predict_there, log)
             continue
+        on_gpu = art.get("runtime") in GPU_RUNTIMES
+        runtime = _runtime_label(art) if on_gpu else RUNTIME_OF_FORMAT[fmt]
+        b = {"runtime": runtime, "device": gpu_device if on_gpu else device, "measured": True,
+             "threads": threads}
         try:
             if encoder:
                 raw = enc_raw[k]
@@ -186,14 +188,15 @@ def _npu_record(rec: dict, art: dict, prof: DeviceProfile, shape, predict_there,
     b = {"runtime": "onnxruntime-qnn (HTP, x86 simulation)", "measured": False,
          "note": "not timed: simulated HTP time says nothing about the phone; latency is "
                  "predicted from the profile"}
+    placed = "-"
     if htp:
         b["htp"] = {"graphs": len(htp),
                     "nodes_on_htp": sum(c.get("on_htp", 0) for c in cov),
                     "nodes": sum(c.get("nodes", 0) for c in cov),
-                    "unsupported_ops": sorted({u["op"] if isinstance(u, dict) else u
-                                               for c in cov
+                    "unsupported_ops": sorted({u["op"] for c in cov
                                                for u in c.get("unsupported_ops", [])}),
                     "compile_s": round(sum(g.get("compile_s", 0) for g in htp.values()), 2)}
+        placed = f"{b['htp']['nodes_on_htp']}/{b['htp']['nodes']}"
     rec["size_bytes"] = _size(Path(art["path"]))
     rec["bench"] = b
     rec["quality"] = {"measured": bool(htp), "against": "the float student (export check)",
@@ -201,9 +204,8 @@ def _npu_record(rec: dict, art: dict, prof: DeviceProfile, shape, predict_there,
                                              "decode_top1_agreement") if k in par}}
     rec["predicted"] = {"target": _pred(predict_there(shape, "onnx", art["quant"]),
                                         f"{prof.name} ({prof.device})")}
-    log(f"{art['role']:>7} onnx:{art['quant']:<8} NPU graph, not timed "
-        f"({b.get('htp', {}).get('nodes_on_htp', '-')}/{b.get('htp', {}).get('nodes', '-')}"
-        " nodes on the HTP)")
+    log(f"{art['role']:>7} onnx:{art['quant']:<8} NPU graph, not timed ({placed} nodes on "
+        "the HTP)")
     return rec
 
 
@@ -248,37 +250,6 @@ def scaled_to_card(decode_tps: float, bytes_per_token: float, measured_gbps: flo
                       f"{bytes_per_token / 2**20:.1f} MiB of weights per token read at "
                       f"{card_gbps:.0f} GB/s (profile bandwidth x efficiency) instead of "
                       f"{measured_gbps or 0:.0f} GB/s (measured device copy)")}
-
-
-_GPU_BW: dict = {}
-
-
-def gpu_bandwidth_gbps() -> float | None:
-    """This GPU's device-memory bandwidth, measured: median of 5 copies of 512 MiB
-    (read + write counted). None without CUDA."""
-    if "gbps" not in _GPU_BW:
-        _GPU_BW["gbps"] = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                a = torch.empty(2**27, dtype=torch.float32, device="cuda")
-                b = torch.empty_like(a)
-                times = []
-                for _ in range(6):
-                    t0, t1 = torch.cuda.Event(enable_timing=True), \
-                        torch.cuda.Event(enable_timing=True)
-                    t0.record()
-                    b.copy_(a)
-                    t1.record()
-                    torch.cuda.synchronize()
-                    times.append(t0.elapsed_time(t1) / 1e3)
-                _GPU_BW["gbps"] = 2 * a.numel() * 4 / sorted(times[1:])[2] / 1e9
-                del a, b
-                torch.cuda.empty_cache()
-        except Exception:  # a broken CUDA setup: no scaling basis, said so in the basis
-            _GPU_BW["gbps"] = None
-    return _GPU_BW["gbps"]
 
 
 def with_gpu_runs(artifacts: list[dict], gpu: list[str],

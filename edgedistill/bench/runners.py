@@ -25,7 +25,7 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     plus peak_rss_mb. ``runtime``: one of formats.RUNTIMES (default: the format's CPU
     runtime); ``options``: worker options (torch: mode, dtype). Raises RuntimeFailure with
     the reason when the runtime cannot run it."""
-    if runtime in (None, "llama.cpp", "onnxruntime-cpu", "torch"):
+    if runtime not in GPU_RUNTIME_TASK:
         runtime = RUNTIME_OF_FORMAT[fmt]
     name = runtime
     task = {"runtime": runtime, "model": str(path), "threads": threads, "repeats": repeats}

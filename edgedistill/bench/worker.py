@@ -48,7 +48,7 @@ def _llama_causal(task):
             tokens.append(nxt)
         if r:
             runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
-    return runs
+    return {"runs": runs}
 
 
 def _ort_causal(task):
@@ -82,7 +82,7 @@ def _ort_causal(task):
             tokens.append(nxt)
         if r:
             runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
-    return runs
+    return {"runs": runs}
 
 
 def _torch_causal(task):
@@ -101,27 +101,19 @@ def _torch_causal(task):
         task["model"], dtype=getattr(torch, task.get("dtype", "float32"))).to(device).eval()
     prompt, n_new = torch.tensor([task["prompt"]], device=device), task["new_tokens"]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    decode = _static_decoder(model, prompt.shape[1] + n_new + 1, mode) if mode != "eager" \
-        else None
+    decode = _EagerDecoder(model) if mode == "eager" else \
+        _StaticDecoder(model, prompt.shape[1] + n_new + 1, mode)
     runs = []
     with torch.inference_mode():
         for r in range(task["repeats"] + 1):
             t0 = time.perf_counter()
-            if decode is None:
-                out = model(input_ids=prompt, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
-            else:
-                nxt = decode.prefill(prompt)
+            nxt = decode.prefill(prompt)
             tokens = [int(nxt)]  # .item(): the host has the token, so the GPU is done
             prefill = time.perf_counter() - t0
             token_s = []
             for i in range(n_new):
                 t0 = time.perf_counter()
-                if decode is None:
-                    out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                    past, nxt = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
-                else:
-                    nxt = decode.step(nxt, prompt.shape[1] + i)
+                nxt = decode.step(nxt, prompt.shape[1] + i)
                 tokens.append(int(nxt))
                 token_s.append(time.perf_counter() - t0)
             sync()
@@ -129,10 +121,27 @@ def _torch_causal(task):
                 runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
             else:
                 warmup_s = prefill + sum(token_s)
-    return runs, {"warmup_s": warmup_s}
+    return {"runs": runs, "warmup_s": warmup_s}
 
 
-class _static_decoder:
+class _EagerDecoder:
+    """Greedy decoding on HF's dynamic cache."""
+
+    def __init__(self, model):
+        self.model, self.past = model, None
+
+    def prefill(self, prompt):
+        out = self.model(input_ids=prompt, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[0, -1].argmax().view(1, 1)
+
+    def step(self, token, position: int):
+        out = self.model(input_ids=token, past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[0, -1].argmax().view(1, 1)
+
+
+class _StaticDecoder:
     """Greedy decoding on a StaticCache: fixed-address KV tensors, so that a compiled decode
     step can be captured as a CUDA graph and replayed (HF's "static cache" recipe)."""
 
@@ -153,10 +162,8 @@ class _static_decoder:
             if mode == "graphs" else one
 
     def prefill(self, prompt):
-        torch = self.torch
         self.cache.reset()
-        n = prompt.shape[1]
-        pos = torch.arange(n, device=self.device)
+        pos = self.torch.arange(prompt.shape[1], device=self.device)
         logits = self.model(input_ids=prompt, position_ids=pos.view(1, -1), cache_position=pos,
                             past_key_values=self.cache, use_cache=True, return_dict=False)[0]
         return logits[:, -1].argmax(-1, keepdim=True)
@@ -267,12 +274,7 @@ def main(spec: str) -> int:
     else:
         fn = {"llama.cpp": _llama_causal, "onnxruntime": _ort_causal,
               "torch": _torch_causal}[task["runtime"]]
-        runs = fn(task)
-        if isinstance(runs, tuple):
-            runs, extra = runs
-            result = {"runs": runs, **extra}
-        else:
-            result = {"runs": runs}
+        result = fn(task)
     result["peak_rss_mb"] = peak_rss_mb()
     (Path(task["workdir"]) / "result.json").write_text(json.dumps(result))
     return 0
