@@ -73,6 +73,7 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     stages = Stages.load(run_dir)
     prof = load_profile(target)
     t = load_teacher(teacher)
+    _check_exportable(t, prof, export_config)
     t_id = [t.config, _files_id(t.path) if t.path else None]
     data_id = _files_id(Path(data)) if data else "stdlib"
     total = 5 if baselines else 4
@@ -127,6 +128,16 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
         tmp.replace(bench_path)
         stages.mark("bench", bkey)
     return report(run_dir)
+
+
+def _check_exportable(t, prof, cfg: ExportConfig) -> None:
+    """Refuse before distilling what export would refuse after it: the student keeps the
+    teacher's tokenizer and RoPE settings, so a teacher GGUF cannot carry fails the same way."""
+    from .export import resolve_formats
+    from .export.gguf import check_writable
+
+    if t.path is not None and "gguf" in resolve_formats(prof, cfg):
+        check_writable(t.path, t.config)
 
 
 def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) -> dict:

@@ -174,6 +174,78 @@ def test_unwritable_tokenizer_kind_is_refused(trained_llama, tmp_path):
     assert "--formats onnx" in e.value.hint
 
 
+_ROPE = {
+    "llama3": ("llama", {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "yarn": ("qwen2", {"rope_type": "yarn", "factor": 4.0,
+                       "original_max_position_embeddings": 32}),
+    "linear": ("llama", {"type": "linear", "factor": 4.0}),
+}
+
+
+def _with_rope(src, dst, rope):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["rope_scaling"] = rope
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("case", list(_ROPE))
+def test_rope_scaling_gguf_matches_torch(case, trained_llama, trained_qwen2, tmp_path):
+    """Llama-3.x (llama3), YaRN and linear RoPE scaling survive the GGUF writer; the positions
+    checked are long enough that a file without the scaling fails the same check."""
+    from edgedistill.export.gguf import export_gguf
+
+    family, rope = _ROPE[case]
+    src = trained_llama if family == "llama" else trained_qwen2
+    model = _with_rope(src, tmp_path / "m", rope)
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "o")
+    art = res.artifacts[0]
+    assert art.status == "passed", art.verdict.failures
+    unscaled = export_gguf(src, tmp_path / "unscaled.gguf", "f16")
+    assert not verify_artifact(model, unscaled, "gguf", "f16").passed
+    if case == "llama3":  # rope_freqs holds HF's own frequency ratio
+        import gguf
+        import transformers
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        hf = transformers.AutoConfig.from_pretrained(model)
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+        plain, _ = ROPE_INIT_FUNCTIONS["default"](hf, "cpu")
+        t = {t.name: t for t in gguf.GGUFReader(art.path).tensors}["rope_freqs.weight"]
+        np.testing.assert_allclose(np.asarray(t.data), (plain / scaled).numpy(), rtol=1e-5)
+
+
+def test_unsupported_rope_scaling_is_refused_before_any_work(trained_llama, trained_qwen2,
+                                                             tmp_path):
+    cases = [(trained_qwen2, _ROPE["llama3"][1], "'llama3' is not supported .* for qwen2"),
+             (trained_llama, {"rope_type": "dynamic", "factor": 2.0}, "'dynamic'"),
+             (trained_llama, {"rope_type": "yarn", "factor": 4.0, "mscale": 0.7}, "mscale")]
+    for i, (src, rope, msg) in enumerate(cases):
+        model = _with_rope(src, tmp_path / f"m{i}", rope)
+        with pytest.raises(EdgeDistillError, match=msg) as e:
+            export(model, "laptop", out=tmp_path / f"o{i}")
+        assert "--formats onnx" in e.value.hint
+        assert not (tmp_path / f"o{i}").exists()  # refused before the ONNX work
+
+
+def test_whole_chain_refuses_an_unwritable_teacher_before_distilling(trained_llama, tmp_path):
+    import subprocess
+    import sys
+
+    teacher = _with_rope(trained_llama, tmp_path / "t", {"rope_type": "dynamic", "factor": 2.0})
+    r = subprocess.run([sys.executable, "-m", "edgedistill", "export", "--teacher", str(teacher),
+                        "--target", "laptop", "--steps", "5", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "'dynamic'" in r.stderr and "--formats onnx" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "student").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_cli_export_json(trained_llama, tmp_path):
     import subprocess
     import sys

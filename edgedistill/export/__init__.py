@@ -160,6 +160,10 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
     plan = resolve_formats(prof, config)
+    if "gguf" in plan:
+        from .gguf import check_writable
+
+        check_writable(model_dir, cfg)  # before minutes of ONNX work, not after
     out_dir = Path(out) if out else model_dir.parent / "export"
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     tok = AutoTokenizer.from_pretrained(model_dir)

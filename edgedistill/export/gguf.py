@@ -18,7 +18,7 @@ import numpy as np
 
 from ..arch import shape_from_config
 from ..errors import EdgeDistillError
-from .gguf_vocab import build_vocab, special_ids, tokenizer_kind
+from .gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
 from .onnx import sentence_pooling
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
@@ -152,6 +152,9 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
     try:
         _metadata(w, arch, cfg, shape, model_dir, ftype)
         _tokenizer(w, vocab, tok, kind, cfg)
+        freqs = rope_freqs(cfg, shape.head_dim) if arch == "llama" else None
+        if freqs is not None:
+            w.add_tensor("rope_freqs.weight", freqs)
         for name, arr in _load_state(model_dir):
             gname = gguf_name(name, family)
             if gname is None:
@@ -197,11 +200,82 @@ def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str) -> No
         w.add_value_length(shape.head_dim)
     if arch == "llama":
         w.add_vocab_size(shape.vocab_size)
-    rope = cfg.get("rope_scaling") or {}
-    rtype = rope.get("rope_type") or rope.get("type")
-    if rtype not in (None, "default"):
-        raise EdgeDistillError(f"rope scaling {rtype!r} is not supported by the GGUF writer yet.",
-                               "export this model to ONNX (--formats onnx)")
+    _rope_scaling(w, arch, cfg)
+
+
+# rope_scaling keys each supported type may carry (others change the maths: refused)
+_ROPE_KEYS = {
+    "linear": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"},
+    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow"},
+}
+
+
+def _rope_config(cfg: dict) -> tuple[str | None, dict]:
+    rope = dict(cfg.get("rope_scaling") or {})
+    rtype = rope.pop("rope_type", None) or rope.pop("type", None)
+    rope.pop("type", None)
+    return (None if rtype == "default" else rtype), rope
+
+
+def check_writable(model_dir: str | Path, cfg: dict) -> None:
+    """Refuse, before any work, a model the GGUF writer cannot write exactly: its family,
+    tokenizer kind and pre-tokenizer, and RoPE scaling. Raises EdgeDistillError."""
+    shape = shape_from_config(cfg, str(Path(model_dir) / "config.json"))
+    check_tokenizer(Path(model_dir))
+    _rope_scaling(None, _ARCH[shape.family], cfg)
+
+
+def _rope_scaling(w, arch: str, cfg: dict) -> None:
+    """RoPE scaling metadata as llama.cpp reads it, written to ``w`` (None: only check).
+    llama3's per-frequency factors go in the rope_freqs tensor (see rope_freqs()); linear and
+    YaRN are GGUF keys. Anything whose maths llama.cpp would not reproduce is refused rather
+    than written approximately."""
+    from gguf import RopeScalingType
+
+    rtype, rope = _rope_config(cfg)
+    if rtype is None:
+        return
+    supported = {"linear", "yarn"} | ({"llama3"} if arch == "llama" else set())
+    if rope.get("truncate", True) is not False:  # llama.cpp always truncates YaRN's range
+        rope.pop("truncate", None)
+    extra = set(rope) - _ROPE_KEYS.get(rtype, set())
+    if rtype not in supported or extra:
+        what = f"rope scaling {rtype!r}" + (f" with {sorted(extra)}" if extra else "")
+        raise EdgeDistillError(
+            f"{what} is not supported by the GGUF writer for {arch} (supported: "
+            f"{', '.join(sorted(supported))}).", "export this model to ONNX (--formats onnx)")
+    factor = float(rope.get("factor", 1.0))
+    if w is None:
+        return
+    if rtype == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(factor)
+    elif rtype == "yarn":
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(factor)
+        w.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings")
+                                            or cfg["max_position_embeddings"]))
+        w.add_rope_scaling_yarn_beta_fast(float(rope.get("beta_fast") or 32.0))
+        w.add_rope_scaling_yarn_beta_slow(float(rope.get("beta_slow") or 1.0))
+
+
+def rope_freqs(cfg: dict, head_dim: int) -> np.ndarray | None:
+    """llama3 RoPE scaling as llama.cpp's rope_freqs tensor: for each frequency, the factor
+    its angle is divided by (HF's inv_freq / llama3-scaled inv_freq). None for other types."""
+    rtype, rope = _rope_config(cfg)
+    if rtype != "llama3":
+        return None
+    factor = float(rope["factor"])
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    old = float(rope.get("original_max_position_embeddings", 8192))
+    inv = 1.0 / float(cfg.get("rope_theta", 10000.0)) ** (np.arange(0, head_dim, 2) / head_dim)
+    wavelen = 2 * np.pi / inv
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, mid))
+    return out.astype(np.float32)
 
 
 def _tokenizer(w, vocab, tok, kind: str, cfg: dict) -> None:

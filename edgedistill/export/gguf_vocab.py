@@ -82,6 +82,15 @@ def tokenizer_kind(model_dir: Path) -> str:
         "model to ONNX instead (--formats onnx)")
 
 
+def check_tokenizer(model_dir: Path) -> str:
+    """The GGUF tokenizer kind of ``model_dir``, after checking that it can be written (kind and,
+    for byte-level BPE, a pre-tokenizer llama.cpp knows); raises TokenizerKindError."""
+    kind = tokenizer_kind(model_dir)
+    if kind == "gpt2":
+        _gpt2_pre_name(_load_json(model_dir / "tokenizer.json"), model_dir)
+    return kind
+
+
 def _gpt2_pre_name(tj: dict, where: Path) -> str:
     pres = _pre_tokenizers(tj)
     kinds = [p.get("type") for p in pres]
