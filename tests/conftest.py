@@ -122,6 +122,37 @@ def sentencepiece_llama(folder: Path, keep_model_file: bool = True, legacy: bool
     return out
 
 
+def digits_bpe_llama(folder: Path) -> Path:
+    """A tiny tied-embedding llama (random weights) with a SmolLM-style byte-level BPE: each
+    digit split off before GPT-2's split, and ChatML special tokens."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from edgedistill.corpus import stdlib_source
+
+    text = stdlib_source(150_000)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text[i:i + 20000] for i in range(0, len(text), 20000)], trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                                eos_token="<|im_end|>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
 def tiny_sentence_bert(folder: Path) -> Path:
     """A tiny BERT sentence embedder with the bundled MiniLM's WordPiece tokenizer and its
     sentence-transformers pooling files, random weights."""

@@ -10,7 +10,7 @@ from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.export import ExportConfig, export, verify_artifact
 from edgedistill.export.gguf_vocab import TokenizerKindError
 
-from conftest import sentencepiece_llama, tiny_sentence_bert, write_config
+from conftest import digits_bpe_llama, sentencepiece_llama, tiny_sentence_bert, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +81,20 @@ def test_sentencepiece_tokenizer_gguf(tmp_path, keep_model_file):
                  tmp_path / "out")
     assert res.tokenizer_parity["passed"], res.tokenizer_parity
     assert res.passed
+
+
+def test_smollm_style_digit_split_tokenizer_gguf(tmp_path):
+    import gguf
+
+    model = digits_bpe_llama(tmp_path / "smol")
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "out")
+    assert res.tokenizer_parity["passed"], res.tokenizer_parity
+    assert res.passed
+    fields = gguf.GGUFReader(res.artifacts[0].path).fields
+    pre = fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"
+    assert "output.weight" not in {t.name for t in gguf.GGUFReader(res.artifacts[0].path).tensors}
 
 
 def test_tokenizer_difference_is_reported_not_hidden(tmp_path):

@@ -3,7 +3,7 @@
 Three kinds, detected from the HF tokenizer folder:
 
 - ``gpt2``: byte-level BPE (tokens, token types, merges, and a pre-tokenizer name that selects
-  the same split regex in llama.cpp: ``gpt-2``, ``llama-bpe`` or ``qwen2``);
+  the same split regex in llama.cpp: ``gpt-2``, ``llama-bpe``, ``qwen2`` or ``smollm``);
 - ``llama``: SentencePiece (tokens, scores, types). From ``tokenizer.model`` the scores are the
   model's own; from a BPE ``tokenizer.json`` with byte fallback they follow the merge ranks,
   because llama.cpp's SPM tokenizer merges by score;
@@ -100,13 +100,16 @@ def _gpt2_pre_name(tj: dict, where: Path) -> str:
                                      "supported by llama.cpp's gpt2 tokenizer.",
                                      "export this model to ONNX instead (--formats onnx)")
         return "gpt-2"
+    if (kinds == ["Digits", "ByteLevel"] and pres[0].get("individual_digits")
+            and pres[1].get("use_regex", True) and not pres[1].get("add_prefix_space")):
+        return "smollm"  # SmolLM, StarCoder: each digit alone, then GPT-2's split
     if kinds == ["Split", "ByteLevel"] and not pres[1].get("use_regex", True):
         regex = (pres[0].get("pattern") or {}).get("Regex")
         if regex in _SPLIT_PRE:
             return _SPLIT_PRE[regex]
     raise TokenizerKindError(
         f"{where}: the byte-level BPE pre-tokenizer {kinds} has no llama.cpp equivalent "
-        "that edgedistill knows (known: GPT-2, Llama-3 and Qwen2 splits).",
+        "that edgedistill knows (known: GPT-2, Llama-3, Qwen2 and SmolLM splits).",
         "export this model to ONNX instead (--formats onnx), or file the tokenizer.json")
 
 
