@@ -44,6 +44,13 @@ def default_teacher_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The model's weight files: its safetensors, else PyTorch ``.bin`` checkpoints (older hub
+    repositories ship only those); [] when the folder holds none."""
+    return (sorted(folder.glob("*.safetensors"))
+            or sorted(p for p in folder.glob("pytorch_model*.bin")))
+
+
 def _read_config(path: Path, name: str) -> dict:
     try:
         cfg = json.loads(path.read_text())

@@ -97,6 +97,20 @@ def test_smollm_style_digit_split_tokenizer_gguf(tmp_path):
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(res.artifacts[0].path).tensors}
 
 
+def test_pytorch_bin_checkpoint_exports(trained_llama, tmp_path):
+    """Older hub repositories ship pytorch_model.bin only; the GGUF writer reads it too."""
+    import transformers
+
+    model = tmp_path / "bin"
+    shutil.copytree(trained_llama, model, ignore=shutil.ignore_patterns("*.safetensors"))
+    transformers.AutoModelForCausalLM.from_pretrained(trained_llama).save_pretrained(
+        model, safe_serialization=False)
+    assert (model / "pytorch_model.bin").is_file() and not list(model.glob("*.safetensors"))
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "out")
+    assert res.passed, res.artifacts[0].verdict.failures
+
+
 def test_tokenizer_difference_is_reported_not_hidden(tmp_path):
     # HF's legacy=False Llama tokenizers add the space prefix only at the very start of a
     # text; llama.cpp's SPM adds it after special tokens too. The GGUF must fail its check.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..arch import shape_from_config
 from ..predictor import predictor_for
+from ..teacher import weight_files
 from ..export.runtimes import RuntimeFailure
 from ..profiles import DeviceProfile, load_profile
 from ..errors import EdgeDistillError
@@ -329,7 +330,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
 
 def _size(path: Path) -> int:
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*.safetensors"))
+        return sum(p.stat().st_size for p in weight_files(path))
     return path.stat().st_size if path.exists() else 0
 
 

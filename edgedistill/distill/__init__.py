@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import EdgeDistillError
+from ..teacher import weight_files
 from .losses import LOSSES, KDConfig
 from .loop import TrainConfig
 
@@ -75,7 +76,7 @@ def fingerprint(*parts) -> str:
 
 
 def _teacher_weights_id(path: Path) -> list:
-    return sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+    return [(p.name, p.stat().st_size) for p in weight_files(path)]
 
 
 def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
@@ -118,8 +119,8 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
         raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
                                "run without --resume first, or point --out at the run folder")
     t = load_teacher(teacher)
-    if t.path is None or not list(t.path.glob("*.safetensors")):
-        raise EdgeDistillError(f"teacher {t.name} has no local safetensors weights.",
+    if t.path is None or not weight_files(t.path):
+        raise EdgeDistillError(f"teacher {t.name} has no local weights (.safetensors or .bin).",
                                "download the model and pass its folder with --teacher PATH")
     encoder = t.shape.is_encoder
     run_dir.mkdir(parents=True, exist_ok=True)

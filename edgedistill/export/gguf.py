@@ -18,6 +18,7 @@ import numpy as np
 
 from ..arch import shape_from_config
 from ..errors import EdgeDistillError
+from ..teacher import weight_files
 from .gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
 from .onnx import sentence_pooling
 
@@ -101,14 +102,22 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _load_state(model_dir: Path):
-    """Yield (name, float32 numpy array) from the folder's safetensors files."""
-    from safetensors import safe_open
-
-    files = sorted(model_dir.glob("*.safetensors"))
+    """Yield (name, float32 numpy array) from the folder's weight files (safetensors, or
+    PyTorch .bin checkpoints loaded with weights_only)."""
+    files = weight_files(model_dir)
     if not files:
-        raise EdgeDistillError(f"{model_dir} has no .safetensors weights.",
-                               "save the model with save_pretrained(safe_serialization=True)")
+        raise EdgeDistillError(f"{model_dir} has no weights (.safetensors or pytorch_model.bin).",
+                               "save the model with save_pretrained()")
     for f in files:
+        if f.suffix == ".bin":
+            import torch
+
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            for k, t in state.items():
+                yield k, t.float().numpy()
+            continue
+        from safetensors import safe_open
+
         with safe_open(str(f), framework="pt") as st:
             for k in st.keys():
                 yield k, st.get_tensor(k).float().numpy()
