@@ -2,6 +2,8 @@
 backend (x86 simulation) with CPU fallback disabled."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,7 +75,9 @@ def test_causal_lm_runs_entirely_on_the_htp(trained_llama, tmp_path):
         cov = info["coverage"]
         assert cov["on_htp"] == cov["nodes"] > 0 and not cov["unsupported_ops"]
         assert info["compile_s"] > 0
+        assert info["context"]["max_diff_vs_compiled"] == 0.0
     assert v.figures["top1_agreement"] >= 0.95 and v.figures["decode_tokens"] == 2
+    _assert_deployable_contexts(by["qdq_a16w8"], 2)
     # the HTP and onnxruntime's CPU provider run the same QDQ graph to the same numbers
     assert abs(v.figures["cpu_qdq"]["top1_agreement"] - v.figures["top1_agreement"]) < 0.03
 
@@ -105,6 +109,37 @@ def test_encoder_a8w8_runs_on_the_htp(bert_a8w8):
                    for i in m.graph.initializer)}
     soft = [n.output[0] for n in m.graph.node if n.op_type == "Softmax"]
     assert soft and all(s in q16 for s in soft)
+    _assert_deployable_contexts(art, 1)
+
+
+def _assert_deployable_contexts(art, n):
+    """Each QDQ graph's compiled HTP context was saved beside it, as an EPContext model with
+    the QNN binary inside, and loads on the HTP with CPU fallback disabled."""
+    import onnx
+
+    ctx = sorted(art.path.parent.glob("*.qnn-ctx.onnx"))
+    assert len(ctx) == n and "compiled HTP context" in art.note
+    assert not list(art.path.parent.glob(".*tmp*"))  # written atomically
+    opts = npu.htp_options(load_profile("phone-npu"))
+    for path in ctx:
+        nodes = onnx.load(str(path)).graph.node
+        assert [nd.op_type for nd in nodes] == ["EPContext"]
+        attrs = {a.name: a for a in nodes[0].attribute}
+        assert attrs["embed_mode"].i == 1 and len(attrs["ep_cache_context"].s) > 1000
+        npu.htp_session(path, opts)  # loads without compiling or falling back
+
+
+@pytest.mark.slow
+def test_npu_context_can_be_left_out(tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    model = tiny_sentence_bert(tmp_path / "bert")
+    res = export(model, "phone-npu", ExportConfig(quants=("qdq_a8w8",), eval_sentences=8,
+                                                  npu_eval_items=2, npu_context=False),
+                 tmp_path / "out")
+    art = res.artifacts[-1]
+    assert art.status == "passed", art.verdict.failures
+    assert not list((tmp_path / "out").rglob("*.qnn-ctx.onnx"))
+    assert all("context" not in i for i in art.verdict.figures["htp"].values())
 
 
 def test_unsupported_op_is_listed_with_a_fix(tmp_path):
@@ -142,6 +177,7 @@ def test_bench_reports_npu_graphs_with_htp_figures_and_no_simulated_time(bert_a8
     b = q["bench"]
     assert b["measured"] is False and "decode_tokens_per_s" not in b and "batch_ms" not in b
     assert b["htp"]["nodes_on_htp"] == b["htp"]["nodes"] > 0 and b["htp"]["compile_s"] > 0
+    assert b["htp"]["context_files"] == [Path(q["path"]).name.replace(".onnx", ".qnn-ctx.onnx")]
     assert q["quality"]["cosine"] >= 0.95
     assert q["predicted"]["target"]["label"] in ("predicted", "uncalibrated")
     head, rows = main_table(recs)

@@ -197,6 +197,10 @@ def _npu_record(rec: dict, art: dict, prof: DeviceProfile, shape, predict_there,
                     "unsupported_ops": sorted({u["op"] for c in cov
                                                for u in c.get("unsupported_ops", [])}),
                     "compile_s": round(sum(g.get("compile_s", 0) for g in htp.values()), 2)}
+        ctx = [g["context"] for g in htp.values() if "context" in g]
+        if ctx:  # the compiled graphs saved for the phone (EPContext models)
+            b["htp"]["context_files"] = [c["file"] for c in ctx]
+            b["htp"]["context_bytes"] = sum(c["bytes"] for c in ctx)
         placed = f"{b['htp']['nodes_on_htp']}/{b['htp']['nodes']}"
     rec["size_bytes"] = _size(Path(art["path"]))
     rec["bench"] = b

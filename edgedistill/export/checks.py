@@ -121,7 +121,8 @@ class Checker:
 
     # -- NPU: fixed-shape QDQ graphs on the HTP -------------------------------------------------
     def npu_artifacts(self, out_dir: Path, quants: list[str], calib: list, profile,
-                      context: int | None = None, eval_items: int = 16):
+                      context: int | None = None, eval_items: int = 16,
+                      save_context: bool = True):
         """Fixed-shape float graphs, then each QDQ scheme; every graph checked against torch
         on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider."""
         from . import Artifact
@@ -194,10 +195,14 @@ class Checker:
                 v.failures.append(unavailable)
             else:
                 v = self._htp_verdict(paths, graphs, enc_feeds or items, nxt, opts, th,
-                                      figures)
+                                      figures, save_context)
                 v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
                                         if k in cpu}
             note = ("decode graph: " + paths[1].name) if len(paths) > 1 else ""
+            ctx = [i["context"]["file"] for i in v.figures.get("htp", {}).values()
+                   if "context" in i]
+            if ctx:
+                note = "; ".join(filter(None, [note, "compiled HTP context: " + ", ".join(ctx)]))
             self._report("onnx", quant, paths[0], v, t0)
             arts.append(Artifact(paths[0], "onnx", quant, v, note=note))
         return arts
@@ -234,8 +239,9 @@ class Checker:
             dec_feeds.append(npu.decode_feed(dec, nxt, len(ids), res, len(ids), gd))
         return [pre_feeds, dec_feeds]
 
-    def _htp_verdict(self, paths, graphs, items, nxt, opts, th, figures):
-        """``items``: feed dicts for an encoder, token sequences for a causal LM."""
+    def _htp_verdict(self, paths, graphs, items, nxt, opts, th, figures, context=True):
+        """``items``: feed dicts for an encoder, token sequences for a causal LM. ``context``:
+        save each compiled graph as an EPContext model and measure on that file."""
         from .runtimes import child
 
         t0 = time.time()
@@ -250,13 +256,14 @@ class Checker:
                                                    for k, v in f.items()})
                     res = child("edgedistill.export.qnn_worker",
                                 {"op": "encoder", "path": str(paths[0]), "options": opts,
-                                 "feeds": str(npz), "output": "sentence_embedding"},
+                                 "feeds": str(npz), "output": "sentence_embedding",
+                                 "context": context},
                                 timeout=3600, what="the QNN HTP backend")
                 got = res.get("out")
             else:
                 res = child("edgedistill.export.qnn_worker",
                             {"op": "causal", "paths": [str(p) for p in paths], "options": opts,
-                             "seqs": items, "next": nxt,
+                             "seqs": items, "next": nxt, "context": context,
                              "graphs": [[g.role, g.tokens, g.past] for g in graphs]},
                             timeout=3600, what="the QNN HTP backend")
                 got = None
@@ -274,6 +281,12 @@ class Checker:
                               f"{', '.join(unsupported) or 'none found'}): {errors}", th)
         else:
             v = judge(figures(got), th)
+            for name, info in graphs_info.items():
+                diff = info.get("context", {}).get("max_diff_vs_compiled", 0.0)
+                if diff > 1e-5:
+                    v.passed = False
+                    v.failures.append(f"{name}: the saved HTP context gives other outputs "
+                                      f"than the graph compiled from it (max diff {diff:.3g})")
         v.figures.update(runtime="onnxruntime-qnn HTP backend (x86 simulation, no CPU "
                          "fallback)", htp=graphs_info,
                          htp_seconds=round(time.time() - t0, 1))

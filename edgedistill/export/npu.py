@@ -312,9 +312,23 @@ def htp_options(profile) -> dict:
     return opts
 
 
-def htp_session(path: Path, options: dict, fallback: bool = False, profile_to: str | None = None):
+def context_path(graph: Path) -> Path:
+    """Where the compiled HTP context of a QDQ graph is saved (an EPContext ONNX model with the
+    QNN context binary embedded: what the phone loads without compiling)."""
+    return graph.with_name(graph.name.removesuffix(".onnx") + ".qnn-ctx.onnx")
+
+
+def context_options(tmp: Path) -> dict:
+    """Session config entries that make onnxruntime save the compiled HTP graph to ``tmp``."""
+    return {"ep.context_enable": "1", "ep.context_file_path": str(tmp),
+            "ep.context_embed_mode": "1"}
+
+
+def htp_session(path: Path, options: dict, fallback: bool = False, profile_to: str | None = None,
+                config: dict | None = None):
     """An onnxruntime session on the QNN HTP backend. Without ``fallback`` a node the HTP
-    cannot take fails the session instead of quietly running on the CPU."""
+    cannot take fails the session instead of quietly running on the CPU. ``config``: extra
+    session config entries."""
     import onnxruntime as ort
     import onnxruntime_qnn
 
@@ -326,6 +340,8 @@ def htp_session(path: Path, options: dict, fallback: bool = False, profile_to: s
     so.log_severity_level = 3
     if not fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
     if profile_to:
         so.enable_profiling = True
         so.profile_file_prefix = profile_to

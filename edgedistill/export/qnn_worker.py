@@ -3,13 +3,15 @@
 Usage: ``python -m edgedistill.export.qnn_worker TASK.json``. Ops: ``encoder`` (one graph,
 feeds from an .npz file) and ``causal`` (prefill and decode graphs, held-out sequences).
 Each graph is compiled with CPU fallback disabled; when that fails, the graph is run once with
-fallback allowed to list the ops the HTP refused. Results go to ``result.json`` in the task's
+fallback allowed to list the ops the HTP refused. With ``context`` in the task, each compiled
+graph is also saved as an EPContext model and the run uses that file. Results go to ``result.json`` in the task's
 workdir, arrays as .npy files beside it. Apart from the caller, so that a crash in Qualcomm's
 native libraries is reported rather than fatal.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,25 +19,46 @@ from pathlib import Path
 import numpy as np
 
 
-def _compile(path: str, options: dict, feed, result: dict):
+def _compile(path: str, options: dict, feed, result: dict, context: bool = False):
     """The strict HTP session for ``path``, or None with the refused ops in ``result``;
-    ``feed()`` makes the input that the coverage run needs (only when compiling fails)."""
-    from .npu import coverage, htp_session
+    ``feed()`` makes the input that the coverage run needs (only when compiling fails).
+
+    ``context``: also save the compiled graph as an EPContext model (npu.context_path), load
+    it in a session of its own, check that it gives the compiled graph's outputs, and return
+    that session, so the figures are those of the file a phone would load."""
+    from .npu import context_options, context_path, coverage, htp_session
 
     import onnx
 
     nodes = len(onnx.load(path, load_external_data=False).graph.node)
+    ctx = context_path(Path(path))
+    tmp = ctx.with_name(f".{ctx.name}.tmp-{os.getpid()}")
     t0 = time.time()
     try:
-        sess = htp_session(Path(path), options)
+        sess = htp_session(Path(path), options, config=context_options(tmp) if context else None)
     except Exception as e:  # onnxruntime raises its own types
+        tmp.unlink(missing_ok=True)
         cov = coverage(Path(path), options, feed())
         result.setdefault("graphs", {})[path] = {"error": str(e)[:400], "coverage": cov}
         return None
-    result.setdefault("graphs", {})[path] = {
+    info = result.setdefault("graphs", {})[path] = {
         "compile_s": round(time.time() - t0, 2),
         "coverage": {"nodes": nodes, "on_htp": nodes, "on_cpu": 0, "unsupported_ops": []}}
-    return sess
+    if not context:
+        return sess
+    try:
+        t0 = time.time()
+        loaded = htp_session(tmp, options)
+        load_s = time.time() - t0
+        probe = feed()
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(sess.run(None, probe),
+                                                               loaded.run(None, probe)))
+        tmp.replace(ctx)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info["context"] = {"file": ctx.name, "bytes": ctx.stat().st_size,
+                       "load_s": round(load_s, 3), "max_diff_vs_compiled": diff}
+    return loaded
 
 
 def main(spec_path: str) -> int:
@@ -48,7 +71,7 @@ def main(spec_path: str) -> int:
         n = int(data["n"])
         feeds = [{k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
                  for i in range(n)]
-        sess = _compile(task["path"], opts, lambda: feeds[0], result)
+        sess = _compile(task["path"], opts, lambda: feeds[0], result, task.get("context", False))
         if sess is not None:
             emb = np.concatenate([sess.run([task["output"]], f)[0] for f in feeds])
             np.save(work / "out.npy", emb)
@@ -58,7 +81,8 @@ def main(spec_path: str) -> int:
 
         graphs = [GraphShape(*g) for g in task["graphs"]]
         seqs = task["seqs"]
-        sessions = [_compile(p, opts, lambda p=p: _probe(p), result) for p in task["paths"]]
+        sessions = [_compile(p, opts, lambda p=p: _probe(p), result, task.get("context", False))
+                    for p in task["paths"]]
         if all(s is not None for s in sessions):
             pre, dec = run_causal(sessions[0], sessions[1], seqs, task["next"], graphs)
             for i, x in enumerate(pre):
