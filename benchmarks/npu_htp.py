@@ -8,7 +8,8 @@ trained small causal LM (default: the model benchmarks/export_parity.py trains) 
 `phone-npu` profile: fixed-shape graphs, QDQ a16w8 / a8w8 / a16w4, each compiled for the HTP
 (Snapdragon 8 Gen 3, v75) with CPU fallback disabled and run on held-out data. Writes
 benchmarks/results/npu_htp.json: op coverage, compile seconds, and numerics against the float
-model on the HTP and on onnxruntime's CPU provider. Simulated run time is not phone latency and
+model on the HTP and on onnxruntime's CPU provider, and the saved compiled graphs (EPContext: size,
+load seconds, outputs against the compiled graph). Simulated run time is not phone latency and
 is not reported as such.
 """
 from __future__ import annotations
