@@ -40,7 +40,7 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
     tokenizer) to ``out_dir``. Returns ``out_dir``. Deterministic for a given seed.
 
     ``text``: train on this instead of the first ``chars`` of standard-library source (the
-    tokenizer is still learnt from its first ``chars``)."""
+    tokenizer is then learnt from the first ``chars`` of ``text``)."""
     import torch
     import transformers
 

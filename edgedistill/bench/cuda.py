@@ -50,8 +50,10 @@ def _driver_present() -> bool:
         os.name == "nt"
 
 
+@functools.cache
 def runtime_status() -> dict[str, str | None]:
-    """{runtime: None if usable here, else why not and how to fix it}."""
+    """{runtime: None if usable here, else why not and how to fix it}. Found once per process
+    (installed packages and GPUs do not change under it); read it, do not change it."""
     status: dict[str, str | None] = {}
     torch_cuda = None
     if not _has("torch"):

@@ -222,9 +222,11 @@ _ROPE_KEYS = {
 
 
 def _rope_config(cfg: dict) -> tuple[str | None, dict]:
+    """(scaling type or None, its parameters): ``rope_type`` or the older ``type`` (configs
+    may carry both), removed from the parameters."""
     rope = dict(cfg.get("rope_scaling") or {})
-    rtype = rope.pop("rope_type", None) or rope.pop("type", None)
-    rope.pop("type", None)
+    rtype, legacy = rope.pop("rope_type", None), rope.pop("type", None)
+    rtype = rtype or legacy
     return (None if rtype == "default" else rtype), rope
 
 
@@ -255,9 +257,9 @@ def _rope_scaling(w, arch: str, cfg: dict) -> None:
         raise EdgeDistillError(
             f"{what} is not supported by the GGUF writer for {arch} (supported: "
             f"{', '.join(sorted(supported))}).", "export this model to ONNX (--formats onnx)")
-    factor = float(rope.get("factor", 1.0))
     if w is None:
         return
+    factor = float(rope.get("factor", 1.0))
     if rtype == "linear":
         w.add_rope_scaling_type(RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(factor)

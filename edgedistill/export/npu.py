@@ -23,8 +23,6 @@ reported as latency.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeDistillError
+from ..quantize.onnx import FeedReader, atomic_onnx, quiet_root_logger
 
 SCHEMES = {  # quant -> (activation bits, weight bits)
     "qdq_a8w8": (8, 8),
@@ -100,18 +99,6 @@ def _input_shape(name: str, dims: list, g: GraphShape) -> list[int]:
     return [1, g.tokens]
 
 
-def _atomic_save(model, out: Path) -> None:
-    import onnx
-
-    fd, tmp = tempfile.mkstemp(prefix=".npu-", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        Path(tmp).replace(out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def fix_graph(fp32: Path, g: GraphShape, mask_value: float | None = -1000.0) -> Path:
     """Write the float graph of ``fp32`` with every input fixed to ``g``'s shape, shape ops
     folded, mask constants bounded to ``mask_value``, and QNN's fusions applied. Returns its
@@ -147,14 +134,11 @@ def fix_graph(fp32: Path, g: GraphShape, mask_value: float | None = -1000.0) -> 
                 t.CopyFrom(numpy_helper.from_array(bounded, t.name))
         model = onnx.shape_inference.infer_shapes(model)
         onnx.save(model, str(folded))
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR
-        try:
+        with quiet_root_logger():
             src = pre if qnn_preprocess_model(str(folded), str(pre), fuse_layernorm=True) \
                 else folded
-        finally:
-            root.setLevel(level)
-        _atomic_save(onnx.load(str(src)), out)
+        with atomic_onnx(out) as tmp:
+            onnx.save(onnx.load(str(src)), str(tmp))
     return out
 
 
@@ -189,27 +173,12 @@ def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
                 overrides[n.input[1]] = [{"quant_type": QuantType.QInt4, "symmetric": True,
                                           "axis": axis}]
 
-    class Reader:
-        def __init__(self):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR
     out = fixed.with_name(fixed.name.replace(".fp32.onnx", f".{quant}.onnx"))
-    fd, tmp = tempfile.mkstemp(prefix=".npu-q-", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    try:
-        cfg = get_qnn_qdq_config(str(fixed), Reader(), activation_type=act,
+    with quiet_root_logger(), atomic_onnx(out) as tmp:
+        cfg = get_qnn_qdq_config(str(fixed), FeedReader(feeds), activation_type=act,
                                  weight_type=QuantType.QUInt8, init_overrides=overrides or None,
                                  keep_removable_activations=True)
-        quantize(str(fixed), tmp, cfg)
-        Path(tmp).replace(out)
-    finally:
-        root.setLevel(level)
-        Path(tmp).unlink(missing_ok=True)
+        quantize(str(fixed), str(tmp), cfg)
     return out
 
 

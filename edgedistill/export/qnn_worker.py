@@ -4,9 +4,9 @@ Usage: ``python -m edgedistill.export.qnn_worker TASK.json``. Ops: ``encoder`` (
 feeds from an .npz file) and ``causal`` (prefill and decode graphs, held-out sequences).
 Each graph is compiled with CPU fallback disabled; when that fails, the graph is run once with
 fallback allowed to list the ops the HTP refused. With ``context`` in the task, each compiled
-graph is also saved as an EPContext model and the run uses that file. Results go to ``result.json`` in the task's
-workdir, arrays as .npy files beside it. Apart from the caller, so that a crash in Qualcomm's
-native libraries is reported rather than fatal.
+graph is also saved as an EPContext model and the run uses that file. Results go to
+``result.json`` in the task's workdir, arrays as .npy files beside it. Apart from the caller,
+so that a crash in Qualcomm's native libraries is reported rather than fatal.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _compile(path: str, options: dict, feed, result: dict, context: bool = False):
-    """The strict HTP session for ``path``, or None with the refused ops in ``result``;
-    ``feed()`` makes the input that the coverage run needs (only when compiling fails).
+def _compile(path: str, options: dict, feed: dict | None, result: dict, context: bool = False):
+    """The strict HTP session for ``path``, or None with the refused ops in ``result``.
+    ``feed``: an input for the graph's one-off runs (the coverage run when compiling fails,
+    the context check); None: zeros (mask of ones) of the graph's fixed input shapes.
 
     ``context``: also save the compiled graph as an EPContext model (npu.context_path), load
     it in a session of its own, check that it gives the compiled graph's outputs, and return
@@ -30,7 +31,9 @@ def _compile(path: str, options: dict, feed, result: dict, context: bool = False
 
     import onnx
 
-    nodes = len(onnx.load(path, load_external_data=False).graph.node)
+    graph = onnx.load(path, load_external_data=False).graph
+    nodes = len(graph.node)
+    feed = feed if feed is not None else _zeros_feed(graph)
     ctx = context_path(Path(path))
     tmp = ctx.with_name(f".{ctx.name}.tmp-{os.getpid()}")
     t0 = time.time()
@@ -38,7 +41,7 @@ def _compile(path: str, options: dict, feed, result: dict, context: bool = False
         sess = htp_session(Path(path), options, config=context_options(tmp) if context else None)
     except Exception as e:  # onnxruntime raises its own types
         tmp.unlink(missing_ok=True)
-        cov = coverage(Path(path), options, feed())
+        cov = coverage(Path(path), options, feed)
         result.setdefault("graphs", {})[path] = {"error": str(e)[:400], "coverage": cov}
         return None
     info = result.setdefault("graphs", {})[path] = {
@@ -50,9 +53,8 @@ def _compile(path: str, options: dict, feed, result: dict, context: bool = False
         t0 = time.time()
         loaded = htp_session(tmp, options)
         load_s = time.time() - t0
-        probe = feed()
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(sess.run(None, probe),
-                                                               loaded.run(None, probe)))
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(sess.run(None, feed),
+                                                               loaded.run(None, feed)))
         tmp.replace(ctx)
     finally:
         tmp.unlink(missing_ok=True)
@@ -71,7 +73,7 @@ def main(spec_path: str) -> int:
         n = int(data["n"])
         feeds = [{k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
                  for i in range(n)]
-        sess = _compile(task["path"], opts, lambda: feeds[0], result, task.get("context", False))
+        sess = _compile(task["path"], opts, feeds[0], result, task.get("context", False))
         if sess is not None:
             emb = np.concatenate([sess.run([task["output"]], f)[0] for f in feeds])
             np.save(work / "out.npy", emb)
@@ -81,7 +83,7 @@ def main(spec_path: str) -> int:
 
         graphs = [GraphShape(*g) for g in task["graphs"]]
         seqs = task["seqs"]
-        sessions = [_compile(p, opts, lambda p=p: _probe(p), result, task.get("context", False))
+        sessions = [_compile(p, opts, None, result, task.get("context", False))
                     for p in task["paths"]]
         if all(s is not None for s in sessions):
             pre, dec = run_causal(sessions[0], sessions[1], seqs, task["next"], graphs)
@@ -96,17 +98,16 @@ def main(spec_path: str) -> int:
     return 0
 
 
-def _probe(path: str) -> dict:
-    """A feed of zeros (mask of ones) for a fixed graph: coverage only needs it to run once."""
-    from .runtimes import ort_session
+def _zeros_feed(graph) -> dict:
+    """Zeros (a mask of ones) for a fixed-shape graph's inputs: enough for a one-off run."""
+    import onnx
 
-    sess = ort_session(Path(path), basic=True)
     feed = {}
-    for i in sess.get_inputs():
-        shape = [int(d) for d in i.shape]
-        dtype = np.int64 if "int64" in i.type else np.float32
-        feed[i.name] = np.ones(shape, dtype) if i.name == "attention_mask" else \
-            np.zeros(shape, dtype)
+    for i in graph.input:
+        t = i.type.tensor_type
+        shape = [d.dim_value for d in t.shape.dim]
+        dtype = np.int64 if t.elem_type == onnx.TensorProto.INT64 else np.float32
+        feed[i.name] = (np.ones if i.name == "attention_mask" else np.zeros)(shape, dtype)
     return feed
 
 

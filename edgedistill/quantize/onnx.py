@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -26,17 +27,38 @@ QDQ_OPS = ("MatMul", "Gemm", "Gather")
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit, with room
 
 
-def _atomic_target(out_path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".q-", suffix=".onnx", dir=out_path.parent)
+@contextmanager
+def atomic_onnx(out: Path):
+    """A temporary path beside ``out`` to write to; moved onto ``out`` when the block ends
+    without an error, removed in every case."""
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".onnx", dir=out.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def quiet_root_logger():
+    """onnxruntime's quantization tools log on the root logger for every model ("Please
+    consider to run pre-processing"...); hold it at ERROR meanwhile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quantized_path(fp32_path: Path, quant: str) -> Path:
     return fp32_path.with_name(f"{fp32_path.stem}.{quant}.onnx")
 
 
-class _FeedReader:
+class FeedReader:
     """onnxruntime CalibrationDataReader over a list of feed dicts."""
 
     def __init__(self, feeds: list[dict]):
@@ -65,14 +87,8 @@ def quantize_onnx(fp32_path: str | Path, quant: str, *, block_size: int = 32,
         raise EdgeDistillError(f"unknown ONNX quantization {quant!r}.",
                                f"use one of {', '.join(quant_names('onnx'))}")
     out = quantized_path(fp32_path, quant)
-    tmp = _atomic_target(out)
     large = fp32_path.stat().st_size > _LARGE
-    # onnxruntime logs "Please consider to run pre-processing" on the root logger for every
-    # model; shape inference is not what our quantizations need
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
+    with quiet_root_logger(), atomic_onnx(out) as tmp:
         if quant == "int8":
             quantize_dynamic(fp32_path, tmp, weight_type=QuantType.QInt8, per_channel=True,
                              use_external_data_format=large,
@@ -90,16 +106,12 @@ def quantize_onnx(fp32_path: str | Path, quant: str, *, block_size: int = 32,
             act = QuantType.QUInt16 if quant.startswith("qdq_a16") else QuantType.QUInt8
             weight = QuantType.QInt4 if quant.endswith("w4") else QuantType.QInt8
             quantize_static(
-                fp32_path, tmp, _FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                fp32_path, tmp, FeedReader(feeds), quant_format=QuantFormat.QDQ,
                 per_channel=True, activation_type=act, weight_type=weight,
                 use_external_data_format=large, op_types_to_quantize=list(QDQ_OPS),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                "MinimumRealRange": 1e-4},
             )
-        tmp.replace(out)
-    finally:
-        root.setLevel(level)
-        tmp.unlink(missing_ok=True)
     return out
 
 
