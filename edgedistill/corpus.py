@@ -77,8 +77,14 @@ def stdlib_sentences() -> tuple[str, ...]:
 
 def stdlib_source(max_chars: int | None = None) -> str:
     """Standard-library source, files joined by blank lines, up to ``max_chars``."""
+    return python_source(stdlib_files(), max_chars)
+
+
+def python_source(paths, max_chars: int | None = None) -> str:
+    """The text of ``paths`` (unreadable files skipped) joined by blank lines, up to
+    ``max_chars``."""
     parts, total = [], 0
-    for path in stdlib_files():
+    for path in paths:
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):

@@ -49,6 +49,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "profile's context_length)")
     p.add_argument("--npu-items", type=int, default=16,
                    help="NPU profiles: held-out items run on the HTP (its simulation is slow)")
+    p.add_argument("--no-imatrix", action="store_true",
+                   help="GGUF: quantize without an importance matrix from the calibration text")
     p.add_argument("--no-npu-context", action="store_true",
                    help="NPU profiles: do not save the compiled HTP graphs (*.qnn-ctx.onnx)")
     return p
@@ -60,7 +62,8 @@ def run(args) -> int:
 
     cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
                        threads=args.threads, context=args.context,
-                       npu_eval_items=args.npu_items, npu_context=not args.no_npu_context)
+                       npu_eval_items=args.npu_items, npu_context=not args.no_npu_context,
+                       importance=not args.no_imatrix)
     if args.student is None:
         return _pipeline(args, cfg)
     res = export(args.student, args.target, cfg, args.out)

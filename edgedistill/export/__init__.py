@@ -44,6 +44,9 @@ class ExportConfig:
     context_length."""
     npu_eval_items: int = 16
     """Static-shape profiles: held-out items run on the HTP (its x86 simulation is slow)."""
+    importance: bool = True
+    """GGUF k-quants and Q4_0: quantize with an importance matrix measured in torch on the
+    calibration text (llama.cpp's imatrix), as ``llama-quantize --imatrix`` does."""
     npu_context: bool = True
     """Static-shape profiles: save each QDQ graph compiled for the profile's HTP as an
     EPContext model (``*.qnn-ctx.onnx``), which the phone loads without compiling; the HTP
@@ -58,6 +61,9 @@ class Artifact:
     verdict: Verdict
     tensor_types: dict | None = None
     note: str = ""
+    quantization: dict | None = None
+    """How the file was quantized beyond its type, e.g. {"importance_matrix": {"tokens",
+    "tensors"}}."""
 
     @property
     def status(self) -> str:
@@ -69,7 +75,8 @@ class Artifact:
             "quant": self.quant,
             "size_bytes": self.path.stat().st_size if self.path.exists() else None,
             "status": self.status, "parity": self.verdict.to_dict(),
-            "tensor_types": self.tensor_types, "note": self.note,
+            "tensor_types": self.tensor_types, "quantization": self.quantization,
+            "note": self.note,
         }
 
 
@@ -186,7 +193,8 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
         result.artifacts += checker.onnx_artifacts(out_dir / "onnx", plan["onnx"], calib,
                                                    prof.constraints.int4_block_size)
     if "gguf" in plan:
-        arts, tp = checker.gguf_artifacts(out_dir / "gguf", plan["gguf"])
+        arts, tp = checker.gguf_artifacts(out_dir / "gguf", plan["gguf"],
+                                          calib if config.importance else None)
         result.artifacts += arts
         result.tokenizer_parity = tp
     out_dir.mkdir(parents=True, exist_ok=True)

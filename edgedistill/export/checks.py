@@ -314,8 +314,10 @@ class Checker:
         return {"passed": not bad, "cases": len(probes), "mismatches": len(bad),
                 "examples": bad[:3]}
 
-    def gguf_artifacts(self, out_dir: Path, quants: list[str]):
-        from ..quantize.gguf import quantize_gguf, tensor_types
+    def gguf_artifacts(self, out_dir: Path, quants: list[str], calib: list | None = None):
+        """Float GGUF files, then each quantization. ``calib``: calibration items; when given,
+        the quantizations that can use it get an importance matrix measured on them."""
+        from ..quantize.gguf import IMPORTANCE_QUANTS, quantize_gguf, tensor_types
         from . import Artifact
         from .gguf import FLOAT_TYPES, export_gguf
 
@@ -326,7 +328,7 @@ class Checker:
         sources = floats + (["f32"] if quantized and "f32" not in floats else [])
         arts, tp, scratch = [], None, []
 
-        def check(path: Path, quant: str, t0: float):
+        def check(path: Path, quant: str, t0: float, details: dict | None = None):
             v = self.verify(path, "gguf", quant)
             if tp is not None and not tp["passed"]:
                 v.passed = False
@@ -334,8 +336,13 @@ class Checker:
                                   "probe texts tokenize differently in llama.cpp")
             types = tensor_types(path) if path.exists() and not v.error else None
             note = _fallback_note(quant, types)
+            imp = (details or {}).get("importance_matrix")
+            if imp:
+                note = "; ".join(filter(None, [note, (
+                    f"importance matrix from {imp['tokens']} calibration tokens weighted "
+                    f"{imp['tensors']} tensors")]))
             self._report("gguf", quant, path, v, t0)
-            arts.append(Artifact(path, "gguf", quant, v, types, note))
+            arts.append(Artifact(path, "gguf", quant, v, types, note, details))
 
         for ft in sources:
             t0 = time.time()
@@ -349,13 +356,36 @@ class Checker:
             else:
                 scratch.append(path)
         src = out_dir / "model.f32.gguf"
+        imatrix = None
         for q in quantized:
             t0 = time.time()
-            path = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads)
-            check(path, q, t0)
+            if calib and q in IMPORTANCE_QUANTS and imatrix is None:
+                imatrix = self._importance(calib, out_dir / ".importance.npz")
+                scratch.append(imatrix[0])
+            report: dict = {}
+            path = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads,
+                                 imatrix[0] if imatrix and q in IMPORTANCE_QUANTS else None,
+                                 report)
+            details = None
+            if report.get("importance_tensors"):
+                details = {"importance_matrix": {"tokens": imatrix[1],
+                                                 "tensors": report["importance_tensors"]}}
+            check(path, q, t0, details)
         for p in scratch:
             p.unlink(missing_ok=True)
         return arts, tp
+
+    def _importance(self, calib: list, path: Path) -> tuple[Path, int]:
+        """The importance matrix of the model's linear layers on ``calib``, saved at ``path``."""
+        from ..quantize.gguf import importance_matrix, save_importance
+
+        t0 = time.time()
+        matrix, tokens = importance_matrix(self.model_dir, self.shape.family, calib, self.tok,
+                                           self.encoder)
+        save_importance(matrix, path)
+        self.log(f"gguf: importance matrix of {len(matrix)} weights from {tokens} calibration "
+                 f"tokens ({time.time() - t0:.1f}s)")
+        return path, tokens
 
 
 _EXPECTED = {"q8_0": {"Q8_0"}, "q6_k": {"Q6_K"}, "q5_k_m": {"Q5_K", "Q6_K"},

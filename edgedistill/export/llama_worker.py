@@ -34,6 +34,11 @@ def main(spec_path: str) -> int:
         if rc != 0:
             print(f"llama_model_quantize returned {rc}", file=sys.stderr)
             return 1
+        if task.get("importance"):
+            from edgedistill.quantize.gguf import apply_importance
+
+            result["importance_tensors"] = apply_importance(task["dst"], task["src"],
+                                                            task["importance"])
     elif op == "tokenize":
         llm = Llama(task["model"], vocab_only=True, verbose=False)
         result["ids"] = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)

@@ -1,15 +1,29 @@
 """GGUF quantization with llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize),
 run in a child process, and a report of the tensor types really written: k-quants fall back
-silently to other types on rows that are not multiples of 256."""
+silently to other types on rows that are not multiples of 256.
+
+Importance matrix (what ``llama-imatrix`` + ``llama-quantize --imatrix`` do by hand): the mean
+square of each input column of every matmul weight, measured in torch on calibration text.
+llama.cpp picks the type of every tensor as usual; then each tensor of a type whose quantizer
+can weigh columns by importance is quantized again from the float file with ggml's own
+quantizer (``ggml_quantize_chunk``) and that matrix, in place. Q8_0 has no use for it.
+"""
 from __future__ import annotations
 
 import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import EdgeDistillError
 
 QUANTS = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+# ggml types whose quantizer weighs the error of each column by an importance vector
+IMPORTANCE_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                              "Q6_K"})
+# quantizations whose files hold such types (q8_0 does not)
+IMPORTANCE_QUANTS = frozenset({"q6_k", "q5_k_m", "q4_k_m", "q4_0"})
 
 
 def tensor_types(path: str | Path) -> dict[str, int]:
@@ -28,8 +42,11 @@ def weight_types(path: str | Path) -> dict[str, str]:
             if len(t.shape) >= 2}
 
 
-def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2) -> Path:
-    """Quantize the float GGUF ``src`` to ``quant`` at ``dst`` (atomically)."""
+def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2,
+                  importance: str | Path | None = None, report: dict | None = None) -> Path:
+    """Quantize the float GGUF ``src`` to ``quant`` at ``dst`` (atomically). ``importance``:
+    an .npz written by :func:`save_importance`; the tensors it covers are quantized with it,
+    and ``report["importance_tensors"]`` says how many they were."""
     from ..export.runtimes import RuntimeFailure, llama_worker
 
     if quant not in QUANTS:
@@ -38,12 +55,128 @@ def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
-        llama_worker({"op": "quantize", "src": str(src), "dst": str(tmp), "quant": quant,
-                      "threads": threads})
+        res = llama_worker({"op": "quantize", "src": str(src), "dst": str(tmp), "quant": quant,
+                            "threads": threads,
+                            "importance": str(importance) if importance else None})
         tmp.replace(dst)
+        if report is not None:
+            report["importance_tensors"] = res.get("importance_tensors", 0)
     except RuntimeFailure as e:
         raise EdgeDistillError(f"llama.cpp could not quantize {src.name} to {quant}: {e}.",
                                "check the float GGUF loads (edgedistill export --quant f16)")
     finally:
         tmp.unlink(missing_ok=True)
     return dst
+
+
+def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
+                      encoder: bool = False) -> tuple[dict[str, np.ndarray], int]:
+    """({GGUF tensor name: mean square of each input column}, tokens seen) for every linear
+    layer of the HF model, run in torch on ``items``: token-id sequences for a causal LM,
+    sentences (tokenized with ``tok``, padding left out) for an encoder."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from ..export.gguf import gguf_name
+
+    cls = AutoModel if encoder else AutoModelForCausalLM
+    model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+    sums: dict[str, list] = {}
+    keep: list = [None]  # the current batch's non-padding positions
+
+    def hook(name):
+        def record(_mod, inputs, _out):
+            x = inputs[0].detach()
+            x = x[keep[0]] if keep[0] is not None else x.reshape(-1, x.shape[-1])
+            x = x.double()
+            acc = sums.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64), 0])
+            acc[0] += (x * x).sum(0)
+            acc[1] += x.shape[0]
+        return record
+
+    handles = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        try:
+            gname = gguf_name(name + ".weight", family)
+        except EdgeDistillError:  # heads llama.cpp does not run (pooler, classifiers)
+            gname = None
+        if gname:
+            handles.append(mod.register_forward_hook(hook(gname)))
+    tokens = 0
+    with torch.no_grad():
+        if encoder:
+            for i in range(0, len(items), 8):
+                enc = tok(items[i:i + 8], padding=True, truncation=True, max_length=128,
+                          return_tensors="pt")
+                keep[0] = enc["attention_mask"].bool()
+                tokens += int(keep[0].sum())
+                model(**enc)
+        else:
+            for ids in items:
+                model(input_ids=torch.tensor([list(ids)]))
+                tokens += len(ids)
+    for h in handles:
+        h.remove()
+    return {k: (v[0] / max(v[1], 1)).float().numpy() for k, v in sums.items()}, tokens
+
+
+def save_importance(matrix: dict[str, np.ndarray], path: str | Path) -> Path:
+    np.savez(path, **matrix)
+    return Path(path)
+
+
+def _ggml_quantize_chunk():
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._ctypes_extensions import load_shared_library
+
+    lib = load_shared_library("ggml-base", Path(llama_cpp.__file__).parent / "lib")
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    return fn
+
+
+def apply_importance(dst: str | Path, src: str | Path, importance: str | Path) -> int:
+    """Quantize again, in place in ``dst``, every tensor of an :data:`IMPORTANCE_TYPES` type
+    that ``importance`` covers, from its float data in ``src``, with ggml's quantizer weighing
+    each column by its importance. Returns the number of tensors rewritten. Native code: call
+    it in a child process (the llama worker does)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    quantize_chunk = _ggml_quantize_chunk()
+    matrix = dict(np.load(importance))
+    out = GGUFReader(str(dst), "r+")
+    names = {t.name for t in out.tensors}
+    if "output.weight" in matrix and "output.weight" not in names:
+        matrix.setdefault("token_embd.weight", matrix["output.weight"])  # tied LM head
+    source = {t.name: t for t in GGUFReader(str(src)).tensors}
+    done = 0
+    for t in out.tensors:
+        imp = matrix.get(t.name)
+        if imp is None or t.tensor_type.name not in IMPORTANCE_TYPES or t.name not in source:
+            continue
+        n_per_row = int(t.shape[0])
+        if imp.shape != (n_per_row,):
+            continue
+        s = source[t.name]
+        w = np.ascontiguousarray(dequantize(s.data, s.tensor_type), dtype=np.float32)
+        rows = w.size // n_per_row
+        raw = t.data.reshape(-1).view(np.uint8)
+        buf = np.empty(raw.nbytes, dtype=np.uint8)
+        imp = np.ascontiguousarray(np.maximum(imp, 0), dtype=np.float32)
+        size = quantize_chunk(int(t.tensor_type), w.ctypes.data, buf.ctypes.data, 0, rows,
+                              n_per_row, imp.ctypes.data)
+        if size != raw.nbytes:
+            raise RuntimeError(f"ggml wrote {size} bytes for {t.name}, the file holds "
+                               f"{raw.nbytes}")
+        raw[:] = buf
+        done += 1
+    out.data.flush()
+    del out
+    return done
