@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import TeacherError
 
-CAUSAL_FAMILIES = ("llama", "qwen2", "mistral")
+CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 ENCODER_FAMILIES = ("bert",)
 FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 
@@ -20,7 +20,7 @@ FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 @dataclass(frozen=True)
 class ModelShape:
     family: str
-    """HF ``model_type``: llama, qwen2, mistral or bert."""
+    """HF ``model_type``: llama, qwen2, qwen3, mistral or bert."""
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -34,6 +34,8 @@ class ModelShape:
     """Bias on the q/k/v projections (qwen2; llama with attention_bias)."""
     o_bias: bool = False
     """Bias on the output projection (llama with attention_bias)."""
+    qk_norm: bool = False
+    """RMSNorm over each query and key head, weights of head_dim (qwen3)."""
     max_position: int = 0
     """Encoders: learned position embeddings (bert); 0 for rotary models."""
     type_vocab_size: int = 0
@@ -67,7 +69,8 @@ class ModelShape:
             return self.q_dim + 2 * self.kv_dim + h + 4 * h + f + h
         bias = (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
         bias += h if self.o_bias else 0
-        return 2 * h + bias
+        qk = 2 * self.head_dim if self.qk_norm else 0
+        return 2 * h + bias + qk
 
     def embedding_params(self) -> int:
         h = self.hidden_size
@@ -140,10 +143,11 @@ def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
                           type_vocab_size=int(cfg.get("type_vocab_size", 2)), **common)
     return ModelShape(
         num_kv_heads=int(cfg.get("num_key_value_heads") or nh),
-        # llama, qwen2 and mistral configs all default to an untied head.
+        # llama, qwen2, qwen3 and mistral configs all default to an untied head.
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
         o_bias=family != "qwen2" and bool(cfg.get("attention_bias", False)),
+        qk_norm=family == "qwen3",
         **common,
     )
 

@@ -1,7 +1,7 @@
 """Small real models for tests, benchmarks and demos, made here from text that ships with Python.
 
 No weights can be downloaded on our machines, so a *trained* causal LM is made on the spot:
-a byte-level BPE tokenizer and a small llama/qwen2 trained on standard-library source for a
+a byte-level BPE tokenizer and a small llama/qwen2/qwen3 trained on standard-library source for a
 few hundred steps. Trained (not random) weights matter for checks like top-1 agreement,
 which random logits make meaningless.
 """
@@ -49,12 +49,15 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
     text = stdlib_source(chars) if text is None else text
     tok = train_bpe_tokenizer(text[:chars], vocab)
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
-    cfg_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family]
+    cfg_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+               "qwen3": transformers.Qwen3Config}[family]
+    # qwen3: heads wider than hidden/heads, as in the real ones (Qwen3-0.6B: 16 x 128 > 1024)
+    extra = {"head_dim": 2 * hidden // heads} if family == "qwen3" else {}
     cfg = cfg_cls(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn,
                   num_hidden_layers=layers, num_attention_heads=heads,
                   num_key_value_heads=kv_heads, max_position_embeddings=max(512, seq_len),
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  tie_word_embeddings=family == "qwen2")
+                  tie_word_embeddings=family in ("qwen2", "qwen3"), **extra)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)

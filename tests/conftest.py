@@ -26,6 +26,12 @@ REAL_CONFIGS = {
                    "num_hidden_layers": 24, "num_key_value_heads": 2, "vocab_size": 151936,
                    "max_position_embeddings": 32768, "tie_word_embeddings": True,
                    "max_window_layers": 24, "use_sliding_window": False},
+    "qwen3-0.6b": {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+                   "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+                   "num_hidden_layers": 28, "num_key_value_heads": 8, "head_dim": 128,
+                   "vocab_size": 151936, "max_position_embeddings": 40960,
+                   "tie_word_embeddings": True, "rope_theta": 1000000, "max_window_layers": 28,
+                   "use_sliding_window": False, "attention_bias": False},
     "mistral-7b": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
                    "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                    "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32768,
@@ -44,6 +50,10 @@ TINY_CONFIGS = {
     "qwen2": {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 192,
               "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
               "vocab_size": 320, "max_position_embeddings": 128, "tie_word_embeddings": True},
+    "qwen3": {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 192,
+              "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+              "head_dim": 32, "vocab_size": 320, "max_position_embeddings": 128,
+              "tie_word_embeddings": True},
     "mistral": {"model_type": "mistral", "hidden_size": 96, "intermediate_size": 256,
                 "num_attention_heads": 6, "num_hidden_layers": 2, "num_key_value_heads": 2,
                 "head_dim": 32, "vocab_size": 280, "max_position_embeddings": 128},
@@ -77,6 +87,15 @@ def trained_llama(tmp_path_factory):
     return make_causal_lm(tmp_path_factory.mktemp("m") / "llama", hidden=64, layers=2, heads=4,
                           kv_heads=2, ffn=128, vocab=320, steps=100, seq_len=64, batch=8,
                           chars=150_000, lr=1e-2)
+
+
+@pytest.fixture(scope="session")
+def trained_qwen3(tmp_path_factory):
+    """A tiny qwen3 (q/k head norms, heads wider than hidden/heads, tied embeddings)."""
+    from edgedistill.toy import make_causal_lm
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "qwen3", family="qwen3", hidden=64,
+                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=100,
+                          seq_len=64, batch=8, chars=150_000, lr=1e-2)
 
 
 @pytest.fixture(scope="session")

@@ -36,20 +36,25 @@ def test_llama_bpe_gguf_and_fallback_report(trained_llama, tmp_path):
     assert not (tmp_path / "gguf" / "model.f32.gguf").exists()  # scratch source removed
 
 
-def test_onnx_kv_cache_generates_like_torch(trained_llama, tmp_path):
+def _greedy_matches_torch(model_dir, out_dir, tokens: int) -> None:
+    """The ONNX graph with KV cache generates torch's greedy tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgedistill.export.onnx import export_onnx
     from edgedistill.export.runtimes import onnx_greedy
 
-    path = export_onnx(trained_llama, tmp_path / "onnx")
-    tok = AutoTokenizer.from_pretrained(trained_llama)
+    path = export_onnx(model_dir, out_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
     prompt = tok("def parse(self, text):\n    ")["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(trained_llama)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     ref = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
-                         max_new_tokens=24, do_sample=False, pad_token_id=0)[0, len(prompt):]
-    assert onnx_greedy(path, prompt, 24) == ref.tolist()
+                         max_new_tokens=tokens, do_sample=False, pad_token_id=0)[0, len(prompt):]
+    assert onnx_greedy(path, prompt, tokens) == ref.tolist()
+
+
+def test_onnx_kv_cache_generates_like_torch(trained_llama, tmp_path):
+    _greedy_matches_torch(trained_llama, tmp_path / "onnx", 24)
 
 
 def test_qwen2_onnx_quantizations_and_gguf(trained_qwen2, tmp_path):
@@ -62,6 +67,24 @@ def test_qwen2_onnx_quantizations_and_gguf(trained_qwen2, tmp_path):
     assert arts[("onnx", "int4")].verdict.figures["top1_agreement"] >= 0.8
     assert arts[("gguf", "f16")].status == "passed"  # tied embeddings + QKV bias
     assert arts[("gguf", "q8_0")].status == "passed"
+
+
+def test_qwen3_onnx_and_gguf(trained_qwen3, tmp_path):
+    """qwen3: q/k head norms and heads wider than hidden/heads (key_length metadata)."""
+    from gguf import GGUFReader
+
+    res = export(trained_qwen3, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
+                 tmp_path)
+    arts = _by_quant(res)
+    for key, art in arts.items():
+        assert art.status == "passed", (key, art.verdict.failures)
+    assert arts[("onnx", "fp32")].verdict.figures["max_abs_diff"] <= 1e-4
+    assert res.tokenizer_parity["passed"]
+    reader = GGUFReader(arts[("gguf", "f16")].path)
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"} <= names
+    assert int(reader.fields["qwen3.attention.key_length"].parts[-1][0]) == 32
+    _greedy_matches_torch(trained_qwen3, tmp_path / "kv", 16)
 
 
 def test_static_qdq_for_the_npu_profile(trained_qwen2, tmp_path):

@@ -30,21 +30,24 @@ def test_same_shape_student_is_the_teacher(trained_llama, tmp_path):
     assert (out / "tokenizer.json").read_text() == (trained_llama / "tokenizer.json").read_text()
 
 
-@pytest.mark.parametrize("calibrated", [False, True], ids=["weights", "activations"])
-def test_shrunk_student_tracks_the_teacher_better_than_random(trained_llama, tmp_path,
+@pytest.mark.parametrize("family,calibrated", [("llama", False), ("llama", True),
+                                               ("qwen3", True)],
+                         ids=["weights", "activations", "qwen3-qk-norm"])
+def test_shrunk_student_tracks_the_teacher_better_than_random(request, tmp_path, family,
                                                               calibrated):
-    cfg = json.loads((trained_llama / "config.json").read_text())
+    teacher = request.getfixturevalue(f"trained_{family}")
+    cfg = json.loads((teacher / "config.json").read_text())
     t = shape_from_config(cfg)
     small = dataclasses.replace(t, num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1,
                                 intermediate_size=64)
     ids = torch.randint(1, 300, (2, 48), generator=torch.Generator().manual_seed(0))
     calib = [{"input_ids": ids}] if calibrated else None
-    init = build_student(trained_llama, config_for_shape(cfg, small), tmp_path / "i",
+    init = build_student(teacher, config_for_shape(cfg, small), tmp_path / "i",
                          calibration=calib)
-    rand = build_student(trained_llama, config_for_shape(cfg, small), tmp_path / "r",
+    rand = build_student(teacher, config_for_shape(cfg, small), tmp_path / "r",
                          init="random")
     with torch.no_grad():
-        ref = _load(trained_llama)(ids).logits.flatten()
+        ref = _load(teacher)(ids).logits.flatten()
         corr = [torch.corrcoef(torch.stack([ref, _load(p)(ids).logits.flatten()]))[0, 1]
                 for p in (init, rand)]
     assert shape_from_config(json.loads((init / "config.json").read_text())) == small

@@ -2,7 +2,8 @@
 
 Our own converter, after llama.cpp's conventions (tensor names, metadata keys, Q/K
 permutation for llama). Families: llama and mistral (llama architecture, permuted Q/K),
-qwen2 (QKV bias, no permutation), bert (embeddings, with pooling from sentence-transformers).
+qwen2 (QKV bias, no permutation), qwen3 (per-head q/k norms, no permutation), bert (embeddings,
+with pooling from sentence-transformers).
 Norms, biases and other 1-D tensors stay F32 whatever the file type, as llama.cpp expects.
 The file is written beside its destination and renamed into place.
 """
@@ -25,7 +26,8 @@ from .onnx import sentence_pooling
 FLOAT_TYPES = ("f32", "f16", "bf16")
 # file type ids (gguf LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_BF16
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
-_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "bert": "bert"}
+_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+         "bert": "bert"}
 
 # HF name (after the family prefix is removed) -> GGUF name; {i} is the layer index.
 _DECODER_NAMES = {
@@ -36,6 +38,8 @@ _DECODER_NAMES = {
     "layers.{i}.self_attn.k_proj": "blk.{i}.attn_k",
     "layers.{i}.self_attn.v_proj": "blk.{i}.attn_v",
     "layers.{i}.self_attn.o_proj": "blk.{i}.attn_output",
+    "layers.{i}.self_attn.q_norm": "blk.{i}.attn_q_norm",  # qwen3
+    "layers.{i}.self_attn.k_norm": "blk.{i}.attn_k_norm",
     "layers.{i}.mlp.gate_proj": "blk.{i}.ffn_gate",
     "layers.{i}.mlp.up_proj": "blk.{i}.ffn_up",
     "layers.{i}.mlp.down_proj": "blk.{i}.ffn_down",
