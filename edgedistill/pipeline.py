@@ -13,7 +13,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .bench import BenchConfig
@@ -68,6 +68,10 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     from .teacher import load_teacher
 
     kd, train, data_cfg = kd or KDConfig(), train or TrainConfig(), data_cfg or DataConfig()
+    if data and export_config.data is None:  # calibrate and verify on the user's text, as the
+        export_config = replace(export_config, data=str(data))  # CLI does
+    if data and bench_config.data is None:
+        bench_config = replace(bench_config, data=str(data))
     run_dir = Path(out).resolve()  # records hold absolute paths: usable from any folder
     run_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages.load(run_dir)
