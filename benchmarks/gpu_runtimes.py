@@ -9,8 +9,9 @@ the reason) when not. Builds a ~28M-parameter llama (the size of the issue's tes
 trains it briefly on standard-library source (so greedy decoding does not repeat one token),
 exports it for the consumer-gpu profile, and benchmarks every artifact in every runtime
 here. Figures for the profile's own card (an 8 GB RTX 4060 class) are predicted: scaled from
-the measurement (bench.scaled_to_card states the basis). Writes
-benchmarks/results/gpu_runtimes_<gpu>.json.
+the measurement (bench.scaled_to_card states the basis). Then the bundled all-MiniLM-L6-v2
+sentence encoder the same way (batches of the profile's size; no card prediction for
+encoders), unless --no-encoder. Writes benchmarks/results/gpu_runtimes_<gpu>.json.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/gpu_runtimes")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder part")
     args = ap.parse_args()
 
     from edgedistill.bench import BenchConfig, bench
@@ -100,6 +102,7 @@ def main() -> int:
             "graphs_over_eager": graphs / eager if eager and graphs else None,
             "graphs_over_static": graphs / static if static and graphs else None},
         "rows": rows,
+        "encoder": None if args.no_encoder else _encoder(work, runtimes, args.repeats),
     }
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     out = Path(args.out or ROOT / "results" / f"gpu_runtimes_{slug}.json")
@@ -115,6 +118,31 @@ def main() -> int:
     print(json.dumps({"benchmark": "gpu_runtimes", "gpu": gpu, "out": str(out),
                       "cuda_graphs_effect": doc["cuda_graphs_effect"]}))
     return 0
+
+
+def _encoder(work: Path, runtimes: tuple, repeats: int) -> dict:
+    """all-MiniLM-L6-v2 (bundled) exported for consumer-gpu and benched in every runtime."""
+    from edgedistill.bench import BenchConfig, bench
+    from edgedistill.export import ExportConfig, export
+    from edgedistill.teacher import load_teacher
+
+    model = load_teacher(None).path
+    res = export(model, "consumer-gpu", ExportConfig(quants=("fp16", "int4", "f16", "q8_0"),
+                                                     threads=2), work / "minilm")
+    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    recs = bench(arts, model, "consumer-gpu",
+                 BenchConfig(threads=2, repeats=max(repeats, 10), runtimes=runtimes))
+    rows = [{"artifact": f"{r['format']}:{r['quant']}", "runtime": r["bench"]["runtime"],
+             "device": r["bench"].get("device"),
+             **{k: r["bench"].get(k) for k in ("batch_ms", "sentences_per_s", "p95_ms",
+                                               "batch", "seq_len", "error")},
+             "cosine_to_teacher": (r.get("quality") or {}).get("cosine_to_teacher")}
+            for r in recs]
+    print(f"{'encoder runtime':<26} {'artifact':<12} {'ms/batch':>9} {'sent/s':>8}")
+    for x in rows:
+        print(f"{x['runtime']:<26} {x['artifact']:<12} {_f(x['batch_ms']):>9} "
+              f"{_f(x['sentences_per_s']):>8}  {x['error'] or ''}")
+    return {"model": "all-MiniLM-L6-v2 (bundled)", "rows": rows}
 
 
 def _params(model: Path) -> int:

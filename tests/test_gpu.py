@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,65 @@ def test_gpu_bench_records_with_the_cpu_standing_in_for_cuda(tmp_path, monkeypat
     pred = static["predicted"]["target"]
     assert pred["label"] == "predicted" and pred["decode_tokens_per_s"] > 0
     assert by["torch-cuda eager"]["quality"]["perplexity"] > 1
+
+
+def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, monkeypatch):
+    """Sentence encoders on the GPU runtimes: torch (the HF folder, once: no decode modes),
+    onnxruntime and llama.cpp (the exported files), with the CPU standing in for CUDA so that
+    CI runs the plumbing. Real CUDA runs: benchmarks/gpu_runtimes.py on a GPU machine."""
+    import edgedistill.bench as bench_mod
+    from edgedistill.bench import cuda, runners
+    from edgedistill.export import ExportConfig, export
+
+    from conftest import tiny_sentence_bert
+
+    model = tiny_sentence_bert(tmp_path / "bert")
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "f16")), tmp_path / "out")
+    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    monkeypatch.setattr(cuda, "runtime_status", lambda: dict.fromkeys(GPU_RUNTIMES))
+    monkeypatch.setattr(bench_mod, "cuda_device", lambda: "cpu standing in for CUDA")
+    monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "torch-cuda",
+                        {"runtime": "torch", "device": "cpu", "dtype": "float32"})
+    monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "onnxruntime-cuda",
+                        {"runtime": "onnxruntime", "providers": ["CPUExecutionProvider"]})
+    monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "llama.cpp-cuda",
+                        {"runtime": "llama.cpp", "gpu_layers": 0})
+    recs = bench(arts, model, "consumer-gpu", BenchConfig(repeats=2, runtimes=GPU_RUNTIMES))
+    gpu = {r["bench"]["runtime"]: r for r in recs if r["bench"]["runtime"] in GPU_RUNTIMES}
+    assert set(gpu) == set(GPU_RUNTIMES)
+    assert gpu["torch-cuda"]["format"] == "hf" and gpu["torch-cuda"]["options"] == {}
+    assert gpu["onnxruntime-cuda"]["path"].endswith(".onnx")
+    assert gpu["llama.cpp-cuda"]["path"].endswith(".gguf")
+    for rt, r in gpu.items():
+        b = r["bench"]
+        assert b["measured"] and b["batch_ms"] > 0, (rt, b)
+        assert b["device"] == "cpu standing in for CUDA (this machine)"
+        assert r["quality"]["measured"] and r["quality"]["cosine_to_teacher"] > 0.99, rt
+    cpu = [r for r in recs if r["bench"]["runtime"] not in GPU_RUNTIMES]
+    assert len(cpu) == len(arts) and all(r["bench"]["measured"] for r in cpu)
+    json.dumps(recs)
+    # the GPU runtime's settings reach the encoder worker: a provider onnxruntime lacks fails
+    from edgedistill.export.runtimes import RuntimeFailure
+
+    monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "onnxruntime-cuda",
+                        {"runtime": "onnxruntime", "providers": ["CUDAExecutionProvider"]})
+    onnx = gpu["onnxruntime-cuda"]["path"]
+    with pytest.raises(RuntimeFailure, match="could not start CUDAExecutionProvider"):
+        runners.time_artifact(Path(onnx), "onnx", threads=1, repeats=1, texts=["a b c"],
+                              tokenizer=model, runtime="onnxruntime-cuda")
+
+
+@pytest.mark.parametrize("rt", GPU_RUNTIMES)
+def test_encoder_on_a_real_gpu(rt, tmp_path):
+    if STATUS[rt]:
+        pytest.skip(f"{rt}: {STATUS[rt]}")
+    from edgedistill.export import ExportConfig, export
+
+    from conftest import tiny_sentence_bert
+
+    model = tiny_sentence_bert(tmp_path / "bert")
+    res = export(model, "consumer-gpu", ExportConfig(quants=("fp16", "f16")), tmp_path / "out")
+    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    recs = bench(arts, model, "consumer-gpu", BenchConfig(repeats=2, runtimes=(rt,)))
+    gpu = [r for r in recs if r["bench"]["runtime"] == rt]
+    assert gpu and all(r["bench"]["measured"] for r in gpu), [r["bench"] for r in gpu]

@@ -83,7 +83,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     teacher_dir = Path(teacher_dir)
     t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))
     encoder = t_shape.is_encoder
-    gpu = [] if encoder else gpu_runtimes(prof, config.runtimes, log)  # fails before work
+    gpu = gpu_runtimes(prof, config.runtimes, log)  # fails before work
     gpu_device = f"{cuda_device()} (this machine)" if gpu else None
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     device, local = _this_machine(threads)
@@ -106,7 +106,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         stream = [t for s in held for t in s]
         prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
     repeats = config.repeats or (ENCODER_REPEATS if encoder else CAUSAL_REPEATS)
-    artifacts = with_gpu_runs(artifacts, gpu, ("teacher", str(teacher_dir)))
+    artifacts = with_gpu_runs(artifacts, gpu, ("teacher", str(teacher_dir)), encoder)
     order = interleaved(artifacts)
     enc_raw: dict = {}
     if encoder:
@@ -258,10 +258,10 @@ def scaled_to_card(decode_tps: float, bytes_per_token: float, measured_gbps: flo
 
 
 def with_gpu_runs(artifacts: list[dict], gpu: list[str],
-                  default: tuple[str, str] | None = None) -> list[dict]:
+                  default: tuple[str, str] | None = None, encoder: bool = False) -> list[dict]:
     """``artifacts`` plus one entry per (artifact, GPU runtime of its format); torch-cuda runs
-    each model's HF folder in fp16 three ways (eager, static cache, CUDA graphs): the models
-    the artifacts came from, else ``default`` (role, HF folder)."""
+    each model's HF folder in fp16 (causal LMs three ways: eager, static cache, CUDA graphs;
+    encoders once): the models the artifacts came from, else ``default`` (role, HF folder)."""
     from ..formats import RUNTIMES
 
     out = list(artifacts)
@@ -269,9 +269,11 @@ def with_gpu_runs(artifacts: list[dict], gpu: list[str],
         if rt == "torch-cuda":
             models = dict.fromkeys((a["role"], a["model_dir"]) for a in artifacts) or \
                 dict.fromkeys([default] if default else [])
+            modes = [None] if encoder else TORCH_MODES
             out += [{"role": role, "path": model_dir, "format": "hf", "quant": "fp16",
-                     "model_dir": model_dir, "runtime": rt, "options": {"mode": mode}}
-                    for role, model_dir in models for mode in TORCH_MODES]
+                     "model_dir": model_dir, "runtime": rt,
+                     "options": {"mode": mode} if mode else {}}
+                    for role, model_dir in models for mode in modes]
         else:
             out += [dict(a, runtime=rt) for a in artifacts
                     if a["format"] == RUNTIMES[rt][0] and "runtime" not in a]
@@ -302,6 +304,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
     process in turn (bench/worker.py, encoder_paired), so student and teacher share the
     machine's good and bad seconds alike."""
     from ..export.runtimes import child
+    from .runners import GPU_RUNTIME_TASK
 
     out: dict = {}
     for k in order:
@@ -309,18 +312,22 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
         try:
             out[k] = time_artifact(Path(art["path"]), art["format"], threads=threads, repeats=1,
                                    texts=texts, seq_len=seq_len,
-                                   tokenizer=Path(art["model_dir"]), timeout=timeout)
+                                   tokenizer=Path(art["model_dir"]), timeout=timeout,
+                                   runtime=art.get("runtime"), options=art.get("options"))
         except RuntimeFailure as e:
             out[k] = e
     by_runtime: dict = {}
     for k in order:
         if not isinstance(out[k], RuntimeFailure):
-            by_runtime.setdefault(RUNTIME_OF_FORMAT[artifacts[k]["format"]], []).append(k)
+            art = artifacts[k]
+            by_runtime.setdefault(art.get("runtime") or RUNTIME_OF_FORMAT[art["format"]],
+                                  []).append(k)
     for runtime, ks in by_runtime.items():
         task = {"kind": "encoder_paired", "runtime": runtime, "threads": threads,
                 "repeats": repeats, "texts": texts, "seq_len": seq_len,
                 "models": [str(artifacts[k]["path"]) for k in ks],
                 "tokenizers": [str(artifacts[k]["model_dir"]) for k in ks]}
+        task |= GPU_RUNTIME_TASK.get(runtime, {})  # a GPU runtime: its worker and device
         try:
             res = child("edgedistill.bench.worker", task, timeout * len(ks), runtime)
         except RuntimeFailure as e:

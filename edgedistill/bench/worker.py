@@ -51,14 +51,22 @@ def _llama_causal(task):
     return {"runs": runs}
 
 
-def _ort_causal(task):
-    from ..export.runtimes import _empty_past, onnx_causal_feeds, ort_session
+def _ort_session(task, spin: bool = True):
+    """The task's model on its ``providers`` (default CPU); refuses a silent fallback."""
+    from ..export.runtimes import ort_session
 
     providers = task.get("providers") or ["CPUExecutionProvider"]
-    sess = ort_session(Path(task["model"]), task["threads"], providers=providers)
+    sess = ort_session(Path(task["model"]), task["threads"], providers=providers, spin=spin)
     if sess.get_providers()[0] != providers[0]:  # onnxruntime falls back without a word
         raise RuntimeError(f"onnxruntime could not start {providers[0]} (it fell back to "
                            f"{sess.get_providers()[0]}); check the CUDA and cuDNN libraries")
+    return sess
+
+
+def _ort_causal(task):
+    from ..export.runtimes import _empty_past, onnx_causal_feeds
+
+    sess = _ort_session(task)
     outputs = [o.name for o in sess.get_outputs()]
     prompt, n_new = task["prompt"], task["new_tokens"]
     runs = []
@@ -199,20 +207,27 @@ def _encoder_paired(task):
 
 
 def _encoder_run(task):
+    """A function that embeds the task's texts once. GPU fields as for the causal runners:
+    ``gpu_layers`` (llama.cpp), ``providers`` (onnxruntime), ``device``/``dtype`` (torch)."""
     texts, runtime = task["texts"], task["runtime"]
     if runtime == "llama.cpp":
+        import llama_cpp
         from llama_cpp import Llama
 
+        gpu_layers = task.get("gpu_layers", 0)
+        if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+            raise RuntimeError("llama-cpp-python was built without a GPU backend")
         llm = Llama(task["model"], embedding=True, n_ctx=4096, n_batch=4096, n_ubatch=4096,
-                    n_threads=task["threads"], n_threads_batch=task["threads"], verbose=False)
+                    n_threads=task["threads"], n_threads_batch=task["threads"],
+                    n_gpu_layers=gpu_layers, verbose=False)
         run = lambda: llm.embed(texts)  # noqa: E731
     elif runtime == "onnxruntime":
         from transformers import AutoTokenizer
 
-        from ..export.runtimes import SENTENCE_EMBEDDING, ort_session
+        from ..export.runtimes import SENTENCE_EMBEDDING
         tok = AutoTokenizer.from_pretrained(task["tokenizer"])
         # loaded once, as deployed; several sessions taking turns must not spin (see there)
-        sess = ort_session(Path(task["model"]), task["threads"], spin=not task.get("paired"))
+        sess = _ort_session(task, spin=not task.get("paired"))
         names = {i.name for i in sess.get_inputs()}
 
         def run():  # tokenizing is part of the work, as in llama.cpp's embed()
@@ -225,14 +240,16 @@ def _encoder_run(task):
         from transformers import AutoModel, AutoTokenizer
 
         torch.set_num_threads(task["threads"])
+        device = task.get("device", "cpu")
         tok = AutoTokenizer.from_pretrained(task["model"])
-        model = AutoModel.from_pretrained(task["model"]).eval()
+        model = AutoModel.from_pretrained(
+            task["model"], dtype=getattr(torch, task.get("dtype", "float32"))).to(device).eval()
 
         def run():
             with torch.inference_mode():
                 enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
-                          return_tensors="pt")
-                return model(**enc).last_hidden_state
+                          return_tensors="pt").to(device)
+                return model(**enc).last_hidden_state.float().cpu()  # on the host: done
     return run
 
 
