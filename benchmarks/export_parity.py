@@ -71,6 +71,7 @@ def main() -> int:
         f = a.verdict.figures
         rows.append({"format": a.format, "quant": a.quant, "status": a.status,
                      "size_bytes": a.path.stat().st_size, "tensor_types": a.tensor_types,
+                     "quantization": a.quantization,
                      **{k: f.get(k) for k in ("max_abs_diff", "top1_agreement", "kl",
                                                 "top1_agreement_confident", "confident_share",
                                                 "tokens")}})
