@@ -204,7 +204,7 @@ def test_export_input_errors(trained_llama, tmp_path):
     gpt2 = write_config(tmp_path / "gpt2", {"model_type": "gpt2", "n_embd": 64})
     with pytest.raises(TeacherError, match="unsupported architecture") as e:
         export(gpt2, "laptop", out=tmp_path / "o")
-    assert "llama, qwen2, mistral, bert" in e.value.hint
+    assert "llama, qwen2, qwen3, mistral, bert" in e.value.hint
     with pytest.raises(EdgeDistillError, match="no config.json"):
         export(tmp_path, "laptop")
 
