@@ -139,7 +139,7 @@ def _artifact(work: Path, hf: Path, fmt: str, quant: str, threads: int) -> Path:
         if quant == "f16":
             return f16
         out = hf.parent / f"model-{quant}.gguf"
-        return out if out.is_file() else quantize_gguf(f16, quant, out, threads)
+        return out if out.is_file() else quantize_gguf(f16, quant, out, threads)[0]
     from .export.onnx import export_onnx
     from .quantize.onnx import quantize_onnx, quantized_path
 

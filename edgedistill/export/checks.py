@@ -328,7 +328,7 @@ class Checker:
         sources = floats + (["f32"] if quantized and "f32" not in floats else [])
         arts, tp, scratch = [], None, []
 
-        def check(path: Path, quant: str, t0: float, details: dict | None = None):
+        def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
             v = self.verify(path, "gguf", quant)
             if tp is not None and not tp["passed"]:
                 v.passed = False
@@ -336,13 +336,13 @@ class Checker:
                                   "probe texts tokenize differently in llama.cpp")
             types = tensor_types(path) if path.exists() and not v.error else None
             note = _fallback_note(quant, types)
-            imp = (details or {}).get("importance_matrix")
-            if imp:
+            if quantization:
+                imp = quantization["importance_matrix"]
                 note = "; ".join(filter(None, [note, (
                     f"importance matrix from {imp['tokens']} calibration tokens weighted "
                     f"{imp['tensors']} tensors")]))
             self._report("gguf", quant, path, v, t0)
-            arts.append(Artifact(path, "gguf", quant, v, types, note, details))
+            arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
 
         for ft in sources:
             t0 = time.time()
@@ -356,36 +356,33 @@ class Checker:
             else:
                 scratch.append(path)
         src = out_dir / "model.f32.gguf"
-        imatrix = None
+        npz, tokens = out_dir / ".importance.npz", 0
         for q in quantized:
             t0 = time.time()
-            if calib and q in IMPORTANCE_QUANTS and imatrix is None:
-                imatrix = self._importance(calib, out_dir / ".importance.npz")
-                scratch.append(imatrix[0])
-            report: dict = {}
-            path = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads,
-                                 imatrix[0] if imatrix and q in IMPORTANCE_QUANTS else None,
-                                 report)
-            details = None
-            if report.get("importance_tensors"):
-                details = {"importance_matrix": {"tokens": imatrix[1],
-                                                 "tensors": report["importance_tensors"]}}
-            check(path, q, t0, details)
+            weigh = bool(calib) and q in IMPORTANCE_QUANTS
+            if weigh and not tokens:  # measured once, for the first quantization that uses it
+                tokens = self._importance(calib, npz)
+                scratch.append(npz)
+            path, weighted = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads,
+                                           npz if weigh else None)
+            check(path, q, t0, {"importance_matrix": {"tokens": tokens, "tensors": weighted}}
+                  if weighted else None)
         for p in scratch:
             p.unlink(missing_ok=True)
         return arts, tp
 
-    def _importance(self, calib: list, path: Path) -> tuple[Path, int]:
-        """The importance matrix of the model's linear layers on ``calib``, saved at ``path``."""
-        from ..quantize.gguf import importance_matrix, save_importance
+    def _importance(self, calib: list, path: Path) -> int:
+        """Save the importance matrix of the model's linear layers on ``calib`` at ``path``
+        (.npz); returns the number of tokens it was measured on."""
+        from ..quantize.gguf import importance_matrix
 
         t0 = time.time()
         matrix, tokens = importance_matrix(self.model_dir, self.shape.family, calib, self.tok,
                                            self.encoder)
-        save_importance(matrix, path)
+        np.savez(path, **matrix)
         self.log(f"gguf: importance matrix of {len(matrix)} weights from {tokens} calibration "
                  f"tokens ({time.time() - t0:.1f}s)")
-        return path, tokens
+        return tokens
 
 
 _EXPECTED = {"q8_0": {"Q8_0"}, "q6_k": {"Q6_K"}, "q5_k_m": {"Q5_K", "Q6_K"},

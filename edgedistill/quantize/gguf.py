@@ -43,10 +43,10 @@ def weight_types(path: str | Path) -> dict[str, str]:
 
 
 def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2,
-                  importance: str | Path | None = None, report: dict | None = None) -> Path:
+                  importance: str | Path | None = None) -> tuple[Path, int]:
     """Quantize the float GGUF ``src`` to ``quant`` at ``dst`` (atomically). ``importance``:
-    an .npz written by :func:`save_importance`; the tensors it covers are quantized with it,
-    and ``report["importance_tensors"]`` says how many they were."""
+    an .npz of {GGUF tensor name: importance vector} (:func:`importance_matrix`); the tensors
+    it covers are quantized with it. Returns (``dst``, number of tensors it weighted)."""
     from ..export.runtimes import RuntimeFailure, llama_worker
 
     if quant not in QUANTS:
@@ -59,21 +59,19 @@ def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2
                             "threads": threads,
                             "importance": str(importance) if importance else None})
         tmp.replace(dst)
-        if report is not None:
-            report["importance_tensors"] = res.get("importance_tensors", 0)
     except RuntimeFailure as e:
         raise EdgeDistillError(f"llama.cpp could not quantize {src.name} to {quant}: {e}.",
                                "check the float GGUF loads (edgedistill export --quant f16)")
     finally:
         tmp.unlink(missing_ok=True)
-    return dst
+    return dst, res.get("importance_tensors", 0)
 
 
 def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
                       encoder: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """({GGUF tensor name: mean square of each input column}, tokens seen) for every linear
     layer of the HF model, run in torch on ``items``: token-id sequences for a causal LM,
-    sentences (tokenized with ``tok``, padding left out) for an encoder."""
+    sentences (tokenized with ``tok``, one at a time: no padding) for an encoder."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -82,13 +80,10 @@ def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
     cls = AutoModel if encoder else AutoModelForCausalLM
     model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
     sums: dict[str, list] = {}
-    keep: list = [None]  # the current batch's non-padding positions
 
     def hook(name):
         def record(_mod, inputs, _out):
-            x = inputs[0].detach()
-            x = x[keep[0]] if keep[0] is not None else x.reshape(-1, x.shape[-1])
-            x = x.double()
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
             acc = sums.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64), 0])
             acc[0] += (x * x).sum(0)
             acc[1] += x.shape[0]
@@ -106,25 +101,14 @@ def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
             handles.append(mod.register_forward_hook(hook(gname)))
     tokens = 0
     with torch.no_grad():
-        if encoder:
-            for i in range(0, len(items), 8):
-                enc = tok(items[i:i + 8], padding=True, truncation=True, max_length=128,
-                          return_tensors="pt")
-                keep[0] = enc["attention_mask"].bool()
-                tokens += int(keep[0].sum())
-                model(**enc)
-        else:
-            for ids in items:
-                model(input_ids=torch.tensor([list(ids)]))
-                tokens += len(ids)
+        for item in items:
+            enc = (tok(item, truncation=True, max_length=128, return_tensors="pt") if encoder
+                   else {"input_ids": torch.tensor([list(item)])})
+            model(**enc)
+            tokens += enc["input_ids"].shape[1]
     for h in handles:
         h.remove()
     return {k: (v[0] / max(v[1], 1)).float().numpy() for k, v in sums.items()}, tokens
-
-
-def save_importance(matrix: dict[str, np.ndarray], path: str | Path) -> Path:
-    np.savez(path, **matrix)
-    return Path(path)
 
 
 def _ggml_quantize_chunk():
