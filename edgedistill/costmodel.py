@@ -77,24 +77,36 @@ def _weight_bytes(s: ModelShape, q: QuantType, block: int) -> tuple[float, float
     """(bytes of all weights, bytes of the matrices one decode step streams, fallback note)."""
     h, f, qd = s.hidden_size, s.intermediate_size, s.q_dim
     bpw_h, bpw_f, bpw_q = (matrix_bpw(q, r, block) for r in (h, f, qd))
-    if q.format == "onnx" and q.name == "int8":
-        bpw_f = 32.0  # FFN down projections stay float (quantize/onnx.py: ffn_down_nodes)
-    attn = (h * qd + 2 * h * s.kv_dim) * bpw_h + qd * h * bpw_q
-    mlp = (2 * h * f * bpw_h + h * f * bpw_f) if not s.is_encoder else (h * f * bpw_h + f * h * bpw_f)
-    layer_bits = s.num_layers * (attn + mlp + 32 * s.layer_vector_params())
-    emb_bits = s.embedding_params() * bpw_h
+    bpw_v, bpw_emb, bpw_out = bpw_h, bpw_h, bpw_h
     # llama.cpp stores the output matrix in Q6_K whatever the quantized type (Q8_0 stays
     # Q8_0), and in Q8_0 when its rows are not multiples of 256 (llama-quant.cpp)
-    bpw_out = bpw_h
     if q.format == "gguf" and q.bits_per_weight < 16 and q.name != "q8_0" and not s.is_encoder:
         bpw_out = 8.5 if h % 256 else 6.5625
+    # onnxruntime (quantize/onnx.py): MatMulNBits leaves the embedding table float; its 8-bit
+    # blocks of 32 keep an fp32 scale each (9 bits a weight). int8 of an encoder is dynamic
+    # int8 with the FFN down projections float; int4 keeps the output head, the value and the
+    # FFN down projections at 8 bits.
+    if q.format == "onnx" and q.name == "int8" and s.is_encoder:
+        bpw_f = 32.0
+    elif q.format == "onnx" and q.name == "int8":
+        bpw_h = bpw_f = bpw_q = bpw_v = bpw_out = 9.0
+        bpw_emb = 32.0
+    elif q.format == "onnx" and q.name == "int4":
+        bpw_f = bpw_v = bpw_out = 9.0
+        bpw_emb = 32.0
+    attn = (h * qd + h * s.kv_dim) * bpw_h + h * s.kv_dim * bpw_v + qd * h * bpw_q
+    mlp = (2 * h * f * bpw_h + h * f * bpw_f) if not s.is_encoder else (h * f * bpw_h + f * h * bpw_f)
+    layer_bits = s.num_layers * (attn + mlp + 32 * s.layer_vector_params())
+    emb_bits = s.embedding_params() * bpw_emb
     head_bits = s.head_params() * bpw_out
     if s.tie_embeddings and not s.is_encoder:
+        if bpw_emb == 32.0:
+            bpw_out = 32.0  # the ONNX head multiplies by the float table's transpose
         emb_bits = s.embedding_params() * bpw_out  # the shared matrix is the output one
     total = (layer_bits + emb_bits + head_bits) / 8
     # One decode step reads every layer matrix, the output matrix, and one embedding row.
     out_bits = s.output_matrix_params() * bpw_out
-    streamed = (layer_bits + out_bits + h * bpw_h) / 8
+    streamed = (layer_bits + out_bits + h * bpw_emb) / 8
     note = ""
     if q.format == "gguf" and (bpw_h, bpw_f, bpw_q) != (q.bits_per_weight,) * 3:
         bad = sorted({r for r, b in ((h, bpw_h), (f, bpw_f), (qd, bpw_q))

@@ -352,3 +352,28 @@ def test_gguf_importance_matrix_lowers_the_weighted_error(trained_qwen2, tmp_pat
     better = [n for n, e in errors.items() if e["weighted"] < e["plain"]]
     assert len(better) >= 0.8 * len(errors), errors
     assert sum(e["weighted"] for e in errors.values()) < sum(e["plain"] for e in errors.values())
+
+
+def test_byte_level_bpe_with_a_byte_fallback_flag_is_gpt2(tmp_path):
+    """transformers' GGUF tokenizer conversion marks byte-level BPE byte-fallback and saves the
+    GGUF itself as tokenizer.model: still a gpt2 vocabulary, and llama.cpp tokenizes like HF."""
+    from edgedistill.export.gguf_vocab import tokenizer_kind
+
+    model = digits_bpe_llama(tmp_path / "m")
+    tj = json.loads((model / "tokenizer.json").read_text())
+    tj["model"]["byte_fallback"] = True
+    (model / "tokenizer.json").write_text(json.dumps(tj))
+    (model / "tokenizer.model").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    assert tokenizer_kind(model) == "gpt2"
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "out")
+    assert res.tokenizer_parity["passed"], res.tokenizer_parity
+
+
+def test_a_tokenizer_model_that_is_not_sentencepiece_is_a_clear_error(tmp_path):
+    model = sentencepiece_llama(tmp_path / "spm")
+    (model / "tokenizer.model").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    with pytest.raises(TokenizerKindError, match="is not a SentencePiece model") as e:
+        export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+               tmp_path / "out")
+    assert "tokenizer.json alone" in e.value.hint

@@ -66,11 +66,13 @@ def tokenizer_kind(model_dir: Path) -> str:
     if model == "WordPiece":
         return "bert"
     if model == "BPE":
+        # Byte-level BPE maps every byte to a vocabulary symbol first, so a byte_fallback flag
+        # on it never fires (transformers' GGUF tokenizer conversion sets one): gpt2, not llama.
+        if any(p.get("type") == "ByteLevel" for p in _pre_tokenizers(tj)):
+            return "gpt2"
         if (tj["model"].get("byte_fallback") or
                 any(p.get("type") == "Metaspace" for p in _pre_tokenizers(tj))):
             return "llama"
-        if any(p.get("type") == "ByteLevel" for p in _pre_tokenizers(tj)):
-            return "gpt2"
     if not tj and (model_dir / "tokenizer.model").is_file():
         return "llama"
     if not tj and (model_dir / "vocab.txt").is_file():
@@ -88,7 +90,23 @@ def check_tokenizer(model_dir: Path) -> str:
     kind = tokenizer_kind(model_dir)
     if kind == "gpt2":
         _gpt2_pre_name(_load_json(model_dir / "tokenizer.json"), model_dir)
+    if kind == "llama" and (model_dir / "tokenizer.model").is_file():
+        try:
+            import sentencepiece as spm
+        except ImportError:
+            spm = None
+        if spm is not None:
+            _sentencepiece(spm, model_dir / "tokenizer.model")
     return kind
+
+
+def _sentencepiece(spm, sp_file: Path):
+    try:
+        return spm.SentencePieceProcessor(model_file=str(sp_file))
+    except RuntimeError as e:  # not a SentencePiece model (e.g. a GGUF saved under that name)
+        raise TokenizerKindError(f"{sp_file} is not a SentencePiece model ({str(e)[:80]}).",
+                                 "remove or replace that file (tokenizer.json alone is "
+                                 "enough)") from e
 
 
 def _gpt2_pre_name(tj: dict, where: Path) -> str:
@@ -166,7 +184,7 @@ def _spm_vocab(model_dir: Path, tok, tj: dict, vocab_size: int) -> Vocab:
         except ImportError:
             spm = None
         if spm is not None:
-            sp = spm.SentencePieceProcessor(model_file=str(sp_file))
+            sp = _sentencepiece(spm, sp_file)
             tokens, types, scores = [], [], []
             for i in range(sp.vocab_size()):
                 tokens.append(sp.id_to_piece(i))
