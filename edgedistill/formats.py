@@ -45,8 +45,9 @@ _GGUF = [
     QuantType("gguf", "q4_k_m", 4.89, "int8", 2, 32, 2.0),
     QuantType("gguf", "q4_0", 4.5, "int8", 2, 32, 1.5),
 ]
-# onnxruntime: int8 dynamic keeps one fp32 scale per tensor (or channel); MatMulNBits int4 keeps
-# an fp32 scale and a 4-bit zero point per block of 32 (the block size is a profile choice).
+# onnxruntime: int8 of a causal LM is MatMulNBits 8-bit (an fp32 scale per block of 32), of an
+# encoder dynamic int8 (a scale per channel); MatMulNBits int4 keeps an fp32 scale and a 4-bit
+# zero point per block of 32 (the block size is a profile choice). See costmodel._weight_bytes.
 # QDQ: per-channel int8/int4 weights with int8 or int16 activations (Qualcomm's 8a8w,
 # 16a8w and 16a4w schemes for HTP).
 _ONNX = [
