@@ -65,8 +65,27 @@ def test_qwen2_onnx_quantizations_and_gguf(trained_qwen2, tmp_path):
     assert fp32.status == "passed" and fp32.verdict.figures["max_abs_diff"] <= 1e-4
     assert arts[("onnx", "int8")].verdict.figures["top1_agreement"] >= 0.9
     assert arts[("onnx", "int4")].verdict.figures["top1_agreement"] >= 0.8
+    # int8: every weight matmul in 8-bit blocks; int4: 4-bit, but head, v and down at 8
+    for quant, want in (("int8", {"8"}), ("int4", {"4", "8"})):
+        bits = _nbits_of(arts[("onnx", quant)].path)
+        assert set(bits.values()) == want, bits  # none left with a float weight
+    int4 = _nbits_of(arts[("onnx", "int4")].path)
+    assert all(b == "8" for n, b in int4.items() if "down_proj" in n or "v_proj" in n)
+    assert all(b == "4" for n, b in int4.items() if "q_proj" in n or "up_proj" in n)
     assert arts[("gguf", "f16")].status == "passed"  # tied embeddings + QKV bias
     assert arts[("gguf", "q8_0")].status == "passed"
+
+
+def _nbits_of(path) -> dict[str, str]:
+    """{node name: bits} of the MatMulNBits nodes, plus any MatMul left with a float weight."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name for t in g.initializer}
+    out = {n.name: str(next(a.i for a in n.attribute if a.name == "bits"))
+           for n in g.node if n.op_type == "MatMulNBits"}
+    out |= {n.name: "float" for n in g.node if n.op_type == "MatMul" and n.input[1] in inits}
+    return out
 
 
 def test_qwen3_onnx_and_gguf(trained_qwen3, tmp_path):
@@ -159,6 +178,9 @@ def test_bert_sentence_embedder_onnx_and_gguf(tmp_path):
     assert arts[("onnx", "fp32")].verdict.figures["cosine"] > 0.99999
     outputs = [o.name for o in ort.InferenceSession(str(arts[("onnx", "fp32")].path)).get_outputs()]
     assert "sentence_embedding" in outputs
+    import onnx  # encoders' int8 is dynamic int8 (integer matmuls), not MatMulNBits
+    ops = {n.op_type for n in onnx.load(str(arts[("onnx", "int8")].path)).graph.node}
+    assert "MatMulInteger" in ops and "MatMulNBits" not in ops
 
 
 def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):
