@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from edgedistill.distill.data import load_texts, pack, sentences_of, split_documents
 from edgedistill.errors import EdgeDistillError

@@ -2,7 +2,6 @@
 on 2 CPU processes (gloo), the top-K cache, teacher-generated data, encoders, bad input."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EdgeDistillError
-from .losses import HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss, layer_map, \
-    topk_kd_loss
+from .losses import HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss, topk_kd_loss
 
 
 @dataclass(frozen=True)
