@@ -82,16 +82,18 @@ def main() -> int:
         rows.append({"format": a.format, "quant": a.quant, "status": a.status,
                      "size_bytes": a.path.stat().st_size, "tensor_types": a.tensor_types,
                      "quantization": a.quantization,
-                     **{k: f.get(k) for k in ("max_abs_diff", "top1_agreement", "kl",
+                     **{k: f.get(k) for k in ("max_abs_diff", "max_rel_diff", "max_abs_logit",
+                                                "top1_agreement", "kl",
                                                 "top1_agreement_confident", "confident_share",
-                                                "tokens")}})
+                                                "tokens")},
+                     "failures": a.verdict.failures})
         goal = GOALS.get((a.format, a.quant))
         if goal:
             key, bound, op = goal
             ok = f[key] <= bound if op == "<=" else f[key] >= bound
             goals[f"{a.format}:{a.quant} {key} {op} {bound:g}"] = {"value": f[key], "met": ok}
     print(f"{'artifact':<14} {'MiB':>6} {'max|diff|':>10} {'top-1':>7} {'top-1*':>7} "
-          f"{'KL':>9}  status   (* tokens with a top-2 margin >= 0.1 nats)")
+          f"{'KL':>9}  status        (* tokens with a top-2 margin >= 0.1 nats)")
     for r in rows:
         print(f"{r['format'] + ':' + r['quant']:<14} {r['size_bytes'] / 2**20:6.2f} "
               f"{r['max_abs_diff']:10.3g} {r['top1_agreement']:7.4f} "

@@ -192,6 +192,16 @@ def report(run_dir: str | Path) -> dict:
         elif "cosine" in v:
             notes.append(f"Distillation: {dist['steps']} steps; held-out embedding cosine to "
                          f"the teacher {v['cosine']:.4f} (torch).")
+    checks: dict[str, list[str]] = {}
+    for r in records:
+        st = (r.get("parity") or {}).get("status")
+        checks.setdefault(st, []).append(f"{r['role']} {r['format']}:{r['quant']}")
+    notes.append("'check' is each file's verification against the torch model it came from "
+                 "(export/parity.py): passed meets the quality targets, below-target runs but "
+                 "loses more than they allow, failed is broken and must not be deployed." +
+                 "".join(f" {label}: {', '.join(checks[k])}." for k, label in
+                         (("below-target", "Below target"), ("failed", "FAILED"),
+                          ("error", "Could not run")) if checks.get(k)))
     for r in records:
         if "error" in (r.get("bench") or {}):
             notes.append(f"{r['role']} {r['format']}:{r['quant']} could not be measured: "

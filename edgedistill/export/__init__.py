@@ -4,8 +4,10 @@
 
 For each format the profile allows (or ``formats``): write the float artifact, then each
 quantization, run every file in its own runtime on held-out text, and judge it against the
-thresholds table (export/parity.py). GGUF tokenizers are also checked token for token against
-the HF tokenizer. Nothing is reported as good without having been run.
+thresholds table (export/parity.py): 'passed' (every target met), 'below-target' (usable, loses
+more than the target allows) or 'failed' (broken, or the runtime could not run it). GGUF
+tokenizers are also checked token for token against the HF tokenizer. Nothing is reported as
+good without having been run.
 """
 from __future__ import annotations
 
@@ -67,7 +69,9 @@ class Artifact:
 
     @property
     def status(self) -> str:
-        return "error" if self.verdict.error else ("passed" if self.verdict.passed else "failed")
+        """'passed', 'below-target', 'failed' (see export/parity.py) or 'error' (the runtime
+        could not run the file)."""
+        return "error" if self.verdict.error else self.verdict.status
 
     def to_dict(self) -> dict:
         return {
@@ -90,11 +94,19 @@ class ExportResult:
 
     @property
     def passed(self) -> bool:
+        """Every artifact met every target."""
         return all(a.status == "passed" for a in self.artifacts)
+
+    @property
+    def usable(self) -> bool:
+        """No artifact is broken: each passed or is below target (a tokenizer mismatch fails
+        the GGUF files)."""
+        return all(a.status in ("passed", "below-target") for a in self.artifacts)
 
     def to_dict(self) -> dict:
         return {"model": str(self.model_dir), "target": self.target, "out": str(self.out_dir),
-                "passed": self.passed, "tokenizer_parity": self.tokenizer_parity,
+                "passed": self.passed, "usable": self.usable,
+                "tokenizer_parity": self.tokenizer_parity,
                 "artifacts": [a.to_dict() for a in self.artifacts]}
 
 

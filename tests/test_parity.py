@@ -1,0 +1,76 @@
+"""The verification table and its verdicts: passed, below target, failed (fast, no models)."""
+from dataclasses import fields
+
+import pytest
+
+from edgedistill.export.parity import (ENCODER_THRESHOLDS, THRESHOLDS, Threshold, judge,
+                                       threshold_for)
+from edgedistill.formats import QUANT_TYPES
+
+# Figures measured on SmolLM2-135M-Instruct (benchmarks/results/export_parity_smollm2.json):
+# ordinary losses of a real small model, every one of which misses the export issue's targets.
+SMOLLM2 = {  # largest torch logit 47.1
+    ("onnx", "fp32"): {"max_abs_diff": 2.48e-4, "max_rel_diff": 5.27e-6, "kl": 1.3e-11,
+                       "top1_agreement": 1.0},
+    ("gguf", "f16"): {"max_abs_diff": 0.327, "max_rel_diff": 6.93e-3, "kl": 6.5e-6,
+                      "top1_agreement": 0.9988},
+    ("gguf", "q8_0"): {"top1_agreement": 0.9592, "kl": 0.0050, "max_abs_diff": 5.42},
+    ("onnx", "int8"): {"top1_agreement": 0.9661, "kl": 0.0040, "max_abs_diff": 7.05},
+    ("gguf", "q6_k"): {"top1_agreement": 0.9407, "kl": 0.0095, "max_abs_diff": 3.74},
+    ("gguf", "q5_k_m"): {"top1_agreement": 0.9443, "kl": 0.0089, "max_abs_diff": 4.54},
+    ("gguf", "q4_k_m"): {"top1_agreement": 0.8914, "kl": 0.0353, "max_abs_diff": 7.22},
+    ("onnx", "int4"): {"top1_agreement": 0.8271, "kl": 0.1162, "max_abs_diff": 16.1},
+    ("gguf", "q4_0"): {"top1_agreement": 0.7871, "kl": 0.1816, "max_abs_diff": 28.3},
+}
+
+
+def test_the_table_covers_every_quantization_and_floors_sit_below_targets():
+    lm = {key for key in QUANT_TYPES if key[0] != "hf"}
+    assert set(THRESHOLDS) == lm and set(ENCODER_THRESHOLDS) == lm
+    for table in (THRESHOLDS, ENCODER_THRESHOLDS):
+        for key, lim in table.items():
+            for f in fields(Threshold):
+                t, fl = getattr(lim.target, f.name), getattr(lim.floor, f.name)
+                if t is None or fl is None:
+                    continue
+                looser = fl <= t if f.name in ("top1_agreement", "cosine") else fl >= t
+                assert looser, (key, f.name, t, fl)
+            assert any(getattr(lim.floor, f.name) is not None for f in fields(Threshold)), key
+
+
+@pytest.mark.parametrize("key", list(SMOLLM2), ids=lambda k: ":".join(k))
+def test_a_real_models_ordinary_losses_are_below_target_not_failed(key):
+    v = judge(SMOLLM2[key], threshold_for(*key, encoder=False))
+    assert v.status == "below-target" and v.usable and not v.passed, v.failures
+    assert v.failures and all(f.endswith("(target)") for f in v.failures)
+
+
+def test_broken_files_fail_their_floor():
+    # a scaled LM head (every logit 1.3x): top-1 kept, distribution not
+    v = judge({"max_abs_diff": 6.0, "max_rel_diff": 0.23, "kl": 0.04, "top1_agreement": 1.0},
+              threshold_for("onnx", "fp32", encoder=False))
+    assert v.status == "failed" and not v.usable
+    assert any("largest logit" in f and f.endswith("(floor)") for f in v.failures)
+    # one wrong position in 128 (an off-by-one in a KV cache) in an F16 file
+    v = judge({"max_abs_diff": 0.3, "max_rel_diff": 0.012, "kl": 2.0 / 128,
+               "top1_agreement": 0.995}, threshold_for("gguf", "f16", encoder=False))
+    assert v.status == "failed" and any(f.startswith("KL") for f in v.failures)
+    # a 4-bit file that lost the model
+    v = judge({"top1_agreement": 0.41, "kl": 1.9}, threshold_for("gguf", "q4_k_m", False))
+    assert v.status == "failed" and len([f for f in v.failures if "(floor)" in f]) == 2
+    # a figure the runtime did not produce is a miss, not a pass
+    assert judge({}, threshold_for("gguf", "q8_0", encoder=False)).status == "failed"
+    assert judge({"cosine": 0.91}, threshold_for("onnx", "int8", encoder=True)).status == \
+        "failed"
+
+
+def test_exact_files_pass_and_the_verdict_serializes():
+    v = judge({"max_abs_diff": 3e-5, "max_rel_diff": 2e-6, "kl": 1e-12, "top1_agreement": 1.0},
+              threshold_for("onnx", "fp32", encoder=False))
+    assert v.status == "passed" and v.passed and v.usable and not v.failures
+    d = v.to_dict()
+    assert d["passed"] and d["status"] == "passed"
+    assert d["threshold"]["target"]["max_abs_diff"] == 1e-4
+    assert d["threshold"]["floor"]["max_rel_diff"] == 1e-4
+    v.fail("tokenizer parity: 3 of 40 probe texts tokenize differently in llama.cpp")
+    assert v.status == "failed" and not v.to_dict()["passed"]
