@@ -202,6 +202,11 @@ def report(run_dir: str | Path) -> dict:
                  "".join(f" {label}: {', '.join(checks[k])}." for k, label in
                          (("below-target", "Below target"), ("failed", "FAILED"),
                           ("error", "Could not run")) if checks.get(k)))
+    for role in ("student", "teacher"):
+        exp = run_dir / "export" / role / "export.json"
+        tp = (json.loads(exp.read_text()).get("tokenizer_parity") or {}) if exp.is_file() else {}
+        if tp.get("normalization"):
+            notes.append(f"GGUF tokenizer ({role}): {tp['normalization']['note']}.")
     for r in records:
         if "error" in (r.get("bench") or {}):
             notes.append(f"{r['role']} {r['format']}:{r['quant']} could not be measured: "

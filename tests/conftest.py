@@ -141,12 +141,27 @@ def sentencepiece_llama(folder: Path, keep_model_file: bool = True, legacy: bool
     return out
 
 
+def _train_chatml_byte_bpe(tok, text: str, vocab_size: int):
+    """Train the byte-level BPE ``tok`` (pre-tokenizer set) on ``text`` with ChatML special
+    tokens; returns it as a transformers fast tokenizer."""
+    import transformers
+    from tokenizers import decoders, pre_tokenizers, trainers
+
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text[i:i + 20000] for i in range(0, len(text), 20000)], trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                                eos_token="<|im_end|>")
+
+
 def digits_bpe_llama(folder: Path) -> Path:
     """A tiny tied-embedding llama (random weights) with a SmolLM-style byte-level BPE: each
     digit split off before GPT-2's split, and ChatML special tokens."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     from edgedistill.corpus import stdlib_source
 
@@ -155,13 +170,7 @@ def digits_bpe_llama(folder: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False,
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([text[i:i + 20000] for i in range(0, len(text), 20000)], trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
-                                                eos_token="<|im_end|>")
+    fast = _train_chatml_byte_bpe(tok, text, 400)
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
@@ -193,4 +202,37 @@ def tiny_sentence_bert(folder: Path) -> Path:
                                   num_hidden_layers=2, num_attention_heads=4,
                                   max_position_embeddings=128)
     transformers.BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def split_bpe_model(folder: Path, pre: str, family: str = "llama", nfc: bool = False) -> Path:
+    """A tiny model (random weights) with a Llama-3 or Qwen2 style byte-level BPE: the family's
+    Split regex, then ByteLevel without its own regex (``pre``: 'llama-bpe' or 'qwen2', the
+    llama.cpp names), ChatML special tokens and a chat template; ``nfc``: an NFC normalizer
+    first, as Qwen2's tokenizer.json has."""
+    import torch
+    import transformers
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    from edgedistill.corpus import stdlib_source
+    from edgedistill.export.gguf_vocab import _SPLIT_PRE
+
+    regex = {name: rx for rx, name in _SPLIT_PRE.items()}[pre]
+    text = stdlib_source(150_000) + "\nI'LL say WE'VE, naïve café 12345 日本語 🙂\n" * 20
+    tok = Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if nfc:
+        tok.normalizer = normalizers.NFC()
+    fast = _train_chatml_byte_bpe(tok, text, 500)
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                          "<|im_end|>\n{% endfor %}")
+    fast.save_pretrained(folder)
+    cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family]
+    torch.manual_seed(0)
+    cfg = cls(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     return folder

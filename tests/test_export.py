@@ -10,7 +10,8 @@ from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.export import ExportConfig, export, verify_artifact
 from edgedistill.export.gguf_vocab import TokenizerKindError
 
-from conftest import digits_bpe_llama, sentencepiece_llama, tiny_sentence_bert, write_config
+from conftest import (digits_bpe_llama, sentencepiece_llama, split_bpe_model, tiny_sentence_bert,
+                      write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,63 @@ def test_smollm_style_digit_split_tokenizer_gguf(tmp_path):
     pre = fields["tokenizer.ggml.pre"]
     assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(res.artifacts[0].path).tensors}
+
+
+def _gguf_pre(path) -> str:
+    import gguf
+
+    pre = gguf.GGUFReader(path).fields["tokenizer.ggml.pre"]
+    return bytes(pre.parts[pre.data[0]]).decode()
+
+
+@pytest.mark.parametrize("pre,family", [("llama-bpe", "llama"), ("qwen2", "qwen2")])
+def test_llama3_and_qwen2_style_tokenizers_gguf(pre, family, tmp_path):
+    """The Split-regex byte-level BPEs of Llama 3 and Qwen2. Qwen2's tokenizer.json applies NFC
+    and llama.cpp does not: the decomposed-accent probe matches only once normalized, which
+    the parity figures and the file's note say (the file is not broken)."""
+    model = split_bpe_model(tmp_path / "m", pre, family, nfc=family == "qwen2")
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "out")
+    tp = res.tokenizer_parity
+    assert tp["passed"] and tp["mismatches"] == 0, tp
+    assert _gguf_pre(res.artifacts[0].path) == pre
+    assert res.passed, res.artifacts[0].verdict.failures
+    if family == "qwen2":
+        assert tp["normalization"]["form"] == "NFC" and tp["normalization"]["texts"] >= 1
+        assert "normalize text to NFC" in res.artifacts[0].note
+    else:
+        assert "normalization" not in tp
+
+
+def test_a_wrong_pre_tokenizer_name_fails_the_parity_probes(tmp_path, monkeypatch):
+    """Control for the test above: the probes tell Llama-3's split from GPT-2's."""
+    from edgedistill.export import gguf_vocab
+
+    model = split_bpe_model(tmp_path / "m", "llama-bpe")
+    monkeypatch.setattr(gguf_vocab, "_SPLIT_PRE",
+                        {rx: "gpt-2" for rx in gguf_vocab._SPLIT_PRE})
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "out")
+    assert _gguf_pre(res.artifacts[0].path) == "gpt-2"
+    assert not res.tokenizer_parity["passed"] and res.artifacts[0].status == "failed"
+
+
+def test_a_cased_wordpiece_tokenizer_is_refused(tmp_path):
+    """llama.cpp's WordPiece lowercases all text: a cased BERT vocabulary cannot be a GGUF."""
+    model = tiny_sentence_bert(tmp_path / "bert")
+    tj = json.loads((model / "tokenizer.json").read_text())
+    tj["normalizer"]["lowercase"] = False
+    (model / "tokenizer.json").write_text(json.dumps(tj))
+    for folder in (model, tmp_path / "vocab-only"):
+        if folder != model:  # vocab.txt and tokenizer_config.json only (BertTokenizer)
+            shutil.copytree(model, folder, ignore=shutil.ignore_patterns("tokenizer.json"))
+            cfg = json.loads((folder / "tokenizer_config.json").read_text())
+            (folder / "tokenizer_config.json").write_text(
+                json.dumps({**cfg, "do_lower_case": False}))
+        with pytest.raises(TokenizerKindError, match="cased WordPiece") as e:
+            export(folder, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                   tmp_path / "out")
+        assert "--formats onnx" in e.value.hint
 
 
 def test_pytorch_bin_checkpoint_exports(trained_llama, tmp_path):

@@ -22,6 +22,8 @@ TOKENIZER_PROBES = [
     "1234567890 + 0.5e-10 = x",
     "URL: https://example.com/path?q=1&r=2#frag",
     "MixedCASE words_with_underscores and-hyphens",
+    "I'LL SAY WE'VE, you'Re THEY'D don't",
+    "decomposed: cafe\u0301 an\u0303o A\u030a",
     "",
     " ",
     "\n",
@@ -313,13 +315,31 @@ class Checker:
             got = gguf_tokenize(gguf_path, probes)
         except RuntimeFailure as e:
             return {"passed": False, "cases": len(probes), "mismatches": None, "error": str(e)}
-        bad = []
-        for text, g in zip(probes, got):
-            h = self.tok(text, add_special_tokens=False)["input_ids"]
-            if list(h) != list(g):
-                bad.append({"text": text[:120], "hf": h[:24], "llama.cpp": g[:24]})
+        hf = [list(self.tok(t, add_special_tokens=False)["input_ids"]) for t in probes]
+        bad = [i for i, g in enumerate(got) if hf[i] != list(g)]
+        out = {}
+        form = _unicode_normalization(self.tok)
+        if form and bad:
+            # The HF tokenizer normalizes (Qwen2: NFC) and llama.cpp does not. A text that
+            # matches once normalized is the caller's to normalize, not a broken file.
+            import unicodedata
+
+            normed = [unicodedata.normalize(form, probes[i]) for i in bad]
+            again = gguf_tokenize(gguf_path, normed)
+            fixed = [i for i, n, g in zip(bad, normed, again)
+                     if n != probes[i] and list(g) == hf[i]]
+            if fixed:
+                bad = [i for i in bad if i not in fixed]
+                out["normalization"] = {
+                    "form": form, "texts": len(fixed),
+                    "note": (f"the HF tokenizer applies {form} before tokenizing and llama.cpp "
+                             f"does not: {len(fixed)} probe text(s) not in {form} tokenize the "
+                             f"same only once normalized; normalize text to {form} before "
+                             "llama.cpp tokenizes it")}
+        examples = [{"text": probes[i][:120], "hf": hf[i][:24], "llama.cpp": got[i][:24]}
+                    for i in bad[:3]]
         return {"passed": not bad, "cases": len(probes), "mismatches": len(bad),
-                "examples": bad[:3]}
+                "examples": examples, **out}
 
     def gguf_artifacts(self, out_dir: Path, quants: list[str], calib: list | None = None):
         """Float GGUF files, then each quantization. ``calib``: calibration items; when given,
@@ -342,6 +362,8 @@ class Checker:
                        "tokenize differently in llama.cpp")
             types = tensor_types(path) if path.exists() and not v.error else None
             note = _fallback_note(quant, types)
+            if tp is not None and tp.get("normalization"):
+                note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
             if quantization:
                 imp = quantization["importance_matrix"]
                 note = "; ".join(filter(None, [note, (
@@ -356,7 +378,9 @@ class Checker:
             if tp is None:
                 tp = self.tokenizer_parity(path)
                 self.log(f"gguf: tokenizer parity {'passed' if tp['passed'] else 'FAILED'} "
-                         f"({tp['cases']} probe texts)")
+                         f"({tp['cases']} probe texts)"
+                         + (f"; {tp['normalization']['note']}" if tp.get("normalization")
+                            else ""))
             if ft in floats:
                 check(path, ft, t0)
             else:
@@ -393,6 +417,20 @@ class Checker:
 
 _EXPECTED = {"q8_0": {"Q8_0"}, "q6_k": {"Q6_K"}, "q5_k_m": {"Q5_K", "Q6_K"},
              "q4_k_m": {"Q4_K", "Q6_K"}, "q4_0": {"Q4_0", "Q6_K"}}
+
+
+def _unicode_normalization(tok) -> str | None:
+    """The Unicode normalization form (NFC, NFKC, ...) the HF tokenizer applies, if any."""
+    import json
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is None:
+        return None
+    norm = json.loads(backend.to_str()).get("normalizer") or {}
+    for n in norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]:
+        if n.get("type") in ("NFC", "NFKC", "NFD", "NFKD"):
+            return n["type"]
+    return None
 
 
 def _fallback_note(quant: str, types: dict | None) -> str:

@@ -84,10 +84,34 @@ def tokenizer_kind(model_dir: Path) -> str:
         "model to ONNX instead (--formats onnx)")
 
 
+def _normalizers(tj: dict) -> list[dict]:
+    norm = tj.get("normalizer") or {}
+    return norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+
+
+def _check_wordpiece_case(model_dir: Path, tj: dict) -> None:
+    """llama.cpp's WordPiece tokenizer lowercases all text (after NFD), whatever the GGUF
+    says; a cased WordPiece vocabulary (bert-base-cased and its kin) cannot be written."""
+    if tj:
+        bert_norms = [n for n in _normalizers(tj) if n.get("type") == "BertNormalizer"]
+        cased = bool(bert_norms) and not any(n.get("lowercase", True) for n in bert_norms)
+    else:  # vocab.txt alone: BertTokenizer's do_lower_case (default True)
+        cfg = _load_json(model_dir / "tokenizer_config.json")
+        cased = cfg.get("do_lower_case", True) is False
+    if cased:
+        raise TokenizerKindError(
+            f"{model_dir}: a cased WordPiece tokenizer (it does not lowercase), but llama.cpp's "
+            "WordPiece tokenizer lowercases all text, so the GGUF would tokenize differently.",
+            "export this model to ONNX instead (--formats onnx)")
+
+
 def check_tokenizer(model_dir: Path) -> str:
     """The GGUF tokenizer kind of ``model_dir``, after checking that it can be written (kind and,
-    for byte-level BPE, a pre-tokenizer llama.cpp knows); raises TokenizerKindError."""
+    for byte-level BPE, a pre-tokenizer llama.cpp knows; for WordPiece, lowercasing); raises
+    TokenizerKindError."""
     kind = tokenizer_kind(model_dir)
+    if kind == "bert":
+        _check_wordpiece_case(model_dir, _load_json(model_dir / "tokenizer.json"))
     if kind == "gpt2":
         _gpt2_pre_name(_load_json(model_dir / "tokenizer.json"), model_dir)
     if kind == "llama" and (model_dir / "tokenizer.model").is_file():
@@ -161,6 +185,7 @@ def build_vocab(model_dir: Path, tok, vocab_size: int) -> Vocab:
         merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
         return Vocab("gpt2", tokens, types, merges=merges, pre=_gpt2_pre_name(tj, model_dir))
     if kind == "bert":
+        _check_wordpiece_case(model_dir, tj)
         tokens, types, _ = _base(tok, vocab_size)
         special = set(tok.all_special_ids)
         out = []
