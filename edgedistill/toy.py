@@ -35,12 +35,14 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
                    layers: int = 4, heads: int = 4, kv_heads: int = 2, ffn: int = 512,
                    vocab: int = 1024, steps: int = 200, seq_len: int = 128, batch: int = 8,
                    lr: float = 3e-3, chars: int = 2_000_000, seed: int = 0,
-                   text: str | None = None, log=None) -> Path:
+                   text: str | None = None, overrides: dict | None = None,
+                   log=None) -> Path:
     """Train a small causal LM on standard-library source and save it (HF folder with
     tokenizer) to ``out_dir``. Returns ``out_dir``. Deterministic for a given seed.
 
     ``text``: train on this instead of the first ``chars`` of standard-library source (the
-    tokenizer is then learnt from the first ``chars`` of ``text``)."""
+    tokenizer is then learnt from the first ``chars`` of ``text``). ``overrides``: config
+    values set last (e.g. ``{"attention_bias": True}``)."""
     import torch
     import transformers
 
@@ -49,15 +51,16 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
     text = stdlib_source(chars) if text is None else text
     tok = train_bpe_tokenizer(text[:chars], vocab)
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
-    cfg_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-               "qwen3": transformers.Qwen3Config}[family]
+    cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+               "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
     # qwen3: heads wider than hidden/heads, as in the real ones (Qwen3-0.6B: 16 x 128 > 1024)
     extra = {"head_dim": 2 * hidden // heads} if family == "qwen3" else {}
-    cfg = cfg_cls(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn,
+    values = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn,
                   num_hidden_layers=layers, num_attention_heads=heads,
                   num_key_value_heads=kv_heads, max_position_embeddings=max(512, seq_len),
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   tie_word_embeddings=family in ("qwen2", "qwen3"), **extra)
+    cfg = cfg_cls(**{**values, **(overrides or {})})
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)

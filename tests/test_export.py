@@ -140,6 +140,54 @@ def test_smollm_style_digit_split_tokenizer_gguf(tmp_path):
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(res.artifacts[0].path).tensors}
 
 
+# Shapes and checkpoints real hub models have that the fixtures above do not: biases on every
+# projection, heads wider than hidden/heads, mistral, rows that are not multiples of 32,
+# multi-query attention with tied embeddings, a padded vocabulary (Qwen), bf16 and sharded
+# checkpoints (safetensors and .bin), eos as a list (Llama 3).
+_VARIANTS = {
+    "llama-all-biases": ("llama", {"attention_bias": True, "mlp_bias": True}, None),
+    "llama-head-dim-32": ("llama", {"hidden_size": 96, "num_attention_heads": 6,
+                                    "head_dim": 32}, None),
+    "mistral": ("mistral", {"sliding_window": None}, None),
+    "llama-hidden-72": ("llama", {"hidden_size": 72, "intermediate_size": 200}, None),
+    "llama-mqa-tied": ("llama", {"num_key_value_heads": 1, "tie_word_embeddings": True}, None),
+    "qwen2-padded-vocab": ("qwen2", {"vocab_size": 381}, None),
+    "llama-bf16-sharded": ("llama", {}, {"dtype": "bfloat16", "max_shard_size": "100KB"}),
+    "llama-bin-sharded-eos-list": ("llama", {"eos_token_id": [0, 5]},
+                                   {"max_shard_size": "100KB", "safe_serialization": False}),
+}
+
+
+@pytest.mark.parametrize("name", list(_VARIANTS))
+def test_real_world_config_variants_export(name, tmp_path):
+    import torch
+    import transformers
+
+    from edgedistill.toy import make_causal_lm
+
+    family, overrides, save = _VARIANTS[name]
+    model = make_causal_lm(tmp_path / name, family=family, hidden=64, layers=2, heads=4,
+                           kv_heads=2, ffn=128, vocab=320, steps=60, seq_len=64, batch=8,
+                           chars=150_000, lr=1e-2, overrides=overrides)
+    if save:  # re-save the checkpoint as hub repositories ship it
+        m = transformers.AutoModelForCausalLM.from_pretrained(model)
+        for f in list(model.glob("*.safetensors")) + list(model.glob("*.index.json")):
+            f.unlink()
+        if "dtype" in save:
+            m = m.to(getattr(torch, save["dtype"]))
+        m.save_pretrained(model, **{k: v for k, v in save.items() if k != "dtype"})
+        assert (model / ("model.safetensors.index.json" if save.get("safe_serialization", True)
+                         else "pytorch_model.bin.index.json")).is_file()
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0"),
+                                               eval_sequences=4, seq_len=64), tmp_path / "out")
+    assert res.tokenizer_parity["passed"], res.tokenizer_parity
+    # float files meet their targets; 8-bit ones on 256 tokens of a 60-step model may sit just
+    # under theirs, but a wrong layout or a lost bias would fail their floors
+    for art in res.artifacts:
+        want = ("passed",) if art.quant in ("fp32", "f16") else ("passed", "below-target")
+        assert art.status in want, (art.format, art.quant, art.verdict.failures)
+
+
 def _gguf_pre(path) -> str:
     import gguf
 
