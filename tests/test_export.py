@@ -491,6 +491,8 @@ def test_gguf_importance_matrix_lowers_the_weighted_error(trained_qwen2, tmp_pat
     assert a.quantization is None and weighted[("gguf", "q8_0")].quantization is None
     info = b.quantization["importance_matrix"]
     assert info["tokens"] > 1000 and "importance matrix" in b.note
+    cal = info["calibration"]  # kept because it lowered the KL on the calibration items
+    assert info["used"] and cal["metric"] == "kl" and cal["weighted"] <= cal["plain"], info
 
     tok = AutoTokenizer.from_pretrained(trained_qwen2)
     _, calib = eval_data(trained_qwen2, tok, False, ExportConfig())
@@ -512,6 +514,42 @@ def test_gguf_importance_matrix_lowers_the_weighted_error(trained_qwen2, tmp_pat
     better = [n for n, e in errors.items() if e["weighted"] < e["plain"]]
     assert len(better) >= 0.8 * len(errors), errors
     assert sum(e["weighted"] for e in errors.values()) < sum(e["plain"] for e in errors.values())
+
+
+def test_an_importance_matrix_that_hurts_is_not_used(trained_qwen2, tmp_path, monkeypatch):
+    """A matrix that weighs one column per block of 32 and ignores the rest makes ggml fit
+    each block to that one weight: the calibration run must see it, keep llama.cpp's plain
+    quantization (the very file importance=False writes) and say so."""
+    import hashlib
+
+    from edgedistill.quantize import gguf as qg
+
+    real = qg.importance_matrix
+
+    def spiky(*args, **kwargs):
+        matrix, tokens = real(*args, **kwargs)
+        rng = np.random.default_rng(0)
+        out = {}
+        for name, v in matrix.items():
+            spikes = np.full(v.shape, 1e-8, dtype=np.float32)
+            for b in range(0, v.size, 32):
+                spikes[b + rng.integers(min(32, v.size - b))] = 1e4
+            out[name] = spikes
+        return out, tokens
+
+    only = dict(formats=("gguf",), quants=("q4_0",))
+    plain = export(trained_qwen2, "laptop", ExportConfig(importance=False, **only),
+                   tmp_path / "plain").artifacts[0]
+    monkeypatch.setattr(qg, "importance_matrix", spiky)
+    art = export(trained_qwen2, "laptop", ExportConfig(**only), tmp_path / "imat").artifacts[0]
+    info = art.quantization["importance_matrix"]
+    assert not info["used"], info
+    assert info["calibration"]["weighted"] > 2 * info["calibration"]["plain"], info
+    assert "not used" in art.note
+    digest = [hashlib.sha256(a.path.read_bytes()).hexdigest() for a in (plain, art)]
+    assert digest[0] == digest[1]
+    assert art.verdict.figures["kl"] == plain.verdict.figures["kl"]
+    assert not list((tmp_path / "imat" / "gguf").glob(".*plain*"))  # scratch removed
 
 
 def test_byte_level_bpe_with_a_byte_fallback_flag_is_gpt2(tmp_path):

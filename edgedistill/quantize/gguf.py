@@ -7,6 +7,8 @@ square of each input column of every matmul weight, measured in torch on calibra
 llama.cpp picks the type of every tensor as usual; then each tensor of a type whose quantizer
 can weigh columns by importance is quantized again from the float file with ggml's own
 quantizer (``ggml_quantize_chunk``) and that matrix, in place. Q8_0 has no use for it.
+The export keeps the weighted file only when it beats the plain one on calibration text
+(export/checks.py, ``_keep_better_quantization``).
 """
 from __future__ import annotations
 
