@@ -40,6 +40,7 @@ class Checker:
         self.model_dir, self.shape, self.tok, self.held = model_dir, shape, tok, held
         self.threads, self.log = threads, log
         self.encoder = shape.is_encoder
+        self._calib_checker: Checker | None = None  # GGUF: a Checker on calibration items
         t0 = time.time()
         if self.encoder:
             self.pooling = sentence_pooling(model_dir)
@@ -365,17 +366,8 @@ class Checker:
             if tp is not None and tp.get("normalization"):
                 note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
             if quantization:
-                imp = quantization["importance_matrix"]
-                cal = imp.get("calibration") or {}
-                what = (f"importance matrix from {imp['tokens']} calibration tokens weighted "
-                        f"{imp['tensors']} tensors" if imp.get("used", True) else
-                        f"importance matrix from {imp['tokens']} calibration tokens not used")
-                if cal:
-                    fig = {k: "n/a" if cal[k] is None else f"{cal[k]:.4g}"
-                           for k in ("weighted", "plain")}
-                    what += (f" (calibration {cal['metric']}: weighted {fig['weighted']}, "
-                             f"plain llama.cpp {fig['plain']})")
-                note = "; ".join(filter(None, [note, what]))
+                note = "; ".join(filter(None, [note, _importance_note(
+                    quantization["importance_matrix"])]))
             self._report("gguf", quant, path, v, t0)
             arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
 
@@ -402,9 +394,11 @@ class Checker:
                 scratch.append(npz)
             path, weighted = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads,
                                            npz if weigh else None)
-            info = {"tokens": tokens, "tensors": weighted} if weighted else None
+            info = None
             if weighted:
-                info.update(self._keep_better_quantization(src, q, path, calib))
+                info = {"tokens": tokens, "tensors": weighted,
+                        **self._keep_better_quantization(src, q, path, calib)}
+                self.log(f"gguf:{q:<9} {_importance_note(info)}")
             check(path, q, t0, {"importance_matrix": info} if info else None)
         for p in scratch:
             p.unlink(missing_ok=True)
@@ -424,31 +418,26 @@ class Checker:
         plain = weighted.with_name(f".{weighted.stem}.plain.gguf")
         try:
             quantize_gguf(src, quant, plain, self.threads)
-            if getattr(self, "_calib_checker", None) is None:
-                items = calib[:8]
-                self._calib_checker = Checker(self.model_dir, self.shape, self.tok, items,
+            if self._calib_checker is None:
+                self._calib_checker = Checker(self.model_dir, self.shape, self.tok, calib[:8],
                                               self.threads, lambda *_: None)
             cal = self._calib_checker
-            metric = "1 - cosine" if self.encoder else "kl"
-            loss = {}
+            loss = {}  # None: llama.cpp could not run the file
             for label, path in (("weighted", weighted), ("plain", plain)):
                 try:
                     got = cal._outputs(path, "gguf")
                 except RuntimeFailure:
-                    loss[label] = float("inf")
+                    loss[label] = None
                     continue
-                figs = (embedding_figures(cal.ref, got) if self.encoder
-                        else logit_figures(cal.ref, got))
-                loss[label] = 1.0 - figs["cosine"] if self.encoder else figs["kl"]
-            used = not loss["plain"] < loss["weighted"]
+                loss[label] = (1.0 - embedding_figures(cal.ref, got)["cosine"] if self.encoder
+                               else logit_figures(cal.ref, got)["kl"])
+            used = loss["plain"] is None or (loss["weighted"] is not None
+                                             and loss["weighted"] <= loss["plain"])
             if not used:
                 plain.replace(weighted)
-            self.log(f"gguf:{quant:<9} importance matrix {'kept' if used else 'NOT used'}: "
-                     f"calibration {metric} {loss['weighted']:.4g} weighted, "
-                     f"{loss['plain']:.4g} plain ({len(cal.held)} items)")
             return {"used": used, "calibration": {
-                "metric": metric, "items": len(cal.held),
-                **{k: (None if v == float("inf") else v) for k, v in loss.items()}}}
+                "metric": "1 - cosine" if self.encoder else "kl", "items": len(cal.held),
+                **loss}}
         finally:
             plain.unlink(missing_ok=True)
 
@@ -474,14 +463,22 @@ def _unicode_normalization(tok) -> str | None:
     """The Unicode normalization form (NFC, NFKC, ...) the HF tokenizer applies, if any."""
     import json
 
+    from .gguf_vocab import unicode_normalization
+
     backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None or backend.normalizer is None:
-        return None
-    norm = json.loads(backend.to_str()).get("normalizer") or {}
-    for n in norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]:
-        if n.get("type") in ("NFC", "NFKC", "NFD", "NFKD"):
-            return n["type"]
-    return None
+    return unicode_normalization(json.loads(backend.to_str())) if backend else None
+
+
+def _importance_note(imp: dict) -> str:
+    """What the importance matrix did to a file, with the calibration figures that decided."""
+    cal = imp.get("calibration") or {}
+    what = (f"importance matrix from {imp['tokens']} calibration tokens "
+            + (f"weighted {imp['tensors']} tensors" if imp.get("used", True) else "not used"))
+    if cal:
+        fig = {k: "n/a" if cal[k] is None else f"{cal[k]:.4g}" for k in ("weighted", "plain")}
+        what += (f" (calibration {cal['metric']} on {cal['items']} items: weighted "
+                 f"{fig['weighted']}, plain llama.cpp {fig['plain']})")
+    return what
 
 
 def _fallback_note(quant: str, types: dict | None) -> str:

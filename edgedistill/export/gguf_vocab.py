@@ -54,9 +54,25 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _steps(tj: dict, key: str, inner: str) -> list[dict]:
+    """The steps of tokenizer.json's ``key`` (a Sequence's ``inner`` list, or the one step)."""
+    step = tj.get(key) or {}
+    return step.get(inner, [step]) if step.get("type") == "Sequence" else [step]
+
+
 def _pre_tokenizers(tj: dict) -> list[dict]:
-    pre = tj.get("pre_tokenizer") or {}
-    return pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return _steps(tj, "pre_tokenizer", "pretokenizers")
+
+
+def _normalizers(tj: dict) -> list[dict]:
+    return _steps(tj, "normalizer", "normalizers")
+
+
+def unicode_normalization(tj: dict) -> str | None:
+    """The Unicode normalization form (NFC, NFKC, ...) a tokenizer.json applies, if any."""
+    forms = [n["type"] for n in _normalizers(tj)
+             if n.get("type") in ("NFC", "NFKC", "NFD", "NFKD")]
+    return forms[0] if forms else None
 
 
 def tokenizer_kind(model_dir: Path) -> str:
@@ -82,11 +98,6 @@ def tokenizer_kind(model_dir: Path) -> str:
         f"{model!r}, pre-tokenizer {[p.get('type') for p in _pre_tokenizers(tj)]}).",
         "edgedistill writes byte-level BPE, SentencePiece and WordPiece tokenizers; export this "
         "model to ONNX instead (--formats onnx)")
-
-
-def _normalizers(tj: dict) -> list[dict]:
-    norm = tj.get("normalizer") or {}
-    return norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
 
 
 def _check_wordpiece_case(model_dir: Path, tj: dict) -> None:
