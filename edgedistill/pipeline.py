@@ -19,21 +19,12 @@ from pathlib import Path
 from .bench import BenchConfig
 from .distill import fingerprint as _hash
 from .export import ExportConfig
+from .export.ledger import files_id
 from .plan import PlanConfig
 
 
 def _log(msg: str) -> None:
     print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
-
-
-def _files_id(path: Path) -> list:
-    """Cheap identity of a file or folder's contents: names, sizes, mtimes."""
-    path = Path(path)
-    if path.is_file():
-        s = path.stat()
-        return [(path.name, s.st_size, int(s.st_mtime))]
-    return sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
-                  for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
 
 
 @dataclass
@@ -78,8 +69,8 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     prof = load_profile(target)
     t = load_teacher(teacher)
     _check_exportable(t, prof, export_config)
-    t_id = [t.config, _files_id(t.path) if t.path else None]
-    data_id = _files_id(Path(data)) if data else "stdlib"
+    t_id = [t.config, files_id(t.path) if t.path else None]
+    data_id = files_id(Path(data)) if data else "stdlib"
     total = 5 if baselines else 4
     step = iter(range(1, total + 1))
 
@@ -147,7 +138,7 @@ def _check_exportable(t, prof, cfg: ExportConfig) -> None:
 def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) -> dict:
     from .export import export
 
-    key = _hash(_files_id(Path(model_dir)), asdict(prof), asdict(cfg))
+    key = _hash(files_id(Path(model_dir)), asdict(prof), asdict(cfg))
     out = run_dir / "export" / role
     if stages.fresh(f"export_{role}", key) and (out / "export.json").is_file():
         log(f"[{n}/{total}] export {role}: inputs unchanged, kept {out}")

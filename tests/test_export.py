@@ -1,6 +1,7 @@
 """Export round trips on small models built here: each family, each tokenizer kind, each
 format; and the checks must fail on a broken artifact."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -107,7 +108,7 @@ def test_qwen3_onnx_and_gguf(trained_qwen3, tmp_path):
     _greedy_matches_torch(trained_qwen3, tmp_path / "kv", 16)
 
 
-def test_static_qdq_for_the_npu_profile(trained_qwen2, tmp_path):
+def test_static_qdq_for_the_npu_profile(trained_qwen2, tmp_path, capsys):
     res = export(trained_qwen2, "phone-npu", ExportConfig(quants=("qdq_a16w8", "qdq_a8w8")),
                  tmp_path)
     arts = _by_quant(res)
@@ -115,6 +116,16 @@ def test_static_qdq_for_the_npu_profile(trained_qwen2, tmp_path):
     a16 = arts[("onnx", "qdq_a16w8")]
     assert a16.status == "passed", a16.verdict.failures
     assert a16.verdict.figures["kl"] < arts[("onnx", "qdq_a8w8")].verdict.figures["kl"]
+    # again into the same folder, one scheme's graph lost: the float graphs and the other
+    # scheme were verified on the HTP already and are kept; the lost one is made again
+    arts[("onnx", "qdq_a8w8")].path.unlink()
+    again = _by_quant(export(trained_qwen2, "phone-npu",
+                             ExportConfig(quants=("qdq_a16w8", "qdq_a8w8")), tmp_path))
+    log = capsys.readouterr().err
+    assert re.search(r"onnx:qdq_a16w8 .*\[kept:", log) and re.search(r"onnx:fp32 .*\[kept:", log)
+    assert re.search(r"onnx:qdq_a8w8 .*\[\d", log), log
+    assert {k: a.verdict.figures["kl"] for k, a in again.items()} == \
+        {k: a.verdict.figures["kl"] for k, a in arts.items()}
 
 
 @pytest.mark.parametrize("keep_model_file", [True, False], ids=["tokenizer.model", "json-only"])
@@ -322,6 +333,49 @@ def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):
     junk.write_bytes(b"GGUF" + b"\0" * 64)
     v = verify_artifact(trained_llama, junk, "gguf", "f16")
     assert v.status == "failed" and v.error
+
+
+def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_llama, tmp_path,
+                                                                     capsys):
+    """An interrupted (here: a deleted file) or tampered-with export folder: a second export
+    keeps the files verified from the same inputs, byte for byte with their figures, and
+    writes and verifies again what is missing or changed."""
+    from gguf import GGUFReader
+
+    quants = ("fp32", "int8", "f16", "q8_0", "q4_k_m")
+    first = _by_quant(export(trained_llama, "laptop", ExportConfig(quants=quants), tmp_path))
+    stamps = {k: a.path.stat().st_mtime_ns for k, a in first.items()}
+    first[("onnx", "int8")].path.unlink()  # as if killed while writing it
+    q8 = first[("gguf", "q8_0")].path
+    reader = GGUFReader(str(q8), "r+")  # a changed file is not the one that was verified
+    t = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    t.data[...] = 0
+    reader.data.flush()
+    del reader
+    capsys.readouterr()
+    res = export(trained_llama, "laptop", ExportConfig(quants=quants + ("q4_0",)), tmp_path)
+    log = capsys.readouterr().err
+    again = _by_quant(res)
+    kept = {(f, q) for f, q in again if re.search(rf"^\[export\] {f}:{q} .*\[kept:", log, re.M)}
+    assert kept == {("onnx", "fp32"), ("gguf", "f16"), ("gguf", "q4_k_m")}, log
+    assert "onnx: kept" in log and "tokenizer parity" not in log and "importance" in log
+    for k in kept:
+        assert again[k].path.stat().st_mtime_ns == stamps[k]
+        assert again[k].verdict.figures == first[k].verdict.figures
+        assert again[k].to_dict()["note"] == first[k].to_dict()["note"]
+    assert again[("onnx", "int8")].path.is_file()
+    assert again[("onnx", "int8")].verdict.figures == first[("onnx", "int8")].verdict.figures
+    assert again[("gguf", "q8_0")].status == "passed"  # rewritten, not the zeroed file
+    assert again[("gguf", "q4_0")].status in ("passed", "below-target")
+    assert not (tmp_path / "gguf" / "model.f32.gguf").exists()  # scratch, removed again
+    doc = json.loads((tmp_path / "export.json").read_text())
+    assert len(doc["artifacts"]) == 6 and doc["tokenizer_parity"]["passed"]
+    # other inputs (here: the held-out length) or --fresh: nothing is kept
+    for cfg in (ExportConfig(quants=("fp32", "f16"), seq_len=96),
+                ExportConfig(quants=("fp32", "f16"), resume=False)):
+        capsys.readouterr()
+        export(trained_llama, "laptop", cfg, tmp_path)
+        assert "[kept:" not in capsys.readouterr().err
 
 
 def test_export_input_errors(trained_llama, tmp_path):

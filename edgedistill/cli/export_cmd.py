@@ -59,6 +59,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "targets too, not only when one is broken")
     p.add_argument("--no-npu-context", action="store_true",
                    help="NPU profiles: do not save the compiled HTP graphs (*.qnn-ctx.onnx)")
+    p.add_argument("--fresh", action="store_true",
+                   help="redo every file, even those an earlier export into --out wrote and "
+                        "verified from the same inputs (by default they are kept)")
     return p
 
 
@@ -69,7 +72,7 @@ def run(args) -> int:
     cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
                        threads=args.threads, context=args.context,
                        npu_eval_items=args.npu_items, npu_context=not args.no_npu_context,
-                       importance=not args.no_imatrix)
+                       importance=not args.no_imatrix, resume=not args.fresh)
     if args.student is None:
         return _pipeline(args, cfg)
     res = export(args.student, args.target, cfg, args.out)

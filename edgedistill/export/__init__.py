@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..arch import shape_from_config
 from ..errors import EdgeDistillError
 from ..profiles import DeviceProfile, load_profile
+from .ledger import Ledger, files_id
 from .parity import Verdict
 
 EXPORT_FORMATS = ("onnx", "gguf")
@@ -53,6 +54,10 @@ class ExportConfig:
     """Static-shape profiles: save each QDQ graph compiled for the profile's HTP as an
     EPContext model (``*.qnn-ctx.onnx``), which the phone loads without compiling; the HTP
     figures are then measured on that file."""
+    resume: bool = True
+    """Reuse what an earlier export into the same folder wrote and verified, when its inputs
+    (model files, data, profile, these settings) are the same and its files are unchanged
+    (``<out>/.ledger.json``, see export/ledger.py); False redoes everything."""
 
 
 @dataclass
@@ -72,6 +77,16 @@ class Artifact:
         """'passed', 'below-target', 'failed' (see export/parity.py) or 'error' (the runtime
         could not run the file)."""
         return "error" if self.verdict.error else self.verdict.status
+
+    def record(self) -> dict:
+        """What the ledger keeps of this artifact (see :meth:`from_record`)."""
+        return {"verdict": asdict(self.verdict), "tensor_types": self.tensor_types,
+                "note": self.note, "quantization": self.quantization}
+
+    @classmethod
+    def from_record(cls, path: Path, fmt: str, quant: str, rec: dict) -> "Artifact":
+        return cls(Path(path), fmt, quant, Verdict(**rec["verdict"]), rec.get("tensor_types"),
+                   rec.get("note", ""), rec.get("quantization"))
 
     def to_dict(self) -> dict:
         return {
@@ -197,6 +212,8 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     from .checks import Checker
 
     checker = Checker(model_dir, shape, tok, held, threads, _log)
+    checker.ledger = Ledger(out_dir, _inputs_key(model_dir, prof, config, held, calib),
+                            config.resume)
     if "onnx" in plan and prof.constraints.static_shapes:
         result.artifacts += checker.npu_artifacts(out_dir / "onnx", plan["onnx"], calib, prof,
                                                   config.context, config.npu_eval_items,
@@ -214,6 +231,24 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
     tmp.replace(out_dir / "export.json")
     return result
+
+
+def _inputs_key(model_dir: Path, prof: DeviceProfile, config: ExportConfig, held: list,
+                calib: list) -> str:
+    """Identity of everything an artifact's file and verdict depend on, for the ledger: not
+    which formats and quantizations were asked for (each artifact is recorded under its own
+    name), nor the thread count."""
+    import hashlib
+
+    from .. import __version__
+    from .parity import ENCODER_THRESHOLDS, THRESHOLDS
+
+    settings = {k: v for k, v in asdict(config).items()
+                if k not in ("formats", "quants", "threads", "resume")}
+    blob = json.dumps([__version__, repr(THRESHOLDS), repr(ENCODER_THRESHOLDS),
+                       files_id(model_dir), asdict(prof), settings, held, calib],
+                      default=str, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,

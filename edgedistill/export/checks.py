@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .ledger import NoLedger, artifact_files
 from .parity import Verdict, embedding_figures, failed_to_run, judge, logit_figures, threshold_for
 from .runtimes import RuntimeFailure
 
@@ -41,6 +42,7 @@ class Checker:
         self.threads, self.log = threads, log
         self.encoder = shape.is_encoder
         self._calib_checker: Checker | None = None  # GGUF: a Checker on calibration items
+        self.ledger = NoLedger()  # export() sets a Ledger: what an earlier run verified
         t0 = time.time()
         if self.encoder:
             self.pooling = sentence_pooling(model_dir)
@@ -77,7 +79,8 @@ class Checker:
         figs = embedding_figures(self.ref, got) if self.encoder else logit_figures(self.ref, got)
         return judge(figs, th)
 
-    def _report(self, fmt: str, quant: str, path: Path, v: Verdict, t0: float) -> None:
+    def _report(self, fmt: str, quant: str, path: Path, v: Verdict, t0: float,
+                kept: bool = False) -> None:
         key = "cosine" if self.encoder else "top1_agreement"
         fig = v.figures.get(key)
         shown = f"{key} {fig:.4f}" if fig is not None else (v.error or "")
@@ -85,7 +88,43 @@ class Checker:
         status = "FAILED" if v.status == "failed" else v.status
         self.log(f"{fmt}:{quant:<9} {size:>10}  {status}  {shown}"
                  f"{'  (' + '; '.join(v.failures) + ')' if v.failures else ''}  "
-                 f"[{time.time() - t0:.1f}s]")
+                 + ("[kept: verified by an earlier export, file unchanged]" if kept
+                    else f"[{time.time() - t0:.1f}s]"))
+
+    # -- the ledger: steps an earlier export into the same folder finished --------------------
+    def _kept(self, fmt: str, quant: str, path: Path, recorded_files: bool = False):
+        """The Artifact recorded for ``fmt:quant`` if an earlier export with the same inputs
+        wrote and verified it and its files (``path`` and its external data; with
+        ``recorded_files``, those the record lists) are unchanged; else None."""
+        from . import Artifact
+
+        rec = self.ledger.get(f"{fmt}:{quant}", None if recorded_files else artifact_files(path))
+        if rec is None:
+            return None
+        art = Artifact.from_record(path, fmt, quant, rec)
+        self._report(fmt, quant, path, art.verdict, time.time(), kept=True)
+        return art
+
+    def _record(self, art, files: list[Path] | None = None) -> None:
+        """Record a verified artifact (never one its runtime could not run: that is retried)."""
+        if art.verdict.error is None:
+            self.ledger.put(f"{art.format}:{art.quant}", files or artifact_files(art.path),
+                            art.record())
+
+    def _onnx_model(self, out_dir: Path) -> Path:
+        """``out_dir/model.onnx``: exported, or kept from an earlier export with the same
+        inputs (exporting again would replace ``out_dir``, and the files verified in it)."""
+        from .onnx import export_onnx
+
+        fp32 = out_dir / "model.onnx"
+        if self.ledger.get("onnx:export", artifact_files(fp32)) is not None:
+            self.log(f"onnx: kept {fp32} (exported by an earlier run, unchanged)")
+            return fp32
+        t0 = time.time()
+        fp32 = export_onnx(self.model_dir, out_dir)
+        self.log(f"onnx: exported {fp32} ({time.time() - t0:.1f}s)")
+        self.ledger.put("onnx:export", artifact_files(fp32), {})
+        return fp32
 
     # -- ONNX ---------------------------------------------------------------------------------
     def _calibration_feeds(self, fp32: Path, calib: list) -> list[dict]:
@@ -103,24 +142,25 @@ class Checker:
         return feeds
 
     def onnx_artifacts(self, out_dir: Path, quants: list[str], calib: list, block: int):
-        from ..quantize.onnx import quantize_onnx
-        from .onnx import export_onnx
-
-        t0 = time.time()
-        fp32 = export_onnx(self.model_dir, out_dir)
-        self.log(f"onnx: exported {fp32} ({time.time() - t0:.1f}s)")
-        feeds = None
-        arts = []
+        from ..quantize.onnx import quantize_onnx, quantized_path
         from . import Artifact
 
+        fp32 = self._onnx_model(out_dir)
+        feeds = None
+        arts = []
         for quant in ["fp32"] + [q for q in quants if q != "fp32"]:
             t0 = time.time()
+            path = fp32 if quant == "fp32" else quantized_path(fp32, quant)
+            if (art := self._kept("onnx", quant, path)) is not None:
+                arts.append(art)
+                continue
             if quant.startswith("qdq_") and feeds is None:
                 feeds = self._calibration_feeds(fp32, calib)
             path = quantize_onnx(fp32, quant, block_size=block, calibration=feeds)
             v = self.verify(path, "onnx", quant)
             self._report("onnx", quant, path, v, t0)
             arts.append(Artifact(path, "onnx", quant, v))
+            self._record(arts[-1])
         return arts
 
     # -- NPU: fixed-shape QDQ graphs on the HTP -------------------------------------------------
@@ -131,12 +171,16 @@ class Checker:
         on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider."""
         from . import Artifact
         from . import npu
-        from .onnx import export_onnx
         from .runtimes import ort_session
 
         graphs = npu.graph_shapes(self.encoder, profile, context)  # bad shapes fail first
+        fp32 = self._onnx_model(out_dir)
         t0 = time.time()
-        fp32 = export_onnx(self.model_dir, out_dir)
+        schemes = ["fp32"] + [q for q in quants if q in npu.SCHEMES]
+        kept = {q: a for q in schemes if (a := self._kept(
+            "onnx", q, npu.fixed_path(fp32, graphs[0], q), recorded_files=True)) is not None}
+        if len(kept) == len(schemes):
+            return [kept[q] for q in schemes]
         items = self.held[:eval_items]
         if self.encoder:
             ref, nxt = self.ref[:len(items)], None
@@ -168,27 +212,37 @@ class Checker:
                                        for f in enc_feeds])
             return npu.run_causal(sessions[0], sessions[1], items, nxt, graphs)
 
-        th = threshold_for("onnx", "fp32", self.encoder)
-        # the smallest mask the float graphs stay exact with; on a model no candidate keeps
-        # within the fp32 target (a deep one), the candidate closest to torch
-        tried = []
-        for mask_value in npu.MASK_VALUES:
-            fixed = [npu.fix_graph(fp32, g, mask_value) for g in graphs]
-            float_fig = figures(cpu_run(fixed))
-            if judge(float_fig, th).passed:
-                break
-            tried.append((-float_fig["cosine"] if self.encoder else float_fig["kl"],
-                          len(tried), mask_value, float_fig))
-        else:
+        def search_mask():
+            """The smallest mask the float graphs stay exact with; on a model no candidate
+            keeps within the fp32 target (a deep one), the candidate closest to torch.
+            Returns (mask value, fixed graphs, their figures)."""
+            th = threshold_for("onnx", "fp32", self.encoder)
+            tried = []
+            for mask_value in npu.MASK_VALUES:
+                fixed = [npu.fix_graph(fp32, g, mask_value) for g in graphs]
+                float_fig = figures(cpu_run(fixed))
+                if judge(float_fig, th).passed:
+                    return mask_value, fixed, float_fig
+                tried.append((-float_fig["cosine"] if self.encoder else float_fig["kl"],
+                              len(tried), mask_value, float_fig))
             _, _, mask_value, float_fig = min(tried)
-            fixed = [npu.fix_graph(fp32, g, mask_value) for g in graphs]
+            return mask_value, [npu.fix_graph(fp32, g, mask_value) for g in graphs], float_fig
+
+        if "fp32" in kept:  # the fixed float graphs of an earlier run, unchanged
+            mask_value, float_fig = kept["fp32"].verdict.figures.get("mask_value"), None
+            fixed = [npu.fixed_path(fp32, g) for g in graphs]
+        else:
+            mask_value, fixed, float_fig = search_mask()
         self.log(f"npu: fixed-shape graphs {', '.join(p.name for p in fixed)}, attention mask "
                  f"{mask_value if mask_value is not None else 'as exported'} "
                  f"({time.time() - t0:.1f}s)")
         arts = []
         feeds = None
-        for quant in ["fp32"] + [q for q in quants if q in npu.SCHEMES]:
+        for quant in schemes:
             t0 = time.time()
+            if quant in kept:
+                arts.append(kept[quant])
+                continue
             if quant == "fp32":
                 paths = fixed
             else:
@@ -216,6 +270,9 @@ class Checker:
                 note = "; ".join(filter(None, [note, "compiled HTP context: " + ", ".join(ctx)]))
             self._report("onnx", quant, paths[0], v, t0)
             arts.append(Artifact(paths[0], "onnx", quant, v, note=note))
+            if not unavailable:  # a run without the HTP is done again once it is there
+                self._record(arts[-1], [f for p in paths for f in artifact_files(p)]
+                             + [out_dir / c for c in ctx])
         return arts
 
     def _decode_reference(self, seqs: list, chunk: int):
@@ -352,45 +409,70 @@ class Checker:
         out_dir.mkdir(parents=True, exist_ok=True)
         floats = [q for q in quants if q in FLOAT_TYPES]
         quantized = [q for q in quants if q not in FLOAT_TYPES]
-        # Quantize from F32 (most accurate source); keep it only if it was asked for.
-        sources = floats + (["f32"] if quantized and "f32" not in floats else [])
-        arts, tp, scratch = [], None, []
+        arts, scratch, sources = [], [], set()
+        tp = self.ledger.get("gguf:tokenizer_parity", [])
 
-        def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
-            v = self.verify(path, "gguf", quant)
-            if tp is not None and not tp["passed"]:
-                v.fail(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} probe texts "
-                       "tokenize differently in llama.cpp")
-            types = tensor_types(path) if path.exists() and not v.error else None
-            note = _fallback_note(quant, types)
-            if tp is not None and tp.get("normalization"):
-                note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
-            if quantization:
-                note = "; ".join(filter(None, [note, _importance_note(
-                    quantization["importance_matrix"])]))
-            self._report("gguf", quant, path, v, t0)
-            arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
-
-        for ft in sources:
-            t0 = time.time()
-            path = export_gguf(self.model_dir, out_dir / f"model.{ft}.gguf", ft)
+        def source(ft: str) -> Path:
+            """The float file ``ft``, written (or kept from an earlier run), tokenizer parity
+            checked on the first one written."""
+            nonlocal tp
+            path = out_dir / f"model.{ft}.gguf"
+            if ft in sources:
+                return path
+            if self.ledger.get(f"gguf:file:{ft}", [path]) is None:
+                export_gguf(self.model_dir, path, ft)
+                self.ledger.put(f"gguf:file:{ft}", [path], {})
+            else:
+                self.log(f"gguf: kept {path} (written by an earlier run, unchanged)")
+            sources.add(ft)
             if tp is None:
                 tp = self.tokenizer_parity(path)
                 self.log(f"gguf: tokenizer parity {'passed' if tp['passed'] else 'FAILED'} "
                          f"({tp['cases']} probe texts)"
                          + (f"; {tp['normalization']['note']}" if tp.get("normalization")
                             else ""))
-            if ft in floats:
-                check(path, ft, t0)
-            else:
-                scratch.append(path)
-        src = out_dir / "model.f32.gguf"
-        npz, tokens = out_dir / ".importance.npz", 0
+                if tp.get("error") is None:
+                    self.ledger.put("gguf:tokenizer_parity", [], tp)
+            return path
+
+        def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
+            v = self.verify(path, "gguf", quant)
+            if not tp["passed"]:
+                v.fail(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} probe texts "
+                       "tokenize differently in llama.cpp")
+            types = tensor_types(path) if path.exists() and not v.error else None
+            note = _fallback_note(quant, types)
+            if tp.get("normalization"):
+                note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
+            if quantization:
+                note = "; ".join(filter(None, [note, _importance_note(
+                    quantization["importance_matrix"])]))
+            self._report("gguf", quant, path, v, t0)
+            arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
+            self._record(arts[-1])
+
+        for ft in floats:
+            t0 = time.time()
+            if (art := self._kept("gguf", ft, out_dir / f"model.{ft}.gguf")) is not None:
+                arts.append(art)
+                continue
+            check(source(ft), ft, t0)
+        # Quantize from F32 (most accurate source); keep it only if it was asked for.
+        npz, tokens = out_dir / ".importance.npz", None
         for q in quantized:
             t0 = time.time()
+            if (art := self._kept("gguf", q, out_dir / f"model.{q}.gguf")) is not None:
+                arts.append(art)
+                continue
+            src = source("f32")
+            if "f32" not in floats:
+                scratch.append(src)
             weigh = bool(calib) and q in IMPORTANCE_QUANTS
-            if weigh and not tokens:  # measured once, for the first quantization that uses it
-                tokens = self._importance(calib, npz)
+            if weigh and tokens is None:  # measured once, for the first quantization using it
+                tokens = self.ledger.get("gguf:importance", [npz])
+                if tokens is None:
+                    tokens = self._importance(calib, npz)
+                    self.ledger.put("gguf:importance", [npz], tokens)
                 scratch.append(npz)
             path, weighted = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads,
                                            npz if weigh else None)

@@ -1,0 +1,103 @@
+"""What an earlier export into the same folder already wrote and verified, so that an
+interrupted or repeated export does not redo it.
+
+``<out>/.ledger.json`` holds one record per finished step (an artifact written and verified, a
+scratch file such as the F32 GGUF the quantizations start from): the key of everything the
+step depended on, the SHA-256 of each file it wrote, and what it produced (the verdict with its
+figures). A later export reuses a record only when its key is the same (the model's files, the
+held-out and calibration tokens, the profile, the export settings, the thresholds table and
+edgedistill's version) and every file still has the recorded hash; anything else is done
+again. Runs that crashed (the runtime could not load the file) are never recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+LEDGER = ".ledger.json"
+
+
+def files_id(path: Path) -> list:
+    """Cheap identity of a file or folder's contents: names, sizes, mtimes."""
+    path = Path(path)
+    if path.is_file():
+        s = path.stat()
+        return [(path.name, s.st_size, int(s.st_mtime))]
+    return sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
+                  for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """``path`` and the files that belong to it: an ONNX graph's external data
+    (``model.onnx.data``, ``model.onnx_data``)."""
+    path = Path(path)
+    extra = sorted(p for p in path.parent.glob(f"{path.name}*")
+                   if p != path and p.name[len(path.name)] in "._" and p.is_file())
+    return [path] + extra
+
+
+class Ledger:
+    """Records of finished export steps in ``out_dir``; ``key``: the inputs' identity. With
+    ``resume=False`` nothing is reused (records are still written)."""
+
+    def __init__(self, out_dir: Path, key: str, resume: bool = True):
+        self.path = Path(out_dir) / LEDGER
+        self.root, self.key, self.resume = Path(out_dir), key, resume
+        try:
+            self.records = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):  # a torn or foreign file: start over, never fail on it
+            self.records = {}
+        if not isinstance(self.records, dict):
+            self.records = {}
+
+    def _hashes(self, files: list[Path]) -> dict[str, str] | None:
+        out = {}
+        for f in files:
+            if not f.is_file():
+                return None
+            out[str(f.resolve().relative_to(self.root.resolve()))] = file_sha256(f)
+        return out
+
+    def get(self, name: str, files: list[Path] | None):
+        """The value recorded for ``name`` if its key is this export's and ``files`` (None:
+        the files the record lists) are the very files it recorded; else None."""
+        rec = self.records.get(name)
+        if not self.resume or not isinstance(rec, dict) or rec.get("key") != self.key:
+            return None
+        recorded = rec.get("files", {})
+        if files is None:
+            files = [self.root / f for f in recorded]
+        if self._hashes([Path(f) for f in files]) != recorded:
+            return None
+        return rec.get("value")
+
+    def put(self, name: str, files: list[Path], value) -> None:
+        hashes = self._hashes([Path(f) for f in files])
+        if hashes is None:
+            return
+        self.records[name] = {"key": self.key, "files": hashes, "value": value}
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(LEDGER + ".tmp")
+        tmp.write_text(json.dumps(self.records, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+class NoLedger:
+    """Nothing reused, nothing recorded (a Checker used outside :func:`export`)."""
+
+    resume = False
+
+    def get(self, name: str, files: list[Path]):
+        return None
+
+    def put(self, name: str, files: list[Path], value) -> None:
+        pass
