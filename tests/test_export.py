@@ -342,6 +342,8 @@ def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_ll
     writes and verifies again what is missing or changed."""
     from gguf import GGUFReader
 
+    from edgedistill.export.ledger import file_sha256
+
     quants = ("fp32", "int8", "f16", "q8_0", "q4_k_m")
     first = _by_quant(export(trained_llama, "laptop", ExportConfig(quants=quants), tmp_path))
     stamps = {k: a.path.stat().st_mtime_ns for k, a in first.items()}
@@ -363,6 +365,11 @@ def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_ll
         assert again[k].path.stat().st_mtime_ns == stamps[k]
         assert again[k].verdict.figures == first[k].verdict.figures
         assert again[k].to_dict()["note"] == first[k].to_dict()["note"]
+        was, now = first[k].to_dict()["verified"], again[k].to_dict()["verified"]
+        assert now == dict(was, earlier_run=True) and not was["earlier_run"]
+    for a in again.values():  # export.json names the exact bytes each verdict is about
+        rel = str(a.path.relative_to(tmp_path))
+        assert a.to_dict()["verified"]["sha256"][rel] == file_sha256(a.path)
     assert again[("onnx", "int8")].path.is_file()
     assert again[("onnx", "int8")].verdict.figures == first[("onnx", "int8")].verdict.figures
     assert again[("gguf", "q8_0")].status == "passed"  # rewritten, not the zeroed file

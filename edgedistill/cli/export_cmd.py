@@ -97,6 +97,11 @@ def run(args) -> int:
     by = {s: [f"{a['format']}:{a['quant']}" for a in doc["artifacts"] if a["status"] == s]
           for s in ("below-target", "failed", "error")}
     print(f"\nwrote {res.out_dir}/export.json (figures measured against torch)")
+    kept = [f"{a['format']}:{a['quant']}" for a in doc["artifacts"]
+            if a["verified"]["earlier_run"]]
+    if kept:
+        print(f"kept from an earlier export into this folder (same inputs, files unchanged, "
+              f"verified then): {', '.join(kept)}; --fresh redoes them")
     if res.passed:
         print("every file met its quality targets")
     if by["below-target"]:

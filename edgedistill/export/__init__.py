@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,12 @@ class Artifact:
     quantization: dict | None = None
     """How the file was quantized beyond its type, e.g. {"importance_matrix": {"tokens",
     "tensors"}}."""
+    verified_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    """When its verdict was measured (local time)."""
+    earlier_run: bool = False
+    """The file and its verdict were kept from an earlier export (see export/ledger.py)."""
+    files: dict | None = None
+    """{path relative to the export folder: SHA-256} of the files the verdict is about."""
 
     @property
     def status(self) -> str:
@@ -81,12 +88,15 @@ class Artifact:
     def record(self) -> dict:
         """What the ledger keeps of this artifact (see :meth:`from_record`)."""
         return {"verdict": asdict(self.verdict), "tensor_types": self.tensor_types,
-                "note": self.note, "quantization": self.quantization}
+                "note": self.note, "quantization": self.quantization,
+                "verified_at": self.verified_at}
 
     @classmethod
-    def from_record(cls, path: Path, fmt: str, quant: str, rec: dict) -> "Artifact":
+    def from_record(cls, path: Path, fmt: str, quant: str, rec: dict,
+                    files: dict | None = None) -> "Artifact":
         return cls(Path(path), fmt, quant, Verdict(**rec["verdict"]), rec.get("tensor_types"),
-                   rec.get("note", ""), rec.get("quantization"))
+                   rec.get("note", ""), rec.get("quantization"), rec.get("verified_at", "?"),
+                   earlier_run=True, files=files)
 
     def to_dict(self) -> dict:
         return {
@@ -96,6 +106,8 @@ class Artifact:
             "status": self.status, "parity": self.verdict.to_dict(),
             "tensor_types": self.tensor_types, "quantization": self.quantization,
             "note": self.note,
+            "verified": {"at": self.verified_at, "earlier_run": self.earlier_run,
+                         "sha256": self.files},
         }
 
 

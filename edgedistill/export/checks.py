@@ -101,15 +101,15 @@ class Checker:
         rec = self.ledger.get(f"{fmt}:{quant}", None if recorded_files else artifact_files(path))
         if rec is None:
             return None
-        art = Artifact.from_record(path, fmt, quant, rec)
+        art = Artifact.from_record(path, fmt, quant, rec, self.ledger.files(f"{fmt}:{quant}"))
         self._report(fmt, quant, path, art.verdict, time.time(), kept=True)
         return art
 
     def _record(self, art, files: list[Path] | None = None) -> None:
         """Record a verified artifact (never one its runtime could not run: that is retried)."""
         if art.verdict.error is None:
-            self.ledger.put(f"{art.format}:{art.quant}", files or artifact_files(art.path),
-                            art.record())
+            art.files = self.ledger.put(f"{art.format}:{art.quant}",
+                                        files or artifact_files(art.path), art.record())
 
     def _onnx_model(self, out_dir: Path) -> Path:
         """``out_dir/model.onnx``: exported, or kept from an earlier export with the same

@@ -80,15 +80,22 @@ class Ledger:
             return None
         return rec.get("value")
 
-    def put(self, name: str, files: list[Path], value) -> None:
+    def files(self, name: str) -> dict:
+        """{path relative to the export folder: SHA-256} recorded for ``name``."""
+        return dict(self.records.get(name, {}).get("files", {}))
+
+    def put(self, name: str, files: list[Path], value) -> dict | None:
+        """Record ``value`` for ``name`` with the hashes of ``files``, which it returns (None
+        when a file is missing: nothing is recorded)."""
         hashes = self._hashes([Path(f) for f in files])
         if hashes is None:
-            return
+            return None
         self.records[name] = {"key": self.key, "files": hashes, "value": value}
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(LEDGER + ".tmp")
         tmp.write_text(json.dumps(self.records, indent=1, default=str))
         tmp.replace(self.path)
+        return hashes
 
 
 class NoLedger:
@@ -99,5 +106,8 @@ class NoLedger:
     def get(self, name: str, files: list[Path]):
         return None
 
+    def files(self, name: str) -> dict:
+        return {}
+
     def put(self, name: str, files: list[Path], value) -> None:
-        pass
+        return None
