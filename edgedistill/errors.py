@@ -38,3 +38,21 @@ class PlanError(EdgeDistillError):
 
 class MachineError(EdgeDistillError):
     """This machine could not be measured (for ``--target local``)."""
+
+
+def writable_dir(path, what: str = "--out"):
+    """Create folder ``path`` (and its parents) or raise EdgeDistillError saying why not (a
+    file in the way, no permission), before any work is done. Returns it as a Path."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = (f"{blocker} is a file" if blocker is not None
+               else f"{e.strerror or e} ({e.filename or path})")
+        raise EdgeDistillError(f"cannot use {path} as the {what} folder: {why}.",
+                               f"pass {what} a folder you can write to (not a file)") from None
+    return path

@@ -19,6 +19,7 @@ from pathlib import Path
 from .bench import BenchConfig
 from .distill import fingerprint as _hash
 from .export import ExportConfig
+from .errors import writable_dir
 from .export.ledger import files_id
 from .plan import PlanConfig
 
@@ -63,8 +64,8 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
         export_config = replace(export_config, data=str(data))  # CLI does
     if data and bench_config.data is None:
         bench_config = replace(bench_config, data=str(data))
-    run_dir = Path(out).resolve()  # records hold absolute paths: usable from any folder
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = writable_dir(Path(out).resolve())  # records hold absolute paths: usable from
+    # any folder
     stages = Stages.load(run_dir)
     prof = load_profile(target)
     t = load_teacher(teacher)

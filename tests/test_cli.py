@@ -72,6 +72,39 @@ def test_bad_inputs_from_the_issue(tmp_path):
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args, words", [
+    (["export", "--teacher", "t", "--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["export", "--student", "s", "--threads", "-1"], "--threads: must be at least 1"),
+    (["export", "--teacher", "t", "--new-tokens", "0"], "--new-tokens: must be at least 1"),
+    (["export", "--student", "s", "--context", "0"], "--context: must be at least 2"),
+    (["export", "--teacher", "t", "--lr=-1e-4"], "--lr: must be a number above zero"),
+    (["distill", "--seq-len", "1"], "--seq-len: must be at least 2"),
+    (["distill", "--kd-weight", "2"], "--kd-weight: must be between 0 and 1"),
+    (["distill", "--steps", "ten"], "--steps: expected a whole number, got 'ten'"),
+    (["plan", "--speedup", "nan"], "--speedup: must be a number above zero"),
+    (["calibrate", "--budget-s", "0"], "--budget-s: must be a number above zero"),
+    (["bench", "runs/x", "--repeats", "0"], "--repeats: must be at least 1"),
+])
+def test_numeric_options_out_of_range_are_usage_errors(args, words, capsys):
+    """Before: --steps 0 or --threads -1 ran (and did nothing useful), --new-tokens 0 and
+    --seq-len 0 crashed with ZeroDivisionError after minutes of work."""
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Fix:" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_out_folder_that_is_a_file_is_a_user_error(teacher_dir, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    student = teacher_dir("llama")
+    for out in (blocker, blocker / "sub"):
+        code = cli.main(["export", "--student", str(student), "--formats", "onnx",
+                         "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{blocker} is a file" in err and "Fix:" in err, err
+    assert blocker.read_text() == "not a folder"
+
+
 def test_internal_error_exit_1_traceback_only_in_debug(monkeypatch, capsys):
     def boom(*a, **k):
         raise RuntimeError("kaput")

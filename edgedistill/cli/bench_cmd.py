@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .table import table
+from .types import count
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -17,9 +18,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--target", default="laptop")
     p.add_argument("--model", default=None, help="for a single file: the HF folder it came "
                    "from (default: the file's folder's student/)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--threads", type=count(), default=None)
+    p.add_argument("--new-tokens", type=count(), default=64)
+    p.add_argument("--repeats", type=count(), default=None,
                    help="timed runs per artifact, median reported (default 15 for encoders, 3 "
                    "for causal LMs)")
     p.add_argument("--data", default=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .table import table
+from .types import count, positive
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,11 +21,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--formats", default=None,
                    help="comma list of gguf:f16, gguf:q8_0, gguf:q4_k_m, onnx:fp32, onnx:int8 "
                    "(causal LMs) and encoder:onnx:fp32, encoder:onnx:int8 (default: all)")
-    p.add_argument("--budget-s", type=float, default=600,
+    p.add_argument("--budget-s", type=positive, default=600,
                    help="time budget in seconds (default 600)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: "
+    p.add_argument("--threads", type=count(), default=None, help="runtime threads (default: "
                    "physical cores)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    p.add_argument("--repeats", type=count(), default=3, help="timed runs per measurement")
     p.add_argument("--out", default=None, help="also write the calibration JSON here")
     return p
 

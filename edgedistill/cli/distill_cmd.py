@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from pathlib import Path
+from .types import count, fraction, non_negative, positive
 
 LOSSES = ("fkl", "rkl", "jsd")  # kept here so --help does not import torch
 
@@ -22,29 +23,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/distill", help="run folder")
     p.add_argument("--student", default=None, help="train this HF folder instead of the "
                    "planned student (same tokenizer as the teacher; any supported family)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=count(), default=None,
                    help="default 800 for encoders, 300 for causal LMs")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=count(), default=None,
                    help="default 32 sentences for encoders, 8 sequences for causal LMs")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--grad-accum", type=count(), default=1)
+    p.add_argument("--seq-len", type=count(2), default=256)
+    p.add_argument("--lr", type=positive, default=5e-4)
     p.add_argument("--loss", default="fkl", help="fkl | rkl | jsd")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--kd-weight", type=float, default=1.0,
-                   help="KD vs CE weight; 0 = plain cross-entropy (the baseline)")
-    p.add_argument("--jsd-beta", type=float, default=0.5)
-    p.add_argument("--hidden-weight", type=float, default=0.0,
+    p.add_argument("--temperature", type=positive, default=1.0)
+    p.add_argument("--kd-weight", type=fraction, default=1.0,
+                   help="KD vs CE weight in [0, 1]; 1 = pure KD, 0 = plain cross-entropy (the "
+                   "baseline)")
+    p.add_argument("--jsd-beta", type=fraction, default=0.5)
+    p.add_argument("--hidden-weight", type=non_negative, default=0.0,
                    help="weight of the hidden-state loss (encoders default to 1)")
     p.add_argument("--init", default="teacher", help="teacher | random")
-    p.add_argument("--generate", type=int, default=0, metavar="N",
+    p.add_argument("--generate", type=count(0), default=0, metavar="N",
                    help="add N teacher-written continuations (sequence-level KD)")
-    p.add_argument("--cache-topk", type=int, default=0, metavar="K",
+    p.add_argument("--cache-topk", type=count(0), default=0, metavar="K",
                    help="cache the teacher's top-K logits on disk and train from the cache")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-every", type=count(), default=50)
+    p.add_argument("--save-every", type=count(), default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--speedup", type=float, default=None, help="as for 'plan'")
+    p.add_argument("--speedup", type=positive, default=None, help="as for 'plan'")
     p.add_argument("--max-params", default=None, help="as for 'plan'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
@@ -57,15 +59,6 @@ def _check(args) -> None:
         raise EdgeDistillError(f"unknown --loss {args.loss!r}.", f"use one of {', '.join(LOSSES)}")
     if args.init not in ("teacher", "random"):
         raise EdgeDistillError(f"unknown --init {args.init!r}.", "use teacher or random")
-    if not 0 <= args.kd_weight <= 1:
-        raise EdgeDistillError(f"--kd-weight must be in [0, 1], got {args.kd_weight}.",
-                               "use 1 for pure KD, 0 for the CE baseline")
-    for name in ("steps", "batch_size", "seq_len", "grad_accum"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise EdgeDistillError(f"--{name.replace('_', '-')} must be at least 1.",
-                                   f"pass --{name.replace('_', '-')} 1 or more")
-    if args.temperature <= 0 or args.lr <= 0:
-        raise EdgeDistillError("--temperature and --lr must be positive.", "e.g. --lr 5e-4")
 
 
 def run(args) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .table import table
+from .types import count, positive
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -25,15 +26,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="export this HF model folder only")
     p.add_argument("--teacher", default=None, help="teacher for the whole chain (default: "
                    "the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--steps", type=int, default=None, help="distillation steps (whole chain; "
+    p.add_argument("--steps", type=count(), default=None, help="distillation steps (whole chain; "
                    "default 800 for encoders, 300 for causal LMs)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=count(), default=None,
                    help="default 32 sentences for encoders, 8 sequences for causal LMs")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--speedup", type=float, default=None, help="as for 'plan'")
-    p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per benchmark run")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--seq-len", type=count(2), default=256)
+    p.add_argument("--lr", type=positive, default=5e-4)
+    p.add_argument("--speedup", type=positive, default=None, help="as for 'plan'")
+    p.add_argument("--new-tokens", type=count(), default=64, help="decoded tokens per benchmark run")
+    p.add_argument("--repeats", type=count(), default=None,
                    help="benchmark runs per artifact, median reported (default 15 for encoders, "
                    "3 for causal LMs)")
     p.add_argument("--no-baselines", action="store_true",
@@ -46,11 +47,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="text for verification and QDQ calibration "
                    "(default: Python standard-library text)")
     p.add_argument("--out", default=None, help="output folder (default: next to the student)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads")
-    p.add_argument("--context", type=int, default=None,
+    p.add_argument("--threads", type=count(), default=None, help="runtime threads")
+    p.add_argument("--context", type=count(2), default=None,
                    help="NPU profiles: KV-cache slots of the fixed graphs (default: the "
                         "profile's context_length)")
-    p.add_argument("--npu-items", type=int, default=16,
+    p.add_argument("--npu-items", type=count(), default=16,
                    help="NPU profiles: held-out items run on the HTP (its simulation is slow)")
     p.add_argument("--no-imatrix", action="store_true",
                    help="GGUF: quantize without an importance matrix from the calibration text")

@@ -7,6 +7,7 @@ import re
 from ..errors import EdgeDistillError
 from ..plan import DEFAULT_SPEEDUP, PlanConfig, plan
 from .table import table
+from .types import count, positive
 
 
 def parse_count(text: str) -> int:
@@ -29,14 +30,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--target", default="laptop",
                    help="profile name, 'local' (measure this machine) or a YAML file "
                    "(default: laptop)")
-    p.add_argument("--speedup", type=float, default=None,
+    p.add_argument("--speedup", type=positive, default=None,
                    help=f"required speedup over the teacher on the target (default "
                    f"{DEFAULT_SPEEDUP:g}, relaxed with a note when out of reach; 1 = targets "
                    "only)")
     p.add_argument("--max-params", default=None, help="cap on student size, e.g. 500M")
     p.add_argument("--deploy", default=None, metavar="FORMAT:QUANT",
                    help="size for this format and quantization (default: the profile's first)")
-    p.add_argument("--top", type=int, default=8, help="rows of the candidate table")
+    p.add_argument("--top", type=count(), default=8, help="rows of the candidate table")
     p.add_argument("--calibration", default=None, metavar="FILE",
                    help="a calibration of this machine (default: the one 'edgedistill "
                    "calibrate' stored in the cache, if any)")

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import EdgeDistillError
+from ..errors import EdgeDistillError, writable_dir
 from ..teacher import weight_files
 from .losses import LOSSES, KDConfig
 from .loop import TrainConfig
@@ -123,7 +123,7 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
         raise EdgeDistillError(f"teacher {t.name} has no local weights (.safetensors or .bin).",
                                "download the model and pass its folder with --teacher PATH")
     encoder = t.shape.is_encoder
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(run_dir)
     tok = AutoTokenizer.from_pretrained(t.path)
 
     # -- the student's shape --------------------------------------------------------------

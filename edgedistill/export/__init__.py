@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..arch import shape_from_config
-from ..errors import EdgeDistillError
+from ..errors import EdgeDistillError, writable_dir
 from ..profiles import DeviceProfile, load_profile
 from .ledger import Ledger, files_id
 from .parity import Verdict
@@ -214,7 +214,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
         from .gguf import check_writable
 
         check_writable(model_dir, cfg)  # before minutes of ONNX work, not after
-    out_dir = Path(out) if out else model_dir.parent / "export"
+    out_dir = writable_dir(Path(out) if out else model_dir.parent / "export")
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     tok = AutoTokenizer.from_pretrained(model_dir)
     held, calib = eval_data(model_dir, tok, shape.is_encoder, config)
