@@ -57,7 +57,7 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     """Run every stage for ``teacher`` on ``target``; returns {json, md, html} report paths."""
     from .distill import DataConfig, KDConfig, TrainConfig, distill
     from .profiles import load_profile
-    from .teacher import load_teacher
+    from .teacher import check_model_files, load_teacher
 
     kd, train, data_cfg = kd or KDConfig(), train or TrainConfig(), data_cfg or DataConfig()
     if data and export_config.data is None:  # calibrate and verify on the user's text, as the
@@ -69,6 +69,8 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     stages = Stages.load(run_dir)
     prof = load_profile(target)
     t = load_teacher(teacher)
+    if t.path is not None:
+        check_model_files(t.path)
     _check_exportable(t, prof, export_config)
     t_id = [t.config, files_id(t.path) if t.path else None]
     data_id = files_id(Path(data)) if data else "stdlib"

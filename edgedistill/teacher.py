@@ -51,6 +51,49 @@ def weight_files(folder: Path) -> list[Path]:
             or sorted(p for p in folder.glob("pytorch_model*.bin")))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+def check_model_files(path: Path, role: str = "teacher", flag: str = "--teacher") -> None:
+    """Refuse, before any work, a model folder that cannot be loaded: no weights, a weight
+    file that is damaged or cut short (an interrupted download), a shard its index names
+    missing, or no tokenizer. Raises TeacherError naming the file and the fix."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    files = weight_files(path)
+    if not files:
+        raise TeacherError(f"{role} folder {path} has no weights (.safetensors or "
+                           "pytorch_model*.bin).",
+                           f"download or save the whole model and pass its folder with {flag}")
+    for index in path.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):
+            raise TeacherError(f"{index}: not a valid weight index (JSON with a weight_map).",
+                               "restore the file, or download the model again") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise TeacherError(f"{role} folder {path} lacks {len(missing)} weight shard(s) "
+                               f"its {index.name} names: {', '.join(missing[:3])}.",
+                               "download the missing shards (or the whole model) again")
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), "pt") as h:  # reads the header only; checks the size
+                    h.keys()
+            elif f.stat().st_size == 0:
+                raise ValueError("the file is empty")
+        except Exception as e:  # safetensors raises its own error type
+            raise TeacherError(f"{f}: cannot read the weights ({str(e)[:120]}).",
+                               "the file is damaged or incomplete (an interrupted download?): "
+                               "download or save the model again") from None
+    if not any((path / t).is_file() for t in TOKENIZER_FILES):
+        raise TeacherError(f"{role} folder {path} has no tokenizer ({', '.join(TOKENIZER_FILES)}).",
+                           "save the tokenizer beside the model: "
+                           "AutoTokenizer.from_pretrained(...).save_pretrained(FOLDER)")
+
+
 def _read_config(path: Path, name: str) -> dict:
     try:
         cfg = json.loads(path.read_text())

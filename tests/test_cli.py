@@ -6,7 +6,7 @@ import pytest
 
 from edgedistill import cli
 
-from conftest import REAL_CONFIGS, write_config
+from conftest import REAL_CONFIGS, TINY_CONFIGS, write_config
 
 
 def run(*args, env=None):
@@ -93,16 +93,66 @@ def test_numeric_options_out_of_range_are_usage_errors(args, words, capsys):
     assert words in err and "Fix:" in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_an_out_folder_that_is_a_file_is_a_user_error(teacher_dir, tmp_path, capsys):
+def test_an_out_folder_that_is_a_file_is_a_user_error(tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")
-    student = teacher_dir("llama")
+    student = folder(tmp_path, "student")
     for out in (blocker, blocker / "sub"):
         code = cli.main(["export", "--student", str(student), "--formats", "onnx",
                          "--out", str(out)])
         err = capsys.readouterr().err
         assert code == 2 and f"{blocker} is a file" in err and "Fix:" in err, err
     assert blocker.read_text() == "not a folder"
+
+
+def folder(tmp_path, name, tokenizer=True, weights="whole"):
+    """A llama config folder with a small weight file (whole, cut short, or one of two index
+    shards) and a tokenizer.json: enough for the checks made before any work."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = write_config(tmp_path / name, TINY_CONFIGS["llama"])
+    if weights:
+        f = d / ("model-00001-of-00002.safetensors" if weights == "shard" else
+                 "model.safetensors")
+        save_file({"w": torch.zeros(256)}, str(f))
+        if weights == "cut":  # an interrupted download
+            f.write_bytes(f.read_bytes()[:-100])
+        if weights == "shard":
+            (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+                "a": f.name, "b": "model-00002-of-00002.safetensors"}}))
+    if tokenizer:
+        (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def test_model_folders_that_cannot_load_are_refused_before_any_work(tmp_path, capsys):
+    """Before: a folder without a tokenizer or with a cut-short safetensors file crashed with
+    an internal error (TypeError, SafetensorError)."""
+    cases = [(folder(tmp_path, "no-tokenizer", tokenizer=False), "has no tokenizer"),
+             (folder(tmp_path, "cut", weights="cut"), "model.safetensors: cannot read the weights"),
+             (folder(tmp_path, "shard", weights="shard"), "lacks 1 weight shard(s)"),
+             (folder(tmp_path, "empty", weights=None), "has no weights")]
+    for d, words in cases:
+        for argv in (["export", "--student", str(d), "--formats", "onnx"],
+                     ["export", "--teacher", str(d)], ["distill", "--teacher", str(d)]):
+            assert cli.main(argv + ["--out", str(tmp_path / "out")]) == 2, argv
+            err = capsys.readouterr().err
+            assert words in err and "Fix:" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_data_that_is_not_text_is_refused(tmp_path, capsys):
+    from edgedistill.distill.data import load_texts
+    from edgedistill.errors import EdgeDistillError
+
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text("def f(x):\n    return x\n" * 50, encoding="utf-16")
+    with pytest.raises(EdgeDistillError, match="is not UTF-8 text"):
+        load_texts(utf16)
+    stray = tmp_path / "latin1.txt"  # one stray byte in plain text is tolerated
+    stray.write_bytes(b"\xef\xbb\xbf" + b"caf\xe9 au lait\n" + b"plain text line\n" * 20)
+    (text,) = load_texts(stray)
+    assert text.startswith("caf\ufffd au lait")  # the BOM is dropped
 
 
 def test_internal_error_exit_1_traceback_only_in_debug(monkeypatch, capsys):

@@ -43,8 +43,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="add N teacher-written continuations (sequence-level KD)")
     p.add_argument("--cache-topk", type=count(0), default=0, metavar="K",
                    help="cache the teacher's top-K logits on disk and train from the cache")
-    p.add_argument("--eval-every", type=count(), default=50)
-    p.add_argument("--save-every", type=count(), default=50)
+    p.add_argument("--eval-every", type=count(0), default=50,
+                   help="validate every N steps (0: never)")
+    p.add_argument("--save-every", type=count(0), default=50,
+                   help="checkpoint every N steps (0: never; --resume needs checkpoints)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speedup", type=positive, default=None, help="as for 'plan'")
     p.add_argument("--max-params", default=None, help="as for 'plan'")

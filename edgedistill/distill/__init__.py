@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import EdgeDistillError, writable_dir
-from ..teacher import weight_files
+from ..teacher import check_model_files, weight_files
 from .losses import LOSSES, KDConfig
 from .loop import TrainConfig
 
@@ -119,9 +119,10 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
         raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
                                "run without --resume first, or point --out at the run folder")
     t = load_teacher(teacher)
-    if t.path is None or not weight_files(t.path):
+    if t.path is None:
         raise EdgeDistillError(f"teacher {t.name} has no local weights (.safetensors or .bin).",
                                "download the model and pass its folder with --teacher PATH")
+    check_model_files(t.path)
     encoder = t.shape.is_encoder
     writable_dir(run_dir)
     tok = AutoTokenizer.from_pretrained(t.path)

@@ -28,6 +28,21 @@ def _jsonl(path: Path) -> list[str]:
     return out
 
 
+def _text_file(path: Path) -> str:
+    """A text file's contents as UTF-8. A few undecodable bytes (a stray Latin-1 character)
+    are replaced; a file that is mostly not UTF-8 text (binary, compressed, UTF-16) is refused
+    rather than trained and verified on as noise."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig", errors="replace")
+    bad = text.count("\ufffd") + text.count("\x00")
+    if text and bad > 0.01 * len(text):
+        raise EdgeDistillError(f"data {path} is not UTF-8 text ({bad / len(text):.0%} of it "
+                               "does not decode, or is NUL bytes).",
+                               "pass plain UTF-8 text (convert it, or decompress it first), or "
+                               ".jsonl with a 'text' field")
+    return text
+
+
 def load_texts(path: str | Path) -> list[str]:
     """Documents from ``path``; raises EdgeDistillError when there is nothing usable."""
     path = Path(path)
@@ -52,7 +67,7 @@ def load_texts(path: str | Path) -> list[str]:
     elif path.suffix == ".jsonl":
         texts = _jsonl(path)
     else:
-        texts = [path.read_text(encoding="utf-8", errors="replace")]
+        texts = [_text_file(path)]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise EdgeDistillError(f"data {path} holds no text.",

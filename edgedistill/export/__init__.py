@@ -21,6 +21,7 @@ from pathlib import Path
 from ..arch import shape_from_config
 from ..errors import EdgeDistillError, writable_dir
 from ..profiles import DeviceProfile, load_profile
+from ..teacher import check_model_files
 from .ledger import Ledger, files_id
 from .parity import Verdict
 
@@ -209,6 +210,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     prof = target if isinstance(target, DeviceProfile) else load_profile(target)
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
+    check_model_files(model_dir, "student", "--student")
     plan = resolve_formats(prof, config)
     if "gguf" in plan:
         from .gguf import check_writable
@@ -249,14 +251,14 @@ def _inputs_key(model_dir: Path, prof: DeviceProfile, config: ExportConfig, held
                 calib: list) -> str:
     """Identity of everything an artifact's file and verdict depend on, for the ledger: not
     which formats and quantizations were asked for (each artifact is recorded under its own
-    name), nor the thread count."""
+    name), the thread count, or where the data file lies (its tokens are in the key)."""
     import hashlib
 
     from .. import __version__
     from .parity import ENCODER_THRESHOLDS, THRESHOLDS
 
     settings = {k: v for k, v in asdict(config).items()
-                if k not in ("formats", "quants", "threads", "resume")}
+                if k not in ("formats", "quants", "threads", "resume", "data")}
     blob = json.dumps([__version__, repr(THRESHOLDS), repr(ENCODER_THRESHOLDS),
                        files_id(model_dir), asdict(prof), settings, held, calib],
                       default=str, sort_keys=True)
