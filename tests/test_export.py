@@ -336,7 +336,7 @@ def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):
 
 
 def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_llama, tmp_path,
-                                                                     capsys):
+                                                                     capsys, monkeypatch):
     """An interrupted (here: a deleted file) or tampered-with export folder: a second export
     keeps the files verified from the same inputs, byte for byte with their figures, and
     writes and verifies again what is missing or changed."""
@@ -377,10 +377,17 @@ def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_ll
     assert not (tmp_path / "gguf" / "model.f32.gguf").exists()  # scratch, removed again
     doc = json.loads((tmp_path / "export.json").read_text())
     assert len(doc["artifacts"]) == 6 and doc["tokenizer_parity"]["passed"]
-    # other inputs (here: the held-out length) or --fresh: nothing is kept
-    for cfg in (ExportConfig(quants=("fp32", "f16"), seq_len=96),
-                ExportConfig(quants=("fp32", "f16"), resume=False)):
+    # other inputs (the held-out length; another onnxruntime) or --fresh: nothing is kept
+    import edgedistill.export as ex
+
+    software, base = ex._software_id(), ExportConfig(quants=("fp32", "f16"))
+    for cfg, runtimes in ((ExportConfig(quants=("fp32", "f16"), seq_len=96), software),
+                          (base, [software[0], {"onnxruntime": "2.0"}]),
+                          (ExportConfig(quants=("fp32", "f16"), resume=False), software)):
+        monkeypatch.setattr(ex, "_software_id", lambda: software)
+        export(trained_llama, "laptop", base, tmp_path)  # records under the usual key again
         capsys.readouterr()
+        monkeypatch.setattr(ex, "_software_id", lambda r=runtimes: r)
         export(trained_llama, "laptop", cfg, tmp_path)
         assert "[kept:" not in capsys.readouterr().err
 

@@ -254,15 +254,32 @@ def _inputs_key(model_dir: Path, prof: DeviceProfile, config: ExportConfig, held
     name), the thread count, or where the data file lies (its tokens are in the key)."""
     import hashlib
 
-    from .. import __version__
-    from .parity import ENCODER_THRESHOLDS, THRESHOLDS
-
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("formats", "quants", "threads", "resume", "data")}
-    blob = json.dumps([__version__, repr(THRESHOLDS), repr(ENCODER_THRESHOLDS),
-                       files_id(model_dir), asdict(prof), settings, held, calib],
-                      default=str, sort_keys=True)
+    blob = json.dumps([_software_id(), files_id(model_dir), asdict(prof), settings, held,
+                       calib], default=str, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _software_id() -> list:
+    """What makes and judges the files: edgedistill's own source (any change, the thresholds
+    table included, invalidates earlier records) and the versions of the converters and
+    runtimes."""
+    import hashlib
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parent.parent
+    code = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        code.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    versions = {}
+    for pkg in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+                "onnxruntime-qnn", "llama-cpp-python", "gguf"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return [code.hexdigest(), versions]
 
 
 def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,

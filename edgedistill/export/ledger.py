@@ -5,9 +5,9 @@ interrupted or repeated export does not redo it.
 scratch file such as the F32 GGUF the quantizations start from): the key of everything the
 step depended on, the SHA-256 of each file it wrote, and what it produced (the verdict with its
 figures). A later export reuses a record only when its key is the same (the model's files, the
-held-out and calibration tokens, the profile, the export settings, the thresholds table and
-edgedistill's version) and every file still has the recorded hash; anything else is done
-again. Runs that crashed (the runtime could not load the file) are never recorded.
+held-out and calibration tokens, the profile, the export settings, edgedistill's source code
+and the versions of the converters and runtimes) and every file still has the recorded hash;
+anything else is done again. Runs that crashed (the runtime could not load the file) are never recorded.
 """
 from __future__ import annotations
 
