@@ -11,6 +11,7 @@ good without having been run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -252,8 +253,6 @@ def _inputs_key(model_dir: Path, prof: DeviceProfile, config: ExportConfig, held
     """Identity of everything an artifact's file and verdict depend on, for the ledger: not
     which formats and quantizations were asked for (each artifact is recorded under its own
     name), the thread count, or where the data file lies (its tokens are in the key)."""
-    import hashlib
-
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("formats", "quants", "threads", "resume", "data")}
     blob = json.dumps([_software_id(), files_id(model_dir), asdict(prof), settings, held,
@@ -265,7 +264,6 @@ def _software_id() -> list:
     """What makes and judges the files: edgedistill's own source (any change, the thresholds
     table included, invalidates earlier records) and the versions of the converters and
     runtimes."""
-    import hashlib
     from importlib import metadata
 
     root = Path(__file__).resolve().parent.parent
