@@ -12,6 +12,10 @@ here. Figures for the profile's own card (an 8 GB RTX 4060 class) are predicted:
 the measurement (bench.scaled_to_card states the basis). Then the bundled all-MiniLM-L6-v2
 sentence encoder the same way (batches of the profile's size; no card prediction for
 encoders), unless --no-encoder. Writes benchmarks/results/gpu_runtimes_<gpu>.json.
+
+In parts, on a machine where a runtime is still being built: ``--formats onnx`` first, then
+``--formats gguf --runtimes llama.cpp-cuda --merge`` adds the GGUF rows to the same JSON (the
+model is trained once and reused; each format exports into its own folder).
 """
 from __future__ import annotations
 
@@ -31,13 +35,22 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=150, help="training steps (CPU)")
+    ap.add_argument("--steps", type=int, default=150,
+                    help="training steps (on the GPU when there is one)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/gpu_runtimes")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder part")
+    ap.add_argument("--formats", default="gguf,onnx", help="export formats (comma list)")
+    ap.add_argument("--runtimes", default=None,
+                    help="GPU runtimes (comma list; default: every one usable here)")
+    ap.add_argument("--merge", action="store_true",
+                    help="add to the output JSON's rows instead of replacing the file")
+    ap.add_argument("--conditions", default=None,
+                    help="what else the machine was doing, recorded on each row of this run")
     args = ap.parse_args()
+    formats = tuple(f for f in args.formats.split(",") if f)
 
     from edgedistill.bench import BenchConfig, bench
     from edgedistill.bench.cuda import cuda_device, gpu_bandwidth_gbps, runtime_status
@@ -57,17 +70,24 @@ def main() -> int:
         make_causal_lm(model, hidden=args.hidden, layers=args.layers, heads=args.hidden // 64,
                        kv_heads=max(1, args.hidden // 128), ffn=3 * args.hidden,
                        vocab=args.vocab, steps=args.steps, seq_len=256, batch=8, lr=2e-3,
-                       chars=4_000_000, log=lambda m: print(m, file=sys.stderr))
+                       chars=4_000_000, device="cuda",
+                       log=lambda m: print(m, file=sys.stderr))
     train_s = time.time() - t0
+    quants = {"gguf": ("f16", "q8_0", "q4_k_m"), "onnx": ("fp16", "int4")}
+    t0 = time.time()
     res = export(model, "consumer-gpu",
-                 ExportConfig(formats=("gguf", "onnx"),
-                              quants=("f16", "q8_0", "q4_k_m", "fp16", "int4"), threads=2),
-                 work / "export")
+                 ExportConfig(formats=formats, threads=2,
+                              quants=tuple(q for f in formats for q in quants[f])),
+                 work / ("export-" + "-".join(formats)))
+    export_s = time.time() - t0
     arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
-    runtimes = tuple(r for r, why in status.items() if why is None)
+    runtimes = tuple(args.runtimes.split(",")) if args.runtimes else \
+        tuple(r for r, why in status.items() if why is None)
+    t0 = time.time()
     recs = bench(arts, model, "consumer-gpu",
                  BenchConfig(threads=2, new_tokens=args.new_tokens, repeats=args.repeats,
                              runtimes=runtimes))
+    bench_s = time.time() - t0
     params = _params(model)
     rows = []
     for r in recs:
@@ -77,9 +97,16 @@ def main() -> int:
             "device": b.get("device"), "parity": (r.get("parity") or {}).get("status"),
             **{k: b.get(k) for k in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms",
                                      "p50_ms", "p95_ms", "warmup_s", "tokens_match_eager",
-                                     "error")},
+                                     "cudagraph_skips", "note", "error")},
             "predicted_card": (r.get("predicted") or {}).get("target"),  # labelled
+            **({"conditions": args.conditions} if args.conditions else {}),
         })
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    out = Path(args.out or ROOT / "results" / f"gpu_runtimes_{slug}.json")
+    before = json.loads(out.read_text()) if args.merge and out.is_file() else {}
+    if before:  # a row measured now replaces the same (runtime, artifact) measured before
+        now = {(x["runtime"], x["artifact"]) for x in rows}
+        rows = [x for x in before["rows"] if (x["runtime"], x["artifact"]) not in now] + rows
     by = {(x["runtime"], x["artifact"]): x for x in rows}
 
     def tps(rt, art):
@@ -87,14 +114,23 @@ def main() -> int:
 
     eager, graphs = tps("torch-cuda eager", "hf:fp16"), tps("torch-cuda CUDA graphs", "hf:fp16")
     static = tps("torch-cuda static cache", "hf:fp16")
+    skipped = {r: why for r, why in status.items() if why}
+    if before:  # skipped only if no run of this benchmark could measure it
+        measured = {x["runtime"] for x in rows}
+        skipped = {r: why for r, why in {**before.get("runtimes_skipped", {}), **skipped}.items()
+                   if r not in measured and r not in runtimes}
     doc = {
         "benchmark": "gpu_runtimes", "measured": True, "gpu": gpu,
         "gpu_copy_bandwidth_gbps": gpu_bandwidth_gbps(),
-        "host": f"{platform.processor() or platform.machine()}",
-        "runtimes_skipped": {r: why for r, why in status.items() if why},
+        "host": _host(), "software": _software(),
+        "seconds": {**(before.get("seconds") or {}),
+                    **{f"export {'+'.join(formats)}": round(export_s, 1),
+                       f"bench {'+'.join(formats)}": round(bench_s, 1)}},
+        "runtimes_skipped": skipped,
         "model": {"family": "llama", "hidden": args.hidden, "layers": args.layers,
                   "vocab": args.vocab, "params": params, "train_steps": args.steps,
-                  "train_seconds": round(train_s, 1)},
+                  "train_seconds": round(train_s, 1) if train_s > 1 or not before
+                  else before["model"]["train_seconds"]},
         "new_tokens": args.new_tokens, "repeats": args.repeats,
         "cuda_graphs_effect": {
             "eager_tokens_per_s": eager, "static_cache_tokens_per_s": static,
@@ -102,10 +138,9 @@ def main() -> int:
             "graphs_over_eager": graphs / eager if eager and graphs else None,
             "graphs_over_static": graphs / static if static and graphs else None},
         "rows": rows,
-        "encoder": None if args.no_encoder else _encoder(work, runtimes, args.repeats),
+        "encoder": (before.get("encoder") if args.no_encoder
+                    else _encoder(work, runtimes, args.repeats)),
     }
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-    out = Path(args.out or ROOT / "results" / f"gpu_runtimes_{slug}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=str))
     print(f"{'runtime':<26} {'artifact':<12} {'decode tok/s':>12} {'prefill tok/s':>13} "
@@ -143,6 +178,35 @@ def _encoder(work: Path, runtimes: tuple, repeats: int) -> dict:
         print(f"{x['runtime']:<26} {x['artifact']:<12} {_f(x['batch_ms']):>9} "
               f"{_f(x['sentences_per_s']):>8}  {x['error'] or ''}")
     return {"model": "all-MiniLM-L6-v2 (bundled)", "rows": rows}
+
+
+def _host() -> str:
+    """The CPU's model name (the CPU rows ran on it), with the thread count."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} threads"
+
+
+def _software() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch_cuda": torch.version.cuda}
+    for name in ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "llama-cpp-python"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def _params(model: Path) -> int:

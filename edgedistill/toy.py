@@ -36,13 +36,14 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
                    vocab: int = 1024, steps: int = 200, seq_len: int = 128, batch: int = 8,
                    lr: float = 3e-3, chars: int = 2_000_000, seed: int = 0,
                    text: str | None = None, overrides: dict | None = None,
-                   log=None) -> Path:
+                   device: str | None = None, log=None) -> Path:
     """Train a small causal LM on standard-library source and save it (HF folder with
     tokenizer) to ``out_dir``. Returns ``out_dir``. Deterministic for a given seed.
 
     ``text``: train on this instead of the first ``chars`` of standard-library source (the
     tokenizer is then learnt from the first ``chars`` of ``text``). ``overrides``: config
-    values set last (e.g. ``{"attention_bias": True}``)."""
+    values set last (e.g. ``{"attention_bias": True}``). ``device``: where to train (default:
+    the CPU; "cuda" for a GPU: the batches drawn are the same, the arithmetic not bit-equal)."""
     import torch
     import transformers
 
@@ -61,7 +62,7 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   tie_word_embeddings=family in ("qwen2", "qwen3"), **extra)
     cfg = cfg_cls(**{**values, **(overrides or {})})
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(device or "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -71,7 +72,7 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
         for group in opt.param_groups:
             group["lr"] = lr_now
         starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=g)
-        x = torch.stack([ids[s:s + seq_len] for s in starts])  # (B, T)
+        x = torch.stack([ids[s:s + seq_len] for s in starts]).to(device or "cpu")  # (B, T)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -80,7 +81,7 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"toy {family}: step {step + 1}/{steps} loss {loss.item():.3f} "
                 f"({time.time() - t0:.0f}s)")
-    model.eval()
+    model.eval().to("cpu")
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir

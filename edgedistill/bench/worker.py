@@ -129,7 +129,13 @@ def _torch_causal(task):
                 runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
             else:
                 warmup_s = prefill + sum(token_s)
-    return {"runs": runs, "warmup_s": warmup_s}
+    out = {"runs": runs, "warmup_s": warmup_s}
+    if mode == "graphs":  # did torch.compile capture CUDA graphs, or fall back without a word?
+        from torch._dynamo.utils import counters
+
+        out["cudagraph_skips"] = int(counters["inductor"].get("cudagraph_skips", 0))
+        out["compiled_graphs"] = int(counters["stats"].get("unique_graphs", 0))
+    return out
 
 
 class _EagerDecoder:

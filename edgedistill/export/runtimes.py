@@ -163,6 +163,24 @@ def llama_worker(task: dict, timeout: float = 600) -> dict:
     return child("edgedistill.export.llama_worker", task, timeout, "llama.cpp")
 
 
+def uses_gpu(task: dict) -> bool:
+    """Whether a worker task asks for a GPU: torch on a CUDA device, llama.cpp with layers
+    offloaded, or onnxruntime with the CUDA provider."""
+    return (str(task.get("device", "cpu")).startswith("cuda") or bool(task.get("gpu_layers"))
+            or "CUDAExecutionProvider" in (task.get("providers") or ()))
+
+
+def child_env(task: dict) -> dict:
+    """The child's environment. A task that asks for no GPU sees none (CUDA_VISIBLE_DEVICES
+    empty): a CUDA build of llama.cpp otherwise sends large batches (a prompt, a
+    verification's logits) to the GPU even with no layers offloaded, so a "CPU" figure would
+    be part GPU."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not uses_gpu(task):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 def child(module: str, task: dict, timeout: float = 600, what: str = "the runtime") -> dict:
     """Run ``python -m module TASK.json`` in a child process; raise RuntimeFailure when it
     crashes, fails or times out. Arrays come back as .npy files in a temporary folder."""
@@ -170,7 +188,7 @@ def child(module: str, task: dict, timeout: float = 600, what: str = "the runtim
         task = dict(task, workdir=tmp)
         spec = Path(tmp) / "task.json"
         spec.write_text(json.dumps(task))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = child_env(task)
         try:
             r = subprocess.run([sys.executable, "-m", module, str(spec)], capture_output=True,
                                text=True, timeout=timeout, env=env)
