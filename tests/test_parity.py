@@ -56,6 +56,19 @@ def test_broken_files_fail_their_floor():
         "failed"
 
 
+def test_a_sound_fp16_onnx_file_of_a_small_model_is_not_failed():
+    """Figures of a real fp16 ONNX export (the 4.2M llama of benchmarks/export_parity.py):
+    all-fp16 arithmetic moves one logit in 1024 tokens by 0.2, 1.2% of its largest logit, with
+    KL 5e-6 and top-1 99.9%. Lossy beyond the target, not broken."""
+    v = judge({"max_abs_diff": 0.205, "max_rel_diff": 0.0119, "kl": 5.2e-6,
+               "top1_agreement": 0.999}, threshold_for("onnx", "fp16", encoder=False))
+    assert v.status == "below-target" and v.usable, v.failures
+    # the same file with one KV position off (KL of a wrong token in 128) is failed
+    v = judge({"max_abs_diff": 0.4, "max_rel_diff": 0.024, "kl": 2.0 / 128,
+               "top1_agreement": 0.99}, threshold_for("onnx", "fp16", encoder=False))
+    assert v.status == "failed" and any(f.startswith("KL") for f in v.failures)
+
+
 def test_exact_files_pass_and_the_verdict_serializes():
     v = judge({"max_abs_diff": 3e-5, "max_rel_diff": 2e-6, "kl": 1e-12, "top1_agreement": 1.0},
               threshold_for("onnx", "fp32", encoder=False))

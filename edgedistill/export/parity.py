@@ -60,8 +60,12 @@ T, L = Threshold, Limits
 THRESHOLDS: dict[tuple[str, str], Limits] = {
     ("onnx", "fp32"): L(T(max_abs_diff=1e-4, top1_agreement=0.999),
                         T(max_rel_diff=1e-4, kl=1e-6, top1_agreement=0.995)),
+    # fp16 ONNX runs the whole graph in fp16 (the residual stream too): ~0.2 of max abs diff
+    # over 1024 tokens on every model run, KL 5e-6 to 1.4e-5, which is 0.55% of SmolLM2's
+    # largest logit (43) but 1.01% (27M llama, H200 run) and 1.19% (4.2M llama) of the small
+    # models' (17): the relative floor sits 4x beyond the worst; KL and top-1 catch corruption
     ("onnx", "fp16"): L(T(max_abs_diff=5e-2, top1_agreement=0.99),
-                        T(max_rel_diff=1e-2, kl=1e-3, top1_agreement=0.97)),
+                        T(max_rel_diff=5e-2, kl=1e-3, top1_agreement=0.97)),
     ("onnx", "int8"): L(T(top1_agreement=0.99, kl=0.02), T(top1_agreement=0.90, kl=0.03)),
     ("onnx", "int4"): L(T(top1_agreement=0.95, kl=0.08), T(top1_agreement=0.70, kl=0.40)),
     ("onnx", "qdq_a8w8"): L(T(top1_agreement=0.90, kl=0.15), T(top1_agreement=0.65, kl=0.6)),
