@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -55,6 +56,7 @@ def main() -> int:
     from edgedistill.bench import BenchConfig, bench
     from edgedistill.bench.cuda import cuda_device, gpu_bandwidth_gbps, runtime_status
     from edgedistill.export import ExportConfig, export
+    from edgedistill.machine import cpu_model
     from edgedistill.toy import make_causal_lm
 
     status = runtime_status()
@@ -66,7 +68,8 @@ def main() -> int:
     work = Path(args.work)
     model = work / f"llama-h{args.hidden}-l{args.layers}-v{args.vocab}-s{args.steps}"
     t0 = time.time()
-    if not (model / "config.json").is_file():
+    trained = not (model / "config.json").is_file()  # else an earlier part trained it
+    if trained:
         make_causal_lm(model, hidden=args.hidden, layers=args.layers, heads=args.hidden // 64,
                        kv_heads=max(1, args.hidden // 128), ffn=3 * args.hidden,
                        vocab=args.vocab, steps=args.steps, seq_len=256, batch=8, lr=2e-3,
@@ -114,22 +117,20 @@ def main() -> int:
 
     eager, graphs = tps("torch-cuda eager", "hf:fp16"), tps("torch-cuda CUDA graphs", "hf:fp16")
     static = tps("torch-cuda static cache", "hf:fp16")
-    skipped = {r: why for r, why in status.items() if why}
-    if before:  # skipped only if no run of this benchmark could measure it
-        measured = {x["runtime"] for x in rows}
-        skipped = {r: why for r, why in {**before.get("runtimes_skipped", {}), **skipped}.items()
-                   if r not in measured and r not in runtimes}
+    measured = {x["runtime"].split()[0] for x in rows}  # "torch-cuda eager" -> torch-cuda
+    skipped = {r: why for r, why in {**before.get("runtimes_skipped", {}), **status}.items()
+               if why and r not in measured}  # by every part of this benchmark
     doc = {
         "benchmark": "gpu_runtimes", "measured": True, "gpu": gpu,
         "gpu_copy_bandwidth_gbps": gpu_bandwidth_gbps(),
-        "host": _host(), "software": _software(),
+        "host": f"{cpu_model()}, {os.cpu_count()} threads", "software": _software(),
         "seconds": {**(before.get("seconds") or {}),
                     **{f"export {'+'.join(formats)}": round(export_s, 1),
                        f"bench {'+'.join(formats)}": round(bench_s, 1)}},
         "runtimes_skipped": skipped,
         "model": {"family": "llama", "hidden": args.hidden, "layers": args.layers,
                   "vocab": args.vocab, "params": params, "train_steps": args.steps,
-                  "train_seconds": round(train_s, 1) if train_s > 1 or not before
+                  "train_seconds": round(train_s, 1) if trained or not before
                   else before["model"]["train_seconds"]},
         "new_tokens": args.new_tokens, "repeats": args.repeats,
         "cuda_graphs_effect": {
@@ -180,33 +181,14 @@ def _encoder(work: Path, runtimes: tuple, repeats: int) -> dict:
     return {"model": "all-MiniLM-L6-v2 (bundled)", "rows": rows}
 
 
-def _host() -> str:
-    """The CPU's model name (the CPU rows ran on it), with the thread count."""
-    import os
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} threads"
-
-
 def _software() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
-    out = {"python": platform.python_version(), "torch_cuda": torch.version.cuda}
-    for name in ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "llama-cpp-python"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
+    from edgedistill.machine import package_version
+
+    names = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "llama-cpp-python")
+    return {"python": platform.python_version(), "torch_cuda": torch.version.cuda,
+            **{n: v for n in names if (v := package_version(n))}}
 
 
 def _params(model: Path) -> int:

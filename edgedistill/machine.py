@@ -48,6 +48,16 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None where it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def _physical_cores() -> int:
     pairs = set()
     try:

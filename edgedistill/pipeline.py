@@ -64,8 +64,8 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
         export_config = replace(export_config, data=str(data))  # CLI does
     if data and bench_config.data is None:
         bench_config = replace(bench_config, data=str(data))
-    run_dir = writable_dir(Path(out).resolve())  # records hold absolute paths: usable from
-    # any folder
+    # records hold absolute paths: usable from any folder
+    run_dir = writable_dir(Path(out).resolve())
     stages = Stages.load(run_dir)
     prof = load_profile(target)
     t = load_teacher(teacher)

@@ -61,23 +61,14 @@ def cache_dir() -> Path:
     return Path(base) / "edgedistill"
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
 def fingerprint(threads: int) -> dict:
     """What a calibration is only valid for: this CPU, core count, thread count and runtime
     versions. Cheap (no runtime is imported)."""
-    from .machine import cpu_model
+    from .machine import cpu_model, package_version
 
     return {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "threads": int(threads),
-            "llama_cpp_python": _version("llama_cpp_python"),
-            "onnxruntime": _version("onnxruntime"), "version": CALIBRATION_VERSION}
+            "llama_cpp_python": package_version("llama_cpp_python"),
+            "onnxruntime": package_version("onnxruntime"), "version": CALIBRATION_VERSION}
 
 
 def fingerprint_key(fp: dict) -> str:

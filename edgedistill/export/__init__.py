@@ -11,6 +11,7 @@ good without having been run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -260,24 +261,20 @@ def _inputs_key(model_dir: Path, prof: DeviceProfile, config: ExportConfig, held
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+@functools.cache
 def _software_id() -> list:
     """What makes and judges the files: edgedistill's own source (any change, the thresholds
     table included, invalidates earlier records) and the versions of the converters and
-    runtimes."""
-    from importlib import metadata
+    runtimes. Read once per process (the whole chain exports twice)."""
+    from ..machine import package_version
 
     root = Path(__file__).resolve().parent.parent
     code = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):
         code.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    versions = {}
-    for pkg in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                "onnxruntime-qnn", "llama-cpp-python", "gguf"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return [code.hexdigest(), versions]
+    return [code.hexdigest(), {pkg: package_version(pkg) for pkg in (
+        "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+        "onnxruntime-qnn", "llama-cpp-python", "gguf")}]
 
 
 def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
