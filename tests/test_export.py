@@ -643,3 +643,42 @@ def test_a_tokenizer_model_that_is_not_sentencepiece_is_a_clear_error(tmp_path):
         export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
                tmp_path / "out")
     assert "tokenizer.json alone" in e.value.hint
+
+
+def test_a_decoded_gguf_runs_the_files_own_weights_at_f32(trained_llama, tmp_path):
+    """decode_gguf (benchmarks/format_floors.py separates a format's weight loss from the
+    runtime's arithmetic with it): the F16 file decoded to F32 computes what torch computes
+    with every weight rounded to fp16, to F32 accuracy; a quantized file decodes to F32
+    tensors only, and llama.cpp runs it close to the quantized file itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgedistill.export.gguf import export_gguf
+    from edgedistill.export.parity import logit_figures
+    from edgedistill.export.runtimes import gguf_causal_logits
+    from edgedistill.quantize.gguf import decode_gguf, quantize_gguf, tensor_types
+
+    tok = AutoTokenizer.from_pretrained(trained_llama)
+    seqs = [tok("def parse(self, text):\n    return [t for t in text.split()]\n")["input_ids"],
+            tok("class Queue:\n    def put(self, item, block=True):\n")["input_ids"]]
+    model = AutoModelForCausalLM.from_pretrained(trained_llama).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+        rounded = [model(torch.tensor([s])).logits[0].numpy() for s in seqs]
+
+    f16 = export_gguf(trained_llama, tmp_path / "m.f16.gguf", "f16")
+    assert decode_gguf(f16, tmp_path / "m.f16.f32.gguf") == tensor_types(f16)
+    assert set(tensor_types(tmp_path / "m.f16.f32.gguf")) == {"F32"}
+    decoded = logit_figures(rounded, gguf_causal_logits(tmp_path / "m.f16.f32.gguf", seqs, 2,
+                                                        kv_f32=True))
+    assert decoded["max_abs_diff"] <= 1e-4 * max(1.0, decoded["max_abs_logit"])
+
+    src = export_gguf(trained_llama, tmp_path / "m.f32.gguf", "f32")
+    q4, _ = quantize_gguf(src, "q4_0", tmp_path / "m.q4_0.gguf")
+    decode_gguf(q4, tmp_path / "m.q4_0.f32.gguf")
+    assert set(tensor_types(tmp_path / "m.q4_0.f32.gguf")) == {"F32"}
+    quantized = gguf_causal_logits(q4, seqs, 2, kv_f32=True)
+    same = logit_figures(quantized, gguf_causal_logits(tmp_path / "m.q4_0.f32.gguf", seqs, 2,
+                                                       kv_f32=True))
+    assert same["top1_agreement"] >= 0.9 and same["kl"] < 1e-2, same

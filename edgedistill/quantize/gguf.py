@@ -166,3 +166,40 @@ def apply_importance(dst: str | Path, src: str | Path, importance: str | Path) -
     out.data.flush()
     del out
     return done
+
+
+def decode_gguf(src: str | Path, dst: str | Path) -> dict[str, int]:
+    """Write ``src`` again at ``dst`` (atomically) with every tensor decoded to F32 by gguf-py's
+    dequantizers, the metadata copied and the file type set to F32. llama.cpp then runs the
+    file's own weights with F32 arithmetic: the loss of the weights alone, without the
+    activation rounding its quantized and F16 matmuls add (benchmarks/format_floors.py).
+    Returns ``src``'s tensor types."""
+    import gguf
+    from gguf.quants import dequantize
+
+    src, dst = Path(src), Path(dst)
+    reader = gguf.GGUFReader(str(src))
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), reader.fields["general.architecture"].contents())
+    try:
+        for field in reader.fields.values():
+            if field.name == "general.architecture" or field.name.startswith("GGUF."):
+                continue  # the writer adds these itself
+            if field.name == "general.file_type":
+                writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+                continue
+            kind = field.types[0]
+            sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+        for t in reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists the fastest axis first
+            arr = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            writer.add_tensor(t.name, np.ascontiguousarray(arr, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items()))
