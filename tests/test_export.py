@@ -682,3 +682,31 @@ def test_a_decoded_gguf_runs_the_files_own_weights_at_f32(trained_llama, tmp_pat
     same = logit_figures(quantized, gguf_causal_logits(tmp_path / "m.q4_0.f32.gguf", seqs, 2,
                                                        kv_f32=True))
     assert same["top1_agreement"] >= 0.9 and same["kl"] < 1e-2, same
+
+
+def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(tmp_path):
+    """Mistral v0.1 attends to the last 4096 tokens; llama.cpp's llama graph to all of them.
+    The ONNX file keeps the window; the GGUF file says what it leaves out, and where the
+    window is shorter than the held-out sequences its verdict shows the difference."""
+    from edgedistill.export.gguf import sliding_window
+    from edgedistill.toy import make_causal_lm
+
+    model = make_causal_lm(tmp_path / "mistral", family="mistral", hidden=64, layers=2, heads=4,
+                           kv_heads=2, ffn=128, vocab=320, steps=60, seq_len=64, batch=8,
+                           chars=150_000, lr=1e-2, overrides={"sliding_window": 16})
+    assert sliding_window(model) == 16
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "f16"), eval_sequences=4,
+                                               seq_len=64), tmp_path / "out")
+    arts = _by_quant(res)
+    assert arts[("onnx", "fp32")].status == "passed" and not arts[("onnx", "fp32")].note
+    f16 = arts[("gguf", "f16")]
+    assert f16.status == "failed"  # 64-token sequences, a 16-token window
+    assert "sliding window of 16 tokens" in f16.note and "allows 4096" in f16.note
+
+    qwen = tmp_path / "qwen2-off"  # Qwen2 configs carry a window they do not use
+    shutil.copytree(model, qwen)
+    cfg = json.loads((qwen / "config.json").read_text())
+    cfg.update(model_type="qwen2", use_sliding_window=False, sliding_window=4096)
+    cfg.pop("layer_types", None)
+    (qwen / "config.json").write_text(json.dumps(cfg))
+    assert sliding_window(qwen) is None

@@ -88,7 +88,7 @@ def run(args) -> int:
         rows.append([a["format"], a["quant"], f"{(a['size_bytes'] or 0) / 2**20:.1f}",
                      _fmt(f.get("max_abs_diff")), _fmt(f.get("top1_agreement")),
                      _fmt(f.get("kl")), _fmt(f.get("cosine")), a["status"],
-                     "; ".join(a["parity"]["failures"]) or a["note"]])
+                     "; ".join(a["parity"]["failures"] + [a["note"]] * bool(a["note"]))])
     print(table(["format", "quant", "MiB", "max|diff|", "top-1", "KL", "cosine", "status",
                  "notes"], rows))
     tp = doc["tokenizer_parity"]

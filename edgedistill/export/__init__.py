@@ -240,6 +240,13 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     if "gguf" in plan:
         arts, tp = checker.gguf_artifacts(out_dir / "gguf", plan["gguf"],
                                           calib if config.importance else None)
+        from .gguf import sliding_window, window_note
+
+        if not shape.is_encoder and (window := sliding_window(model_dir)):
+            note = window_note(window, prof.context_length)
+            _log(f"gguf: {note}")
+            for a in arts:
+                a.note = "; ".join(filter(None, [a.note, note]))
         result.artifacts += arts
         result.tokenizer_parity = tp
     out_dir.mkdir(parents=True, exist_ok=True)

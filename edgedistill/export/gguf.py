@@ -234,6 +234,29 @@ def _rope_config(cfg: dict) -> tuple[str | None, dict]:
     return (None if rtype == "default" else rtype), rope
 
 
+def sliding_window(model_dir: str | Path) -> int | None:
+    """The attention window, in tokens, of a model whose layers (some or all) attend only to
+    the last N positions (Mistral v0.1: 4096; Qwen2 with ``use_sliding_window``), as
+    transformers configures it; None for full attention. llama.cpp's llama, qwen2 and qwen3
+    graphs have no window: a GGUF of such a model attends to the whole context."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None
+    return int(window)
+
+
+def window_note(window: int, context: int) -> str:
+    """What a GGUF of a sliding-window model leaves out, for the artifact's note."""
+    return (f"the model attends to a sliding window of {window} tokens, which llama.cpp's "
+            f"graph for it does not have: the file matches torch only while the context is at "
+            f"most {window} tokens" + (f" (the profile allows {context})" if context > window
+                                       else ""))
+
+
 def check_writable(model_dir: str | Path, cfg: dict) -> None:
     """Refuse, before any work, a model the GGUF writer cannot write exactly: its family,
     tokenizer kind and pre-tokenizer, and RoPE scaling. Raises EdgeDistillError."""
