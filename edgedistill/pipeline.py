@@ -198,9 +198,11 @@ def report(run_dir: str | Path) -> dict:
                           ("error", "Could not run")) if checks.get(k)))
     for role in ("student", "teacher"):
         exp = run_dir / "export" / role / "export.json"
-        tp = (json.loads(exp.read_text()).get("tokenizer_parity") or {}) if exp.is_file() else {}
+        done = json.loads(exp.read_text()) if exp.is_file() else {}
+        tp = done.get("tokenizer_parity") or {}
         if tp.get("normalization"):
             notes.append(f"GGUF tokenizer ({role}): {tp['normalization']['note']}.")
+        notes += [f"{role} {n}." for n in done.get("notes", [])]
     for r in records:
         if "error" in (r.get("bench") or {}):
             notes.append(f"{r['role']} {r['format']}:{r['quant']} could not be measured: "

@@ -684,16 +684,25 @@ def test_a_decoded_gguf_runs_the_files_own_weights_at_f32(trained_llama, tmp_pat
     assert same["top1_agreement"] >= 0.9 and same["kl"] < 1e-2, same
 
 
-def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(tmp_path):
+@pytest.fixture(scope="module")
+def windowed_mistral(tmp_path_factory):
+    """A tiny mistral attending to the last 16 tokens (Mistral v0.1: 4096)."""
+    from edgedistill.toy import make_causal_lm
+
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "mistral", family="mistral", hidden=64,
+                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=60,
+                          seq_len=64, batch=8, chars=150_000, lr=1e-2,
+                          overrides={"sliding_window": 16})
+
+
+def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(windowed_mistral,
+                                                                      tmp_path):
     """Mistral v0.1 attends to the last 4096 tokens; llama.cpp's llama graph to all of them.
     The ONNX file keeps the window; the GGUF file says what it leaves out, and where the
     window is shorter than the held-out sequences its verdict shows the difference."""
     from edgedistill.export.gguf import sliding_window
-    from edgedistill.toy import make_causal_lm
 
-    model = make_causal_lm(tmp_path / "mistral", family="mistral", hidden=64, layers=2, heads=4,
-                           kv_heads=2, ffn=128, vocab=320, steps=60, seq_len=64, batch=8,
-                           chars=150_000, lr=1e-2, overrides={"sliding_window": 16})
+    model = windowed_mistral
     assert sliding_window(model) == 16
     res = export(model, "laptop", ExportConfig(quants=("fp32", "f16"), eval_sequences=4,
                                                seq_len=64), tmp_path / "out")
@@ -702,6 +711,8 @@ def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(tmp_path):
     f16 = arts[("gguf", "f16")]
     assert f16.status == "failed"  # 64-token sequences, a 16-token window
     assert "sliding window of 16 tokens" in f16.note and "allows 4096" in f16.note
+    doc = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert len(doc["notes"]) == 1 and "sliding window of 16 tokens" in doc["notes"][0]
 
     qwen = tmp_path / "qwen2-off"  # Qwen2 configs carry a window they do not use
     shutil.copytree(model, qwen)
@@ -710,3 +721,24 @@ def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(tmp_path):
     cfg.pop("layer_types", None)
     (qwen / "config.json").write_text(json.dumps(cfg))
     assert sliding_window(qwen) is None
+
+
+@pytest.mark.slow
+def test_whole_chain_exits_3_on_a_broken_file_and_still_writes_its_report(windowed_mistral,
+                                                                          tmp_path):
+    """As with --student: a file that failed its verification makes the whole chain's exit
+    status 3; the run folder keeps everything, and the report says which file and why."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgedistill", "export", "--teacher",
+                        str(windowed_mistral), "--target", "laptop", "--steps", "2",
+                        "--seq-len", "32", "--batch-size", "2", "--formats", "gguf", "--quant",
+                        "f16", "--new-tokens", "4", "--repeats", "1", "--no-baselines",
+                        "--out", str(run)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert (run / "student" / "config.json").is_file()
+    assert (run / "export" / "student" / "gguf" / "model.f16.gguf").is_file()
+    md = (run / "report.md").read_text()
+    assert "FAILED: student gguf:f16" in md and "sliding window of 16 tokens" in md

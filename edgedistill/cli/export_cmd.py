@@ -21,8 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        "and/or GGUF, quantized as the profile allows, each file run in its "
                        "runtime and compared with torch: 'passed' (meets the quality "
                        "targets), 'below-target' (usable, loses more than the targets allow) "
-                       "or 'failed' (broken). Exit status 3 when one failed (with --strict: "
-                       "or is below target).")
+                       "or 'failed' (broken). Either way, exit status 3 when a file failed (with "
+                       "--strict: or is below target); the whole chain still writes its "
+                       "report.")
     p.add_argument("--student", default=None, help="export this HF model folder only")
     p.add_argument("--teacher", default=None, help="teacher for the whole chain (default: "
                    "the bundled all-MiniLM-L6-v2)")
@@ -56,8 +57,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-imatrix", action="store_true",
                    help="GGUF: quantize without an importance matrix from the calibration text")
     p.add_argument("--strict", action="store_true",
-                   help="with --student: exit with status 3 when a file is below its quality "
-                        "targets too, not only when one is broken")
+                   help="exit with status 3 when a file is below its quality targets too, "
+                        "not only when one is broken")
     p.add_argument("--no-npu-context", action="store_true",
                    help="NPU profiles: do not save the compiled HTP graphs (*.qnn-ctx.onnx)")
     p.add_argument("--fresh", action="store_true",
@@ -97,6 +98,8 @@ def run(args) -> int:
               f"({tp['cases']} probe texts, {tp['mismatches']} mismatches)")
     by = {s: [f"{a['format']}:{a['quant']}" for a in doc["artifacts"] if a["status"] == s]
           for s in ("below-target", "failed", "error")}
+    for n in doc["notes"]:
+        print(f"\nnote: {n}")
     print(f"\nwrote {res.out_dir}/export.json (figures measured against torch)")
     kept = [f"{a['format']}:{a['quant']}" for a in doc["artifacts"]
             if a["verified"]["earlier_run"]]
@@ -139,12 +142,15 @@ def _pipeline(args, export_cfg) -> int:
                                          repeats=args.repeats, data=args.data),
                 baselines=not args.no_baselines)
     doc = json.loads(open(paths["json"]).read())
+    # as with --student: 3 when an exported file (student or baseline) is broken
+    bad = {"failed", "error"} | ({"below-target"} if args.strict else set())
+    code = 3 if any((a.get("parity") or {}).get("status") in bad for a in doc["artifacts"]) else 0
     if args.json:
         emit_json(doc)
-        return 0
+        return code
     head, rows = main_table(doc["artifacts"])
     print(table(head, rows))
     for n in doc.get("notes", []):
         print(f"- {n}")
     print(f"\nreport: {paths['html']}")
-    return 0
+    return code

@@ -121,6 +121,8 @@ class ExportResult:
     out_dir: Path
     artifacts: list[Artifact] = field(default_factory=list)
     tokenizer_parity: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    """What holds for all of a format's files, e.g. a sliding window GGUF files leave out."""
 
     @property
     def passed(self) -> bool:
@@ -136,7 +138,7 @@ class ExportResult:
     def to_dict(self) -> dict:
         return {"model": str(self.model_dir), "target": self.target, "out": str(self.out_dir),
                 "passed": self.passed, "usable": self.usable,
-                "tokenizer_parity": self.tokenizer_parity,
+                "tokenizer_parity": self.tokenizer_parity, "notes": self.notes,
                 "artifacts": [a.to_dict() for a in self.artifacts]}
 
 
@@ -245,6 +247,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
         if not shape.is_encoder and (window := sliding_window(model_dir)):
             note = window_note(window, prof.context_length)
             _log(f"gguf: {note}")
+            result.notes.append(f"GGUF: {note}")
             for a in arts:
                 a.note = "; ".join(filter(None, [a.note, note]))
         result.artifacts += arts
