@@ -26,8 +26,56 @@ def test_bad_data_errors(tmp_path):
     with pytest.raises(EdgeDistillError, match="does not exist"):
         load_texts(tmp_path / "nope.txt")
     (tmp_path / "bad.jsonl").write_text('{"txt": "x"}\n')
-    with pytest.raises(EdgeDistillError, match=r"bad.jsonl:1: no string field 'text'"):
+    with pytest.raises(EdgeDistillError, match=r"bad.jsonl:1: no string field 'text', no "
+                                               r"'messages' list"):
         load_texts(tmp_path / "bad.jsonl")
+
+
+CHATML = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]"
+          "['role'] %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+          "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}")
+
+
+def test_conversations_and_prompt_completion_pairs(tmp_path):
+    """Chat data (TRL's conversational form) is rendered with the teacher's chat template, so
+    the student trains and is verified on what the deployed model reads; without a template
+    the contents are joined. Prompt/completion pairs are joined."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from conftest import _train_chatml_byte_bpe
+    from edgedistill.distill.data import chat_renderer
+
+    convo = {"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Sum 2 and 2?"},
+                          {"role": "assistant", "content": [{"type": "text", "text": "4."}]}]}
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (
+        convo, {"prompt": "def f(x):", "completion": " return x"}, {"text": "plain"})))
+    assert load_texts(path) == ["Be brief.\n\nSum 2 and 2?\n\n4.", "def f(x): return x",
+                                "plain"]
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    fast = _train_chatml_byte_bpe(tok, "def f(x): return x\n" * 200 + "Sum 2 and 2? 4.", 300)
+    fast.chat_template = CHATML
+    texts = load_texts(path, chat_renderer(fast))
+    assert texts[0] == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSum 2 and "
+                        "2?<|im_end|>\n<|im_start|>assistant\n4.<|im_end|>\n")
+    assert texts[1:] == ["def f(x): return x", "plain"]
+    ids = fast(texts[0], add_special_tokens=False)["input_ids"]  # as pack() tokenizes
+    assert ids.count(fast.convert_tokens_to_ids("<|im_start|>")) == 3
+
+    (tmp_path / "twice.jsonl").write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}))
+    with pytest.raises(EdgeDistillError, match=r"twice.jsonl:2: the teacher's chat template "
+                                               r"refused this conversation .*alternate"):
+        load_texts(tmp_path / "twice.jsonl", chat_renderer(fast))
+
+    datasets = pytest.importorskip("datasets")
+    rows = [{"messages": convo["messages"][:2] + [{"role": "assistant", "content": "4."}]}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    assert load_texts(tmp_path / "ds", chat_renderer(fast)) == texts[:1]
 
 
 class _Tok:

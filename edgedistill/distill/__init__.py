@@ -140,10 +140,16 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
             f"({pl.student.shape.total_params():,} params)")
 
     # -- data -----------------------------------------------------------------------------
-    from .data import load_texts, pack, sentences_of, split_documents
+    from .data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
+                       split_documents)
 
     if data is not None:
-        texts = load_texts(data)
+        render, chats = chat_renderer(tok), []
+        texts = load_texts(data, lambda m: chats.append(m) or render(m))
+        if chats:
+            log(f"data: {len(chats)} conversations, rendered "
+                + ("with the teacher's chat template" if render is not plain_render else
+                   "as their contents joined by blank lines (the teacher has no chat template)"))
     elif encoder:
         from ..corpus import stdlib_sentences
         texts = list(stdlib_sentences())

@@ -1,16 +1,72 @@
-"""Reading the user's text: plain text files, JSONL with a ``text`` field, a folder of either,
-or a ``datasets`` folder saved with ``save_to_disk``."""
+"""Reading the user's text: plain text files, JSONL, a folder of either, or a ``datasets``
+folder saved with ``save_to_disk``. A JSONL line (or a dataset row) is one of the forms
+distillation and fine-tuning data come in (TRL's standard and conversational forms):
+
+- ``{"text": "..."}``;
+- ``{"messages": [{"role": "user", "content": "..."}, ...]}``: a conversation, rendered with
+  the teacher's chat template, so the student learns on what the deployed model will read
+  (contents joined by blank lines where the tokenizer has no template);
+- ``{"prompt": "...", "completion": "..."}``: the two joined."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from ..errors import EdgeDistillError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
+FORMS = ('{"text": "..."}, {"messages": [{"role": "user", "content": "..."}, ...]} or '
+         '{"prompt": "...", "completion": "..."}')
+
+Render = Callable[[list], str]
+"""A conversation (list of {"role", "content"}) -> the text a model reads."""
 
 
-def _jsonl(path: Path) -> list[str]:
+def _content(c) -> str:
+    """A message's content: a string, or a list of parts whose text parts are kept."""
+    if isinstance(c, list):
+        return "".join(p.get("text", "") for p in c if isinstance(p, dict))
+    return c if isinstance(c, str) else ""
+
+
+def plain_render(messages: list) -> str:
+    """A conversation without a chat template: its contents, joined by blank lines."""
+    return "\n\n".join(_content(m.get("content")) for m in messages)
+
+
+def chat_renderer(tok) -> Render:
+    """Render conversations with ``tok``'s chat template, or :func:`plain_render` if it has
+    none (a base model's tokenizer, an encoder's)."""
+    if not getattr(tok, "chat_template", None):
+        return plain_render
+    return lambda messages: tok.apply_chat_template(messages, tokenize=False)
+
+
+def record_text(rec, where: str, render: Render | None = None) -> str:
+    """The text of one JSONL record or dataset row in one of :data:`FORMS`."""
+    if isinstance(rec, dict):
+        if isinstance(rec.get("text"), str):
+            return rec["text"]
+        msgs = rec.get("messages")
+        if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "content" in m
+                                                   for m in msgs):
+            msgs = [{**m, "content": _content(m["content"])} for m in msgs]
+            try:
+                return (render or plain_render)(msgs)
+            except Exception as e:  # jinja's TemplateError: roles out of order, and the like
+                raise EdgeDistillError(
+                    f"{where}: the teacher's chat template refused this conversation "
+                    f"({type(e).__name__}: {str(e)[:200]}).",
+                    "fix the conversation (roles in the order the template expects), or write "
+                    'it as {"text": "..."}') from None
+        if isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
+            return rec["prompt"] + rec["completion"]
+    raise EdgeDistillError(f"{where}: no string field 'text', no 'messages' list and no "
+                           "'prompt'/'completion' pair.", f"write lines like {FORMS}")
+
+
+def _jsonl(path: Path, render: Render | None) -> list[str]:
     out = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -21,10 +77,7 @@ def _jsonl(path: Path) -> list[str]:
             except json.JSONDecodeError as e:
                 raise EdgeDistillError(f"{path}:{n}: not valid JSON ({e.msg}).",
                                        "write one JSON object per line") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise EdgeDistillError(f"{path}:{n}: no string field 'text'.",
-                                       'write lines like {"text": "..."}')
-            out.append(rec["text"])
+            out.append(record_text(rec, f"{path}:{n}", render))
     return out
 
 
@@ -43,8 +96,10 @@ def _text_file(path: Path) -> str:
     return text
 
 
-def load_texts(path: str | Path) -> list[str]:
-    """Documents from ``path``; raises EdgeDistillError when there is nothing usable."""
+def load_texts(path: str | Path, render: Render | None = None) -> list[str]:
+    """Documents from ``path``; raises EdgeDistillError when there is nothing usable.
+    ``render``: how conversations become text (:func:`chat_renderer` of the teacher's
+    tokenizer; default :func:`plain_render`)."""
     path = Path(path)
     if not path.exists():
         raise EdgeDistillError(f"data {path} does not exist.",
@@ -55,17 +110,20 @@ def load_texts(path: str | Path) -> list[str]:
         ds = load_from_disk(str(path))
         if hasattr(ds, "keys"):  # DatasetDict: take the train split, else the first
             ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
-        if "text" not in ds.column_names:
-            raise EdgeDistillError(f"dataset {path} has no 'text' column "
-                                   f"(columns: {ds.column_names}).",
-                                   "save a dataset with a 'text' column")
-        texts = [t for t in ds["text"] if isinstance(t, str)]
+        if not {"text", "messages", "prompt"} & set(ds.column_names):
+            raise EdgeDistillError(f"dataset {path} has no 'text', 'messages' or 'prompt' "
+                                   f"column (columns: {ds.column_names}).",
+                                   "save a dataset with one of them")
+        if "text" in ds.column_names:
+            texts = [t for t in ds["text"] if isinstance(t, str)]
+        else:
+            texts = [record_text(row, f"{path} row {i}", render) for i, row in enumerate(ds)]
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*")
                        if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"))
-        texts = [t for f in files for t in load_texts(f)]
+        texts = [t for f in files for t in load_texts(f, render)]
     elif path.suffix == ".jsonl":
-        texts = _jsonl(path)
+        texts = _jsonl(path, render)
     else:
         texts = [_text_file(path)]
     texts = [t for t in texts if t.strip()]

@@ -177,18 +177,19 @@ def eval_data(model_dir: Path, tok, encoder: bool, config: ExportConfig):
     """(held-out items, calibration items): token-id sequences for causal LMs, sentences for
     encoders. User data if given, else standard-library text."""
     from ..corpus import split_holdout, stdlib_sentences, stdlib_source
-    from ..distill.data import load_texts
+    from ..distill.data import chat_renderer, load_texts
 
     if encoder:
         if config.data:
-            lines = [ln.strip() for t in load_texts(config.data) for ln in t.splitlines()]
+            lines = [ln.strip() for t in load_texts(config.data, chat_renderer(tok))
+                     for ln in t.splitlines()]
             sentences = list(dict.fromkeys(ln for ln in lines if len(ln) > 3))
         else:
             sentences = list(stdlib_sentences())
         train, held = split_holdout(sentences)
         held = held or sentences[-config.eval_sentences:]
         return held[: config.eval_sentences], train[:64]
-    text = ("\n\n".join(load_texts(config.data)) if config.data
+    text = ("\n\n".join(load_texts(config.data, chat_renderer(tok))) if config.data
             else stdlib_source(400_000))
     ids = tok(text)["input_ids"]
     L, n = config.seq_len, config.eval_sequences
