@@ -27,7 +27,7 @@ def test_bad_data_errors(tmp_path):
         load_texts(tmp_path / "nope.txt")
     (tmp_path / "bad.jsonl").write_text('{"txt": "x"}\n')
     with pytest.raises(EdgeDistillError, match=r"bad.jsonl:1: no string field 'text', no "
-                                               r"'messages' list"):
+                                               r"'messages' \(or ShareGPT"):
         load_texts(tmp_path / "bad.jsonl")
 
 
@@ -54,6 +54,15 @@ def test_conversations_and_prompt_completion_pairs(tmp_path):
         convo, {"prompt": "def f(x):", "completion": " return x"}, {"text": "plain"})))
     assert load_texts(path) == ["Be brief.\n\nSum 2 and 2?\n\n4.", "def f(x): return x",
                                 "plain"]
+    (tmp_path / "list.json").write_text(json.dumps([convo, {"text": "plain"}]))
+    assert load_texts(tmp_path / "list.json") == ["Be brief.\n\nSum 2 and 2?\n\n4.", "plain"]
+    (tmp_path / "obj.json").write_text(json.dumps(convo))
+    with pytest.raises(EdgeDistillError, match="obj.json: a JSON dict, not a list of records"):
+        load_texts(tmp_path / "obj.json")
+    share = tmp_path / "sharegpt.jsonl"  # ShareGPT's form of the same conversation
+    share.write_text(json.dumps({"conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Sum 2 and 2?"},
+        {"from": "gpt", "value": "4."}]}))
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,6 +72,7 @@ def test_conversations_and_prompt_completion_pairs(tmp_path):
     assert texts[0] == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSum 2 and "
                         "2?<|im_end|>\n<|im_start|>assistant\n4.<|im_end|>\n")
     assert texts[1:] == ["def f(x): return x", "plain"]
+    assert load_texts(share, chat_renderer(fast)) == texts[:1]
     ids = fast(texts[0], add_special_tokens=False)["input_ids"]  # as pack() tokenizes
     assert ids.count(fast.convert_tokens_to_ids("<|im_start|>")) == 3
 

@@ -1,12 +1,14 @@
-"""Reading the user's text: plain text files, JSONL, a folder of either, or a ``datasets``
-folder saved with ``save_to_disk``. A JSONL line (or a dataset row) is one of the forms
-distillation and fine-tuning data come in (TRL's standard and conversational forms):
+"""Reading the user's text: plain text files, JSONL, a JSON list, a folder of text and JSONL
+files, or a ``datasets`` folder saved with ``save_to_disk``. A record (a JSONL line, a list
+item, a dataset row) is one of the forms distillation and fine-tuning data come in (TRL's
+standard and conversational forms):
 
 - ``{"text": "..."}``;
 - ``{"messages": [{"role": "user", "content": "..."}, ...]}``: a conversation, rendered with
   the teacher's chat template, so the student learns on what the deployed model will read
   (contents joined by blank lines where the tokenizer has no template);
-- ``{"prompt": "...", "completion": "..."}``: the two joined."""
+- ``{"prompt": "...", "completion": "..."}``: the two joined;
+- ShareGPT's ``{"conversations": [{"from": "human", "value": "..."}, ...]}``, as messages."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
 FORMS = ('{"text": "..."}, {"messages": [{"role": "user", "content": "..."}, ...]} or '
          '{"prompt": "...", "completion": "..."}')
 
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 Render = Callable[[list], str]
 """A conversation (list of {"role", "content"}) -> the text a model reads."""
 
@@ -49,6 +52,10 @@ def record_text(rec, where: str, render: Render | None = None) -> str:
         if isinstance(rec.get("text"), str):
             return rec["text"]
         msgs = rec.get("messages")
+        if msgs is None and isinstance(rec.get("conversations"), list):  # ShareGPT
+            msgs = [{"role": _SHAREGPT_ROLES.get(m.get("from"), m.get("from")),
+                     "content": m.get("value")} if isinstance(m, dict) else m
+                    for m in rec["conversations"]]
         if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "content" in m
                                                    for m in msgs):
             msgs = [{**m, "content": _content(m["content"])} for m in msgs]
@@ -62,8 +69,9 @@ def record_text(rec, where: str, render: Render | None = None) -> str:
                     'it as {"text": "..."}') from None
         if isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
             return rec["prompt"] + rec["completion"]
-    raise EdgeDistillError(f"{where}: no string field 'text', no 'messages' list and no "
-                           "'prompt'/'completion' pair.", f"write lines like {FORMS}")
+    raise EdgeDistillError(f"{where}: no string field 'text', no 'messages' (or ShareGPT "
+                           "'conversations') list and no 'prompt'/'completion' pair.",
+                           f"write lines like {FORMS}")
 
 
 def _jsonl(path: Path, render: Render | None) -> list[str]:
@@ -110,9 +118,9 @@ def load_texts(path: str | Path, render: Render | None = None) -> list[str]:
         ds = load_from_disk(str(path))
         if hasattr(ds, "keys"):  # DatasetDict: take the train split, else the first
             ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
-        if not {"text", "messages", "prompt"} & set(ds.column_names):
-            raise EdgeDistillError(f"dataset {path} has no 'text', 'messages' or 'prompt' "
-                                   f"column (columns: {ds.column_names}).",
+        if not {"text", "messages", "prompt", "conversations"} & set(ds.column_names):
+            raise EdgeDistillError(f"dataset {path} has no 'text', 'messages', 'prompt' or "
+                                   f"'conversations' column (columns: {ds.column_names}).",
                                    "save a dataset with one of them")
         if "text" in ds.column_names:
             texts = [t for t in ds["text"] if isinstance(t, str)]
@@ -124,6 +132,16 @@ def load_texts(path: str | Path, render: Render | None = None) -> list[str]:
         texts = [t for f in files for t in load_texts(f, render)]
     elif path.suffix == ".jsonl":
         texts = _jsonl(path, render)
+    elif path.suffix == ".json":
+        try:
+            recs = json.loads(_text_file(path))
+        except json.JSONDecodeError as e:
+            raise EdgeDistillError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}).",
+                                   "pass a JSON list of records, or JSONL") from None
+        if not isinstance(recs, list):
+            raise EdgeDistillError(f"{path}: a JSON {type(recs).__name__}, not a list of "
+                                   "records.", f"pass a list of records like {FORMS}")
+        texts = [record_text(r, f"{path} record {i}", render) for i, r in enumerate(recs)]
     else:
         texts = [_text_file(path)]
     texts = [t for t in texts if t.strip()]
