@@ -79,7 +79,7 @@ def run(args) -> int:
         return _pipeline(args, cfg)
     res = export(args.student, args.target, cfg, args.out)
     doc = res.to_dict()
-    code = 0 if (res.passed if args.strict else res.usable) else 3
+    code = _exit_code((a.status for a in res.artifacts), args.strict)
     if args.json:
         emit_json(doc)
         return code
@@ -117,6 +117,13 @@ def run(args) -> int:
     return code
 
 
+def _exit_code(statuses, strict: bool) -> int:
+    """3 when a file failed its verification or could not run (``strict``: or is below
+    target), else 0: the same rule for ``--student`` and the whole chain."""
+    bad = {"failed", "error"} | ({"below-target"} if strict else set())
+    return 3 if any(s in bad for s in statuses) else 0
+
+
 def _fmt(x) -> str:
     if x is None:
         return ""
@@ -142,9 +149,8 @@ def _pipeline(args, export_cfg) -> int:
                                          repeats=args.repeats, data=args.data),
                 baselines=not args.no_baselines)
     doc = json.loads(open(paths["json"]).read())
-    # as with --student: 3 when an exported file (student or baseline) is broken
-    bad = {"failed", "error"} | ({"below-target"} if args.strict else set())
-    code = 3 if any((a.get("parity") or {}).get("status") in bad for a in doc["artifacts"]) else 0
+    code = _exit_code(((a.get("parity") or {}).get("status") for a in doc["artifacts"]),
+                      args.strict)  # student and baseline files alike
     if args.json:
         emit_json(doc)
         return code

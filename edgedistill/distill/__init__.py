@@ -144,10 +144,16 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
                        split_documents)
 
     if data is not None:
-        render, chats = chat_renderer(tok), []
-        texts = load_texts(data, lambda m: chats.append(m) or render(m))
+        render, chats = chat_renderer(tok), 0
+
+        def counted(messages: list) -> str:
+            nonlocal chats
+            chats += 1
+            return render(messages)
+
+        texts = load_texts(data, counted)
         if chats:
-            log(f"data: {len(chats)} conversations, rendered "
+            log(f"data: {chats} conversations, rendered "
                 + ("with the teacher's chat template" if render is not plain_render else
                    "as their contents joined by blank lines (the teacher has no chat template)"))
     elif encoder:

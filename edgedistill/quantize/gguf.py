@@ -32,7 +32,10 @@ def tensor_types(path: str | Path) -> dict[str, int]:
     """{ggml type name: number of tensors} as stored in the GGUF file."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    return _type_counts(GGUFReader(str(path)))
+
+
+def _type_counts(reader) -> dict[str, int]:
     return dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items()))
 
 
@@ -202,4 +205,4 @@ def decode_gguf(src: str | Path, dst: str | Path) -> dict[str, int]:
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
-    return dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items()))
+    return _type_counts(reader)
