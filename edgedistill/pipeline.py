@@ -167,7 +167,10 @@ def report(run_dir: str | Path) -> dict:
         else {}
     dist = json.loads((run_dir / "distill.json").read_text()) \
         if (run_dir / "distill.json").is_file() else {}
-    measured_on = next((r["bench"]["device"] for r in records if r.get("bench")), "this machine")
+    # the first row that was timed here: NPU graphs, failed runtimes and rows that were never
+    # benched carry no device
+    measured_on = next((r["bench"]["device"] for r in records
+                        if (r.get("bench") or {}).get("device")), "this machine")
     target_pred = next((r["predicted"]["target"] for r in records if r.get("predicted")), {})
     notes = [
         "Figures in bench columns are measured on this machine, each runtime in its own "

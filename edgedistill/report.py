@@ -81,16 +81,22 @@ def _plots(arts: list[dict]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     enc = _is_encoder(arts)
-    ok = [a for a in arts if "error" not in (a.get("bench") or {})
-          and "error" not in (a.get("quality") or {}) and a.get("bench")]
+    speed, quality = ("sentences_per_s", "cosine_to_teacher") if enc else \
+        ("decode_tokens_per_s", "perplexity")
+    # only rows with both figures: an NPU graph (not timed), a runtime that failed or a row
+    # with no quality has no point on the plot
+    ok = [a for a in arts if (a.get("bench") or {}).get(speed) is not None
+          and (a.get("quality") or {}).get(quality) is not None]
     figs = []
+    if not ok:  # nothing timed here (a phone-NPU run): no plot rather than empty axes
+        return figs
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for role, marker in (("student", "o"), ("teacher", "s")):
         pts = [a for a in ok if a["role"] == role]
         if not pts:
             continue
-        xs = [a["bench"]["sentences_per_s" if enc else "decode_tokens_per_s"] for a in pts]
-        ys = [a["quality"]["cosine_to_teacher" if enc else "perplexity"] for a in pts]
+        xs = [a["bench"][speed] for a in pts]
+        ys = [a["quality"][quality] for a in pts]
         ax.scatter(xs, ys, marker=marker, label=role, s=40)
         for a, x, y in zip(pts, xs, ys):
             ax.annotate(f"{a['format']}:{a['quant']}", (x, y), fontsize=7,
@@ -104,7 +110,8 @@ def _plots(arts: list[dict]) -> list[tuple[str, str]]:
     figs.append(("Quality against speed (Pareto view)", _png(fig)))
     key, pkey = ("batch_ms", "encoder_batch_ms") if enc else ("decode_tokens_per_s",) * 2
     pairs = [(a["predicted"]["this_machine"][pkey], a["bench"][key], a) for a in ok
-             if (a.get("predicted") or {}).get("this_machine", {}).get(pkey)]
+             if (a.get("predicted") or {}).get("this_machine", {}).get(pkey)
+             and a["bench"].get(key) is not None]
     if pairs:
         fig, ax = plt.subplots(figsize=(5.2, 4.6))
         xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
