@@ -36,7 +36,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgedistill.bench import BenchConfig
-    from edgedistill.corpus import stdlib_source
+    from edgedistill.data import stdlib_source
     from edgedistill.distill import DataConfig, TrainConfig
     from edgedistill.export import ExportConfig
     from edgedistill.pipeline import run

@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "export_parity.json"))
     args = ap.parse_args()
 
-    from edgedistill.corpus import stdlib_source_split
+    from edgedistill.data import stdlib_source_split
     from edgedistill.export import ExportConfig, export
     from edgedistill.toy import make_causal_lm
 
@@ -138,7 +138,7 @@ def package_source(chars: int) -> str:
     (sorted paths): more training text of the held-out text's kind, from other projects."""
     import importlib
 
-    from edgedistill.corpus import python_source
+    from edgedistill.data import python_source
 
     roots = [Path(importlib.import_module(n).__file__).parent
              for n in ("numpy", "transformers", "torch")]

@@ -7,7 +7,7 @@ Runs ``edgedistill export --student MODEL --target laptop`` four times, each in 
 1. into a new folder (the reference time and figures);
 2. into a second new folder, killed with SIGKILL (with its llama.cpp children) as soon as
    the ``--kill-after``-th artifact's verdict is logged (that one is not recorded yet);
-3. again into that folder: it keeps what run 2 verified (see export/ledger.py) and makes the
+3. again into that folder: it keeps what run 2 verified (see edgedistill/runstate.py) and makes the
    rest;
 4. again: everything is kept.
 Writes the wall times, which artifacts each run kept, and whether run 3's figures equal run 1's.

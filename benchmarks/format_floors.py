@@ -47,11 +47,11 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from edgedistill.corpus import stdlib_source_split
-    from edgedistill.export import ExportConfig, eval_data
-    from edgedistill.export.gguf import export_gguf
-    from edgedistill.export.parity import logit_figures
-    from edgedistill.export.runtimes import gguf_causal_logits, torch_causal_logits
+    from edgedistill.data import stdlib_source_split
+    from edgedistill.data import eval_data
+    from edgedistill.convert.gguf import export_gguf
+    from edgedistill.verify.parity import logit_figures
+    from edgedistill.runtimes.outputs import gguf_causal_logits, torch_causal_logits
     from edgedistill.quantize.gguf import decode_gguf, quantize_gguf
 
     model = Path(args.model)
@@ -62,8 +62,7 @@ def main() -> int:
         data = str(work / "heldout.txt")
         Path(data).write_text(stdlib_source_split()[1])
     tok = AutoTokenizer.from_pretrained(model)
-    held, _ = eval_data(model, tok, False, ExportConfig(data=data,
-                                                        eval_sequences=args.eval_sequences))
+    held, _ = eval_data(tok, False, data, sequences=args.eval_sequences)
     ref = torch_causal_logits(model, held)
     top2 = np.sort(np.concatenate(ref), axis=-1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]

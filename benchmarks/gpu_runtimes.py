@@ -54,7 +54,7 @@ def main() -> int:
     formats = tuple(f for f in args.formats.split(",") if f)
 
     from edgedistill.bench import BenchConfig, bench
-    from edgedistill.bench.cuda import cuda_device, gpu_bandwidth_gbps, runtime_status
+    from edgedistill.runtimes.cuda import cuda_device, gpu_bandwidth_gbps, runtime_status
     from edgedistill.export import ExportConfig, export
     from edgedistill.machine import cpu_model
     from edgedistill.toy import make_causal_lm

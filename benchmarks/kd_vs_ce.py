@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "kd_vs_ce.json"))
     args = ap.parse_args()
 
-    from edgedistill.corpus import stdlib_source
+    from edgedistill.data import stdlib_source
     from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill
     from edgedistill.plan import PlanConfig
     from edgedistill.toy import make_causal_lm

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 
 def _roofline_errors(cal: dict, points: list[dict]) -> list[float]:
     from edgedistill.arch import shape_from_config
-    from edgedistill.costmodel import predict
+    from edgedistill.plan.costmodel import predict
     from edgedistill.profiles import Memory, load_profile
 
     m, w = cal["machine"], cal["workload"]

@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "npu_htp.json"))
     args = ap.parse_args()
 
-    from edgedistill.corpus import stdlib_source_split
+    from edgedistill.data import stdlib_source_split
     from edgedistill.export import ExportConfig, export
 
     work = Path(args.work)

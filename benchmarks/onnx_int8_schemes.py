@@ -35,11 +35,11 @@ def main() -> int:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgedistill.bench.runners import time_artifact
+    from edgedistill.runtimes.runners import time_artifact
     from edgedistill.bench.timing import summarize_causal
-    from edgedistill.corpus import stdlib_source_split
+    from edgedistill.data import stdlib_source_split
     from edgedistill.export import ExportConfig, verify_artifact
-    from edgedistill.export.onnx import export_onnx
+    from edgedistill.convert.onnx import export_onnx
     from edgedistill.quantize.onnx import quantize_onnx
 
     model, work = Path(args.model), Path(args.work)

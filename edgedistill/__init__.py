@@ -12,18 +12,19 @@ the others need torch and live in their modules (imported on use):
     report   edgedistill.pipeline.report(run_dir)
     all      edgedistill.pipeline.run(teacher, target, data, out)
 """
-from .errors import EdgeDistillError, MachineError, PlanError, ProfileError, TeacherError
-from .profiles import DeviceProfile, list_profiles, load_profile, profile_names
-from .machine import local_profile, machine_info
-from .arch import ModelShape, shape_from_config
-from .teacher import Teacher, load_teacher
-from .costmodel import Prediction, predict as roofline
-from .predictor import predict_config as predict, load_calibration
-from .plan import Plan, PlanConfig, plan
+from edgedistill.arch import ModelShape, shape_from_config
+from edgedistill.errors import EdgeDistillError, MachineError, PlanError, ProfileError, TeacherError
+from edgedistill.machine import machine_info
+from edgedistill.plan import Plan, PlanConfig, plan
+from edgedistill.plan.costmodel import Prediction, predict as roofline
+from edgedistill.plan.predictor import load_calibration, predict_config as predict
+from edgedistill.profiles import (DeviceProfile, list_profiles, load_profile, local_profile,
+                                  profile_names)
+from edgedistill.teacher import Teacher, load_teacher
+from edgedistill.version import __version__
 
-__version__ = "0.1.0"
 
-__all__ = [
+__all__ = ["__version__",
     "EdgeDistillError", "MachineError", "PlanError", "ProfileError", "TeacherError",
     "DeviceProfile", "list_profiles", "load_profile", "profile_names",
     "local_profile", "machine_info",

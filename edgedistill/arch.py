@@ -10,7 +10,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import TeacherError
+from edgedistill.errors import TeacherError
 
 CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 ENCODER_FAMILIES = ("bert",)

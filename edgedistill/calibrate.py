@@ -1,5 +1,5 @@
 """``edgedistill calibrate``: measure this machine's runtimes on a designed set of random-weight
-shapes, fit the latency predictor (predictor.py), hold out a quarter of the shapes to measure
+shapes, fit the latency predictor (plan/predictor.py), hold out a quarter of the shapes to measure
 its error, and store the result in the cache, keyed by a machine fingerprint.
 
     calibrate(target="local", formats=None, budget_s=600) -> calibration dict
@@ -8,7 +8,7 @@ Shapes span the planner's candidate space: llama-family decoders (hidden 256-102
 layers, FFN 2-3.5x, vocab 8k or 32k) for llama.cpp GGUF and onnxruntime ONNX with KV cache;
 bert encoders (hidden 256-768, 2-12 layers) for onnxruntime. Each artifact is made the way a
 real export makes it (our GGUF writer and llama.cpp's quantizer; optimum and our ONNX
-quantizer) and timed in its runtime in a child process (bench/worker.py): decode tokens after
+quantizer) and timed in its runtime in a child process (runtimes/bench_worker.py): decode tokens after
 a prompt, prefill of the prompt, and encoder batches at the profile's batch and length.
 Weights are random: speed does not depend on their values. Each figure is the fastest of
 ``repeats`` timed runs (contention only ever adds time). The held-out shapes are measured a
@@ -27,9 +27,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from .arch import shape_from_config
-from .predictor import (FEATURES, CalibrationError, calibration_path, evaluate,
-                        features, fingerprint, fingerprint_key, fit_key)
+from edgedistill.arch import shape_from_config
+from edgedistill.convert.gguf import export_gguf
+from edgedistill.convert.onnx import export_onnx
+from edgedistill.data import stdlib_source
+from edgedistill.formats import quant_type
+from edgedistill.machine import machine_info
+from edgedistill.plan.predictor import (CalibrationError, FEATURES, calibration_path, evaluate,
+                                        features, fingerprint, fingerprint_key, fit_key)
+from edgedistill.profiles import load_profile, local_profile
+from edgedistill.quantize.gguf import quantize_gguf
+from edgedistill.quantize.onnx import quantize_onnx, quantized_path
+from edgedistill.runtimes.child import child
+from edgedistill.runtimes.runners import time_artifact
+from edgedistill.teacher import load_teacher
+from edgedistill.toy import train_bpe_tokenizer
 
 CAUSAL_FORMATS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "onnx:fp32", "onnx:int8")
 ENCODER_FORMATS = ("onnx:fp32", "onnx:int8")
@@ -97,15 +109,12 @@ def _tokenizer(work: Path, family: str, vocab: int) -> Path:
     if d.is_dir():
         return d
     if family == "llama":
-        from .corpus import stdlib_source
-        from .toy import train_bpe_tokenizer
 
         tok = train_bpe_tokenizer(stdlib_source(200_000), 1024)
         tok.add_tokens([f"<|cal{i}|>" for i in range(vocab - len(tok))])
     else:
         from transformers import AutoTokenizer
 
-        from .teacher import load_teacher
         tok = AutoTokenizer.from_pretrained(load_teacher(None).path)
     tok.save_pretrained(d)
     return d
@@ -130,8 +139,6 @@ def _hf_folder(work: Path, family: str, cfg: dict, name: str) -> Path:
 
 def _artifact(work: Path, hf: Path, fmt: str, quant: str, threads: int) -> Path:
     if fmt == "gguf":
-        from .export.gguf import export_gguf
-        from .quantize.gguf import quantize_gguf
 
         f16 = hf.parent / "model-f16.gguf"
         if not f16.is_file():
@@ -140,8 +147,6 @@ def _artifact(work: Path, hf: Path, fmt: str, quant: str, threads: int) -> Path:
             return f16
         out = hf.parent / f"model-{quant}.gguf"
         return out if out.is_file() else quantize_gguf(f16, quant, out, threads)[0]
-    from .export.onnx import export_onnx
-    from .quantize.onnx import quantize_onnx, quantized_path
 
     fp32 = hf.parent / "onnx" / "model.onnx"
     if not fp32.is_file():
@@ -159,13 +164,11 @@ def _measure(path: Path, fmt: str, encoder: bool, threads: int, prompt: int, seq
              batch: int, repeats: int) -> dict:
     """{workload: seconds per unit} for one artifact: the fastest of the repeats (decode: the
     median token of a run)."""
-    from .bench.runners import time_artifact
 
     if encoder:
-        from .export.runtimes import child
         task = {"kind": "encoder_ids", "runtime": "onnxruntime", "model": str(path),
                 "threads": threads, "repeats": repeats, "batch": batch, "seq_len": seq}
-        r = child("edgedistill.bench.worker", task, 900, "onnxruntime")
+        r = child("edgedistill.runtimes.bench_worker", task, 900, "onnxruntime")
         return {"encoder": min(r["batch_s"])}
     ids = [(7 * i + 3) % 900 + 1 for i in range(prompt)]
     r = time_artifact(path, fmt, threads=threads, prompt=ids, new_tokens=DECODE_TOKENS,
@@ -261,7 +264,6 @@ def _x(p: dict, llc: int) -> list[float]:
 
 def parse_formats(spec: str | None) -> list[tuple[str, str, str]]:
     """'gguf:q4_k_m,onnx:int8,encoder:onnx:int8' -> [(family, format, quant)]."""
-    from .formats import quant_type
 
     items = [s.strip() for s in (spec.split(",") if spec else DEFAULT_FORMATS) if s.strip()]
     out = []
@@ -285,8 +287,6 @@ def calibrate(target: str = "local", formats: str | None = None, budget_s: float
               repeats: int = 3, progress: bool = True, log=_log) -> dict:
     """Measure, fit and store a calibration of this machine; returns it (also written to the
     cache, and to ``out`` when given)."""
-    from .machine import local_profile, machine_info
-    from .profiles import load_profile
 
     if budget_s < 60:
         raise CalibrationError(f"--budget-s {budget_s:g} is too short to measure anything.",

@@ -95,3 +95,11 @@ def quant_type(fmt: str, name: str) -> QuantType:
 
 def quant_names(fmt: str) -> list[str]:
     return [n for f, n in QUANT_TYPES if f == fmt]
+
+
+SENTENCE_EMBEDDING = "sentence_embedding"
+
+
+# ggml types whose quantizer weighs the error of each column by an importance vector
+IMPORTANCE_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                              "Q6_K"})

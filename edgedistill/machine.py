@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .errors import MachineError
 
 
 @dataclass(frozen=True)
@@ -193,46 +192,3 @@ def estimate_peak_tflops(info: MachineInfo, threads: int) -> dict[str, float]:
     return out
 
 
-_SIMD_FLAGS = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-               "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd",
-               "asimddp", "sve", "i8mm"}
-
-
-def local_profile(threads: int | None = None, quick: bool = False):
-    """A DeviceProfile of this machine, measured now. Latency targets and formats are the
-    laptop profile's (a CPU deployment); memory, bandwidth and compute are this machine's."""
-    import dataclasses
-
-    from .profiles import Memory, load_profile
-
-    info = machine_info()
-    threads = threads or info.physical_cores
-    # Buffers well beyond the last-level cache, or the copy measures the cache.
-    mib = max(64 if quick else 128, 4 * info.llc_bytes // threads // 2**20)
-    try:
-        bw = measure_bandwidth(threads, mib_per_thread=mib, repeats=3 if quick else 5)
-    except (MemoryError, OSError) as e:
-        raise MachineError(f"could not measure memory bandwidth: {e}.",
-                           "free some memory, or pass a profile YAML with --target") from None
-    compute = estimate_peak_tflops(info, threads)
-    gemm = None if quick else measure_gemm_tflops(threads)
-    if gemm:
-        ratio = gemm / compute["fp32"]
-        compute = {k: round(v * ratio, 3) for k, v in compute.items()}
-    base = load_profile("laptop")
-    return dataclasses.replace(
-        base,
-        name="local",
-        description=f"This machine, measured: {info.cpu_model}, {threads} threads",
-        device=info.cpu_model,
-        threads=threads,
-        # Leave half of what is free now to the OS and the user's other programs.
-        memory=Memory(budget_gb=round(0.5 * info.ram_available_gb, 2),
-                      bandwidth_gbps=round(bw, 1)),
-        compute_tflops=compute,
-        source=("measured: copy bandwidth with %d threads; compute %s" %
-                (threads, "numpy fp32 GEMM scaled by SIMD flags" if gemm else
-                 "estimated from SIMD flags")),
-        measured=True,
-        host=dataclasses.asdict(info) | {"flags": [f for f in info.flags if f in _SIMD_FLAGS]},
-    )

@@ -12,42 +12,23 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from .bench import BenchConfig
-from .distill import fingerprint as _hash
-from .export import ExportConfig
-from .errors import writable_dir
-from .export.ledger import files_id
-from .plan import PlanConfig
+from edgedistill.bench import BenchConfig, bench
+from edgedistill.convert.gguf import check_writable
+from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill
+from edgedistill.errors import EdgeDistillError, writable_dir
+from edgedistill.export import ExportConfig, export, resolve_formats
+from edgedistill.plan import PlanConfig
+from edgedistill.profiles import load_profile
+from edgedistill.report import write_report
+from edgedistill.runstate import Stages, files_id, fingerprint as _hash
+from edgedistill.teacher import check_model_files, load_teacher
 
 
 def _log(msg: str) -> None:
     print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Stages:
-    """RUN_DIR/stages.json: input hash of every finished stage."""
-
-    path: Path
-    done: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, run_dir: Path) -> "Stages":
-        p = run_dir / "stages.json"
-        return cls(p, json.loads(p.read_text()) if p.is_file() else {})
-
-    def fresh(self, name: str, key: str) -> bool:
-        return self.done.get(name, {}).get("key") == key
-
-    def mark(self, name: str, key: str) -> None:
-        self.done[name] = {"key": key, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
-        tmp = self.path.with_name(".stages.json.tmp")
-        tmp.write_text(json.dumps(self.done, indent=2))
-        tmp.replace(self.path)
 
 
 def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
@@ -55,9 +36,6 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
         export_config: ExportConfig = ExportConfig(), bench_config: BenchConfig = BenchConfig(),
         baselines: bool = True, log=_log) -> dict:
     """Run every stage for ``teacher`` on ``target``; returns {json, md, html} report paths."""
-    from .distill import DataConfig, KDConfig, TrainConfig, distill
-    from .profiles import load_profile
-    from .teacher import check_model_files, load_teacher
 
     kd, train, data_cfg = kd or KDConfig(), train or TrainConfig(), data_cfg or DataConfig()
     if data and export_config.data is None:  # calibrate and verify on the user's text, as the
@@ -118,7 +96,6 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
         log(f"[{next(step)}/{total}] bench: inputs unchanged, kept {bench_path}")
         records = json.loads(bench_path.read_text())
     else:
-        from .bench import bench
         log(f"[{next(step)}/{total}] bench: {len(artifacts)} artifacts")
         records = bench(artifacts, t.path, prof, bench_config)
         tmp = run_dir / ".bench.json.tmp"
@@ -131,15 +108,12 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
 def _check_exportable(t, prof, cfg: ExportConfig) -> None:
     """Refuse before distilling what export would refuse after it: the student keeps the
     teacher's tokenizer and RoPE settings, so a teacher GGUF cannot carry fails the same way."""
-    from .export import resolve_formats
-    from .export.gguf import check_writable
 
     if t.path is not None and "gguf" in resolve_formats(prof, cfg):
         check_writable(t.path, t.config)
 
 
 def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) -> dict:
-    from .export import export
 
     key = _hash(files_id(Path(model_dir)), asdict(prof), asdict(cfg))
     out = run_dir / "export" / role
@@ -154,8 +128,6 @@ def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) ->
 
 def report(run_dir: str | Path) -> dict:
     """(Re)write report.json/md/html of a run folder from its bench.json and plan.json."""
-    from .errors import EdgeDistillError
-    from .report import write_report
 
     run_dir = Path(run_dir)
     bench_path = run_dir / "bench.json"
@@ -194,7 +166,7 @@ def report(run_dir: str | Path) -> dict:
         st = (r.get("parity") or {}).get("status")
         checks.setdefault(st, []).append(f"{r['role']} {r['format']}:{r['quant']}")
     notes.append("'check' is each file's verification against the torch model it came from "
-                 "(export/parity.py): passed meets the quality targets, below-target runs but "
+                 "(verify/parity.py): passed meets the quality targets, below-target runs but "
                  "loses more than they allow, failed is broken and must not be deployed." +
                  "".join(f" {label}: {', '.join(checks[k])}." for k, label in
                          (("below-target", "Below target"), ("failed", "FAILED"),

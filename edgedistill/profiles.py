@@ -3,7 +3,7 @@
 Profiles are data: ``hardware_profiles/*.yaml``. This module loads them into frozen
 dataclasses and validates them strictly: an unknown key, a missing field or a wrong type is a
 :class:`ProfileError` that names the file, the field and the fix. ``local`` is built by
-measuring this machine (see :mod:`edgedistill.machine`).
+measuring this machine (:func:`local_profile`, with :mod:`edgedistill.machine`'s figures).
 """
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from .errors import ProfileError
-from .formats import QUANT_TYPES, RUNTIMES, quant_names
+from edgedistill.errors import MachineError, ProfileError
+from edgedistill.formats import QUANT_TYPES, RUNTIMES, quant_names
+from edgedistill.machine import (estimate_peak_tflops, machine_info, measure_bandwidth,
+                                 measure_gemm_tflops)
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 """Shipped profiles. ``EDGEDISTILL_PROFILES`` (a folder) is searched first."""
@@ -66,7 +68,7 @@ class Constraints:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Coefficients of the roofline cost model (see plan.py); calibration replaces them."""
+    """Coefficients of the roofline cost model (see plan/costmodel.py); calibration replaces them."""
 
     bandwidth_efficiency: float
     """Fraction of ``memory.bandwidth_gbps`` that decode actually streams weights at."""
@@ -323,8 +325,6 @@ def profile_names() -> list[str]:
 def load_profile(target: str) -> DeviceProfile:
     """Resolve ``--target``: a shipped name, ``local``, or a path to a YAML file."""
     if target == "local":
-        from .machine import local_profile
-
         return local_profile()
     if target.endswith((".yaml", ".yml")) or os.sep in target:
         return load_profile_file(target)
@@ -340,3 +340,44 @@ def load_profile(target: str) -> DeviceProfile:
 def list_profiles() -> list[DeviceProfile]:
     """Every shipped profile, loaded and validated."""
     return [load_profile(n) for n in profile_names()]
+
+
+_SIMD_FLAGS = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+               "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd",
+               "asimddp", "sve", "i8mm"}
+
+
+def local_profile(threads: int | None = None, quick: bool = False):
+    """A DeviceProfile of this machine, measured now. Latency targets and formats are the
+    laptop profile's (a CPU deployment); memory, bandwidth and compute are this machine's."""
+    info = machine_info()
+    threads = threads or info.physical_cores
+    # Buffers well beyond the last-level cache, or the copy measures the cache.
+    mib = max(64 if quick else 128, 4 * info.llc_bytes // threads // 2**20)
+    try:
+        bw = measure_bandwidth(threads, mib_per_thread=mib, repeats=3 if quick else 5)
+    except (MemoryError, OSError) as e:
+        raise MachineError(f"could not measure memory bandwidth: {e}.",
+                           "free some memory, or pass a profile YAML with --target") from None
+    compute = estimate_peak_tflops(info, threads)
+    gemm = None if quick else measure_gemm_tflops(threads)
+    if gemm:
+        ratio = gemm / compute["fp32"]
+        compute = {k: round(v * ratio, 3) for k, v in compute.items()}
+    base = load_profile("laptop")
+    return dataclasses.replace(
+        base,
+        name="local",
+        description=f"This machine, measured: {info.cpu_model}, {threads} threads",
+        device=info.cpu_model,
+        threads=threads,
+        # Leave half of what is free now to the OS and the user's other programs.
+        memory=Memory(budget_gb=round(0.5 * info.ram_available_gb, 2),
+                      bandwidth_gbps=round(bw, 1)),
+        compute_tflops=compute,
+        source=("measured: copy bandwidth with %d threads; compute %s" %
+                (threads, "numpy fp32 GEMM scaled by SIMD flags" if gemm else
+                 "estimated from SIMD flags")),
+        measured=True,
+        host=dataclasses.asdict(info) | {"flags": [f for f in info.flags if f in _SIMD_FLAGS]},
+    )

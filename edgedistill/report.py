@@ -1,4 +1,4 @@
-"""Run reports: report.json (the contract in ARCHITECTURE.md), report.md and a self-contained
+"""Run reports: report.json (its format: docs/report-format.md), report.md and a self-contained
 report.html with matplotlib plots (quality against speed for every artifact and baseline, and
 predicted against measured speed). Every figure says measured or predicted, and where."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from . import __version__
+from edgedistill.version import __version__
 
 
 def _is_encoder(arts: list[dict]) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import ModelShape, shape_from_config
+from edgedistill.arch import ModelShape, shape_from_config
 
 INITS = ("teacher", "random")
 _COPY = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt",

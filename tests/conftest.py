@@ -115,7 +115,7 @@ def sentencepiece_llama(folder: Path, keep_model_file: bool = True, legacy: bool
     import torch
     import transformers
 
-    from edgedistill.corpus import stdlib_sentences
+    from edgedistill.data import stdlib_sentences
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = folder / "corpus.txt"
@@ -163,7 +163,7 @@ def digits_bpe_llama(folder: Path) -> Path:
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from edgedistill.corpus import stdlib_source
+    from edgedistill.data import stdlib_source
 
     text = stdlib_source(150_000)
     tok = Tokenizer(models.BPE())
@@ -214,8 +214,8 @@ def split_bpe_model(folder: Path, pre: str, family: str = "llama", nfc: bool = F
     import transformers
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-    from edgedistill.corpus import stdlib_source
-    from edgedistill.export.gguf_vocab import _SPLIT_PRE
+    from edgedistill.data import stdlib_source
+    from edgedistill.convert.gguf_vocab import _SPLIT_PRE
 
     regex = {name: rx for rx, name in _SPLIT_PRE.items()}[pre]
     text = stdlib_source(150_000) + "\nI'LL say WE'VE, naïve café 12345 日本語 🙂\n" * 20

@@ -11,8 +11,8 @@ import pytest
 from edgedistill.arch import shape_from_config
 from edgedistill.calibrate import calibrate, design, fit, fit_all, parse_formats
 from edgedistill.errors import EdgeDistillError
-from edgedistill.predictor import (CalibrationError, evaluate, features, fingerprint,
-                                   load_calibration, predict, predict_config, predictor_for)
+from edgedistill.plan.predictor import (CalibrationError, evaluate, features, fingerprint,
+                                        load_calibration, predict, predict_config, predictor_for)
 from edgedistill.profiles import load_profile
 
 from conftest import REAL_CONFIGS, write_config

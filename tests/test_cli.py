@@ -142,7 +142,7 @@ def test_model_folders_that_cannot_load_are_refused_before_any_work(tmp_path, ca
 
 
 def test_data_that_is_not_text_is_refused(tmp_path, capsys):
-    from edgedistill.distill.data import load_texts
+    from edgedistill.data import load_texts
     from edgedistill.errors import EdgeDistillError
 
     utf16 = tmp_path / "utf16.txt"

@@ -1,8 +1,8 @@
 import dataclasses
 
 from edgedistill.arch import shape_from_config
-from edgedistill.costmodel import matrix_bpw, predict, row_alignment
 from edgedistill.formats import quant_type
+from edgedistill.plan.costmodel import matrix_bpw, predict, row_alignment
 from edgedistill.profiles import load_profile
 
 from conftest import REAL_CONFIGS

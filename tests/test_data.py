@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edgedistill.distill.data import load_texts, pack, sentences_of, split_documents
+from edgedistill.data import load_texts, pack, sentences_of, split_documents
 from edgedistill.errors import EdgeDistillError
 
 
@@ -44,7 +44,7 @@ def test_conversations_and_prompt_completion_pairs(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from conftest import _train_chatml_byte_bpe
-    from edgedistill.distill.data import chat_renderer
+    from edgedistill.data import chat_renderer
 
     convo = {"messages": [{"role": "system", "content": "Be brief."},
                           {"role": "user", "content": "Sum 2 and 2?"},

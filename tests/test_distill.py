@@ -25,7 +25,7 @@ SMALL = ["--steps", "8", "--batch-size", "2", "--seq-len", "32", "--eval-every",
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    from edgedistill.corpus import stdlib_source
+    from edgedistill.data import stdlib_source
     p = tmp_path_factory.mktemp("data") / "code.txt"
     p.write_text(stdlib_source(60_000))
     return p
@@ -124,7 +124,7 @@ def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
 def test_encoder_distillation_keeps_the_embedding_space(tmp_path):
     teacher = tiny_sentence_bert(tmp_path / "bert")
     sentences = tmp_path / "s.txt"
-    from edgedistill.corpus import stdlib_sentences
+    from edgedistill.data import stdlib_sentences
     sentences.write_text("\n".join(stdlib_sentences()[:400]))
     res = distill(teacher, "laptop", sentences, tmp_path / "run",
                   train=TrainConfig(steps=3, batch_size=8, save_every=0, eval_every=3),

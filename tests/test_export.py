@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from edgedistill.convert.gguf_vocab import TokenizerKindError
 from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.export import ExportConfig, export, verify_artifact
-from edgedistill.export.gguf_vocab import TokenizerKindError
 
 from conftest import (digits_bpe_llama, sentencepiece_llama, split_bpe_model, tiny_sentence_bert,
                       write_config)
@@ -43,8 +43,8 @@ def _greedy_matches_torch(model_dir, out_dir, tokens: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgedistill.export.onnx import export_onnx
-    from edgedistill.export.runtimes import onnx_greedy
+    from edgedistill.convert.onnx import export_onnx
+    from edgedistill.runtimes.outputs import onnx_greedy
 
     path = export_onnx(model_dir, out_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -227,7 +227,7 @@ def test_llama3_and_qwen2_style_tokenizers_gguf(pre, family, tmp_path):
 
 def test_a_wrong_pre_tokenizer_name_fails_the_parity_probes(tmp_path, monkeypatch):
     """Control for the test above: the probes tell Llama-3's split from GPT-2's."""
-    from edgedistill.export import gguf_vocab
+    from edgedistill.convert import gguf_vocab
 
     model = split_bpe_model(tmp_path / "m", "llama-bpe")
     monkeypatch.setattr(gguf_vocab, "_SPLIT_PRE",
@@ -342,7 +342,7 @@ def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_ll
     writes and verifies again what is missing or changed."""
     from gguf import GGUFReader
 
-    from edgedistill.export.ledger import file_sha256
+    from edgedistill.runstate import file_sha256
 
     quants = ("fp32", "int8", "f16", "q8_0", "q4_k_m")
     first = _by_quant(export(trained_llama, "laptop", ExportConfig(quants=quants), tmp_path))
@@ -443,7 +443,7 @@ def _with_rope(src, dst, rope):
 def test_rope_scaling_gguf_matches_torch(case, trained_llama, trained_qwen2, tmp_path):
     """Llama-3.x (llama3), YaRN and linear RoPE scaling survive the GGUF writer; the positions
     checked are long enough that a file without the scaling fails the same check."""
-    from edgedistill.export.gguf import export_gguf
+    from edgedistill.convert.gguf import export_gguf
 
     family, rope = _ROPE[case]
     src = trained_llama if family == "llama" else trained_qwen2
@@ -546,9 +546,10 @@ def test_gguf_importance_matrix_lowers_the_weighted_error(trained_qwen2, tmp_pat
     from gguf.quants import dequantize
     from transformers import AutoTokenizer
 
-    from edgedistill.export import eval_data
-    from edgedistill.export.gguf import export_gguf
-    from edgedistill.quantize.gguf import IMPORTANCE_TYPES, importance_matrix
+    from edgedistill.data import eval_data
+    from edgedistill.convert.gguf import export_gguf
+    from edgedistill.formats import IMPORTANCE_TYPES
+    from edgedistill.quantize.gguf import importance_matrix
 
     only = dict(formats=("gguf",), quants=("q4_0", "q8_0"))
     plain = _by_quant(export(trained_qwen2, "laptop", ExportConfig(importance=False, **only),
@@ -563,7 +564,7 @@ def test_gguf_importance_matrix_lowers_the_weighted_error(trained_qwen2, tmp_pat
     assert info["used"] and cal["metric"] == "kl" and cal["weighted"] <= cal["plain"], info
 
     tok = AutoTokenizer.from_pretrained(trained_qwen2)
-    _, calib = eval_data(trained_qwen2, tok, False, ExportConfig())
+    _, calib = eval_data(tok, False)
     matrix, tokens = importance_matrix(trained_qwen2, "qwen2", calib)
     assert tokens == info["tokens"] and "output.weight" in matrix
     src = {t.name: t for t in GGUFReader(export_gguf(trained_qwen2, tmp_path / "f32.gguf",
@@ -623,7 +624,7 @@ def test_an_importance_matrix_that_hurts_is_not_used(trained_qwen2, tmp_path, mo
 def test_byte_level_bpe_with_a_byte_fallback_flag_is_gpt2(tmp_path):
     """transformers' GGUF tokenizer conversion marks byte-level BPE byte-fallback and saves the
     GGUF itself as tokenizer.model: still a gpt2 vocabulary, and llama.cpp tokenizes like HF."""
-    from edgedistill.export.gguf_vocab import tokenizer_kind
+    from edgedistill.convert.gguf_vocab import tokenizer_kind
 
     model = digits_bpe_llama(tmp_path / "m")
     tj = json.loads((model / "tokenizer.json").read_text())
@@ -648,23 +649,25 @@ def test_a_tokenizer_model_that_is_not_sentencepiece_is_a_clear_error(tmp_path):
 def test_a_decoded_gguf_runs_the_files_own_weights_at_f32(trained_llama, tmp_path):
     """decode_gguf (benchmarks/format_floors.py separates a format's weight loss from the
     runtime's arithmetic with it): the F16 file decoded to F32 computes what torch computes
-    with every weight rounded to fp16, to F32 accuracy; a quantized file decodes to F32
-    tensors only, and llama.cpp runs it close to the quantized file itself."""
+    with every matrix rounded to fp16 (norms stay F32 in an F16 file), to F32 accuracy; a
+    quantized file decodes to F32 tensors only, and llama.cpp runs it close to the quantized
+    file itself."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgedistill.export.gguf import export_gguf
-    from edgedistill.export.parity import logit_figures
-    from edgedistill.export.runtimes import gguf_causal_logits
+    from edgedistill.convert.gguf import export_gguf
+    from edgedistill.verify.parity import logit_figures
+    from edgedistill.runtimes.outputs import gguf_causal_logits
     from edgedistill.quantize.gguf import decode_gguf, quantize_gguf, tensor_types
 
     tok = AutoTokenizer.from_pretrained(trained_llama)
     seqs = [tok("def parse(self, text):\n    return [t for t in text.split()]\n")["input_ids"],
             tok("class Queue:\n    def put(self, item, block=True):\n")["input_ids"]]
     model = AutoModelForCausalLM.from_pretrained(trained_llama).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # the F16 file holds the matrices in F16, the norms in F32
         for p in model.parameters():
-            p.copy_(p.half().float())
+            if p.dim() >= 2:
+                p.copy_(p.half().float())
         rounded = [model(torch.tensor([s])).logits[0].numpy() for s in seqs]
 
     f16 = export_gguf(trained_llama, tmp_path / "m.f16.gguf", "f16")
@@ -700,7 +703,7 @@ def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(windowed_mis
     """Mistral v0.1 attends to the last 4096 tokens; llama.cpp's llama graph to all of them.
     The ONNX file keeps the window; the GGUF file says what it leaves out, and where the
     window is shorter than the held-out sequences its verdict shows the difference."""
-    from edgedistill.export.gguf import sliding_window
+    from edgedistill.convert.gguf import sliding_window
 
     model = windowed_mistral
     assert sliding_window(model) == 16

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from edgedistill.bench import BenchConfig, bench, scaled_to_card, with_gpu_runs
-from edgedistill.bench.cuda import GPU_RUNTIMES, TORCH_MODES, require, runtime_status
-from edgedistill.bench.runners import time_artifact
 from edgedistill.errors import EdgeDistillError
 from edgedistill.profiles import load_profile
+from edgedistill.runtimes.cuda import GPU_RUNTIMES, TORCH_MODES, require, runtime_status
+from edgedistill.runtimes.runners import time_artifact
 
 STATUS = runtime_status()
 NO_TORCH_CUDA = STATUS["torch-cuda"]
@@ -23,7 +23,7 @@ NO_TORCH_CUDA = STATUS["torch-cuda"]
 def _prompt(model_dir, n=48):
     from transformers import AutoTokenizer
 
-    from edgedistill.corpus import stdlib_source
+    from edgedistill.data import stdlib_source
     return AutoTokenizer.from_pretrained(model_dir)(stdlib_source(20_000))["input_ids"][:n]
 
 
@@ -58,7 +58,7 @@ def test_static_cache_decoder_gives_the_eager_tokens_on_cpu(tmp_path):
 
 
 def test_cuda_graphs_mode_refuses_a_cpu_device(trained_llama):
-    from edgedistill.export.runtimes import RuntimeFailure
+    from edgedistill.runtimes.child import RuntimeFailure
 
     with pytest.raises(RuntimeFailure, match="CUDA graphs need a CUDA device"):
         time_artifact(trained_llama, "hf", threads=1, prompt=[1, 2, 3], new_tokens=2,
@@ -87,8 +87,8 @@ def test_missing_gpu_runtimes_are_explained_and_refused(tmp_path):
 def test_cpu_workers_see_no_gpu_and_gpu_workers_keep_theirs(monkeypatch):
     """A CUDA build of llama.cpp sends large batches to the GPU even with no layers offloaded;
     a CPU row must be all CPU, so CPU children get CUDA_VISIBLE_DEVICES empty."""
-    from edgedistill.bench.runners import GPU_RUNTIME_TASK
-    from edgedistill.export.runtimes import child_env, uses_gpu
+    from edgedistill.runtimes.runners import GPU_RUNTIME_TASK
+    from edgedistill.runtimes.child import child_env, uses_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     for rt, task in GPU_RUNTIME_TASK.items():
@@ -167,7 +167,7 @@ def test_gpu_bench_records_with_the_cpu_standing_in_for_cuda(tmp_path, monkeypat
     mode reported beside the others), with torch's CPU device standing in for CUDA, so that
     CI runs it; the real CUDA run is test_torch_cuda_three_ways_on_a_real_gpu."""
     import edgedistill.bench as bench_mod
-    from edgedistill.bench import cuda, runners
+    from edgedistill.runtimes import cuda, runners
     from edgedistill.toy import make_causal_lm
 
     model = make_causal_lm(tmp_path / "m", hidden=64, layers=2, heads=4, kv_heads=2, ffn=128,
@@ -195,7 +195,7 @@ def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, mon
     onnxruntime and llama.cpp (the exported files), with the CPU standing in for CUDA so that
     CI runs the plumbing. Real CUDA runs: benchmarks/gpu_runtimes.py on a GPU machine."""
     import edgedistill.bench as bench_mod
-    from edgedistill.bench import cuda, runners
+    from edgedistill.runtimes import cuda, runners
     from edgedistill.export import ExportConfig, export
 
     from conftest import tiny_sentence_bert
@@ -226,7 +226,7 @@ def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, mon
     assert len(cpu) == len(arts) and all(r["bench"]["measured"] for r in cpu)
     json.dumps(recs)
     # the GPU runtime's settings reach the encoder worker: a provider onnxruntime lacks fails
-    from edgedistill.export.runtimes import RuntimeFailure
+    from edgedistill.runtimes.child import RuntimeFailure
 
     monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "onnxruntime-cuda",
                         {"runtime": "onnxruntime", "providers": ["CUDAExecutionProvider"]})

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, chunked_kd_loss,
-                                        embedding_loss, kd_loss, layer_map, topk_kd_loss)
+from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss,
+                                        kd_loss, layer_map, topk_kd_loss)
 
 
 def _setup(seed=0, n=37, hs=16, ht=24, v=50, vt=56):

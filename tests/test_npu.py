@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgedistill.convert import npu
 from edgedistill.errors import EdgeDistillError
 from edgedistill.export import ExportConfig, export
-from edgedistill.export import npu
 from edgedistill.profiles import load_profile
+from edgedistill.runtimes import qnn
 
 from conftest import tiny_sentence_bert
 
@@ -29,11 +30,11 @@ def test_graph_shapes_follow_the_profile():
 def test_fixed_graphs_are_static_and_match_torch(trained_llama, tmp_path):
     import onnx
 
-    from edgedistill.export.onnx import export_onnx
-    from edgedistill.export.runtimes import ort_session, torch_causal_logits
+    from edgedistill.convert.onnx import export_onnx
+    from edgedistill.runtimes.outputs import ort_session, torch_causal_logits
 
     fp32 = export_onnx(trained_llama, tmp_path / "onnx")
-    graphs = [npu.GraphShape("prefill", 32, 48), npu.GraphShape("decode", 1, 79)]
+    graphs = [qnn.GraphShape("prefill", 32, 48), qnn.GraphShape("decode", 1, 79)]
     fixed = [npu.fix_graph(fp32, g) for g in graphs]
     for path in fixed:
         m = onnx.load(str(path))
@@ -45,7 +46,7 @@ def test_fixed_graphs_are_static_and_match_torch(trained_llama, tmp_path):
     seqs = [list(range(5, 25)), list(range(40, 72))]  # shorter than the chunk, and a full one
     nxt = [7, 9]
     sessions = [ort_session(p, basic=True) for p in fixed]
-    pre, dec = npu.run_causal(sessions[0], sessions[1], seqs, nxt, graphs)
+    pre, dec = qnn.run_causal(sessions[0], sessions[1], seqs, nxt, graphs)
     ref = torch_causal_logits(trained_llama, [s + [t] for s, t in zip(seqs, nxt)])
     for r, p, d in zip(ref, pre, dec):
         assert np.abs(r[:-1] - p).max() < 1e-4  # masked, padded prefill == torch
@@ -120,13 +121,13 @@ def _assert_deployable_contexts(art, n):
     ctx = sorted(art.path.parent.glob("*.qnn-ctx.onnx"))
     assert len(ctx) == n and "compiled HTP context" in art.note
     assert not list(art.path.parent.glob(".*tmp*"))  # written atomically
-    opts = npu.htp_options(load_profile("phone-npu"))
+    opts = qnn.htp_options(load_profile("phone-npu"))
     for path in ctx:
         nodes = onnx.load(str(path)).graph.node
         assert [nd.op_type for nd in nodes] == ["EPContext"]
         attrs = {a.name: a for a in nodes[0].attribute}
         assert attrs["embed_mode"].i == 1 and len(attrs["ep_cache_context"].s) > 1000
-        npu.htp_session(path, opts)  # loads without compiling or falling back
+        qnn.htp_session(path, opts)  # loads without compiling or falling back
 
 
 @pytest.mark.slow
@@ -155,10 +156,10 @@ def test_unsupported_op_is_listed_with_a_fix(tmp_path):
 
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    opts = npu.htp_options(load_profile("phone-npu"))
+    opts = qnn.htp_options(load_profile("phone-npu"))
     with pytest.raises(Exception):
-        npu.htp_session(path, opts)  # CPU fallback disabled: the session refuses the graph
-    cov = npu.coverage(path, opts, {"x": np.eye(4, dtype=np.float32)})
+        qnn.htp_session(path, opts)  # CPU fallback disabled: the session refuses the graph
+    cov = qnn.coverage(path, opts, {"x": np.eye(4, dtype=np.float32)})
     assert cov["on_cpu"] == 1 and cov["on_htp"] == 0
     assert cov["unsupported_ops"][0]["op"] == "NonZero"
     assert "mask" in cov["unsupported_ops"][0]["fix"]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from edgedistill.export.parity import (ENCODER_THRESHOLDS, THRESHOLDS, Threshold, judge,
-                                       threshold_for)
 from edgedistill.formats import QUANT_TYPES
+from edgedistill.verify.parity import (ENCODER_THRESHOLDS, Threshold, THRESHOLDS, judge,
+                                       threshold_for)
 
 # Figures measured on SmolLM2-135M-Instruct, as committed by benchmarks/export_parity.py:
 # ordinary losses of a real small model, every one of which misses the export issue's targets.

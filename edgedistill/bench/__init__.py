@@ -14,16 +14,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..arch import shape_from_config
-from ..predictor import predictor_for
-from ..teacher import weight_files
-from ..export.runtimes import RuntimeFailure
-from ..profiles import DeviceProfile, load_profile
-from ..errors import EdgeDistillError
-from .cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
-                   gpu_bandwidth_gbps)
-from .runners import RUNTIME_OF_FORMAT, time_artifact
-from .timing import roofline_fraction, summarize_causal, summarize_encoder
+from edgedistill.arch import shape_from_config
+from edgedistill.bench.quality import causal_quality, encoder_quality, runtime_logits
+from edgedistill.bench.timing import roofline_fraction, summarize_causal, summarize_encoder
+from edgedistill.data import eval_data
+from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import RUNTIMES
+from edgedistill.plan.predictor import predictor_for
+from edgedistill.profiles import DeviceProfile, load_profile, local_profile
+from edgedistill.runtimes import cuda, outputs
+from edgedistill.runtimes.child import RuntimeFailure, child
+from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
+                                       gpu_bandwidth_gbps, require)
+from edgedistill.runtimes.outputs import torch_causal_logits, torch_sentence_embeddings
+from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, RUNTIME_OF_FORMAT, time_artifact
+from edgedistill.teacher import sentence_pooling, weight_files
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,6 @@ def interleaved(artifacts: list[dict]) -> list[int]:
 
 
 def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
-    from ..machine import local_profile
 
     local = local_profile(threads=threads, quick=True)
     return f"{local.device} ({threads} threads, this machine)", local
@@ -75,9 +79,6 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     ``quality`` and ``predicted`` added (a failed runtime gives ``bench.error``)."""
     from transformers import AutoTokenizer
 
-    from ..export import ExportConfig, eval_data
-    from ..export.onnx import sentence_pooling
-    from ..export.runtimes import torch_causal_logits, torch_sentence_embeddings
 
     prof = target if isinstance(target, DeviceProfile) else load_profile(target)
     teacher_dir = Path(teacher_dir)
@@ -90,9 +91,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     log(f"measuring on {device}; memory bandwidth {local.memory.bandwidth_gbps:.1f} GB/s")
     predict_here, predict_there = predictor_for(local), predictor_for(prof)
     tok = AutoTokenizer.from_pretrained(teacher_dir)
-    held, _ = eval_data(teacher_dir, tok, encoder, ExportConfig(data=config.data,
-                                                                 eval_sequences=8,
-                                                                 seq_len=128))
+    held, _ = eval_data(tok, encoder, config.data, sequences=8, seq_len=128)
     lt = prof.latency_targets
     if encoder:
         pooling = sentence_pooling(teacher_dir)
@@ -223,7 +222,6 @@ def _npu_record(rec: dict, art: dict, prof: DeviceProfile, shape, predict_there,
 def gpu_runtimes(prof: DeviceProfile, requested: tuple[str, ...] | None, log) -> list[str]:
     """The GPU runtimes to measure in: the requested ones (each must run here: else
     EdgeDistillError), or on a GPU target those of its profile that this machine has."""
-    from .cuda import require, runtime_status
 
     if requested:
         names = [r for r in prof.runtimes if r in GPU_RUNTIMES] if "gpu" in requested \
@@ -236,7 +234,7 @@ def gpu_runtimes(prof: DeviceProfile, requested: tuple[str, ...] | None, log) ->
         return names
     if prof.kind != "gpu":
         return []
-    status = runtime_status()
+    status = cuda.runtime_status()
     for r in prof.runtimes:
         if status.get(r):
             log(f"{r} skipped: {status[r]}")
@@ -268,7 +266,6 @@ def with_gpu_runs(artifacts: list[dict], gpu: list[str],
     """``artifacts`` plus one entry per (artifact, GPU runtime of its format); torch-cuda runs
     each model's HF folder in fp16 (causal LMs three ways: eager, static cache, CUDA graphs;
     encoders once): the models the artifacts came from, else ``default`` (role, HF folder)."""
-    from ..formats import RUNTIMES
 
     out = list(artifacts)
     for rt in gpu:
@@ -307,10 +304,8 @@ def _agreement(records: list[dict]) -> None:
 def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) -> dict:
     """{index: {"batch_s", "peak_rss_mb"} or RuntimeFailure}. Each artifact runs alone once
     (its own peak RSS, and its failure if it fails); then all of one runtime are timed in one
-    process in turn (bench/worker.py, encoder_paired), so student and teacher share the
+    process in turn (runtimes/bench_worker.py, encoder_paired), so student and teacher share the
     machine's good and bad seconds alike."""
-    from ..export.runtimes import child
-    from .runners import GPU_RUNTIME_TASK
 
     out: dict = {}
     for k in order:
@@ -335,7 +330,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
                 "tokenizers": [str(artifacts[k]["model_dir"]) for k in ks]}
         task |= GPU_RUNTIME_TASK.get(runtime, {})  # a GPU runtime: its worker and device
         try:
-            res = child("edgedistill.bench.worker", task, timeout * len(ks), runtime)
+            res = child("edgedistill.runtimes.bench_worker", task, timeout * len(ks), runtime)
         except RuntimeFailure as e:
             for k in ks:
                 out[k] = e
@@ -360,22 +355,19 @@ def _pred(p, where: str) -> dict:
 
 def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:
     """Quality from the runtime's own outputs; an error record when the runtime fails."""
-    from ..export import runtimes as rt
-    from ..export.onnx import sentence_pooling
-    from .quality import causal_quality, encoder_quality, runtime_logits
 
     try:
         if encoder:
             model_dir = Path(art["model_dir"])
             pooling = sentence_pooling(model_dir)
             if fmt == "gguf":
-                emb = rt.gguf_sentence_embeddings(path, held, threads, pooling.normalize)
+                emb = outputs.gguf_sentence_embeddings(path, held, threads, pooling.normalize)
             elif fmt == "onnx":
                 from transformers import AutoTokenizer
-                emb = rt.onnx_sentence_embeddings(path, AutoTokenizer.from_pretrained(model_dir),
+                emb = outputs.onnx_sentence_embeddings(path, AutoTokenizer.from_pretrained(model_dir),
                                                   held, threads=threads)
             else:
-                emb = rt.torch_sentence_embeddings(path, held, pooling)
+                emb = outputs.torch_sentence_embeddings(path, held, pooling)
             return encoder_quality(emb, ref) | {"measured": True}
         return causal_quality(runtime_logits(path, fmt, held, threads), held, ref) \
             | {"measured": True}

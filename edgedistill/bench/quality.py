@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.parity import _log_softmax
+from edgedistill.runtimes import outputs as rt
+from edgedistill.verify.parity import _log_softmax
 
 
 def runtime_logits(path: Path, fmt: str, seqs: list[list[int]], threads: int):
-    from ..export import runtimes as rt
 
     if fmt == "gguf":
         return rt.gguf_causal_logits(path, seqs, threads)

@@ -12,9 +12,9 @@ import os
 import sys
 import traceback
 
-from ..errors import EdgeDistillError
-from . import (bench_cmd, calibrate_cmd, distill_cmd, export_cmd, plan_cmd, predict_cmd,
-               profiles_cmd, report_cmd)
+from edgedistill.cli import (bench_cmd, calibrate_cmd, distill_cmd, export_cmd, plan_cmd,
+                             predict_cmd, profiles_cmd, report_cmd)
+from edgedistill.errors import EdgeDistillError
 
 VERBS = (profiles_cmd, plan_cmd, predict_cmd, calibrate_cmd, distill_cmd, export_cmd, bench_cmd,
          report_cmd)
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from edgedistill.version import __version__
 
     p = _Parser(prog="edgedistill",
                 description="Distil a model for a device, export it, and measure it there.")

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .table import table
-from .types import count
+from edgedistill.cli.table import table
+from edgedistill.cli.types import count
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -34,17 +34,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..bench import BenchConfig, bench
-    from ..errors import EdgeDistillError
-    from ..report import main_table
-    from . import emit_json
+    from edgedistill.bench import BenchConfig, bench
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.report import main_table
+    from edgedistill.cli import emit_json
 
     path = Path(args.path)
     cfg = BenchConfig(threads=args.threads, new_tokens=args.new_tokens, repeats=args.repeats,
                       data=args.data, runtimes=tuple(args.runtime) if args.runtime else None)
     if cfg.runtimes:  # fail before any work when a requested runtime is missing
-        from ..bench import gpu_runtimes
-        from ..profiles import load_profile
+        from edgedistill.bench import gpu_runtimes
+        from edgedistill.profiles import load_profile
         gpu_runtimes(load_profile(args.target), cfg.runtimes, lambda m: None)
     if path.is_dir():
         arts, teacher = [], None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .table import table
-from .types import count, positive
+from edgedistill.cli.table import table
+from edgedistill.cli.types import count, positive
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -31,9 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..calibrate import SUMMARY_HEAD, calibrate, summary_rows
-    from ..predictor import calibration_path
-    from . import emit_json
+    from edgedistill.calibrate import SUMMARY_HEAD, calibrate, summary_rows
+    from edgedistill.plan.predictor import calibration_path
+    from edgedistill.cli import emit_json
 
     cal = calibrate(args.target, args.formats, args.budget_s, args.threads, args.out,
                     repeats=args.repeats, progress=not args.json)

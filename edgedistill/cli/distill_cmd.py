@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from pathlib import Path
-from .types import count, fraction, non_negative, positive
+
+from edgedistill.cli.types import count, fraction, non_negative, positive
 
 LOSSES = ("fkl", "rkl", "jsd")  # kept here so --help does not import torch
 
@@ -55,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-    from ..errors import EdgeDistillError
+    from edgedistill.errors import EdgeDistillError
 
     if args.loss not in LOSSES:
         raise EdgeDistillError(f"unknown --loss {args.loss!r}.", f"use one of {', '.join(LOSSES)}")
@@ -64,10 +65,10 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
-    from ..distill import DataConfig, KDConfig, TrainConfig, distill, train_size
-    from ..plan import PlanConfig
-    from . import emit_json
-    from .plan_cmd import parse_count
+    from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill, train_size
+    from edgedistill.plan import PlanConfig
+    from edgedistill.cli import emit_json
+    from edgedistill.cli.plan_cmd import parse_count
 
     _check(args)
     steps, batch = train_size(args.teacher, args.steps, args.batch_size)

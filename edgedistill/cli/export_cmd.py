@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .table import table
-from .types import count, positive
+from edgedistill.cli.table import table
+from edgedistill.cli.types import count, positive
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -68,8 +68,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..export import ExportConfig, export  # heavy (numpy, onnx): only when exporting
-    from . import emit_json
+    from edgedistill.export import ExportConfig, export  # heavy (numpy, onnx): only when exporting
+    from edgedistill.cli import emit_json
 
     cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
                        threads=args.threads, context=args.context,
@@ -131,12 +131,12 @@ def _fmt(x) -> str:
 
 
 def _pipeline(args, export_cfg) -> int:
-    from ..bench import BenchConfig
-    from ..distill import DataConfig, TrainConfig, train_size
-    from ..pipeline import run
-    from ..plan import PlanConfig
-    from ..report import main_table
-    from . import emit_json
+    from edgedistill.bench import BenchConfig
+    from edgedistill.distill import DataConfig, TrainConfig, train_size
+    from edgedistill.pipeline import run
+    from edgedistill.plan import PlanConfig
+    from edgedistill.report import main_table
+    from edgedistill.cli import emit_json
 
     out = args.out or "runs/run"
     steps, batch = train_size(args.teacher, args.steps, args.batch_size)

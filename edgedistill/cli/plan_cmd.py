@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..errors import EdgeDistillError
-from ..plan import DEFAULT_SPEEDUP, PlanConfig, plan
-from .table import table
-from .types import count, positive
+from edgedistill.cli.table import table
+from edgedistill.cli.types import count, positive
+from edgedistill.errors import EdgeDistillError
+from edgedistill.plan import DEFAULT_SPEEDUP, PlanConfig, plan
 
 
 def parse_count(text: str) -> int:
@@ -51,7 +51,7 @@ def _speed(pred: dict) -> str:
 
 
 def run(args) -> int:
-    from . import emit_json
+    from edgedistill.cli import emit_json
 
     cfg = PlanConfig(speedup=args.speedup,
                      max_params=parse_count(args.max_params) if args.max_params else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .table import table
+from edgedistill.cli.table import table
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,8 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..predictor import predict_config as predict
-    from . import emit_json
+    from edgedistill.plan.predictor import predict_config as predict
+    from edgedistill.cli import emit_json
 
     pred = predict(args.config, args.target, args.fmt, calibration=args.calibration)
     if args.json:

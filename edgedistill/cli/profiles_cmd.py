@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..profiles import list_profiles, load_profile
-from .table import table
+from edgedistill.cli.table import table
+from edgedistill.profiles import list_profiles, load_profile
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from . import emit_json
+    from edgedistill.cli import emit_json
 
     if args.name:
         prof = load_profile(args.name)

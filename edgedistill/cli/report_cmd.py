@@ -13,8 +13,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..pipeline import report
-    from . import emit_json
+    from edgedistill.pipeline import report
+    from edgedistill.cli import emit_json
 
     paths = report(args.run_dir)
     if args.json:

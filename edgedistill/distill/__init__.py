@@ -8,7 +8,6 @@ student/ (the result: safetensors, config, tokenizer), distill.json (figures).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -16,10 +15,16 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import EdgeDistillError, writable_dir
-from ..teacher import check_model_files, weight_files
-from .losses import LOSSES, KDConfig
-from .loop import TrainConfig
+from edgedistill.data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
+                              split_documents, split_holdout, stdlib_sentences, stdlib_source)
+from edgedistill.distill.loop import TrainConfig, train as run_training
+from edgedistill.distill.losses import KDConfig, LOSSES
+from edgedistill.distill.recipes import causal_recipe, encoder_recipe
+from edgedistill.errors import EdgeDistillError, writable_dir
+from edgedistill.plan import PlanConfig, plan
+from edgedistill.runstate import fingerprint
+from edgedistill.student import build_student, copy_tokenizer
+from edgedistill.teacher import check_model_files, load_teacher, weight_files
 
 DEFAULT_CAUSAL_CHARS = 2_000_000
 """Default causal-LM data: this many characters of standard-library source."""
@@ -34,7 +39,6 @@ about 0.91 (README, 'The default teacher')."""
 
 def train_size(teacher, steps: int | None, batch_size: int | None) -> tuple[int, int]:
     """(steps, batch size): the user's values, else TRAIN_DEFAULTS for the teacher's kind."""
-    from ..teacher import load_teacher
 
     d = TRAIN_DEFAULTS["encoder" if load_teacher(teacher).shape.is_encoder else "causal"]
     return steps or d["steps"], batch_size or d["batch_size"]
@@ -67,14 +71,6 @@ def _quiet(msg: str) -> None:
     """Logger of the non-main processes of a distributed run."""
 
 
-def fingerprint(*parts) -> str:
-    """Short stable hash of JSON-able parts (inputs of a stage)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 def _teacher_weights_id(path: Path) -> list:
     return [(p.name, p.stat().st_size) for p in weight_files(path)]
 
@@ -104,9 +100,6 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from ..plan import PlanConfig, plan
-    from ..student import build_student
-    from ..teacher import load_teacher
 
     if kd.loss not in LOSSES:
         raise EdgeDistillError(f"unknown loss {kd.loss!r}.", f"use --loss {'|'.join(LOSSES)}")
@@ -140,8 +133,6 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
             f"({pl.student.shape.total_params():,} params)")
 
     # -- data -----------------------------------------------------------------------------
-    from .data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
-                       split_documents)
 
     if data is not None:
         render, chats = chat_renderer(tok), 0
@@ -157,14 +148,11 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
                 + ("with the teacher's chat template" if render is not plain_render else
                    "as their contents joined by blank lines (the teacher has no chat template)"))
     elif encoder:
-        from ..corpus import stdlib_sentences
         texts = list(stdlib_sentences())
     else:
-        from ..corpus import stdlib_source
         texts = [stdlib_source(DEFAULT_CAUSAL_CHARS)]
     if encoder:
         items = sentences_of(texts)
-        from ..corpus import split_holdout
         train_items, val_items = split_holdout(items, data_cfg.val_fraction)
         if not train_items or not val_items:
             raise EdgeDistillError(f"the data has {len(items)} sentences; need at least 20.",
@@ -217,13 +205,11 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
     log(f"student from {init_dir} ({sum(p.numel() for p in student_model.parameters()):,} "
         f"params, init={init if student is None else 'given'})")
 
-    from .recipes import causal_recipe, encoder_recipe
 
     with state.main_process_first():  # generated data and the top-K cache are written once
         recipe = (encoder_recipe if encoder else causal_recipe)(
             t, tok, teacher_model, student_model, train_items, val_items, kd, train, data_cfg,
             run_dir, device, log)
-    from .loop import train as run_training
 
     t0 = time.time()
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
@@ -244,7 +230,6 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
 
 def _save_student(model, tokenizer_dir: Path, out: Path) -> None:
     """save_pretrained + tokenizer, into a temp folder renamed into place."""
-    from ..student import copy_tokenizer
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -255,4 +240,4 @@ def _save_student(model, tokenizer_dir: Path, out: Path) -> None:
 
 
 __all__ = ["TRAIN_DEFAULTS", "train_size", "DataConfig", "DistillResult", "KDConfig", "TrainConfig", "distill",
-           "check_same_tokenizer", "fingerprint"]
+           "check_same_tokenizer"]

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EdgeDistillError
-from .losses import HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss, topk_kd_loss
+from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss,
+                                        topk_kd_loss)
+from edgedistill.errors import EdgeDistillError
 
 
 @dataclass(frozen=True)

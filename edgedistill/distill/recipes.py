@@ -7,8 +7,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .losses import HiddenStateLoss, KDConfig, layer_map
-from .loop import DistillModule, TrainConfig, pool_embeddings
+from edgedistill.distill.loop import DistillModule, TrainConfig, pool_embeddings
+from edgedistill.distill.losses import HiddenStateLoss, KDConfig, layer_map
+from edgedistill.distill.teacher_data import cache_topk, generate_continuations
+from edgedistill.teacher import sentence_pooling
 
 
 @dataclass
@@ -38,7 +40,6 @@ def length_groups(lengths: list[int], batch: int) -> list[list[int]]:
 
 def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
                   cfg: TrainConfig, data_cfg, run_dir, device, log) -> Recipe:
-    from .data import cache_topk, generate_continuations
 
     vocab = len(tok)  # padded logit rows beyond the tokenizer are cut (Qwen-style teachers)
     extra: dict = {}
@@ -121,7 +122,6 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
 
 def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: TrainConfig,
                    data_cfg, run_dir, device, log) -> Recipe:
-    from ..export.onnx import sentence_pooling
 
     pooling = sentence_pooling(t.path)
     if cfg.hidden_weight <= 0:

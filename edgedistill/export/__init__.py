@@ -4,7 +4,7 @@
 
 For each format the profile allows (or ``formats``): write the float artifact, then each
 quantization, run every file in its own runtime on held-out text, and judge it against the
-thresholds table (export/parity.py): 'passed' (every target met), 'below-target' (usable, loses
+thresholds table (verify/parity.py): 'passed' (every target met), 'below-target' (usable, loses
 more than the target allows) or 'failed' (broken, or the runtime could not run it). GGUF
 tokenizers are also checked token for token against the HF tokenizer. Nothing is reported as
 good without having been run.
@@ -16,16 +16,19 @@ import hashlib
 import json
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..arch import shape_from_config
-from ..errors import EdgeDistillError, writable_dir
-from ..profiles import DeviceProfile, load_profile
-from ..teacher import check_model_files
-from .ledger import Ledger, files_id
-from .parity import Verdict
+from edgedistill.arch import shape_from_config
+from edgedistill.convert.gguf import check_writable, sliding_window, window_note
+from edgedistill.data import eval_data
+from edgedistill.errors import EdgeDistillError, writable_dir
+from edgedistill.export.checks import Checker
+from edgedistill.machine import package_version
+from edgedistill.profiles import DeviceProfile, load_profile
+from edgedistill.records import Artifact, ExportResult, Verdict
+from edgedistill.runstate import Ledger, files_id
+from edgedistill.teacher import check_model_files
 
 EXPORT_FORMATS = ("onnx", "gguf")
 
@@ -61,85 +64,7 @@ class ExportConfig:
     resume: bool = True
     """Reuse what an earlier export into the same folder wrote and verified, when its inputs
     (model files, data, profile, these settings) are the same and its files are unchanged
-    (``<out>/.ledger.json``, see export/ledger.py); False redoes everything."""
-
-
-@dataclass
-class Artifact:
-    path: Path
-    format: str
-    quant: str
-    verdict: Verdict
-    tensor_types: dict | None = None
-    note: str = ""
-    quantization: dict | None = None
-    """How the file was quantized beyond its type, e.g. {"importance_matrix": {"tokens",
-    "tensors"}}."""
-    verified_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
-    """When its verdict was measured (local time)."""
-    earlier_run: bool = False
-    """The file and its verdict were kept from an earlier export (see export/ledger.py)."""
-    files: dict | None = None
-    """{path relative to the export folder: SHA-256} of the files the verdict is about."""
-
-    @property
-    def status(self) -> str:
-        """'passed', 'below-target', 'failed' (see export/parity.py) or 'error' (the runtime
-        could not run the file)."""
-        return "error" if self.verdict.error else self.verdict.status
-
-    def record(self) -> dict:
-        """What the ledger keeps of this artifact (see :meth:`from_record`)."""
-        return {"verdict": asdict(self.verdict), "tensor_types": self.tensor_types,
-                "note": self.note, "quantization": self.quantization,
-                "verified_at": self.verified_at}
-
-    @classmethod
-    def from_record(cls, path: Path, fmt: str, quant: str, rec: dict,
-                    files: dict | None = None) -> "Artifact":
-        return cls(Path(path), fmt, quant, Verdict(**rec["verdict"]), rec.get("tensor_types"),
-                   rec.get("note", ""), rec.get("quantization"), rec.get("verified_at", "?"),
-                   earlier_run=True, files=files)
-
-    def to_dict(self) -> dict:
-        return {
-            "role": "student", "path": str(self.path), "format": self.format,
-            "quant": self.quant,
-            "size_bytes": self.path.stat().st_size if self.path.exists() else None,
-            "status": self.status, "parity": self.verdict.to_dict(),
-            "tensor_types": self.tensor_types, "quantization": self.quantization,
-            "note": self.note,
-            "verified": {"at": self.verified_at, "earlier_run": self.earlier_run,
-                         "sha256": self.files},
-        }
-
-
-@dataclass
-class ExportResult:
-    model_dir: Path
-    target: str
-    out_dir: Path
-    artifacts: list[Artifact] = field(default_factory=list)
-    tokenizer_parity: dict | None = None
-    notes: list[str] = field(default_factory=list)
-    """What holds for all of a format's files, e.g. a sliding window GGUF files leave out."""
-
-    @property
-    def passed(self) -> bool:
-        """Every artifact met every target."""
-        return all(a.status == "passed" for a in self.artifacts)
-
-    @property
-    def usable(self) -> bool:
-        """No artifact is broken: each passed or is below target (a tokenizer mismatch fails
-        the GGUF files)."""
-        return all(a.status in ("passed", "below-target") for a in self.artifacts)
-
-    def to_dict(self) -> dict:
-        return {"model": str(self.model_dir), "target": self.target, "out": str(self.out_dir),
-                "passed": self.passed, "usable": self.usable,
-                "tokenizer_parity": self.tokenizer_parity, "notes": self.notes,
-                "artifacts": [a.to_dict() for a in self.artifacts]}
+    (``<out>/.ledger.json``, see runstate.Ledger); False redoes everything."""
 
 
 def _log(msg: str) -> None:
@@ -173,35 +98,6 @@ def resolve_formats(profile: DeviceProfile, config: ExportConfig) -> dict[str, l
     return {f: qs for f, qs in out.items() if qs}
 
 
-def eval_data(model_dir: Path, tok, encoder: bool, config: ExportConfig):
-    """(held-out items, calibration items): token-id sequences for causal LMs, sentences for
-    encoders. User data if given, else standard-library text."""
-    from ..corpus import split_holdout, stdlib_sentences, stdlib_source
-    from ..distill.data import chat_renderer, load_texts
-
-    if encoder:
-        if config.data:
-            lines = [ln.strip() for t in load_texts(config.data, chat_renderer(tok))
-                     for ln in t.splitlines()]
-            sentences = list(dict.fromkeys(ln for ln in lines if len(ln) > 3))
-        else:
-            sentences = list(stdlib_sentences())
-        train, held = split_holdout(sentences)
-        held = held or sentences[-config.eval_sentences:]
-        return held[: config.eval_sentences], train[:64]
-    text = ("\n\n".join(load_texts(config.data, chat_renderer(tok))) if config.data
-            else stdlib_source(400_000))
-    ids = tok(text)["input_ids"]
-    L, n = config.seq_len, config.eval_sequences
-    chunks = [ids[i:i + L] for i in range(0, len(ids) - L + 1, L)]
-    if len(chunks) < 2:
-        raise EdgeDistillError(f"the data has {len(ids)} tokens; verification needs at least "
-                               f"{2 * L}.", "pass more text with --data")
-    held = chunks[-n:] if len(chunks) > n else chunks[len(chunks) // 2:]
-    calib = chunks[: max(1, min(16, len(chunks) - len(held)))]
-    return held, calib
-
-
 def export(student: str | Path, target: str | DeviceProfile = "laptop",
            config: ExportConfig = ExportConfig(), out: str | Path | None = None) -> ExportResult:
     """Export ``student`` (an HF folder) for ``target``; verify every artifact. Writes
@@ -218,17 +114,16 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     check_model_files(model_dir, "student", "--student")
     plan = resolve_formats(prof, config)
     if "gguf" in plan:
-        from .gguf import check_writable
 
         check_writable(model_dir, cfg)  # before minutes of ONNX work, not after
     out_dir = writable_dir(Path(out) if out else model_dir.parent / "export")
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
     tok = AutoTokenizer.from_pretrained(model_dir)
-    held, calib = eval_data(model_dir, tok, shape.is_encoder, config)
+    held, calib = eval_data(tok, shape.is_encoder, config.data, sequences=config.eval_sequences,
+                            seq_len=config.seq_len, sentences=config.eval_sentences)
     result = ExportResult(model_dir, prof.name, out_dir)
     _log(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
          + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
-    from .checks import Checker
 
     checker = Checker(model_dir, shape, tok, held, threads, _log)
     checker.ledger = Ledger(out_dir, _inputs_key(model_dir, prof, config, held, calib),
@@ -243,7 +138,6 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     if "gguf" in plan:
         arts, tp = checker.gguf_artifacts(out_dir / "gguf", plan["gguf"],
                                           calib if config.importance else None)
-        from .gguf import sliding_window, window_note
 
         if not shape.is_encoder and (window := sliding_window(model_dir)):
             note = window_note(window, prof.context_length)
@@ -277,7 +171,6 @@ def _software_id() -> list:
     """What makes and judges the files: edgedistill's own source (any change, the thresholds
     table included, invalidates earlier records) and the versions of the converters and
     runtimes. Read once per process (the whole chain exports twice)."""
-    from ..machine import package_version
 
     root = Path(__file__).resolve().parent.parent
     code = hashlib.sha256()
@@ -294,13 +187,13 @@ def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
     :func:`export`)."""
     from transformers import AutoTokenizer
 
-    from .checks import Checker
 
     model_dir = Path(student)
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
     tok = AutoTokenizer.from_pretrained(model_dir)
-    held, _ = eval_data(model_dir, tok, shape.is_encoder, config)
+    held, _ = eval_data(tok, shape.is_encoder, config.data, sequences=config.eval_sequences,
+                        seq_len=config.seq_len, sentences=config.eval_sentences)
     threads = config.threads or max(1, min(4, os.cpu_count() or 1))
     return Checker(model_dir, shape, tok, held, threads, _log).verify(Path(path), fmt, quant)
 

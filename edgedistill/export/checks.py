@@ -7,17 +7,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .gguf_checks import GgufChecks
-from .ledger import NoLedger, artifact_files
-from .parity import Verdict, embedding_figures, failed_to_run, judge, logit_figures, threshold_for
-from .runtimes import RuntimeFailure
+from edgedistill.convert import npu
+from edgedistill.convert.onnx import export_onnx
+from edgedistill.export.gguf_checks import GgufChecks
+from edgedistill.quantize import qdq
+from edgedistill.quantize.onnx import quantize_onnx, quantized_path
+from edgedistill.records import Artifact
+from edgedistill.runstate import NoLedger, artifact_files
+from edgedistill.runtimes import outputs as rt, qnn
+from edgedistill.runtimes.child import RuntimeFailure, child
+from edgedistill.runtimes.outputs import (_empty_past, onnx_causal_feeds, ort_session,
+                                          torch_causal_logits, torch_sentence_embeddings)
+from edgedistill.teacher import sentence_pooling
+from edgedistill.verify.parity import (Verdict, embedding_figures, failed_to_run, judge,
+                                       logit_figures, threshold_for)
 
 class Checker(GgufChecks):
     """Holds the torch reference for one model and checks artifacts against it."""
 
     def __init__(self, model_dir: Path, shape, tok, held: list, threads: int, log):
-        from .onnx import sentence_pooling
-        from .runtimes import torch_causal_logits, torch_sentence_embeddings
 
         self.model_dir, self.shape, self.tok, self.held = model_dir, shape, tok, held
         self.threads, self.log = threads, log
@@ -35,7 +43,6 @@ class Checker(GgufChecks):
 
     def _outputs(self, path: Path, fmt: str):
         """What ``path`` computes on the held-out items, run in its format's runtime."""
-        from . import runtimes as rt
 
         if fmt == "onnx":
             if self.encoder:
@@ -78,7 +85,6 @@ class Checker(GgufChecks):
         """The Artifact recorded for ``fmt:quant`` if an earlier export with the same inputs
         wrote and verified it and its files (``path`` and its external data; with
         ``recorded_files``, those the record lists) are unchanged; else None."""
-        from . import Artifact
 
         rec = self.ledger.get(f"{fmt}:{quant}", None if recorded_files else artifact_files(path))
         if rec is None:
@@ -96,7 +102,6 @@ class Checker(GgufChecks):
     def _onnx_model(self, out_dir: Path) -> Path:
         """``out_dir/model.onnx``: exported, or kept from an earlier export with the same
         inputs (exporting again would replace ``out_dir``, and the files verified in it)."""
-        from .onnx import export_onnx
 
         fp32 = out_dir / "model.onnx"
         if self.ledger.get("onnx:export", artifact_files(fp32)) is not None:
@@ -110,7 +115,6 @@ class Checker(GgufChecks):
 
     # -- ONNX ---------------------------------------------------------------------------------
     def _calibration_feeds(self, fp32: Path, calib: list) -> list[dict]:
-        from .runtimes import _empty_past, onnx_causal_feeds, ort_session
 
         sess = ort_session(fp32, self.threads)
         if not self.encoder:
@@ -124,8 +128,6 @@ class Checker(GgufChecks):
         return feeds
 
     def onnx_artifacts(self, out_dir: Path, quants: list[str], calib: list, block: int):
-        from ..quantize.onnx import quantize_onnx, quantized_path
-        from . import Artifact
 
         fp32 = self._onnx_model(out_dir)
         feeds = None
@@ -151,14 +153,11 @@ class Checker(GgufChecks):
                       save_context: bool = True):
         """Fixed-shape float graphs, then each QDQ scheme; every graph checked against torch
         on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider."""
-        from . import Artifact
-        from . import npu
-        from .runtimes import ort_session
 
         graphs = npu.graph_shapes(self.encoder, profile, context)  # bad shapes fail first
         fp32 = self._onnx_model(out_dir)
         t0 = time.time()
-        schemes = ["fp32"] + [q for q in quants if q in npu.SCHEMES]
+        schemes = ["fp32"] + [q for q in quants if q in qdq.SCHEMES]
         kept = {q: a for q in schemes if (a := self._kept(
             "onnx", q, npu.fixed_path(fp32, graphs[0], q), recorded_files=True)) is not None}
         if len(kept) == len(schemes):
@@ -168,8 +167,8 @@ class Checker(GgufChecks):
             ref, nxt = self.ref[:len(items)], None
         else:
             items, ref, nxt, dec_ref = self._decode_reference(items, graphs[0].tokens)
-        unavailable = npu.qnn_available()
-        opts = None if unavailable else npu.htp_options(profile)
+        unavailable = qnn.qnn_available()
+        opts = None if unavailable else qnn.htp_options(profile)
         if unavailable:
             self.log(f"npu: {unavailable}; the graphs are checked on the CPU provider only")
 
@@ -184,7 +183,7 @@ class Checker(GgufChecks):
             return f
 
         # encoder feeds: the same inputs for every graph of this model, tokenized once
-        enc_feeds = (npu.encoder_feeds(self.tok, items, graphs[0], npu.input_names(fp32))
+        enc_feeds = (qnn.encoder_feeds(self.tok, items, graphs[0], qnn.input_names(fp32))
                      if self.encoder else None)
 
         def cpu_run(paths):
@@ -192,7 +191,7 @@ class Checker(GgufChecks):
             if self.encoder:
                 return np.concatenate([sessions[0].run(["sentence_embedding"], f)[0]
                                        for f in enc_feeds])
-            return npu.run_causal(sessions[0], sessions[1], items, nxt, graphs)
+            return qnn.run_causal(sessions[0], sessions[1], items, nxt, graphs)
 
         def search_mask():
             """The smallest mask the float graphs stay exact with; on a model no candidate
@@ -230,7 +229,7 @@ class Checker(GgufChecks):
             else:
                 if feeds is None:
                     feeds = self._npu_calibration(fixed, graphs, calib)
-                paths = [npu.quantize_graph(p, quant, f) for p, f in zip(fixed, feeds)]
+                paths = [qdq.quantize_graph(p, quant, f) for p, f in zip(fixed, feeds)]
             th = threshold_for("onnx", quant, self.encoder)
             cpu = float_fig if quant == "fp32" else figures(cpu_run(paths))
             if quant == "fp32":
@@ -260,7 +259,6 @@ class Checker(GgufChecks):
     def _decode_reference(self, seqs: list, chunk: int):
         """Held-out sequences cut to the prefill chunk, their torch logits, the token torch
         picks next, and torch's logits after it (the decode graph's reference)."""
-        from .runtimes import torch_causal_logits
 
         seqs = [list(s[:chunk]) for s in seqs]
         ref = [r[:len(s)] for r, s in zip(self.ref, seqs)]
@@ -270,11 +268,9 @@ class Checker(GgufChecks):
 
     def _npu_calibration(self, fixed: list[Path], graphs, calib: list) -> list[list[dict]]:
         """Calibration feeds per graph from the calibration items (the user's data)."""
-        from . import npu
-        from .runtimes import ort_session
 
         if self.encoder:
-            return [npu.encoder_feeds(self.tok, calib, graphs[0], npu.input_names(fixed[0]))]
+            return [qnn.encoder_feeds(self.tok, calib, graphs[0], qnn.input_names(fixed[0]))]
         first = ort_session(fixed[0], self.threads, basic=True)
         gp, gd = graphs
         dec = ort_session(fixed[1], self.threads, basic=True)
@@ -282,17 +278,16 @@ class Checker(GgufChecks):
         outs = [o.name for o in first.get_outputs()]
         for ids in calib:
             ids = list(ids[:gp.tokens])
-            f = npu.prefill_feed(first, ids, gp)
+            f = qnn.prefill_feed(first, ids, gp)
             res = dict(zip(outs, first.run(outs, f)))
             nxt = int(res["logits"][0, -1].argmax())
             pre_feeds.append(f)
-            dec_feeds.append(npu.decode_feed(dec, nxt, len(ids), res, len(ids), gd))
+            dec_feeds.append(qnn.decode_feed(dec, nxt, len(ids), res, len(ids), gd))
         return [pre_feeds, dec_feeds]
 
     def _htp_verdict(self, paths, graphs, items, nxt, opts, th, figures, context=True):
         """``items``: feed dicts for an encoder, token sequences for a causal LM. ``context``:
         save each compiled graph as an EPContext model and measure on that file."""
-        from .runtimes import child
 
         t0 = time.time()
         try:
@@ -304,14 +299,14 @@ class Checker(GgufChecks):
                     npz = Path(tmp) / "feeds.npz"
                     np.savez(npz, n=len(feeds), **{f"{i}/{k}": v for i, f in enumerate(feeds)
                                                    for k, v in f.items()})
-                    res = child("edgedistill.export.qnn_worker",
+                    res = child("edgedistill.runtimes.qnn_worker",
                                 {"op": "encoder", "path": str(paths[0]), "options": opts,
                                  "feeds": str(npz), "output": "sentence_embedding",
                                  "context": context},
                                 timeout=3600, what="the QNN HTP backend")
                 got = res.get("out")
             else:
-                res = child("edgedistill.export.qnn_worker",
+                res = child("edgedistill.runtimes.qnn_worker",
                             {"op": "causal", "paths": [str(p) for p in paths], "options": opts,
                              "seqs": items, "next": nxt, "context": context,
                              "graphs": [[g.role, g.tokens, g.past] for g in graphs]},

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .parity import embedding_figures, logit_figures
-from .runtimes import RuntimeFailure
+from edgedistill.convert.gguf import FLOAT_TYPES, export_gguf
+from edgedistill.convert.gguf_vocab import unicode_normalization
+from edgedistill.quantize.gguf import (IMPORTANCE_QUANTS, importance_matrix, quantize_gguf,
+                                       tensor_types)
+from edgedistill.records import Artifact
+from edgedistill.runtimes.child import RuntimeFailure
+from edgedistill.runtimes.outputs import gguf_tokenize
+from edgedistill.verify.parity import embedding_figures, logit_figures
 
 # Strings that trip tokenizers: code, unicode, whitespace runs, digits, special tokens.
 TOKENIZER_PROBES = [
@@ -37,7 +43,6 @@ class GgufChecks:
     it uses."""
 
     def tokenizer_parity(self, gguf_path: Path) -> dict:
-        from .runtimes import gguf_tokenize
 
         specials = [t for t in self.tok.all_special_tokens if t]
         probes = list(TOKENIZER_PROBES)
@@ -78,9 +83,6 @@ class GgufChecks:
     def gguf_artifacts(self, out_dir: Path, quants: list[str], calib: list | None = None):
         """Float GGUF files, then each quantization. ``calib``: calibration items; when given,
         the quantizations that can use it get an importance matrix measured on them."""
-        from ..quantize.gguf import IMPORTANCE_QUANTS, quantize_gguf, tensor_types
-        from . import Artifact
-        from .gguf import FLOAT_TYPES, export_gguf
 
         out_dir.mkdir(parents=True, exist_ok=True)
         floats = [q for q in quants if q in FLOAT_TYPES]
@@ -170,7 +172,6 @@ class GgufChecks:
         calibration items (never the held-out ones, which judge the result) and compared with
         torch, and the one with the lower KL (1 - cosine for encoders) replaces ``weighted``
         if it is the plain one. Returns {"used", "calibration"}."""
-        from ..quantize.gguf import quantize_gguf
 
         plain = weighted.with_name(f".{weighted.stem}.plain.gguf")
         try:
@@ -201,7 +202,6 @@ class GgufChecks:
     def _importance(self, calib: list, path: Path) -> int:
         """Save the importance matrix of the model's linear layers on ``calib`` at ``path``
         (.npz); returns the number of tokens it was measured on."""
-        from ..quantize.gguf import importance_matrix
 
         t0 = time.time()
         matrix, tokens = importance_matrix(self.model_dir, self.shape.family, calib, self.tok,
@@ -220,7 +220,6 @@ def _unicode_normalization(tok) -> str | None:
     """The Unicode normalization form (NFC, NFKC, ...) the HF tokenizer applies, if any."""
     import json
 
-    from .gguf_vocab import unicode_normalization
 
     backend = getattr(tok, "backend_tokenizer", None)
     return unicode_normalization(json.loads(backend.to_str())) if backend else None

@@ -8,7 +8,7 @@ llama.cpp picks the type of every tensor as usual; then each tensor of a type wh
 can weigh columns by importance is quantized again from the float file with ggml's own
 quantizer (``ggml_quantize_chunk``) and that matrix, in place. Q8_0 has no use for it.
 The export keeps the weighted file only when it beats the plain one on calibration text
-(export/checks.py, ``_keep_better_quantization``).
+(export/gguf_checks.py).
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeDistillError
+from edgedistill.convert.gguf import gguf_name
+from edgedistill.errors import EdgeDistillError
+from edgedistill.runtimes.child import RuntimeFailure, llama_worker
 
 QUANTS = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
-# ggml types whose quantizer weighs the error of each column by an importance vector
-IMPORTANCE_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-                              "Q6_K"})
 # quantizations whose files hold such types (q8_0 does not)
 IMPORTANCE_QUANTS = frozenset({"q6_k", "q5_k_m", "q4_k_m", "q4_0"})
 
@@ -52,7 +51,6 @@ def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2
     """Quantize the float GGUF ``src`` to ``quant`` at ``dst`` (atomically). ``importance``:
     an .npz of {GGUF tensor name: importance vector} (:func:`importance_matrix`); the tensors
     it covers are quantized with it. Returns (``dst``, number of tensors it weighted)."""
-    from ..export.runtimes import RuntimeFailure, llama_worker
 
     if quant not in QUANTS:
         raise EdgeDistillError(f"unknown GGUF quantization {quant!r}.",
@@ -80,7 +78,6 @@ def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from ..export.gguf import gguf_name
 
     cls = AutoModel if encoder else AutoModelForCausalLM
     model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -114,61 +111,6 @@ def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
     for h in handles:
         h.remove()
     return {k: (v[0] / max(v[1], 1)).float().numpy() for k, v in sums.items()}, tokens
-
-
-def _ggml_quantize_chunk():
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp._ctypes_extensions import load_shared_library
-
-    lib = load_shared_library("ggml-base", Path(llama_cpp.__file__).parent / "lib")
-    fn = lib.ggml_quantize_chunk
-    fn.restype = ctypes.c_size_t
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    return fn
-
-
-def apply_importance(dst: str | Path, src: str | Path, importance: str | Path) -> int:
-    """Quantize again, in place in ``dst``, every tensor of an :data:`IMPORTANCE_TYPES` type
-    that ``importance`` covers, from its float data in ``src``, with ggml's quantizer weighing
-    each column by its importance. Returns the number of tensors rewritten. Native code: call
-    it in a child process (the llama worker does)."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    quantize_chunk = _ggml_quantize_chunk()
-    matrix = dict(np.load(importance))
-    out = GGUFReader(str(dst), "r+")
-    names = {t.name for t in out.tensors}
-    if "output.weight" in matrix and "output.weight" not in names:
-        matrix.setdefault("token_embd.weight", matrix["output.weight"])  # tied LM head
-    source = {t.name: t for t in GGUFReader(str(src)).tensors}
-    done = 0
-    for t in out.tensors:
-        imp = matrix.get(t.name)
-        if imp is None or t.tensor_type.name not in IMPORTANCE_TYPES or t.name not in source:
-            continue
-        n_per_row = int(t.shape[0])
-        if imp.shape != (n_per_row,):
-            continue
-        s = source[t.name]
-        w = np.ascontiguousarray(dequantize(s.data, s.tensor_type), dtype=np.float32)
-        rows = w.size // n_per_row
-        raw = t.data.reshape(-1).view(np.uint8)
-        buf = np.empty(raw.nbytes, dtype=np.uint8)
-        imp = np.ascontiguousarray(np.maximum(imp, 0), dtype=np.float32)
-        size = quantize_chunk(int(t.tensor_type), w.ctypes.data, buf.ctypes.data, 0, rows,
-                              n_per_row, imp.ctypes.data)
-        if size != raw.nbytes:
-            raise RuntimeError(f"ggml wrote {size} bytes for {t.name}, the file holds "
-                               f"{raw.nbytes}")
-        raw[:] = buf
-        done += 1
-    out.data.flush()
-    del out
-    return done
 
 
 def decode_gguf(src: str | Path, dst: str | Path) -> dict[str, int]:

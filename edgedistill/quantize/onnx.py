@@ -15,47 +15,18 @@ Each writes ``model.<quant>.onnx`` beside the float model, via a temporary file.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import EdgeDistillError
-from ..formats import quant_names
+from edgedistill.convert.onnx import atomic_onnx, quiet_root_logger
+from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import quant_names
 
 # Static QDQ covers the weight-carrying ops. Elementwise ops of a causal LM see its attention
 # mask (-3.4e38 where masked): calibrating their ranges on it flattens every other value to 0.
 QDQ_OPS = ("MatMul", "Gemm", "Gather")
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit, with room
-
-
-@contextmanager
-def atomic_onnx(out: Path):
-    """A temporary path beside ``out`` to write to; moved onto ``out`` when the block ends
-    without an error, removed in every case."""
-    fd, name = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def quiet_root_logger():
-    """onnxruntime's quantization tools log on the root logger for every model ("Please
-    consider to run pre-processing"...); hold it at ERROR meanwhile."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def quantized_path(fp32_path: Path, quant: str) -> Path:

@@ -29,11 +29,13 @@ import math
 import os
 from pathlib import Path
 
-from .arch import ModelShape
-from .costmodel import Prediction, predict as roofline
-from .errors import EdgeDistillError
-from .formats import quant_type
-from .profiles import DeviceProfile
+from edgedistill.arch import ModelShape, shape_from_config
+from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import quant_type
+from edgedistill.machine import cpu_model, package_version
+from edgedistill.plan.costmodel import (Prediction, _weight_bytes, attention_flops,
+                                        encoder_elementwise_bytes, predict as roofline)
+from edgedistill.profiles import DeviceProfile, load_profile
 
 CALIBRATION_VERSION = 1
 WORKLOADS = ("decode", "prefill", "encoder")
@@ -64,7 +66,6 @@ def cache_dir() -> Path:
 def fingerprint(threads: int) -> dict:
     """What a calibration is only valid for: this CPU, core count, thread count and runtime
     versions. Cheap (no runtime is imported)."""
-    from .machine import cpu_model, package_version
 
     return {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "threads": int(threads),
             "llama_cpp_python": package_version("llama_cpp_python"),
@@ -111,7 +112,6 @@ def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_byte
              context: int = 0, prompt: int = 0, seq: int = 0, batch: int = 0,
              block: int = 32) -> list[float]:
     """The terms of FEATURES[workload] for one shape, in MB and GFLOP."""
-    from .costmodel import _weight_bytes, attention_flops, encoder_elementwise_bytes
 
     q = quant_type(fmt, quant)
     weights, streamed, _ = _weight_bytes(shape, q, block)
@@ -240,8 +240,6 @@ def predict_config(config: str | Path | dict, target: str | DeviceProfile = "loc
                    format: str = "gguf:q4_k_m", calibration: str | Path | None = None) -> dict:
     """The ``predict`` command as a function: figures for the shape in an HF config.json (a
     path, its folder, or the dict) deployed as ``format`` ("gguf:q4_k_m") on ``target``."""
-    from .arch import shape_from_config
-    from .profiles import load_profile
 
     if isinstance(config, dict):
         cfg, name = config, "config"

@@ -11,46 +11,16 @@ never leaves a half-written ``model.onnx`` behind.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..arch import shape_from_config
-from ..errors import EdgeDistillError
-
-SENTENCE_EMBEDDING = "sentence_embedding"
-
-
-@dataclass(frozen=True)
-class Pooling:
-    mode: str
-    """``mean`` or ``cls``."""
-    normalize: bool
-    """L2-normalise the pooled vector (sentence-transformers' Normalize module)."""
-
-
-def sentence_pooling(model_dir: Path) -> Pooling:
-    """The pooling a sentence-transformers folder declares; mean without normalisation when
-    the folder is a plain HF encoder."""
-    modules = model_dir / "modules.json"
-    mode, normalize = "mean", False
-    if modules.is_file():
-        for m in json.loads(modules.read_text()):
-            kind = m.get("type", "")
-            if kind.endswith("Normalize"):
-                normalize = True
-            if kind.endswith("Pooling"):
-                cfg_path = model_dir / m.get("path", "1_Pooling") / "config.json"
-                if cfg_path.is_file():
-                    cfg = json.loads(cfg_path.read_text())
-                    if cfg.get("pooling_mode_cls_token"):
-                        mode = "cls"
-                    elif not cfg.get("pooling_mode_mean_tokens", True):
-                        raise EdgeDistillError(
-                            f"{cfg_path}: pooling mode {cfg} is not supported.",
-                            "use mean or CLS pooling (pooling_mode_mean_tokens / _cls_token)")
-    return Pooling(mode, normalize)
+from edgedistill.arch import shape_from_config
+from edgedistill.formats import SENTENCE_EMBEDDING
+from edgedistill.teacher import Pooling, sentence_pooling
 
 
 def _opset(model) -> int:
@@ -149,3 +119,30 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int | None
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "model.onnx"
+
+
+@contextmanager
+def atomic_onnx(out: Path):
+    """A temporary path beside ``out`` to write to; moved onto ``out`` when the block ends
+    without an error, removed in every case."""
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def quiet_root_logger():
+    """onnxruntime's quantization tools log on the root logger for every model ("Please
+    consider to run pre-processing"...); hold it at ERROR meanwhile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)

@@ -1,5 +1,10 @@
-"""What an earlier export into the same folder already wrote and verified, so that an
-interrupted or repeated export does not redo it.
+"""Run state: what a run already did, so that an interrupted or repeated run does not redo it.
+
+- :func:`fingerprint`: a short stable hash of a stage's inputs;
+- :func:`atomic_write`: every JSON and text artifact is written to a temporary file and
+  renamed into place, so a crash never leaves half a file;
+- :class:`Stages`: ``RUN_DIR/stages.json``, the input hash of every finished pipeline stage;
+- :class:`Ledger`: what an earlier export into the same folder already wrote and verified.
 
 ``<out>/.ledger.json`` holds one record per finished step (an artifact written and verified, a
 scratch file such as the F32 GGUF the quantizations start from): the key of everything the
@@ -13,9 +18,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LEDGER = ".ledger.json"
+
+
+def atomic_write(path: Path, data) -> Path:
+    """Write ``data`` (str, bytes, or anything JSON-able, as indented JSON) to ``path`` via a
+    temporary file beside it and a rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    if not isinstance(data, (str, bytes)):
+        data = json.dumps(data, indent=2, default=str)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    tmp.replace(path)
+    return path
 
 
 def files_id(path: Path) -> list:
@@ -92,9 +114,7 @@ class Ledger:
             return None
         self.records[name] = {"key": self.key, "files": hashes, "value": value}
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(LEDGER + ".tmp")
-        tmp.write_text(json.dumps(self.records, indent=1, default=str))
-        tmp.replace(self.path)
+        atomic_write(self.path, self.records)
         return hashes
 
 
@@ -111,3 +131,31 @@ class NoLedger:
 
     def put(self, name: str, files: list[Path], value) -> None:
         return None
+
+
+def fingerprint(*parts) -> str:
+    """Short stable hash of JSON-able parts (inputs of a stage)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Stages:
+    """RUN_DIR/stages.json: input hash of every finished stage."""
+
+    path: Path
+    done: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Stages":
+        p = run_dir / "stages.json"
+        return cls(p, json.loads(p.read_text()) if p.is_file() else {})
+
+    def fresh(self, name: str, key: str) -> bool:
+        return self.done.get(name, {}).get("key") == key
+
+    def mark(self, name: str, key: str) -> None:
+        self.done[name] = {"key": key, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write(self.path, self.done)

@@ -23,9 +23,11 @@ which any real corruption exceeds by orders of magnitude.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from edgedistill.records import Verdict
 
 
 @dataclass(frozen=True)
@@ -105,42 +107,6 @@ del T, L
 
 def threshold_for(fmt: str, quant: str, encoder: bool) -> Limits:
     return (ENCODER_THRESHOLDS if encoder else THRESHOLDS)[(fmt, quant)]
-
-
-STATUSES = ("passed", "below-target", "failed")
-
-
-@dataclass
-class Verdict:
-    """The outcome of checking one artifact: ``status`` is one of :data:`STATUSES`."""
-
-    status: str
-    figures: dict
-    failures: list[str] = field(default_factory=list)
-    """Every limit missed, targets and floors, as sentences with the figure and the limit."""
-    threshold: dict = field(default_factory=dict)
-    """{"target": {...}, "floor": {...}}: the limits applied."""
-    error: str | None = None
-    """Set when the runtime could not run the artifact at all (crash, load failure)."""
-
-    @property
-    def passed(self) -> bool:
-        """Every target met."""
-        return self.status == "passed"
-
-    @property
-    def usable(self) -> bool:
-        """Runs and meets every floor (passed or below target)."""
-        return self.status != "failed"
-
-    def fail(self, reason: str) -> None:
-        """Mark the file broken for a reason found outside the figures (tokenizer parity,
-        a saved context that differs from its graph, a runtime that is missing)."""
-        self.status = "failed"
-        self.failures.append(reason)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

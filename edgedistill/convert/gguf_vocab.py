@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError
 
 # gguf TokenType values (gguf-py constants.TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

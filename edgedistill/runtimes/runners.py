@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..export.runtimes import RuntimeFailure, child
+from edgedistill.runtimes.child import RuntimeFailure, child
+from edgedistill.runtimes import cuda  # cuda.runtime_status, patched by the tests
 
 RUNTIME_OF_FORMAT = {"gguf": "llama.cpp", "onnx": "onnxruntime", "hf": "torch"}
 _PACKAGE = {"llama.cpp": "llama_cpp", "onnxruntime": "onnxruntime", "torch": "torch"}
@@ -30,9 +31,8 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     name = runtime
     task = {"runtime": runtime, "model": str(path), "threads": threads, "repeats": repeats}
     if runtime in GPU_RUNTIME_TASK:
-        from .cuda import runtime_status
 
-        why = runtime_status().get(runtime)
+        why = cuda.runtime_status().get(runtime)
         if why:
             raise RuntimeFailure(f"{runtime} cannot run here: {why}")
         task |= GPU_RUNTIME_TASK[runtime]
@@ -46,7 +46,7 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
                  "tokenizer": str(tokenizer or path.parent)}
     else:
         task |= {"kind": "causal", "prompt": prompt, "new_tokens": new_tokens}
-    return child("edgedistill.bench.worker", task, timeout, name)
+    return child("edgedistill.runtimes.bench_worker", task, timeout, name)
 
 
 # The worker task of each GPU runtime: which worker runs it, and how.

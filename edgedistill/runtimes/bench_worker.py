@@ -1,6 +1,6 @@
 """Child process that times one artifact in one runtime.
 
-Usage: ``python -m edgedistill.bench.worker TASK.json``; writes ``result.json`` into the
+Usage: ``python -m edgedistill.runtimes.bench_worker TASK.json``; writes ``result.json`` into the
 task's workdir. Each runtime runs in its own process: a crash there is the parent's report,
 not its death. Causal LMs: prefill a prompt, then greedy-decode token by token with the KV
 cache; encoders: embed fixed-size batches.
@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from edgedistill.runtimes.outputs import (SENTENCE_EMBEDDING, _empty_past, onnx_causal_feeds,
+                                          ort_session)
 
 
 def _llama_causal(task):
@@ -53,7 +56,6 @@ def _llama_causal(task):
 
 def _ort_session(task, spin: bool = True):
     """The task's model on its ``providers`` (default CPU); refuses a silent fallback."""
-    from ..export.runtimes import ort_session
 
     providers = task.get("providers") or ["CPUExecutionProvider"]
     sess = ort_session(Path(task["model"]), task["threads"], providers=providers, spin=spin)
@@ -64,7 +66,6 @@ def _ort_session(task, spin: bool = True):
 
 
 def _ort_causal(task):
-    from ..export.runtimes import _empty_past, onnx_causal_feeds
 
     sess = _ort_session(task)
     outputs = [o.name for o in sess.get_outputs()]
@@ -230,7 +231,6 @@ def _encoder_run(task):
     elif runtime == "onnxruntime":
         from transformers import AutoTokenizer
 
-        from ..export.runtimes import SENTENCE_EMBEDDING
         tok = AutoTokenizer.from_pretrained(task["tokenizer"])
         # loaded once, as deployed; several sessions taking turns must not spin (see there)
         sess = _ort_session(task, spin=not task.get("paired"))
@@ -262,7 +262,6 @@ def _encoder_run(task):
 def _encoder_ids(task):
     """An ONNX encoder on a fixed (batch, seq_len) of token ids: the calibration workload,
     whose length does not depend on text."""
-    from ..export.runtimes import ort_session
 
     sess = ort_session(Path(task["model"]), task["threads"])
     shape = (task["batch"], task["seq_len"])

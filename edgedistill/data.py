@@ -1,7 +1,20 @@
-"""Reading the user's text: plain text files, JSONL, a JSON list, a folder of text and JSONL
-files, or a ``datasets`` folder saved with ``save_to_disk``. A record (a JSONL line, a list
-item, a dataset row) is one of the forms distillation and fine-tuning data come in (TRL's
-standard and conversational forms):
+"""Text, one module for every stage: the default corpora that ship with Python, the user's
+files and datasets read into texts, chat rendering, and the held-out splits that distill,
+export and bench share.
+
+Default corpora, deterministic, from the standard library of the running interpreter:
+
+- :func:`stdlib_sentences`: English prose, the docstrings of the standard library, extracted
+  with ``ast``, split into sentences and deduplicated (for sentence embedders);
+- :func:`stdlib_source`: Python source files as text (for causal LMs: code and comments).
+
+Both are sorted by module path so the same interpreter gives the same text, and
+:func:`split_holdout` takes a fixed share out for evaluation by a stable hash, not by order.
+
+The user's text (:func:`load_texts`): plain text files, JSONL, a JSON list, a folder of text
+and JSONL files, or a ``datasets`` folder saved with ``save_to_disk``. A record (a JSONL line,
+a list item, a dataset row) is one of the forms distillation and fine-tuning data come in
+(TRL's standard and conversational forms):
 
 - ``{"text": "..."}``;
 - ``{"messages": [{"role": "user", "content": "..."}, ...]}``: a conversation, rendered with
@@ -11,12 +24,124 @@ standard and conversational forms):
 - ShareGPT's ``{"conversations": [{"from": "human", "value": "..."}, ...]}``, as messages."""
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
+import re
+import sysconfig
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from ..errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError
 
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip",
+              "__pycache__", "tkinter", "pydoc_data", "encodings"}
+_SENT_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's .py files, sorted, without tests and bundled packages."""
+    root = stdlib_dir()
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).parts
+        if not _SKIP_DIRS.intersection(rel):
+            out.append(p)
+    return out
+
+
+def _clean_sentence(s: str) -> str | None:
+    s = " ".join(s.split())
+    # Prose only: a sentence of words, not a signature, a doctest or a table row.
+    if not (30 <= len(s) <= 300) or s.startswith((">>>", "...", "-", "*", ":", "|")):
+        return None
+    letters = sum(c.isalpha() or c == " " for c in s)
+    if letters / len(s) < 0.85 or len(s.split()) < 5:
+        return None
+    return s
+
+
+@lru_cache(maxsize=1)
+def stdlib_sentences() -> tuple[str, ...]:
+    """Deduplicated English sentences from the standard library's docstrings."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for path in stdlib_files():
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                     ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            for para in re.split(r"\n\s*\n", doc):
+                for sent in _SENT_END.split(para):
+                    s = _clean_sentence(sent)
+                    if s and s.lower() not in seen:
+                        seen.add(s.lower())
+                        out.append(s)
+    return tuple(out)
+
+
+def stdlib_source(max_chars: int | None = None) -> str:
+    """Standard-library source, files joined by blank lines, up to ``max_chars``."""
+    return python_source(stdlib_files(), max_chars)
+
+
+def python_source(paths, max_chars: int | None = None) -> str:
+    """The text of ``paths`` (unreadable files skipped) joined by blank lines, up to
+    ``max_chars``."""
+    parts, total = [], 0
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        parts.append(text)
+        total += len(text) + 2
+        if max_chars is not None and total >= max_chars:
+            break
+    out = "\n\n".join(parts)
+    return out[:max_chars] if max_chars is not None else out
+
+
+def stdlib_source_split(fraction: float = 0.05) -> tuple[str, str]:
+    """(train, held_out) standard-library source, split by whole file with :func:`is_holdout`:
+    held-out text comes from files the training text never touches, yet from the same mix."""
+    train, held = [], []
+    for path in stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        (held if is_holdout(text, fraction) else train).append(text)
+    return "\n\n".join(train), "\n\n".join(held)
+
+
+def is_holdout(text: str, fraction: float = 0.05) -> bool:
+    """Stable split: a text is held out when its hash falls in the first ``fraction``."""
+    h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    return h / 2**64 < fraction
+
+
+def split_holdout(items, fraction: float = 0.05) -> tuple[list, list]:
+    """(train, held_out) by :func:`is_holdout`."""
+    train, held = [], []
+    for it in items:
+        (held if is_holdout(it, fraction) else train).append(it)
+    return train, held
+
+
+# -- the user's text ----------------------------------------------------------------------
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
 FORMS = ('{"text": "..."}, {"messages": [{"role": "user", "content": "..."}, ...]} or '
          '{"prompt": "...", "completion": "..."}')
@@ -156,8 +281,7 @@ def load_texts(path: str | Path, render: Render | None = None) -> list[str]:
 def split_documents(texts: list[str], val_fraction: float = 0.05) -> tuple[list[str], list[str]]:
     """(train, validation) documents. Several documents: a stable hash picks the held-out ones
     (at least one). A single document: its last ``val_fraction`` of characters."""
-    from ..corpus import split_holdout
-
+    
     if len(texts) >= 20:
         train, val = split_holdout(texts, val_fraction)
         if val and train:
@@ -189,8 +313,7 @@ def pack(texts: list[str], tok, seq_len: int):
 
 def sentences_of(texts: list[str]) -> list[str]:
     """Encoder data: one sentence (or line) per item, deduplicated, order kept."""
-    from ..corpus import _SENT_END
-
+    
     out = []
     for t in texts:
         for line in t.splitlines():
@@ -198,56 +321,31 @@ def sentences_of(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(s for s in out if len(s) >= 3))
 
 
-def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt_len: int = 32,
-                           seed: int = 0, device="cpu", progress=None):
-    """Sequence-level KD data: the teacher samples ``n`` continuations of prompts drawn from
-    ``blocks``. Returns (n, prompt_len + new_tokens) token ids."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randint(0, len(blocks), (n,), generator=g)
-    out = []
-    torch.manual_seed(seed)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    for i in range(0, n, 8):
-        prompts = blocks[rows[i:i + 8], :prompt_len].to(device)
-        with torch.inference_mode():
-            seq = teacher.generate(prompts, attention_mask=torch.ones_like(prompts),
-                                   do_sample=True, top_k=50, temperature=1.0,
-                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                   pad_token_id=pad)
-        out.append(seq.cpu())
-        if progress:
-            progress(min(i + 8, n))
-    return torch.cat(out)
-
-
-def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", progress=None):
-    """Store the teacher's top-``k`` logits of every position of ``blocks`` under ``path``
-    (values fp16, ids int32, as .npy memmaps). Returns (values, ids, bytes_per_token)."""
-    import numpy as np
-    import torch
-
-    from pathlib import Path
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    n, t = blocks.shape
-    done = path / "complete"
-    vals_f, ids_f = path / "values.npy", path / "ids.npy"
-    if done.is_file() and json.loads(done.read_text()) == {"n": n, "t": t, "k": k}:
-        return (np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6)
-    vals = np.lib.format.open_memmap(vals_f, "w+", np.float16, (n, t, k))
-    ids = np.lib.format.open_memmap(ids_f, "w+", np.int32, (n, t, k))
-    with torch.inference_mode():
-        for i in range(0, n, batch):
-            logits = teacher(input_ids=blocks[i:i + batch].to(device)).logits.float()
-            top = logits.topk(k, dim=-1)
-            vals[i:i + batch] = top.values.cpu().numpy().astype(np.float16)
-            ids[i:i + batch] = top.indices.cpu().numpy().astype(np.int32)
-            if progress:
-                progress(min(i + batch, n))
-    vals.flush()
-    ids.flush()
-    done.write_text(json.dumps({"n": n, "t": t, "k": k}))
-    return np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6
+# -- held-out items for verification and bench --------------------------------------------------
+def eval_data(tok, encoder: bool, data: str | None = None, *, sequences: int = 8,
+              seq_len: int = 128, sentences: int = 256):
+    """(held-out items, calibration items) for export's checks and bench's quality: token-id
+    sequences of ``seq_len`` for causal LMs (at most ``sequences``), sentences for encoders
+    (at most ``sentences``). The user's ``data`` if given, else standard-library text; raises
+    EdgeDistillError when it is too short to verify with."""
+    if encoder:
+        if data:
+            lines = [ln.strip() for t in load_texts(data, chat_renderer(tok))
+                     for ln in t.splitlines()]
+            items = list(dict.fromkeys(ln for ln in lines if len(ln) > 3))
+        else:
+            items = list(stdlib_sentences())
+        train, held = split_holdout(items)
+        held = held or items[-sentences:]
+        return held[:sentences], train[:64]
+    text = ("\n\n".join(load_texts(data, chat_renderer(tok))) if data
+            else stdlib_source(400_000))
+    ids = tok(text)["input_ids"]
+    L, n = seq_len, sequences
+    chunks = [ids[i:i + L] for i in range(0, len(ids) - L + 1, L)]
+    if len(chunks) < 2:
+        raise EdgeDistillError(f"the data has {len(ids)} tokens; verification needs at least "
+                               f"{2 * L}.", "pass more text with --data")
+    held = chunks[-n:] if len(chunks) > n else chunks[len(chunks) // 2:]
+    calib = chunks[: max(1, min(16, len(chunks) - len(held)))]
+    return held, calib

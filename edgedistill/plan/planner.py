@@ -16,13 +16,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .arch import ModelShape, config_for_shape
-from .costmodel import Prediction, row_alignment
-from .predictor import predictor_for
-from .errors import PlanError
-from .formats import RUNTIMES
-from .profiles import DeviceProfile, load_profile
-from .teacher import Teacher, load_teacher
+from edgedistill.arch import ModelShape, config_for_shape
+from edgedistill.errors import PlanError
+from edgedistill.formats import RUNTIMES
+from edgedistill.plan.costmodel import Prediction, row_alignment
+from edgedistill.plan.predictor import predictor_for
+from edgedistill.profiles import DeviceProfile, load_profile
+from edgedistill.teacher import Teacher, load_teacher
 
 DEFAULT_SPEEDUP = 2.0
 """Decode (encoders: throughput) speedup over the teacher that a plan asks for by default."""
@@ -43,7 +43,7 @@ class PlanConfig:
     top: int = 8
     """Rows in the explanation table."""
     calibration: str | None = None
-    """A calibration file of this machine; default: the cache entry, if any (predictor.py)."""
+    """A calibration file of this machine; default: the cache entry, if any (plan/predictor.py)."""
 
 
 @dataclass

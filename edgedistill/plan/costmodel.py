@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .arch import ModelShape
-from .formats import QuantType, quant_type
-from .profiles import CostModel, DeviceProfile
+from edgedistill.arch import ModelShape
+from edgedistill.formats import QuantType, quant_type
+from edgedistill.profiles import CostModel, DeviceProfile
 
 # llama.cpp's fallbacks when a row (the matrix's input dimension) is not a multiple of the
 # block: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 when not even 32 divides it
@@ -66,7 +66,7 @@ class Prediction:
     fallback_note: str
     """Non-empty when rows force a quantization to fall back to a wider type."""
     label: str = "uncalibrated"
-    """``uncalibrated`` (this roofline), ``calibrated`` or ``predicted`` (predictor.py)."""
+    """``uncalibrated`` (this roofline), ``calibrated`` or ``predicted`` (plan/predictor.py)."""
     basis: str = "roofline with the profile's default coefficients"
 
     def to_dict(self) -> dict:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arch import shape_from_config
-from ..errors import EdgeDistillError
-from ..teacher import weight_files
-from .gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
-from .onnx import sentence_pooling
+from edgedistill.arch import shape_from_config
+from edgedistill.convert.gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
+from edgedistill.errors import EdgeDistillError
+from edgedistill.teacher import sentence_pooling, weight_files
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
 # file type ids (gguf LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_BF16

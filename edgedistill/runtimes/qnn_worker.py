@@ -1,6 +1,6 @@
 """Child process that runs fixed-shape QDQ graphs on onnxruntime-qnn's HTP backend.
 
-Usage: ``python -m edgedistill.export.qnn_worker TASK.json``. Ops: ``encoder`` (one graph,
+Usage: ``python -m edgedistill.runtimes.qnn_worker TASK.json``. Ops: ``encoder`` (one graph,
 feeds from an .npz file) and ``causal`` (prefill and decode graphs, held-out sequences).
 Each graph is compiled with CPU fallback disabled; when that fails, the graph is run once with
 fallback allowed to list the ops the HTP refused. With ``context`` in the task, each compiled
@@ -18,16 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedistill.runtimes.qnn import (GraphShape, context_options, context_path, coverage,
+                                      htp_session, run_causal)
+
 
 def _compile(path: str, options: dict, feed: dict | None, result: dict, context: bool = False):
     """The strict HTP session for ``path``, or None with the refused ops in ``result``.
     ``feed``: an input for the graph's one-off runs (the coverage run when compiling fails,
     the context check); None: zeros (mask of ones) of the graph's fixed input shapes.
 
-    ``context``: also save the compiled graph as an EPContext model (npu.context_path), load
+    ``context``: also save the compiled graph as an EPContext model (qnn.context_path), load
     it in a session of its own, check that it gives the compiled graph's outputs, and return
     that session, so the figures are those of the file a phone would load."""
-    from .npu import context_options, context_path, coverage, htp_session
 
     import onnx
 
@@ -79,7 +81,6 @@ def main(spec_path: str) -> int:
             np.save(work / "out.npy", emb)
             result["out"] = "out.npy"
     elif task["op"] == "causal":
-        from .npu import GraphShape, run_causal
 
         graphs = [GraphShape(*g) for g in task["graphs"]]
         seqs = task["seqs"]

@@ -1,6 +1,6 @@
 """Child process that runs llama.cpp (llama-cpp-python) for verification and benchmarks.
 
-Usage: ``python -m edgedistill.export.llama_worker TASK.json``. The task names an op
+Usage: ``python -m edgedistill.runtimes.llama_worker TASK.json``. The task names an op
 (``quantize``, ``logits``, ``tokenize``, ``embed``); results go to ``result.json`` in the task's workdir, with
 arrays as .npy files beside it. Runs apart from the caller so that a crash of the native code
 is reported by the parent instead of killing it.
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from edgedistill.formats import IMPORTANCE_TYPES
 
 
 def main(spec_path: str) -> int:
@@ -35,7 +37,6 @@ def main(spec_path: str) -> int:
             print(f"llama_model_quantize returned {rc}", file=sys.stderr)
             return 1
         if task.get("importance"):
-            from edgedistill.quantize.gguf import apply_importance
 
             result["importance_tensors"] = apply_importance(task["dst"], task["src"],
                                                             task["importance"])
@@ -65,6 +66,61 @@ def main(spec_path: str) -> int:
         return 2
     (work / "result.json").write_text(json.dumps(result))
     return 0
+
+
+def _ggml_quantize_chunk():
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._ctypes_extensions import load_shared_library
+
+    lib = load_shared_library("ggml-base", Path(llama_cpp.__file__).parent / "lib")
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    return fn
+
+
+def apply_importance(dst: str | Path, src: str | Path, importance: str | Path) -> int:
+    """Quantize again, in place in ``dst``, every tensor of an :data:`IMPORTANCE_TYPES` type
+    that ``importance`` covers, from its float data in ``src``, with ggml's quantizer weighing
+    each column by its importance. Returns the number of tensors rewritten. Native code: call
+    it in a child process (the llama worker does)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    quantize_chunk = _ggml_quantize_chunk()
+    matrix = dict(np.load(importance))
+    out = GGUFReader(str(dst), "r+")
+    names = {t.name for t in out.tensors}
+    if "output.weight" in matrix and "output.weight" not in names:
+        matrix.setdefault("token_embd.weight", matrix["output.weight"])  # tied LM head
+    source = {t.name: t for t in GGUFReader(str(src)).tensors}
+    done = 0
+    for t in out.tensors:
+        imp = matrix.get(t.name)
+        if imp is None or t.tensor_type.name not in IMPORTANCE_TYPES or t.name not in source:
+            continue
+        n_per_row = int(t.shape[0])
+        if imp.shape != (n_per_row,):
+            continue
+        s = source[t.name]
+        w = np.ascontiguousarray(dequantize(s.data, s.tensor_type), dtype=np.float32)
+        rows = w.size // n_per_row
+        raw = t.data.reshape(-1).view(np.uint8)
+        buf = np.empty(raw.nbytes, dtype=np.uint8)
+        imp = np.ascontiguousarray(np.maximum(imp, 0), dtype=np.float32)
+        size = quantize_chunk(int(t.tensor_type), w.ctypes.data, buf.ctypes.data, 0, rows,
+                              n_per_row, imp.ctypes.data)
+        if size != raw.nbytes:
+            raise RuntimeError(f"ggml wrote {size} bytes for {t.name}, the file holds "
+                               f"{raw.nbytes}")
+        raw[:] = buf
+        done += 1
+    out.data.flush()
+    del out
+    return done
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError
 
 GPU_RUNTIMES = ("torch-cuda", "onnxruntime-cuda", "llama.cpp-cuda")
 TORCH_MODES = ("eager", "static", "graphs")

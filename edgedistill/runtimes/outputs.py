@@ -2,25 +2,18 @@
 causal LMs, sentence embeddings for encoders, token ids for tokenizers.
 
 torch and onnxruntime run in this process. llama.cpp runs in a child process
-(:mod:`edgedistill.export.llama_worker`): a segfault there (they happen) becomes an error
+(:mod:`edgedistill.runtimes.llama_worker`): a segfault there (they happen) becomes an error
 message, not a dead pipeline.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .onnx import SENTENCE_EMBEDDING, Pooling
-
-
-class RuntimeFailure(RuntimeError):
-    """The runtime could not run the artifact (crash, load error, timeout)."""
+from edgedistill.formats import SENTENCE_EMBEDDING
+from edgedistill.runtimes.child import llama_worker
+from edgedistill.teacher import Pooling
 
 
 # -- torch (the reference) --------------------------------------------------------------------
@@ -157,54 +150,6 @@ def onnx_sentence_embeddings(path: Path, tokenizer, texts: list[str], max_len: i
 
 
 # -- llama.cpp, in a child process -----------------------------------------------------------
-
-def llama_worker(task: dict, timeout: float = 600) -> dict:
-    """Run one task in :mod:`edgedistill.export.llama_worker` (see :func:`child`)."""
-    return child("edgedistill.export.llama_worker", task, timeout, "llama.cpp")
-
-
-def uses_gpu(task: dict) -> bool:
-    """Whether a worker task asks for a GPU: torch on a CUDA device, llama.cpp with layers
-    offloaded, or onnxruntime with the CUDA provider."""
-    return (str(task.get("device", "cpu")).startswith("cuda") or bool(task.get("gpu_layers"))
-            or "CUDAExecutionProvider" in (task.get("providers") or ()))
-
-
-def child_env(task: dict) -> dict:
-    """The child's environment. A task that asks for no GPU sees none (CUDA_VISIBLE_DEVICES
-    empty): a CUDA build of llama.cpp otherwise sends large batches (a prompt, a
-    verification's logits) to the GPU even with no layers offloaded, so a "CPU" figure would
-    be part GPU."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if not uses_gpu(task):
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
-
-
-def child(module: str, task: dict, timeout: float = 600, what: str = "the runtime") -> dict:
-    """Run ``python -m module TASK.json`` in a child process; raise RuntimeFailure when it
-    crashes, fails or times out. Arrays come back as .npy files in a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="edgedistill-llama-") as tmp:
-        task = dict(task, workdir=tmp)
-        spec = Path(tmp) / "task.json"
-        spec.write_text(json.dumps(task))
-        env = child_env(task)
-        try:
-            r = subprocess.run([sys.executable, "-m", module, str(spec)], capture_output=True,
-                               text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise RuntimeFailure(f"{what} did not finish within {timeout:.0f} s") from None
-        if r.returncode != 0:
-            tail = (r.stderr.strip().splitlines() or ["no output"])[-1][:300]
-            how = (f"killed by signal {-r.returncode}" if r.returncode < 0
-                   else f"exit status {r.returncode}")
-            raise RuntimeFailure(f"{what} failed ({how}): {tail}")
-        result = json.loads((Path(tmp) / "result.json").read_text())
-        for key, name in list(result.items()):
-            if isinstance(name, str) and name.endswith(".npy"):
-                result[key] = np.load(Path(tmp) / name, allow_pickle=False)
-        return result
-
 
 def gguf_causal_logits(path: Path, seqs: list[list[int]], threads: int,
                        kv_f32: bool = False) -> list[np.ndarray]:

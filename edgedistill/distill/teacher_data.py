@@ -1,0 +1,59 @@
+"""What the teacher produces for distillation beyond its logits on the user's text: sampled
+continuations (sequence-level KD) and a cache of its top-k logits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt_len: int = 32,
+                           seed: int = 0, device="cpu", progress=None):
+    """Sequence-level KD data: the teacher samples ``n`` continuations of prompts drawn from
+    ``blocks``. Returns (n, prompt_len + new_tokens) token ids."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(blocks), (n,), generator=g)
+    out = []
+    torch.manual_seed(seed)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for i in range(0, n, 8):
+        prompts = blocks[rows[i:i + 8], :prompt_len].to(device)
+        with torch.inference_mode():
+            seq = teacher.generate(prompts, attention_mask=torch.ones_like(prompts),
+                                   do_sample=True, top_k=50, temperature=1.0,
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   pad_token_id=pad)
+        out.append(seq.cpu())
+        if progress:
+            progress(min(i + 8, n))
+    return torch.cat(out)
+
+
+def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", progress=None):
+    """Store the teacher's top-``k`` logits of every position of ``blocks`` under ``path``
+    (values fp16, ids int32, as .npy memmaps). Returns (values, ids, bytes_per_token)."""
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    n, t = blocks.shape
+    done = path / "complete"
+    vals_f, ids_f = path / "values.npy", path / "ids.npy"
+    if done.is_file() and json.loads(done.read_text()) == {"n": n, "t": t, "k": k}:
+        return (np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6)
+    vals = np.lib.format.open_memmap(vals_f, "w+", np.float16, (n, t, k))
+    ids = np.lib.format.open_memmap(ids_f, "w+", np.int32, (n, t, k))
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            logits = teacher(input_ids=blocks[i:i + batch].to(device)).logits.float()
+            top = logits.topk(k, dim=-1)
+            vals[i:i + batch] = top.values.cpu().numpy().astype(np.float16)
+            ids[i:i + batch] = top.indices.cpu().numpy().astype(np.int32)
+            if progress:
+                progress(min(i + batch, n))
+    vals.flush()
+    ids.flush()
+    done.write_text(json.dumps({"n": n, "t": t, "k": k}))
+    return np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6

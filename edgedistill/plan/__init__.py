@@ -1,0 +1,13 @@
+"""Plan: pick the student that fits the device, from predictions.
+
+- :mod:`.costmodel`: the roofline cost model (bytes, FLOPs, overheads) of a shape on a profile;
+- :mod:`.predictor`: that model calibrated by measurement on this machine (``calibrate``);
+- :mod:`.planner`: candidate students of the teacher's family, ranked and explained.
+
+Pure Python: planning needs no torch and no weights.
+"""
+from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, Plan, PlanConfig, deployment,
+                                      enumerate_candidates, plan)
+
+__all__ = ["DEFAULT_SPEEDUP", "Candidate", "Plan", "PlanConfig", "deployment",
+           "enumerate_candidates", "plan"]

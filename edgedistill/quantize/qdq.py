@@ -1,0 +1,65 @@
+"""Static QDQ quantization of fixed-shape graphs for Qualcomm's HTP, with onnxruntime's QNN
+configuration: activations 8 or 16 bit, weights 8 or 4 bit, calibrated on the user's data. In
+``qdq_a8w8`` the outputs of LayerNorm and Softmax stay 16 bit (the sensitive ops)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgedistill.convert.onnx import atomic_onnx, quiet_root_logger
+from edgedistill.errors import EdgeDistillError
+from edgedistill.quantize.onnx import FeedReader
+
+
+SCHEMES = {  # quant -> (activation bits, weight bits)
+    "qdq_a8w8": (8, 8),
+    "qdq_a16w8": (16, 8),
+    "qdq_a16w4": (16, 4),
+}
+
+
+SENSITIVE_OPS = ("LayerNormalization", "Softmax")
+"""Ops whose outputs keep 16-bit activations when the rest of the graph is 8 bit."""
+
+
+def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
+    """QDQ-quantize a fixed float graph for the HTP with activation ranges from ``feeds``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    if quant not in SCHEMES:
+        raise EdgeDistillError(f"{quant!r} is not an NPU quantization.",
+                               f"use one of {', '.join(SCHEMES)}")
+    if not feeds:
+        raise EdgeDistillError(f"{quant} is a static quantization and needs calibration data.",
+                               "pass --data (text to calibrate activation ranges on)")
+    a_bits, w_bits = SCHEMES[quant]
+    act = QuantType.QUInt16 if a_bits == 16 else QuantType.QUInt8
+    model = onnx.load(str(fixed))
+    overrides: dict = {}
+    if a_bits == 8:
+        for n in model.graph.node:
+            if n.op_type in SENSITIVE_OPS:
+                overrides[n.output[0]] = [{"quant_type": QuantType.QUInt16}]
+            if n.op_type == "Softmax":  # masked scores: 8-bit steps would swamp real ones
+                overrides[n.input[0]] = [{"quant_type": QuantType.QUInt16}]
+    if w_bits == 4:
+        # 4-bit weights per output channel, symmetric (what the HTP's int4 MatMul takes)
+        inits = {t.name: t for t in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+                axis = 0 if n.op_type == "Gemm" and _trans_b(n) else 1
+                overrides[n.input[1]] = [{"quant_type": QuantType.QInt4, "symmetric": True,
+                                          "axis": axis}]
+
+    out = fixed.with_name(fixed.name.replace(".fp32.onnx", f".{quant}.onnx"))
+    with quiet_root_logger(), atomic_onnx(out) as tmp:
+        cfg = get_qnn_qdq_config(str(fixed), FeedReader(feeds), activation_type=act,
+                                 weight_type=QuantType.QUInt8, init_overrides=overrides or None,
+                                 keep_removable_activations=True)
+        quantize(str(fixed), str(tmp), cfg)
+    return out
+
+
+def _trans_b(node) -> bool:
+    return any(a.name == "transB" and a.i for a in node.attribute)
