@@ -37,9 +37,9 @@ def main() -> int:
 
     from edgedistill.bench import BenchConfig
     from edgedistill.data import stdlib_source
-    from edgedistill.distill import DataConfig, TrainConfig
+    from edgedistill.distill import DataConfig, DistillConfig, TrainConfig
     from edgedistill.export import ExportConfig
-    from edgedistill.pipeline import run
+    from edgedistill.pipeline import RunConfig, run
     from edgedistill.plan import PlanConfig
     from edgedistill.toy import make_causal_lm
 
@@ -52,14 +52,15 @@ def main() -> int:
     data = work / "e2e_data.txt"
     data.write_text(stdlib_source(3_000_000)[2_000_000:])
     t0 = time.time()
-    paths = run(teacher, "laptop", str(data), work / "e2e_laptop",
-                plan_config=PlanConfig(speedup=args.speedup, max_params=args.max_params),
-                train=TrainConfig(steps=args.steps, batch_size=8, lr=1e-3,
-                                  eval_every=args.steps // 4, save_every=args.steps // 4),
-                data_cfg=DataConfig(seq_len=128),
-                export_config=ExportConfig(quants=("q4_k_m", "int8"), threads=2),
-                bench_config=BenchConfig(threads=2, new_tokens=128, prompt_tokens=512,
-                                         repeats=3, data=str(data)))
+    paths = run(teacher, "laptop", str(data), work / "e2e_laptop", RunConfig(
+        plan=PlanConfig(speedup=args.speedup, max_params=args.max_params),
+        distill=DistillConfig(train=TrainConfig(steps=args.steps, batch_size=8, lr=1e-3,
+                                                eval_every=args.steps // 4,
+                                                save_every=args.steps // 4),
+                              data=DataConfig(seq_len=128)),
+        export=ExportConfig(quants=("q4_k_m", "int8"), threads=2),
+        bench=BenchConfig(threads=2, new_tokens=128, prompt_tokens=512, repeats=3,
+                          data=str(data))))
     wall = time.time() - t0
     doc = json.loads(Path(paths["json"]).read_text())
     rows = {(a["role"], a["format"], a["quant"]): a for a in doc["artifacts"]}

@@ -42,7 +42,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgedistill.data import stdlib_source
-    from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill
+    from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig, distill
     from edgedistill.plan import PlanConfig
     from edgedistill.toy import make_causal_lm
 
@@ -64,12 +64,12 @@ def main() -> int:
             key = f"{name}_{init}_init"
             shutil.rmtree(work / key, ignore_errors=True)
             t0 = time.time()
-            res = distill(teacher, "laptop", data, work / key,
-                          kd=KDConfig(loss="fkl", kd_weight=kd_weight),
-                          train=TrainConfig(steps=args.steps, batch_size=8, lr=1e-3,
-                                            eval_every=args.steps // 3, save_every=0),
-                          data_cfg=DataConfig(seq_len=128), init=init,
-                          plan_config=PlanConfig(max_params=args.max_params))
+            res = distill(teacher, "laptop", data, work / key, DistillConfig(
+                kd=KDConfig(loss="fkl", kd_weight=kd_weight),
+                train=TrainConfig(steps=args.steps, batch_size=8, lr=1e-3,
+                                  eval_every=args.steps // 3, save_every=0),
+                data=DataConfig(seq_len=128), init=init),
+                plan_config=PlanConfig(max_params=args.max_params))
             m = res.metrics
             runs[key] = {"val_loss": m["validation"]["loss"], "val_kl": m["validation"]["kl"],
                          "tokens": m["tokens"], "seconds": round(time.time() - t0, 1)}

@@ -83,13 +83,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "latency_predictor.json"))
     args = ap.parse_args()
 
-    from edgedistill.calibrate import calibrate
+    from edgedistill.calibrate import CalibrateConfig, calibrate
 
     t0 = time.time()
     if args.calibration:
         cal = json.loads(Path(args.calibration).read_text())
     else:
-        cal = calibrate("local", args.formats, args.budget_s, args.threads)
+        cal = calibrate(CalibrateConfig("local", args.formats, args.budget_s, args.threads))
     llc = cal["machine"]["llc_bytes"]
     rows = {}
     for key, fit in sorted(cal["fits"].items()):

@@ -5,12 +5,12 @@ the others need torch and live in their modules (imported on use):
 
     profile  load_profile, list_profiles, local_profile
     plan     load_teacher, plan, PlanConfig, predict (a config on a target), roofline
-    calibrate edgedistill.calibrate.calibrate(target, formats, budget_s)
-    distill  edgedistill.distill.distill(teacher, target, data, out, kd=, train=, data_cfg=)
+    calibrate edgedistill.calibrate.calibrate(CalibrateConfig(target, formats, budget_s))
+    distill  edgedistill.distill.distill(teacher, target, data, out, DistillConfig(kd=, train=, data=))
     export   edgedistill.export.export(student, target, ExportConfig(...))  (+ verification)
     bench    edgedistill.bench.bench(artifacts, teacher_dir, target, BenchConfig(...))
     report   edgedistill.pipeline.report(run_dir)
-    all      edgedistill.pipeline.run(teacher, target, data, out)
+    all      edgedistill.pipeline.run(teacher, target, data, out, RunConfig(...))
 """
 from edgedistill.arch import ModelShape, shape_from_config
 from edgedistill.errors import EdgeDistillError, MachineError, PlanError, ProfileError, TeacherError

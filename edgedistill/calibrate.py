@@ -2,7 +2,7 @@
 shapes, fit the latency predictor (plan/predictor.py), hold out a quarter of the shapes to measure
 its error, and store the result in the cache, keyed by a machine fingerprint.
 
-    calibrate(target="local", formats=None, budget_s=600) -> calibration dict
+    calibrate(CalibrateConfig(target="local", formats=None, budget_s=600)) -> calibration dict
 
 Shapes span the planner's candidate space: llama-family decoders (hidden 256-1024, 2-12
 layers, FFN 2-3.5x, vocab 8k or 32k) for llama.cpp GGUF and onnxruntime ONNX with KV cache;
@@ -25,13 +25,15 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf import export_gguf
 from edgedistill.convert.onnx import export_onnx
 from edgedistill.data import stdlib_source
-from edgedistill.formats import quant_type
+from edgedistill.formats import RUNTIMES, quant_type
 from edgedistill.machine import machine_info
 from edgedistill.plan.predictor import (CalibrationError, FEATURES, calibration_path, evaluate,
                                         features, fingerprint, fingerprint_key, fit_key)
@@ -282,15 +284,48 @@ def parse_formats(spec: str | None) -> list[tuple[str, str, str]]:
     return out
 
 
-def calibrate(target: str = "local", formats: str | None = None, budget_s: float = 600,
-              threads: int | None = None, out: str | Path | None = None, seed: int = 0,
-              repeats: int = 3, progress: bool = True, log=_log) -> dict:
-    """Measure, fit and store a calibration of this machine; returns it (also written to the
-    cache, and to ``out`` when given)."""
+@dataclass(frozen=True)
+class CalibrateConfig:
+    target: str = "local"
+    """``local``, or a CPU profile whose prompt length and encoder batch set the measured
+    workload; the measuring is always of this machine."""
+    formats: Optional[str] = None
+    """Comma list of what to measure (gguf:f16, gguf:q8_0, gguf:q4_k_m, onnx:fp32, onnx:int8,
+    encoder:onnx:fp32, encoder:onnx:int8); None: all."""
+    budget_s: float = 600
+    """Time budget in seconds (at least 60)."""
+    threads: Optional[int] = None
+    """Runtime threads; None: the physical cores."""
+    out: Optional[str] = None
+    """Also write the calibration JSON here."""
+    seed: int = 0
+    repeats: int = 3
+    """Timed runs per measurement."""
 
-    if budget_s < 60:
-        raise CalibrationError(f"--budget-s {budget_s:g} is too short to measure anything.",
-                               "give at least 60 seconds (default 600)")
+    def __post_init__(self):
+        if self.budget_s < 60:
+            raise CalibrationError(f"--budget-s {self.budget_s:g} is too short to measure "
+                                   "anything.", "give at least 60 seconds (default 600)")
+        if self.repeats < 1 or (self.threads is not None and self.threads < 1):
+            raise CalibrationError("--repeats and --threads must be at least 1.",
+                                   "use e.g. --repeats 3")
+        if self.target != "local":
+            prof = load_profile(self.target)
+            if not any(RUNTIMES.get(r, ("", ""))[1] == "cpu" for r in prof.runtimes):
+                raise CalibrationError(
+                    f"calibrate times this machine's CPU runtimes; profile {prof.name!r} runs "
+                    f"on {', '.join(prof.runtimes)}, which this machine cannot stand in for "
+                    "(its latency stays predicted from the profile).",
+                    "use --target local, or a CPU profile such as laptop")
+        parse_formats(self.formats)  # a bad --formats fails here, before any work
+
+
+def calibrate(config: CalibrateConfig = CalibrateConfig(), *, progress: bool = True,
+              log=_log) -> dict:
+    """Measure, fit and store a calibration of this machine; returns it (also written to the
+    cache, and to ``config.out`` when given)."""
+    target, formats, budget_s = config.target, config.formats, config.budget_s
+    threads, out, seed, repeats = config.threads, config.out, config.seed, config.repeats
     jobs = parse_formats(formats)
     # the profile only sets the workload (prompt length, encoder batch); this machine is measured
     lt = load_profile("laptop" if target == "local" else target).latency_targets

@@ -1,6 +1,6 @@
 """The whole chain: profile -> plan -> distill -> export -> quantize -> verify -> bench -> report.
 
-    run(teacher, target, data, out) -> report paths
+    run(teacher, target, data, out, RunConfig(plan=, distill=, export=, bench=)) -> report paths
 
 Each stage records a hash of its inputs in RUN_DIR/stages.json; a re-run skips the stages whose
 inputs have not changed, and an interrupted distillation resumes from its last checkpoint.
@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgedistill.bench import BenchConfig, bench
 from edgedistill.convert.gguf import check_writable
-from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill
+from edgedistill.distill import DistillConfig, distill
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export import ExportConfig, export, resolve_formats
 from edgedistill.plan import PlanConfig
-from edgedistill.profiles import load_profile
+from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.report import write_report
 from edgedistill.runstate import Stages, files_id, fingerprint as _hash
 from edgedistill.teacher import check_model_files, load_teacher
@@ -31,21 +31,51 @@ def _log(msg: str) -> None:
     print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
 
 
-def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
-        plan_config: PlanConfig = PlanConfig(), kd=None, train=None, data_cfg=None,
-        export_config: ExportConfig = ExportConfig(), bench_config: BenchConfig = BenchConfig(),
-        baselines: bool = True, log=_log) -> dict:
-    """Run every stage for ``teacher`` on ``target``; returns {json, md, html} report paths."""
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the whole chain is asked to do, stage by stage. Each part owns its defaults
+    and checks its values; ``edgedistill export --teacher ...`` builds exactly this from its
+    flags (a flag not given leaves the default here)."""
 
-    kd, train, data_cfg = kd or KDConfig(), train or TrainConfig(), data_cfg or DataConfig()
-    if data and export_config.data is None:  # calibrate and verify on the user's text, as the
-        export_config = replace(export_config, data=str(data))  # CLI does
-    if data and bench_config.data is None:
-        bench_config = replace(bench_config, data=str(data))
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """How the student is picked (--speedup, --max-params)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """How it is trained (--steps, --loss, --temperature, ...)."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Formats, quantizations and verification (--formats, --quant, ...)."""
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    """How the files are measured (--new-tokens, --repeats, ...)."""
+    baselines: bool = True
+    """Export and measure the teacher too, the same way (--no-baselines turns it off)."""
+
+    def __post_init__(self):
+        if self.distill.student is not None:
+            raise EdgeDistillError("the whole chain plans and builds its own student.",
+                                   "drop DistillConfig.student, or run 'edgedistill distill "
+                                   "--student DIR' and 'edgedistill export --student DIR'")
+
+    def with_data(self, data) -> "RunConfig":
+        """Verification, calibration and bench read the user's text too, unless told
+        otherwise."""
+        if not data:
+            return self
+        return replace(self, export=self.export if self.export.data else
+                       replace(self.export, data=str(data)),
+                       bench=self.bench if self.bench.data else replace(self.bench, data=str(data)))
+
+
+def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="runs/run",
+        config: RunConfig = RunConfig(), *, log=_log) -> dict:
+    """Run every stage for ``teacher`` on ``target`` (a profile name, ``local``, a YAML path
+    or a DeviceProfile, resolved once here and passed down); returns {json, md, html} report
+    paths."""
+    config = config.with_data(data)
+    plan_config, export_config, bench_config = config.plan, config.export, config.bench
+    baselines = config.baselines
     # records hold absolute paths: usable from any folder
     run_dir = writable_dir(Path(out).resolve())
     stages = Stages.load(run_dir)
-    prof = load_profile(target)
+    prof = resolve_profile(target)
     t = load_teacher(teacher)
     if t.path is not None:
         check_model_files(t.path)
@@ -56,8 +86,7 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
     step = iter(range(1, total + 1))
 
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
-    key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(kd), asdict(train),
-                asdict(data_cfg))
+    key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(config.distill))
     student_dir = run_dir / "student"
     if stages.fresh("distill", key) and (student_dir / "config.json").is_file():
         log(f"[{next(step)}/{total}] distill: inputs unchanged, kept {student_dir}")
@@ -68,8 +97,8 @@ def run(teacher=None, target: str = "laptop", data=None, out="runs/run", *,
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             stages.mark("distill_started", key)
         log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
-        distill(t.path if t.path else teacher, prof, data, run_dir, kd=kd, train=train,
-                data_cfg=data_cfg, resume=resume, plan_config=plan_config)
+        distill(t.path if t.path else teacher, prof, data, run_dir, config.distill,
+                plan_config=plan_config, resume=resume)
         stages.mark("distill", key)
 
     # 3. export, quantize and verify the student, then the teacher (the baseline)

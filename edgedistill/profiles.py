@@ -337,6 +337,12 @@ def load_profile(target: str) -> DeviceProfile:
                        f"use one of: {names}; or pass a YAML file with --target path/to/file.yaml")
 
 
+def resolve_profile(target: str | DeviceProfile) -> DeviceProfile:
+    """``target`` as a DeviceProfile: a profile passes through (resolved once by the caller,
+    e.g. the whole chain), a name, ``local`` or a YAML path is loaded."""
+    return target if isinstance(target, DeviceProfile) else load_profile(target)
+
+
 def list_profiles() -> list[DeviceProfile]:
     """Every shipped profile, loaded and validated."""
     return [load_profile(n) for n in profile_names()]

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from edgedistill.arch import shape_from_config
-from edgedistill.calibrate import calibrate, design, fit, fit_all, parse_formats
+from edgedistill.calibrate import CalibrateConfig, calibrate, design, fit, fit_all, parse_formats
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan.predictor import (CalibrationError, evaluate, features, fingerprint,
                                         load_calibration, predict, predict_config, predictor_for)
@@ -135,15 +135,20 @@ def test_bad_calibrate_arguments():
     with pytest.raises(EdgeDistillError, match="cannot calibrate"):
         parse_formats("gguf:q2_k")
     with pytest.raises(EdgeDistillError, match="too short"):
-        calibrate(budget_s=5)
+        CalibrateConfig(budget_s=5)
+    # an NPU's latency cannot be measured on this CPU: refused before any timing
+    with pytest.raises(EdgeDistillError, match="phone-npu.*cannot stand in") as e:
+        CalibrateConfig(target="phone-npu")
+    assert "--target local" in e.value.hint
+    CalibrateConfig(target="laptop")  # a CPU profile sets the workload
     assert parse_formats("encoder:onnx:int8,gguf:f16") == [("bert", "onnx", "int8"),
                                                             ("llama", "gguf", "f16")]
 
 
 @pytest.mark.slow
 def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
-    cal = calibrate("local", "gguf:q8_0", budget_s=100, threads=2, repeats=1, progress=False,
-                    out=tmp_path / "cal.json")
+    cal = calibrate(CalibrateConfig("local", "gguf:q8_0", budget_s=100, threads=2, repeats=1,
+                                    out=str(tmp_path / "cal.json")), progress=False)
     f = cal["fits"]["gguf:q8_0:decode"]
     assert f["n_train"] >= 7 and "holdout" in f and f["holdout"]["n"] >= 1
     # the fit is a real description of the measurements it saw

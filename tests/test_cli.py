@@ -165,3 +165,61 @@ def test_internal_error_exit_1_traceback_only_in_debug(monkeypatch, capsys):
     monkeypatch.setenv("EDGEDISTILL_DEBUG", "1")
     assert cli.main(["plan"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    # three bad inputs that used to crash or run: each is now caught by its config
+    (["distill", "--student", "NEOX", "--steps", "1"], "--student NEOX: unsupported"),
+    (["plan", "--speedup", "0.5"], "--speedup 0.5 asks for a student slower than the teacher"),
+    (["calibrate", "--target", "phone-npu"], "profile 'phone-npu' runs on onnxruntime-qnn"),
+    (["distill", "--loss", "kl"], "unknown --loss 'kl'"),
+    (["distill", "--init", "zeros"], "unknown --init 'zeros'"),
+    (["export", "--teacher", "t", "--loss", "mse"], "unknown --loss 'mse'"),
+    (["export", "--student", "s", "--steps", "5"], "--steps only apply to the whole chain"),
+])
+def test_configs_catch_bad_inputs_before_any_work(argv, words, tmp_path, capsys):
+    neox = write_config(tmp_path / "neox", {"model_type": "gpt_neox", "hidden_size": 64,
+                                            "num_attention_heads": 4, "num_hidden_layers": 2,
+                                            "vocab_size": 300})
+    argv = [str(neox) if a == "NEOX" else a for a in argv]
+    words = words.replace("NEOX", str(neox))
+    assert cli.main(argv + ["--out", str(tmp_path / "out")] if argv[0] == "distill"
+                    else argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Fix:" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def _parse(argv):
+    parser = cli.build_parser()
+    return parser.parse_args(argv)
+
+
+def test_the_cli_and_the_api_resolve_the_same_config():
+    """`edgedistill export --teacher T` (no other flags) builds exactly RunConfig(), and the
+    distill verb exactly DistillConfig(): defaults live in the configs only."""
+    from edgedistill.cli.distill_cmd import distill_config
+    from edgedistill.cli.export_cmd import run_config
+    from edgedistill.distill import DistillConfig, TrainConfig
+    from edgedistill.pipeline import RunConfig
+
+    assert run_config(_parse(["export", "--teacher", "t"])) == RunConfig()
+    assert run_config(_parse(["export", "--teacher", "t", "--data", "d.txt"])).with_data(
+        "d.txt") == RunConfig().with_data("d.txt")
+    assert distill_config(_parse(["distill"])) == DistillConfig()
+    flags = ["export", "--teacher", "t", "--steps", "40", "--loss", "jsd", "--temperature", "2",
+             "--kd-weight", "0.5", "--hidden-weight", "1", "--init", "random",
+             "--max-params", "5M", "--grad-accum", "2", "--speedup", "3", "--no-baselines"]
+    rc = run_config(_parse(flags))
+    assert (rc.distill.kd.loss, rc.distill.kd.temperature, rc.distill.kd.kd_weight) == \
+        ("jsd", 2.0, 0.5)
+    assert (rc.distill.train.steps, rc.distill.train.grad_accum, rc.distill.train.hidden_weight,
+            rc.distill.init) == (40, 2, 1.0, "random")
+    assert (rc.plan.max_params, rc.plan.speedup, rc.baselines) == (5_000_000, 3.0, False)
+    # the per-kind defaults, the same for both: encoders 800 x 32, causal LMs 300 x 8,
+    # validation every quarter and a checkpoint every eighth of the steps
+    assert TrainConfig().resolved(encoder=True) == TrainConfig(
+        steps=800, batch_size=32, eval_every=200, save_every=100)
+    assert TrainConfig().resolved(encoder=False) == TrainConfig(
+        steps=300, batch_size=8, eval_every=75, save_every=37)
+    assert TrainConfig(steps=10, eval_every=0).resolved(False).eval_every == 0  # 0 = never

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgedistill.distill import DataConfig, KDConfig, TrainConfig, distill
+from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig, distill
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan import PlanConfig
 
@@ -43,9 +43,10 @@ def _cli(*args, env=ENV, launcher=(sys.executable, "-m", "edgedistill")):
 
 def test_api_distill_improves_on_the_initial_student(trained_llama, text_file, tmp_path):
     res = distill(trained_llama, "laptop", text_file, tmp_path / "run",
-                  train=TrainConfig(steps=30, batch_size=4, lr=2e-3, eval_every=1,
-                                    save_every=0),
-                  data_cfg=DataConfig(seq_len=32), plan_config=PlanConfig(speedup=1.0))
+                  DistillConfig(train=TrainConfig(steps=30, batch_size=4, lr=2e-3, eval_every=1,
+                                                  save_every=0),
+                                data=DataConfig(seq_len=32)),
+                  plan_config=PlanConfig(speedup=1.0))
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(res.student_dir)
     assert AutoTokenizer.from_pretrained(res.student_dir).get_vocab() == \
@@ -114,9 +115,10 @@ def test_topk_cache_and_generated_data(trained_llama, text_file, tmp_path):
 def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
     for loss in ("rkl", "jsd"):
         res = distill(trained_llama, "laptop", text_file, tmp_path / loss,
-                      kd=KDConfig(loss=loss, temperature=2.0, kd_weight=0.5),
-                      train=TrainConfig(steps=2, batch_size=2, save_every=0, eval_every=2),
-                      data_cfg=DataConfig(seq_len=32), init="random",
+                      DistillConfig(kd=KDConfig(loss=loss, temperature=2.0, kd_weight=0.5),
+                                    train=TrainConfig(steps=2, batch_size=2, save_every=0,
+                                                      eval_every=2),
+                                    data=DataConfig(seq_len=32), init="random"),
                       plan_config=PlanConfig(speedup=1))
         assert res.metrics["validation"]["loss"] > 0
 
@@ -127,8 +129,10 @@ def test_encoder_distillation_keeps_the_embedding_space(tmp_path):
     from edgedistill.data import stdlib_sentences
     sentences.write_text("\n".join(stdlib_sentences()[:400]))
     res = distill(teacher, "laptop", sentences, tmp_path / "run",
-                  train=TrainConfig(steps=3, batch_size=8, save_every=0, eval_every=3),
-                  data_cfg=DataConfig(seq_len=32), plan_config=PlanConfig(speedup=1.2))
+                  DistillConfig(train=TrainConfig(steps=3, batch_size=8, save_every=0,
+                                                  eval_every=3),
+                                data=DataConfig(seq_len=32)),
+                  plan_config=PlanConfig(speedup=1.2))
     cfg = json.loads((res.student_dir / "config.json").read_text())
     assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] <= 2
     assert (res.student_dir / "modules.json").is_file()
@@ -146,4 +150,5 @@ def test_bad_inputs(trained_llama, text_file, tmp_path):
     assert r.returncode == 2 and "nothing to resume" in r.stderr
     other = tiny_sentence_bert(tmp_path / "other")  # a WordPiece tokenizer, not the teacher's
     with pytest.raises(EdgeDistillError, match="tokenizers of teacher .* differ"):
-        distill(trained_llama, "laptop", text_file, tmp_path / "x", student=other)
+        distill(trained_llama, "laptop", text_file, tmp_path / "x",
+                DistillConfig(student=str(other)))

@@ -21,7 +21,7 @@ from edgedistill.data import eval_data
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import RUNTIMES
 from edgedistill.plan.predictor import predictor_for
-from edgedistill.profiles import DeviceProfile, load_profile, local_profile
+from edgedistill.profiles import DeviceProfile, local_profile, resolve_profile
 from edgedistill.runtimes import cuda, outputs
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
@@ -80,7 +80,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
     from transformers import AutoTokenizer
 
 
-    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    prof = resolve_profile(target)
     teacher_dir = Path(teacher_dir)
     t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))
     encoder = t_shape.is_encoder

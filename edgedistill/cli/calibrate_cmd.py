@@ -31,12 +31,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgedistill.calibrate import SUMMARY_HEAD, calibrate, summary_rows
+    from edgedistill.calibrate import SUMMARY_HEAD, CalibrateConfig, calibrate, summary_rows
     from edgedistill.plan.predictor import calibration_path
     from edgedistill.cli import emit_json
 
-    cal = calibrate(args.target, args.formats, args.budget_s, args.threads, args.out,
-                    repeats=args.repeats, progress=not args.json)
+    cfg = CalibrateConfig(target=args.target, formats=args.formats, budget_s=args.budget_s,
+                          threads=args.threads, out=args.out, repeats=args.repeats)
+    cal = calibrate(cfg, progress=not args.json)
     path = calibration_path(cal["machine"]["threads"])
     if args.json:
         emit_json({k: v for k, v in cal.items() if k != "points"} | {"path": str(path)})

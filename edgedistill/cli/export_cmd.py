@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgedistill.cli.options import (_given, add_distill_options, add_plan_options,
+                                     distill_config, plan_config)
 from edgedistill.cli.table import table
-from edgedistill.cli.types import count, positive
+from edgedistill.cli.types import count
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -27,14 +29,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="export this HF model folder only")
     p.add_argument("--teacher", default=None, help="teacher for the whole chain (default: "
                    "the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--steps", type=count(), default=None, help="distillation steps (whole chain; "
-                   "default 800 for encoders, 300 for causal LMs)")
-    p.add_argument("--batch-size", type=count(), default=None,
-                   help="default 32 sentences for encoders, 8 sequences for causal LMs")
-    p.add_argument("--seq-len", type=count(2), default=256)
-    p.add_argument("--lr", type=positive, default=5e-4)
-    p.add_argument("--speedup", type=positive, default=None, help="as for 'plan'")
-    p.add_argument("--new-tokens", type=count(), default=64, help="decoded tokens per benchmark run")
+    add_distill_options(p)
+    add_plan_options(p)
+    p.add_argument("--new-tokens", type=count(), default=None,
+                   help="decoded tokens per benchmark run (default 64)")
     p.add_argument("--repeats", type=count(), default=None,
                    help="benchmark runs per artifact, median reported (default 15 for encoders, "
                    "3 for causal LMs)")
@@ -52,8 +50,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--context", type=count(2), default=None,
                    help="NPU profiles: KV-cache slots of the fixed graphs (default: the "
                         "profile's context_length)")
-    p.add_argument("--npu-items", type=count(), default=16,
-                   help="NPU profiles: held-out items run on the HTP (its simulation is slow)")
+    p.add_argument("--npu-items", type=count(), default=None,
+                   help="NPU profiles: held-out items run on the HTP (its simulation is slow; "
+                   "default 16)")
     p.add_argument("--no-imatrix", action="store_true",
                    help="GGUF: quantize without an importance matrix from the calibration text")
     p.add_argument("--strict", action="store_true",
@@ -67,17 +66,37 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
-    from edgedistill.export import ExportConfig, export  # heavy (numpy, onnx): only when exporting
-    from edgedistill.cli import emit_json
+def export_config(args):
+    from edgedistill.export import ExportConfig  # heavy (numpy, onnx): only when exporting
 
-    cfg = ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
-                       threads=args.threads, context=args.context,
-                       npu_eval_items=args.npu_items, npu_context=not args.no_npu_context,
-                       importance=not args.no_imatrix, resume=not args.fresh)
+    return ExportConfig(formats=_csv(args.formats), quants=_csv(args.quant), data=args.data,
+                        threads=args.threads, context=args.context,
+                        npu_context=not args.no_npu_context, importance=not args.no_imatrix,
+                        resume=not args.fresh, **_given(args, npu_eval_items="npu_items"))
+
+
+def run_config(args):
+    """The whole chain's RunConfig from the flags: a flag not given leaves the config's
+    default, so this equals what ``pipeline.run()`` does from Python."""
+    from edgedistill.bench import BenchConfig
+    from edgedistill.pipeline import RunConfig
+
+    return RunConfig(plan=plan_config(args), distill=distill_config(args),
+                     export=export_config(args),
+                     bench=BenchConfig(**_given(args, threads="threads",
+                                                new_tokens="new_tokens", repeats="repeats",
+                                                data="data")),
+                     baselines=not args.no_baselines)
+
+
+def run(args) -> int:
+    from edgedistill.cli import emit_json
+    from edgedistill.export import export
+
     if args.student is None:
-        return _pipeline(args, cfg)
-    res = export(args.student, args.target, cfg, args.out)
+        return _pipeline(args)
+    _no_training_flags(args)
+    res = export(args.student, args.target, export_config(args), args.out)
     doc = res.to_dict()
     code = _exit_code((a.status for a in res.artifacts), args.strict)
     if args.json:
@@ -130,24 +149,30 @@ def _fmt(x) -> str:
     return f"{x:.3g}" if abs(x) < 1e-2 or abs(x) >= 1e3 else f"{x:.4f}"
 
 
-def _pipeline(args, export_cfg) -> int:
-    from edgedistill.bench import BenchConfig
-    from edgedistill.distill import DataConfig, TrainConfig, train_size
-    from edgedistill.pipeline import run
-    from edgedistill.plan import PlanConfig
-    from edgedistill.report import main_table
-    from edgedistill.cli import emit_json
+def _no_training_flags(args) -> None:
+    """``--student`` exports a folder: a training or planning flag would be silently ignored."""
+    from edgedistill.errors import EdgeDistillError
 
-    out = args.out or "runs/run"
-    steps, batch = train_size(args.teacher, args.steps, args.batch_size)
-    paths = run(args.teacher, args.target, args.data, out,
-                plan_config=PlanConfig(speedup=args.speedup),
-                train=TrainConfig(steps=steps, batch_size=batch, lr=args.lr,
-                                  eval_every=max(1, steps // 4), save_every=max(1, steps // 8)),
-                data_cfg=DataConfig(seq_len=args.seq_len), export_config=export_cfg,
-                bench_config=BenchConfig(threads=args.threads, new_tokens=args.new_tokens,
-                                         repeats=args.repeats, data=args.data),
-                baselines=not args.no_baselines)
+    given = [f"--{k.replace('_', '-')}" for k in _TRAINING_FLAGS if getattr(args, k) is not None]
+    if args.teacher is not None:
+        given.insert(0, "--teacher")
+    if given:
+        raise EdgeDistillError(f"--student exports that folder as it is; {', '.join(given)} "
+                               "only apply to the whole chain.",
+                               f"drop {', '.join(given)}, or drop --student to distil first")
+
+
+_TRAINING_FLAGS = ("steps", "batch_size", "grad_accum", "seq_len", "lr", "loss", "temperature",
+                   "kd_weight", "jsd_beta", "hidden_weight", "init", "eval_every", "save_every",
+                   "seed", "speedup", "max_params", "new_tokens", "repeats")
+
+
+def _pipeline(args) -> int:
+    from edgedistill.cli import emit_json
+    from edgedistill.pipeline import run
+    from edgedistill.report import main_table
+
+    paths = run(args.teacher, args.target, args.data, args.out or "runs/run", run_config(args))
     doc = json.loads(open(paths["json"]).read())
     code = _exit_code(((a.get("parity") or {}).get("status") for a in doc["artifacts"]),
                       args.strict)  # student and baseline files alike

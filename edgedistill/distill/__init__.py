@@ -12,48 +12,24 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedistill.data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
                               split_documents, split_holdout, stdlib_sentences, stdlib_source)
-from edgedistill.distill.loop import TrainConfig, train as run_training
-from edgedistill.distill.losses import KDConfig, LOSSES
+from edgedistill.distill.config import (TRAIN_DEFAULTS, DataConfig, DistillConfig, KDConfig,
+                                        TrainConfig)
+from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.plan import PlanConfig, plan
+from edgedistill.profiles import DeviceProfile
 from edgedistill.runstate import fingerprint
 from edgedistill.student import build_student, copy_tokenizer
 from edgedistill.teacher import check_model_files, load_teacher, weight_files
 
 DEFAULT_CAUSAL_CHARS = 2_000_000
 """Default causal-LM data: this many characters of standard-library source."""
-
-
-TRAIN_DEFAULTS = {"causal": {"steps": 300, "batch_size": 8},
-                  "encoder": {"steps": 800, "batch_size": 32}}
-"""Steps and batch size when the user gives none. Encoders: 800 length-grouped batches of 32
-sentences take about 5 minutes on 2 cores and bring the MiniLM student to a held-out cosine of
-about 0.91 (README, 'The default teacher')."""
-
-
-def train_size(teacher, steps: int | None, batch_size: int | None) -> tuple[int, int]:
-    """(steps, batch size): the user's values, else TRAIN_DEFAULTS for the teacher's kind."""
-
-    d = TRAIN_DEFAULTS["encoder" if load_teacher(teacher).shape.is_encoder else "causal"]
-    return steps or d["steps"], batch_size or d["batch_size"]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    seq_len: int = 256
-    """Tokens per packed training sequence (encoders: maximum sentence length)."""
-    val_fraction: float = 0.05
-    generate: int = 0
-    """Teacher-generated continuations to add (sequence-level KD); 0 = none."""
-    gen_tokens: int = 128
-    cache_topk: int = 0
-    """Cache the teacher's top-K logits once and train from the cache; 0 = live teacher."""
 
 
 @dataclass
@@ -89,24 +65,20 @@ def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
             "when --student is not given)")
 
 
-def distill(teacher: str | Path | None = None, target: str = "laptop",
-            data: str | Path | None = None, out: str | Path = "runs/distill", *,
-            kd: KDConfig = KDConfig(), train: TrainConfig = TrainConfig(),
-            data_cfg: DataConfig = DataConfig(), init: str = "teacher",
-            student: str | Path | None = None, resume: bool = False,
-            plan_config=None, log=_log) -> DistillResult:
-    """Distil ``teacher`` into the student planned for ``target`` (or into ``student``, an
-    existing HF folder with the teacher's tokenizer), on ``data`` (default: stdlib text)."""
+def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "laptop",
+            data: str | Path | None = None, out: str | Path = "runs/distill",
+            config: DistillConfig = DistillConfig(), *, plan_config: PlanConfig = PlanConfig(),
+            resume: bool = False, log=_log) -> DistillResult:
+    """Distil ``teacher`` into the student planned for ``target`` with ``plan_config`` (or
+    into ``config.student``, an existing HF folder with the teacher's tokenizer), on ``data``
+    (default: stdlib text). ``config.train``'s unset fields take the defaults of the teacher's
+    kind (TRAIN_DEFAULTS). Returns the run folder, the student folder and the figures."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 
-    if kd.loss not in LOSSES:
-        raise EdgeDistillError(f"unknown loss {kd.loss!r}.", f"use --loss {'|'.join(LOSSES)}")
-    if data_cfg.cache_topk and kd.loss != "fkl":
-        raise EdgeDistillError("--cache-topk trains against a top-K teacher distribution, "
-                               f"which supports forward KL only, not {kd.loss!r}.",
-                               "use --loss fkl with --cache-topk, or drop --cache-topk")
+    kd, data_cfg, init = config.kd, config.data, config.init
+    student = Path(config.student) if config.student is not None else None
     run_dir = Path(out)
     if resume and not (run_dir / "checkpoints" / "latest").is_file():
         raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
@@ -117,16 +89,17 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
                                "download the model and pass its folder with --teacher PATH")
     check_model_files(t.path)
     encoder = t.shape.is_encoder
+    train = config.train.resolved(encoder)
     writable_dir(run_dir)
     tok = AutoTokenizer.from_pretrained(t.path)
 
     # -- the student's shape --------------------------------------------------------------
     if student is not None:
-        student = Path(student)
+        check_model_files(student, "student", "--student")
         check_same_tokenizer(t.path, student)
         student_cfg = json.loads((student / "config.json").read_text())
     else:
-        pl = plan(t, target, plan_config or PlanConfig())
+        pl = plan(t, target, plan_config)
         (run_dir / "plan.json").write_text(json.dumps(pl.to_dict(), indent=2, default=str))
         student_cfg = pl.student_config
         log(f"plan for {getattr(target, 'name', target)}: {pl.student.shape.describe()} "
@@ -168,7 +141,7 @@ def distill(teacher: str | Path | None = None, target: str = "laptop",
     data_hash = fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
     run_key = fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
                                str(student), data_hash, asdict(kd), asdict(data_cfg), init,
-                               replace(train, steps=0, eval_every=0, save_every=0))
+                               asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
     log(f"data: {data_desc}")
 
     from accelerate import PartialState
@@ -239,5 +212,5 @@ def _save_student(model, tokenizer_dir: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-__all__ = ["TRAIN_DEFAULTS", "train_size", "DataConfig", "DistillResult", "KDConfig", "TrainConfig", "distill",
-           "check_same_tokenizer"]
+__all__ = ["TRAIN_DEFAULTS", "DataConfig", "DistillConfig", "DistillResult", "KDConfig",
+           "TrainConfig", "distill", "check_same_tokenizer"]

@@ -14,34 +14,15 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, chunked_kd_loss, embedding_loss,
+from edgedistill.distill.config import KDConfig, TrainConfig
+from edgedistill.distill.losses import (HiddenStateLoss, chunked_kd_loss, embedding_loss,
                                         topk_kd_loss)
 from edgedistill.errors import EdgeDistillError
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 300
-    """Optimizer steps."""
-    batch_size: int = 8
-    """Sequences (encoders: sentences) per micro-batch per process."""
-    grad_accum: int = 1
-    lr: float = 5e-4
-    warmup: float = 0.05
-    """Share of the steps spent warming up the learning rate."""
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    hidden_weight: float = 0.0
-    """Weight of the hidden-state loss (causal LMs; encoders use 1.0 when 0 is given)."""
-    eval_every: int = 50
-    save_every: int = 50
-    eval_batches: int = 16
-    seed: int = 0
 
 
 class DistillModule(torch.nn.Module):

@@ -18,25 +18,11 @@ tokens) are cut to the shared vocabulary first (``vocab`` argument).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("fkl", "rkl", "jsd")
-
-
-@dataclass(frozen=True)
-class KDConfig:
-    loss: str = "fkl"
-    """fkl (forward KL, mode-covering), rkl (reverse KL, mode-seeking) or jsd."""
-    temperature: float = 1.0
-    kd_weight: float = 1.0
-    """Weight of KD against CE on the data; 0 is plain CE training (the honest baseline)."""
-    jsd_beta: float = 0.5
-    """JSD mixture weight: 0 behaves like forward KL, 1 like reverse KL."""
-    chunk_tokens: int = 1024
-    """Tokens per chunk in the chunked loss."""
+from edgedistill.distill.config import LOSSES, KDConfig
 
 
 def _divergence(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: KDConfig) -> torch.Tensor:

@@ -25,7 +25,7 @@ from edgedistill.data import eval_data
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export.checks import Checker
 from edgedistill.machine import package_version
-from edgedistill.profiles import DeviceProfile, load_profile
+from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.records import Artifact, ExportResult, Verdict
 from edgedistill.runstate import Ledger, files_id
 from edgedistill.teacher import check_model_files
@@ -108,7 +108,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     if not (model_dir / "config.json").is_file():
         raise EdgeDistillError(f"student {model_dir} is not an HF model folder (no config.json).",
                                "pass the folder save_pretrained wrote, e.g. RUN_DIR/student")
-    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    prof = resolve_profile(target)
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
     check_model_files(model_dir, "student", "--student")

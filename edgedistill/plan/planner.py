@@ -21,7 +21,7 @@ from edgedistill.errors import PlanError
 from edgedistill.formats import RUNTIMES
 from edgedistill.plan.costmodel import Prediction, row_alignment
 from edgedistill.plan.predictor import predictor_for
-from edgedistill.profiles import DeviceProfile, load_profile
+from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.teacher import Teacher, load_teacher
 
 DEFAULT_SPEEDUP = 2.0
@@ -44,6 +44,18 @@ class PlanConfig:
     """Rows in the explanation table."""
     calibration: str | None = None
     """A calibration file of this machine; default: the cache entry, if any (plan/predictor.py)."""
+
+    def __post_init__(self):
+        if self.speedup is not None and not self.speedup >= 1:
+            raise PlanError(f"--speedup {self.speedup:g} asks for a student slower than the "
+                            "teacher.", "use --speedup 1 or more (the default asks for "
+                            f"{DEFAULT_SPEEDUP:g}x), or deploy the teacher itself")
+        if self.max_params is not None and self.max_params < 1:
+            raise PlanError(f"--max-params {self.max_params} leaves no room for a student.",
+                            "use a positive count, e.g. --max-params 50M")
+        if self.top < 1:
+            raise PlanError(f"--top {self.top}: the table needs at least one row.",
+                            "use --top 8")
 
 
 @dataclass
@@ -263,7 +275,7 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
     when no candidate fits, TeacherError / ProfileError for bad inputs.
     """
     t = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
-    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    prof = resolve_profile(target)
     if config.speedup is not None and config.speedup <= 0:
         raise PlanError(f"--speedup must be positive, got {config.speedup}.",
                         "pass e.g. --speedup 2 (or 1 to ask for no speedup)")

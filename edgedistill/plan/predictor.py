@@ -35,7 +35,7 @@ from edgedistill.formats import quant_type
 from edgedistill.machine import cpu_model, package_version
 from edgedistill.plan.costmodel import (Prediction, _weight_bytes, attention_flops,
                                         encoder_elementwise_bytes, predict as roofline)
-from edgedistill.profiles import DeviceProfile, load_profile
+from edgedistill.profiles import DeviceProfile, resolve_profile
 
 CALIBRATION_VERSION = 1
 WORKLOADS = ("decode", "prefill", "encoder")
@@ -262,7 +262,7 @@ def predict_config(config: str | Path | dict, target: str | DeviceProfile = "loc
     except KeyError as e:
         raise EdgeDistillError(f"unknown --format {format!r}: {e.args[0]}.",
                                "write e.g. gguf:q4_k_m, gguf:f16, gguf:q8_0 or onnx:int8") from None
-    prof = target if isinstance(target, DeviceProfile) else load_profile(target)
+    prof = resolve_profile(target)
     p = predictor_for(prof, calibration)(shape, fmt, quant)
     return p.to_dict() | {"model": name, "target": prof.name, "format": f"{fmt}:{quant}",
                           "family": shape.family, "params": shape.total_params()}

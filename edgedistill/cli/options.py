@@ -1,0 +1,72 @@
+"""Flags shared by ``distill`` and the whole chain (``export --teacher``), and their mapping onto
+the stage configs. Every flag defaults to None, which leaves the config's own default: the
+config, not the CLI, owns defaults and validation, so ``edgedistill export`` and
+``pipeline.run()`` train with the same numbers (tests/test_cli.py checks it)."""
+from __future__ import annotations
+
+import argparse
+
+from edgedistill.cli.types import count, fraction, non_negative, positive
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speedup", type=positive, default=None,
+                   help="required speedup over the teacher on the target, at least 1 "
+                   "(default: 2, relaxed with a note when overheads put it out of reach)")
+    p.add_argument("--max-params", default=None, help="cap on student size, e.g. 500M")
+
+
+def add_distill_options(p: argparse.ArgumentParser) -> None:
+    """The training flags (not --student, which means other things to each verb)."""
+    p.add_argument("--steps", type=count(), default=None,
+                   help="optimizer steps (default 800 for encoders, 300 for causal LMs)")
+    p.add_argument("--batch-size", type=count(), default=None,
+                   help="default 32 sentences for encoders, 8 sequences for causal LMs")
+    p.add_argument("--grad-accum", type=count(), default=None, help="default 1")
+    p.add_argument("--seq-len", type=count(2), default=None,
+                   help="tokens per training sequence (default 256)")
+    p.add_argument("--lr", type=positive, default=None, help="default 5e-4")
+    p.add_argument("--loss", default=None, help="fkl | rkl | jsd (default fkl)")
+    p.add_argument("--temperature", type=positive, default=None, help="KD temperature "
+                   "(default 1)")
+    p.add_argument("--kd-weight", type=fraction, default=None,
+                   help="KD vs CE weight in [0, 1]; 1 = pure KD (default), 0 = plain "
+                   "cross-entropy (the baseline)")
+    p.add_argument("--jsd-beta", type=fraction, default=None, help="default 0.5")
+    p.add_argument("--hidden-weight", type=non_negative, default=None,
+                   help="weight of the hidden-state loss (default 0; encoders use 1 at 0)")
+    p.add_argument("--init", default=None, help="teacher (default) | random")
+    p.add_argument("--eval-every", type=count(0), default=None,
+                   help="validate every N steps (0: never; default: a quarter of the steps)")
+    p.add_argument("--save-every", type=count(0), default=None,
+                   help="checkpoint every N steps (0: never; default: an eighth of the steps)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+
+
+def _given(args, **fields) -> dict:
+    """{config field: value} for the flags the user gave (``fields``: field -> attribute)."""
+    return {f: getattr(args, a) for f, a in fields.items() if getattr(args, a, None) is not None}
+
+
+def plan_config(args):
+    from edgedistill.cli.plan_cmd import parse_count
+    from edgedistill.plan import PlanConfig
+
+    kw = _given(args, speedup="speedup")
+    if getattr(args, "max_params", None):
+        kw["max_params"] = parse_count(args.max_params)
+    return PlanConfig(**kw)
+
+
+def distill_config(args, student: str | None = None):
+    from edgedistill.distill.config import DataConfig, DistillConfig, KDConfig, TrainConfig
+
+    kd = KDConfig(**_given(args, loss="loss", temperature="temperature",
+                           kd_weight="kd_weight", jsd_beta="jsd_beta"))
+    train = TrainConfig(**_given(args, steps="steps", batch_size="batch_size",
+                                 grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
+                                 eval_every="eval_every", save_every="save_every", seed="seed"))
+    data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
+                               cache_topk="cache_topk"))
+    return DistillConfig(kd=kd, train=train, data=data,
+                         **_given(args, init="init"), student=student)
