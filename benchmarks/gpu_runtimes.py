@@ -54,6 +54,7 @@ def main() -> int:
     formats = tuple(f for f in args.formats.split(",") if f)
 
     from edgedistill.bench import BenchConfig, bench
+    from edgedistill.records import BenchRecord
     from edgedistill.runtimes.cuda import cuda_device, gpu_bandwidth_gbps, runtime_status
     from edgedistill.export import ExportConfig, export
     from edgedistill.machine import cpu_model
@@ -83,7 +84,7 @@ def main() -> int:
                               quants=tuple(q for f in formats for q in quants[f])),
                  work / ("export-" + "-".join(formats)))
     export_s = time.time() - t0
-    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
     runtimes = tuple(args.runtimes.split(",")) if args.runtimes else \
         tuple(r for r, why in status.items() if why is None)
     t0 = time.time()
@@ -94,14 +95,14 @@ def main() -> int:
     params = _params(model)
     rows = []
     for r in recs:
-        b = r["bench"]
+        b = r.bench
         rows.append({
-            "artifact": f"{r['format']}:{r['quant']}", "runtime": b["runtime"],
-            "device": b.get("device"), "parity": (r.get("parity") or {}).get("status"),
+            "artifact": f"{r.format}:{r.quant}", "runtime": b["runtime"],
+            "device": b.get("device"), "parity": r.status,
             **{k: b.get(k) for k in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms",
                                      "p50_ms", "p95_ms", "warmup_s", "tokens_match_eager",
                                      "cudagraph_skips", "note", "error")},
-            "predicted_card": (r.get("predicted") or {}).get("target"),  # labelled
+            "predicted_card": r.predicted.get("target"),  # labelled
             **({"conditions": args.conditions} if args.conditions else {}),
         })
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
@@ -159,20 +160,21 @@ def main() -> int:
 def _encoder(work: Path, runtimes: tuple, repeats: int) -> dict:
     """all-MiniLM-L6-v2 (bundled) exported for consumer-gpu and benched in every runtime."""
     from edgedistill.bench import BenchConfig, bench
+    from edgedistill.records import BenchRecord
     from edgedistill.export import ExportConfig, export
     from edgedistill.teacher import load_teacher
 
     model = load_teacher(None).path
     res = export(model, "consumer-gpu", ExportConfig(quants=("fp16", "int4", "f16", "q8_0"),
                                                      threads=2), work / "minilm")
-    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
     recs = bench(arts, model, "consumer-gpu",
                  BenchConfig(threads=2, repeats=max(repeats, 10), runtimes=runtimes))
-    rows = [{"artifact": f"{r['format']}:{r['quant']}", "runtime": r["bench"]["runtime"],
-             "device": r["bench"].get("device"),
-             **{k: r["bench"].get(k) for k in ("batch_ms", "sentences_per_s", "p95_ms",
+    rows = [{"artifact": f"{r.format}:{r.quant}", "runtime": r.bench["runtime"],
+             "device": r.bench.get("device"),
+             **{k: r.bench.get(k) for k in ("batch_ms", "sentences_per_s", "p95_ms",
                                                "batch", "seq_len", "error")},
-             "cosine_to_teacher": (r.get("quality") or {}).get("cosine_to_teacher")}
+             "cosine_to_teacher": r.quality.get("cosine_to_teacher")}
             for r in recs]
     print(f"{'encoder runtime':<26} {'artifact':<12} {'ms/batch':>9} {'sent/s':>8}")
     for x in rows:

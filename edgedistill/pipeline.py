@@ -15,15 +15,15 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from edgedistill.bench import BenchConfig, bench
+from edgedistill.bench import BenchConfig, artifacts_of_run, bench
 from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export import ExportConfig, export, resolve_formats
 from edgedistill.plan import PlanConfig
 from edgedistill.profiles import DeviceProfile, resolve_profile
-from edgedistill.report import write_report
-from edgedistill.runstate import Stages, files_id, fingerprint as _hash
+from edgedistill.report import build_report, write_report
+from edgedistill.runstate import Stages, atomic_write, files_id, fingerprint as _hash
 from edgedistill.teacher import check_model_files, load_teacher
 
 
@@ -102,34 +102,22 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
         stages.mark("distill", key)
 
     # 3. export, quantize and verify the student, then the teacher (the baseline)
-    exports = {}
     roles = [("student", student_dir)] + ([("teacher", t.path)] if baselines else [])
     for role, model_dir in roles:
-        exports[role] = _export_stage(role, model_dir, prof, export_config, run_dir, stages,
-                                      next(step), total, log)
+        _export_stage(role, model_dir, prof, export_config, run_dir, stages, next(step), total,
+                      log)
 
     # 4. benchmark every artifact (and the HF folders, in torch) on this machine
-    artifacts = []
-    for role, model_dir in roles:
-        for a in exports[role]["artifacts"]:
-            artifacts.append({"role": role, "path": a["path"], "format": a["format"],
-                              "quant": a["quant"], "model_dir": str(model_dir),
-                              "parity": {"status": a["status"], **a["parity"]["figures"]},
-                              "tensor_types": a.get("tensor_types")})
-        artifacts.append({"role": role, "path": str(model_dir), "format": "hf",
-                          "quant": "fp32", "model_dir": str(model_dir)})
+    artifacts, _ = artifacts_of_run(run_dir, tuple(r for r, _ in roles))
     bkey = _hash([stages.done.get(f"export_{r}") for r, _ in roles], asdict(bench_config),
                  asdict(prof))
     bench_path = run_dir / "bench.json"
     if stages.fresh("bench", bkey) and bench_path.is_file():
         log(f"[{next(step)}/{total}] bench: inputs unchanged, kept {bench_path}")
-        records = json.loads(bench_path.read_text())
     else:
         log(f"[{next(step)}/{total}] bench: {len(artifacts)} artifacts")
         records = bench(artifacts, t.path, prof, bench_config)
-        tmp = run_dir / ".bench.json.tmp"
-        tmp.write_text(json.dumps(records, indent=2, default=str))
-        tmp.replace(bench_path)
+        atomic_write(bench_path, [r.to_dict() for r in records])
         stages.mark("bench", bkey)
     return report(run_dir)
 
@@ -156,64 +144,6 @@ def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) ->
 
 
 def report(run_dir: str | Path) -> dict:
-    """(Re)write report.json/md/html of a run folder from its bench.json and plan.json."""
-
-    run_dir = Path(run_dir)
-    bench_path = run_dir / "bench.json"
-    if not bench_path.is_file():
-        raise EdgeDistillError(f"{run_dir} has no bench.json.",
-                               "run 'edgedistill bench RUN_DIR' (or the full 'export') first")
-    records = json.loads(bench_path.read_text())
-    plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").is_file() \
-        else {}
-    dist = json.loads((run_dir / "distill.json").read_text()) \
-        if (run_dir / "distill.json").is_file() else {}
-    # the first row that was timed here: NPU graphs, failed runtimes and rows that were never
-    # benched carry no device
-    measured_on = next((r["bench"]["device"] for r in records
-                        if (r.get("bench") or {}).get("device")), "this machine")
-    target_pred = next((r["predicted"]["target"] for r in records if r.get("predicted")), {})
-    notes = [
-        "Figures in bench columns are measured on this machine, each runtime in its own "
-        "process (median of repeats after a warm-up). 'pred. target' figures are "
-        f"{target_pred.get('label', 'predicted')} for the target device "
-        f"({target_pred.get('basis', 'the planner')}), not measured.",
-        "Quality is computed from each runtime's own outputs on held-out text; the teacher "
-        "rows are the baseline: the teacher exported and quantized the same way.",
-    ]
-    if dist:
-        v = dist.get("validation", {})
-        if "loss" in v:
-            notes.append(f"Distillation: {dist['steps']} steps, {dist['tokens']:,} tokens; "
-                         f"held-out loss student {v['loss']:.4f} vs teacher "
-                         f"{dist.get('teacher_val_loss', float('nan')):.4f} (torch).")
-        elif "cosine" in v:
-            notes.append(f"Distillation: {dist['steps']} steps; held-out embedding cosine to "
-                         f"the teacher {v['cosine']:.4f} (torch).")
-    checks: dict[str, list[str]] = {}
-    for r in records:
-        st = (r.get("parity") or {}).get("status")
-        checks.setdefault(st, []).append(f"{r['role']} {r['format']}:{r['quant']}")
-    notes.append("'check' is each file's verification against the torch model it came from "
-                 "(verify/parity.py): passed meets the quality targets, below-target runs but "
-                 "loses more than they allow, failed is broken and must not be deployed." +
-                 "".join(f" {label}: {', '.join(checks[k])}." for k, label in
-                         (("below-target", "Below target"), ("failed", "FAILED"),
-                          ("error", "Could not run")) if checks.get(k)))
-    for role in ("student", "teacher"):
-        exp = run_dir / "export" / role / "export.json"
-        done = json.loads(exp.read_text()) if exp.is_file() else {}
-        tp = done.get("tokenizer_parity") or {}
-        if tp.get("normalization"):
-            notes.append(f"GGUF tokenizer ({role}): {tp['normalization']['note']}.")
-        notes += [f"{role} {n}." for n in done.get("notes", [])]
-    for r in records:
-        if "error" in (r.get("bench") or {}):
-            notes.append(f"{r['role']} {r['format']}:{r['quant']} could not be measured: "
-                         f"{r['bench']['error']}")
-    doc = {"target": plan.get("target", {}), "measured_on": measured_on,
-           "plan": {k: plan.get(k) for k in ("deployment", "requirements", "explanation")}
-           | {"student_predicted": (plan.get("student") or {}).get("predicted"),
-              "teacher_predicted": (plan.get("teacher") or {}).get("predicted")},
-           "artifacts": records, "notes": notes}
-    return write_report(run_dir, doc)
+    """(Re)write report.json/md/html of a run folder from its bench.json, plan.json,
+    distill.json and export.json files; returns {json, md, html} paths."""
+    return write_report(run_dir, build_report(run_dir))

@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+from edgedistill.errors import EdgeDistillError
+from edgedistill.records import BenchRecord
 from edgedistill.version import __version__
 
 
@@ -22,8 +24,9 @@ def _fmt(x, spec=".1f") -> str:
     return "" if x is None else format(x, spec)
 
 
-def main_table(arts: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """The report's main table (header, rows) for people."""
+def main_table(arts: list[BenchRecord | dict]) -> tuple[list[str], list[list[str]]]:
+    """The report's main table (header, rows) for people, from records or their dicts."""
+    arts = [a.to_dict() if isinstance(a, BenchRecord) else a for a in arts]
     enc = _is_encoder(arts)
     if enc:
         head = ["role", "artifact", "runtime", "MiB", "check", "ms/batch", "sent/s",
@@ -40,13 +43,13 @@ def main_table(arts: list[dict]) -> tuple[list[str], list[list[str]]]:
         pred = ((a.get("predicted") or {}).get("target") or {})
         name = f"{a['format']}:{a['quant']}"
         if "error" in b:
-            rows.append([a["role"], name, b.get("runtime", ""), _fmt(a.get("size_bytes", 0)
+            rows.append([a["role"], name, b.get("runtime", ""), _fmt((a.get("size_bytes") or 0)
                          / 2**20), check, "failed: " + b["error"][:60]] +
                         [""] * (len(head) - 6))
             continue
         if enc:
             rows.append([a["role"], name, b.get("runtime", ""),
-                         _fmt(a.get("size_bytes", 0) / 2**20), check, _fmt(b.get("batch_ms")),
+                         _fmt((a.get("size_bytes") or 0) / 2**20), check, _fmt(b.get("batch_ms")),
                          _fmt(b.get("sentences_per_s"), ".0f"), _fmt(b.get("p95_ms")),
                          _fmt(b.get("peak_rss_mb"), ".0f"), _fmt(q.get("cosine_to_teacher"),
                                                                  ".4f"),
@@ -54,7 +57,7 @@ def main_table(arts: list[dict]) -> tuple[list[str], list[list[str]]]:
                          _fmt(pred.get("encoder_batch_ms"))])
         else:
             rows.append([a["role"], name, b.get("runtime", ""),
-                         _fmt(a.get("size_bytes", 0) / 2**20), check,
+                         _fmt((a.get("size_bytes") or 0) / 2**20), check,
                          _fmt(b.get("decode_tokens_per_s")), _fmt(b.get("prefill_tokens_per_s"),
                                                                   ".0f"),
                          _fmt(b.get("ttft_ms")),
@@ -142,6 +145,69 @@ def _png(fig) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def build_report(run_dir: str | Path) -> dict:
+    """The report document of a run folder (report.json's content), from its bench.json
+    (rows checked as :class:`BenchRecord`), plan.json, distill.json and export.json files.
+    Raises EdgeDistillError when the folder has no bench.json."""
+    run_dir = Path(run_dir)
+    bench_path = run_dir / "bench.json"
+    if not bench_path.is_file():
+        raise EdgeDistillError(f"{run_dir} has no bench.json.",
+                               "run 'edgedistill bench RUN_DIR' (or the full 'export') first")
+    records = [BenchRecord.from_dict(r) for r in json.loads(bench_path.read_text())]
+    plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").is_file() \
+        else {}
+    dist = json.loads((run_dir / "distill.json").read_text()) \
+        if (run_dir / "distill.json").is_file() else {}
+    # the first row that was timed here: NPU graphs, failed runtimes and rows that were never
+    # benched carry no device
+    measured_on = next((r.device for r in records if r.device), "this machine")
+    target_pred = next((r.predicted["target"] for r in records
+                        if r.predicted.get("target")), {})
+    notes = [
+        "Figures in bench columns are measured on this machine, each runtime in its own "
+        "process (median of repeats after a warm-up). 'pred. target' figures are "
+        f"{target_pred.get('label', 'predicted')} for the target device "
+        f"({target_pred.get('basis', 'the planner')}), not measured.",
+        "Quality is computed from each runtime's own outputs on held-out text; the teacher "
+        "rows are the baseline: the teacher exported and quantized the same way.",
+    ]
+    if dist:
+        v = dist.get("validation", {})
+        if "loss" in v:
+            notes.append(f"Distillation: {dist['steps']} steps, {dist['tokens']:,} tokens; "
+                         f"held-out loss student {v['loss']:.4f} vs teacher "
+                         f"{dist.get('teacher_val_loss', float('nan')):.4f} (torch).")
+        elif "cosine" in v:
+            notes.append(f"Distillation: {dist['steps']} steps; held-out embedding cosine to "
+                         f"the teacher {v['cosine']:.4f} (torch).")
+    checks: dict[str, list[str]] = {}
+    for r in records:
+        checks.setdefault(r.status, []).append(f"{r.role} {r.name}")
+    notes.append("'check' is each file's verification against the torch model it came from "
+                 "(verify/parity.py): passed meets the quality targets, below-target runs but "
+                 "loses more than they allow, failed is broken and must not be deployed." +
+                 "".join(f" {label}: {', '.join(checks[k])}." for k, label in
+                         (("below-target", "Below target"), ("failed", "FAILED"),
+                          ("error", "Could not run")) if checks.get(k)))
+    for role in ("student", "teacher"):
+        exp = run_dir / "export" / role / "export.json"
+        done = json.loads(exp.read_text()) if exp.is_file() else {}
+        tp = done.get("tokenizer_parity") or {}
+        if tp.get("normalization"):
+            notes.append(f"GGUF tokenizer ({role}): {tp['normalization']['note']}.")
+        notes += [f"{role} {n}." for n in done.get("notes", [])]
+    for r in records:
+        if "error" in r.bench:
+            notes.append(f"{r.role} {r.name} could not be measured: {r.bench['error']}")
+    doc = {"target": plan.get("target", {}), "measured_on": measured_on,
+           "plan": {k: plan.get(k) for k in ("deployment", "requirements", "explanation")}
+           | {"student_predicted": (plan.get("student") or {}).get("predicted"),
+              "teacher_predicted": (plan.get("teacher") or {}).get("predicted")},
+           "artifacts": [r.to_dict() for r in records], "notes": notes}
+    return doc
 
 
 def write_report(run_dir: str | Path, doc: dict) -> dict:

@@ -54,20 +54,20 @@ def test_a_crashing_or_missing_runtime_is_reported_and_the_rest_measured(trained
         {"role": "student", "path": str(junk), "format": "gguf", "quant": "q8_0",
          "model_dir": str(trained_llama)}])
     recs = bench(arts, trained_llama, "laptop", BenchConfig(new_tokens=8, repeats=1))
-    by = {(r["path"]): r for r in recs}
+    by = {(r.path): r for r in recs}
     bad = by[str(junk)]
-    assert bad["bench"]["measured"] is False and "llama.cpp failed" in bad["bench"]["error"]
-    good = [r for r in recs if r["path"] != str(junk)]
+    assert bad.bench["measured"] is False and "llama.cpp failed" in bad.bench["error"]
+    good = [r for r in recs if r.path != str(junk)]
     for r in good:
-        b = r["bench"]
+        b = r.bench
         assert b["measured"] and b["decode_tokens_per_s"] > 0 and b["prefill_tokens_per_s"] > 0
         assert b["p95_ms"] >= b["p50_ms"] > 0 and b["peak_rss_mb"] > 10
-        assert 0 < b["roofline_fraction"] and r["quality"]["perplexity"] > 1
-        assert r["predicted"]["target"]["label"] == "uncalibrated"
+        assert 0 < b["roofline_fraction"] and r.quality["perplexity"] > 1
+        assert r.predicted["target"]["label"] == "uncalibrated"
     from edgedistill.runtimes import runners
     monkeypatch.setattr(runners, "available", lambda rt: rt != "onnxruntime")
     recs = bench(arts[:1], trained_llama, "laptop", BenchConfig(new_tokens=4, repeats=1))
-    assert recs[0]["format"] != "onnx" or "not installed" in recs[0]["bench"]["error"]
+    assert recs[0].format != "onnx" or "not installed" in recs[0].bench["error"]
 
 
 @pytest.mark.slow

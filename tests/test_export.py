@@ -591,6 +591,7 @@ def test_an_importance_matrix_that_hurts_is_not_used(trained_qwen2, tmp_path, mo
     quantization (the very file importance=False writes) and say so."""
     import hashlib
 
+    from edgedistill.export import gguf_checks
     from edgedistill.quantize import gguf as qg
 
     real = qg.importance_matrix
@@ -609,7 +610,7 @@ def test_an_importance_matrix_that_hurts_is_not_used(trained_qwen2, tmp_path, mo
     only = dict(formats=("gguf",), quants=("q4_0",))
     plain = export(trained_qwen2, "laptop", ExportConfig(importance=False, **only),
                    tmp_path / "plain").artifacts[0]
-    monkeypatch.setattr(qg, "importance_matrix", spiky)
+    monkeypatch.setattr(gguf_checks, "importance_matrix", spiky)  # where export calls it
     art = export(trained_qwen2, "laptop", ExportConfig(**only), tmp_path / "imat").artifacts[0]
     info = art.quantization["importance_matrix"]
     assert not info["used"], info

@@ -13,6 +13,7 @@ import pytest
 from edgedistill.bench import BenchConfig, bench, scaled_to_card, with_gpu_runs
 from edgedistill.errors import EdgeDistillError
 from edgedistill.profiles import load_profile
+from edgedistill.records import BenchRecord
 from edgedistill.runtimes.cuda import GPU_RUNTIMES, TORCH_MODES, require, runtime_status
 from edgedistill.runtimes.runners import time_artifact
 
@@ -136,13 +137,13 @@ def test_card_prediction_keeps_the_fixed_part_and_rescales_the_weight_reads():
 def test_torch_cuda_three_ways_on_a_real_gpu(trained_llama):
     recs = bench([], trained_llama, "consumer-gpu",
                  BenchConfig(new_tokens=32, repeats=2, runtimes=("torch-cuda",)))
-    by = {r["bench"]["runtime"]: r for r in recs}
+    by = {r.bench["runtime"]: r for r in recs}
     assert set(by) == {"torch-cuda eager", "torch-cuda static cache", "torch-cuda CUDA graphs"}
     for r in by.values():
-        assert r["bench"]["measured"] and r["bench"]["decode_tokens_per_s"] > 0
-        assert r["predicted"]["target"]["label"] == "predicted"
-    assert by["torch-cuda CUDA graphs"]["bench"]["tokens_match_eager"] >= 0.9
-    json.dumps(recs)
+        assert r.bench["measured"] and r.bench["decode_tokens_per_s"] > 0
+        assert r.predicted["target"]["label"] == "predicted"
+    assert by["torch-cuda CUDA graphs"].bench["tokens_match_eager"] >= 0.9
+    json.dumps([r.to_dict() for r in recs])
 
 
 @pytest.mark.parametrize("rt", ["onnxruntime-cuda", "llama.cpp-cuda"])
@@ -155,11 +156,11 @@ def test_file_runtimes_on_a_real_gpu(rt, trained_llama, tmp_path):
     res = export(trained_llama, "consumer-gpu",
                  ExportConfig(formats=(fmt,), quants=("int4",) if fmt == "onnx" else ("q8_0",)),
                  tmp_path)
-    arts = [a.to_dict() | {"model_dir": str(trained_llama)} for a in res.artifacts]
+    arts = [BenchRecord.from_export(a, trained_llama) for a in res.artifacts]
     recs = bench(arts, trained_llama, "consumer-gpu",
                  BenchConfig(new_tokens=16, repeats=1, runtimes=(rt,)))
-    gpu = [r for r in recs if r["bench"]["runtime"] == rt]
-    assert gpu and all(r["bench"]["measured"] for r in gpu), [r["bench"] for r in gpu]
+    gpu = [r for r in recs if r.bench["runtime"] == rt]
+    assert gpu and all(r.bench["measured"] for r in gpu), [r.bench for r in gpu]
 
 
 def test_gpu_bench_records_with_the_cpu_standing_in_for_cuda(tmp_path, monkeypatch):
@@ -179,15 +180,15 @@ def test_gpu_bench_records_with_the_cpu_standing_in_for_cuda(tmp_path, monkeypat
     recs = bench([], model, "consumer-gpu",
                  BenchConfig(new_tokens=8, repeats=1, prompt_tokens=32,
                              runtimes=("torch-cuda",)))
-    by = {r["bench"]["runtime"]: r for r in recs}
+    by = {r.bench["runtime"]: r for r in recs}
     assert set(by) == {"torch-cuda eager", "torch-cuda static cache", "torch-cuda CUDA graphs"}
-    assert "CUDA graphs need a CUDA device" in by["torch-cuda CUDA graphs"]["bench"]["error"]
+    assert "CUDA graphs need a CUDA device" in by["torch-cuda CUDA graphs"].bench["error"]
     static = by["torch-cuda static cache"]
-    assert static["bench"]["tokens_match_eager"] == 1.0
-    assert static["bench"]["device"] == "cpu standing in for CUDA (this machine)"
-    pred = static["predicted"]["target"]
+    assert static.bench["tokens_match_eager"] == 1.0
+    assert static.bench["device"] == "cpu standing in for CUDA (this machine)"
+    pred = static.predicted["target"]
     assert pred["label"] == "predicted" and pred["decode_tokens_per_s"] > 0
-    assert by["torch-cuda eager"]["quality"]["perplexity"] > 1
+    assert by["torch-cuda eager"].quality["perplexity"] > 1
 
 
 def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, monkeypatch):
@@ -202,7 +203,7 @@ def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, mon
 
     model = tiny_sentence_bert(tmp_path / "bert")
     res = export(model, "laptop", ExportConfig(quants=("fp32", "f16")), tmp_path / "out")
-    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
     monkeypatch.setattr(cuda, "runtime_status", lambda: dict.fromkeys(GPU_RUNTIMES))
     monkeypatch.setattr(bench_mod, "cuda_device", lambda: "cpu standing in for CUDA")
     monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "torch-cuda",
@@ -212,25 +213,25 @@ def test_gpu_bench_of_an_encoder_with_the_cpu_standing_in_for_cuda(tmp_path, mon
     monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "llama.cpp-cuda",
                         {"runtime": "llama.cpp", "gpu_layers": 0})
     recs = bench(arts, model, "consumer-gpu", BenchConfig(repeats=2, runtimes=GPU_RUNTIMES))
-    gpu = {r["bench"]["runtime"]: r for r in recs if r["bench"]["runtime"] in GPU_RUNTIMES}
+    gpu = {r.bench["runtime"]: r for r in recs if r.bench["runtime"] in GPU_RUNTIMES}
     assert set(gpu) == set(GPU_RUNTIMES)
-    assert gpu["torch-cuda"]["format"] == "hf" and gpu["torch-cuda"]["options"] == {}
-    assert gpu["onnxruntime-cuda"]["path"].endswith(".onnx")
-    assert gpu["llama.cpp-cuda"]["path"].endswith(".gguf")
+    assert gpu["torch-cuda"].format == "hf" and gpu["torch-cuda"].options == {}
+    assert gpu["onnxruntime-cuda"].path.endswith(".onnx")
+    assert gpu["llama.cpp-cuda"].path.endswith(".gguf")
     for rt, r in gpu.items():
-        b = r["bench"]
+        b = r.bench
         assert b["measured"] and b["batch_ms"] > 0, (rt, b)
         assert b["device"] == "cpu standing in for CUDA (this machine)"
-        assert r["quality"]["measured"] and r["quality"]["cosine_to_teacher"] > 0.99, rt
-    cpu = [r for r in recs if r["bench"]["runtime"] not in GPU_RUNTIMES]
-    assert len(cpu) == len(arts) and all(r["bench"]["measured"] for r in cpu)
-    json.dumps(recs)
+        assert r.quality["measured"] and r.quality["cosine_to_teacher"] > 0.99, rt
+    cpu = [r for r in recs if r.bench["runtime"] not in GPU_RUNTIMES]
+    assert len(cpu) == len(arts) and all(r.bench["measured"] for r in cpu)
+    json.dumps([r.to_dict() for r in recs])
     # the GPU runtime's settings reach the encoder worker: a provider onnxruntime lacks fails
     from edgedistill.runtimes.child import RuntimeFailure
 
     monkeypatch.setitem(runners.GPU_RUNTIME_TASK, "onnxruntime-cuda",
                         {"runtime": "onnxruntime", "providers": ["CUDAExecutionProvider"]})
-    onnx = gpu["onnxruntime-cuda"]["path"]
+    onnx = gpu["onnxruntime-cuda"].path
     with pytest.raises(RuntimeFailure, match="could not start CUDAExecutionProvider"):
         runners.time_artifact(Path(onnx), "onnx", threads=1, repeats=1, texts=["a b c"],
                               tokenizer=model, runtime="onnxruntime-cuda")
@@ -247,7 +248,7 @@ def test_encoder_on_a_real_gpu(rt, tmp_path):
 
     model = tiny_sentence_bert(tmp_path / "bert")
     res = export(model, "consumer-gpu", ExportConfig(quants=("fp16", "f16")), tmp_path / "out")
-    arts = [a.to_dict() | {"model_dir": str(model)} for a in res.artifacts]
+    arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
     recs = bench(arts, model, "consumer-gpu", BenchConfig(repeats=2, runtimes=(rt,)))
-    gpu = [r for r in recs if r["bench"]["runtime"] == rt]
-    assert gpu and all(r["bench"]["measured"] for r in gpu), [r["bench"] for r in gpu]
+    gpu = [r for r in recs if r.bench["runtime"] == rt]
+    assert gpu and all(r.bench["measured"] for r in gpu), [r.bench for r in gpu]

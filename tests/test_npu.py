@@ -2,6 +2,9 @@
 backend (x86 simulation) with CPU fallback disabled."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,18 +171,47 @@ def test_unsupported_op_is_listed_with_a_fix(tmp_path):
 @pytest.mark.slow
 def test_bench_reports_npu_graphs_with_htp_figures_and_no_simulated_time(bert_a8w8):
     from edgedistill.bench import BenchConfig, bench
+    from edgedistill.records import BenchRecord
     from edgedistill.report import main_table
 
     model, res = bert_a8w8
-    arts = [a.to_dict() | {"model_dir": str(model), "parity": {
-        "status": a.status, **a.verdict.figures}} for a in res.artifacts]
+    arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
     recs = bench(arts, model, "phone-npu", BenchConfig(repeats=1))
-    q = [r for r in recs if r["quant"] == "qdq_a8w8"][0]
-    b = q["bench"]
+    q = [r for r in recs if r.quant == "qdq_a8w8"][0]
+    b = q.bench
     assert b["measured"] is False and "decode_tokens_per_s" not in b and "batch_ms" not in b
     assert b["htp"]["nodes_on_htp"] == b["htp"]["nodes"] > 0 and b["htp"]["compile_s"] > 0
-    assert b["htp"]["context_files"] == [Path(q["path"]).name.replace(".onnx", ".qnn-ctx.onnx")]
-    assert q["quality"]["cosine"] >= 0.95
-    assert q["predicted"]["target"]["label"] in ("predicted", "uncalibrated")
+    assert b["htp"]["context_files"] == [Path(q.path).name.replace(".onnx", ".qnn-ctx.onnx")]
+    assert q.quality["cosine"] >= 0.95
+    assert q.predicted["target"]["label"] in ("predicted", "uncalibrated")
     head, rows = main_table(recs)
     assert not any("failed" in str(c) for row in rows for c in row)
+
+
+@pytest.mark.slow
+def test_phone_npu_whole_chain_writes_its_report(trained_llama, tmp_path):
+    """The phone-NPU chain of a tiny model (2 steps, one QDQ scheme, a short context) through
+    to report.html. It used to die after all its work with KeyError: 'device': its first bench
+    row is an NPU graph, which is not timed."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgedistill", "export", "--teacher", str(trained_llama),
+           "--target", "phone-npu", "--out", str(out), "--steps", "2", "--batch-size", "2",
+           "--seq-len", "32", "--quant", "qdq_a16w8", "--context", "160", "--npu-items", "2",
+           "--speedup", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "report.json").read_text())
+    rows = {(a["role"], a["format"], a["quant"]): a for a in doc["artifacts"]}
+    for role in ("student", "teacher"):
+        npu = rows[(role, "onnx", "qdq_a16w8")]
+        assert npu["bench"]["measured"] is False and "not timed" in npu["bench"]["note"]
+        assert npu["bench"]["htp"]["nodes_on_htp"] == npu["bench"]["htp"]["nodes"] > 0
+        assert npu["parity"]["status"] in ("passed", "below-target")
+        assert rows[(role, "hf", "fp32")]["bench"]["measured"] is True
+    assert doc["artifacts"][0]["bench"].get("device") is None  # an NPU graph comes first
+    assert doc["measured_on"] == rows[("student", "hf", "fp32")]["bench"]["device"]
+    md = (out / "report.md").read_text()
+    assert "| student | onnx:qdq_a16w8 |" in md and "| teacher | hf:fp32 |" in md
+    html = (out / "report.html").read_text()
+    assert "onnxruntime-qnn (HTP, x86 simulation)" in html
+    assert html.count("data:image/png;base64,") >= 1  # the torch rows were timed

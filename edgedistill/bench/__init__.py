@@ -22,6 +22,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import RUNTIMES
 from edgedistill.plan.predictor import predictor_for
 from edgedistill.profiles import DeviceProfile, local_profile, resolve_profile
+from edgedistill.records import ROLES, BenchRecord
 from edgedistill.runtimes import cuda, outputs
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
@@ -72,11 +73,13 @@ def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
     return f"{local.device} ({threads} threads, this machine)", local
 
 
-def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DeviceProfile,
-          config: BenchConfig = BenchConfig(), log=_log) -> list[dict]:
-    """Time and score each artifact. ``artifacts``: dicts with role, path, format, quant and
-    model_dir (the HF folder it was made from). Returns the artifacts with ``bench``,
-    ``quality`` and ``predicted`` added (a failed runtime gives ``bench.error``)."""
+def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
+          target: str | DeviceProfile, config: BenchConfig = BenchConfig(),
+          log=_log) -> list[BenchRecord]:
+    """Time and score each artifact. ``artifacts``: records (or their dicts) naming role,
+    path, format, quant and model_dir (the HF folder it was made from), e.g. those of
+    :func:`artifacts_of_run`. Returns them with ``bench``, ``quality`` and ``predicted``
+    filled (a failed runtime gives ``bench.error``), plus one row per GPU runtime asked for."""
     from transformers import AutoTokenizer
 
 
@@ -105,6 +108,7 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
         stream = [t for s in held for t in s]
         prompt = (stream * (p // max(1, len(stream)) + 1))[:p]
     repeats = config.repeats or (ENCODER_REPEATS if encoder else CAUSAL_REPEATS)
+    artifacts = [a.to_dict() if isinstance(a, BenchRecord) else dict(a) for a in artifacts]
     artifacts = with_gpu_runs(artifacts, gpu, ("teacher", str(teacher_dir)), encoder)
     order = interleaved(artifacts)
     enc_raw: dict = {}
@@ -180,7 +184,36 @@ def bench(artifacts: list[dict], teacher_dir: str | Path, target: str | DevicePr
             f"{b['error'] if 'error' in b else shown}")
         out[k] = rec
     _agreement(out)
-    return out
+    return [BenchRecord.from_dict(r) for r in out]
+
+
+def artifacts_of_run(run_dir: str | Path,
+                     roles: tuple[str, ...] = ROLES) -> tuple[list[BenchRecord], Path]:
+    """What a run folder's exports made, to be measured: for each role (student, then the
+    teacher when it was exported too) every exported file with its verdict, then the HF
+    folder it came from (run in torch, the reference). Returns (records, the teacher's HF
+    folder); raises EdgeDistillError when the folder holds no export."""
+    run_dir = Path(run_dir)
+    records, models = [], {}
+    for role in roles:
+        exp = run_dir / "export" / role / "export.json"
+        if not exp.is_file():
+            continue
+        doc = json.loads(exp.read_text())
+        models[role] = doc["model"]
+        records += [BenchRecord.from_export(a, doc["model"], role) for a in doc["artifacts"]]
+        records.append(BenchRecord(role=role, path=doc["model"], format="hf", quant="fp32",
+                                   model_dir=doc["model"]))
+    if not records:
+        raise EdgeDistillError(f"{run_dir} has no export/*/export.json.",
+                               "export first: 'edgedistill export --teacher ... --out "
+                               f"{run_dir}' (the whole chain) or 'edgedistill export --student "
+                               f"... --out {run_dir}/export/student'")
+    teacher = models.get("teacher")
+    if teacher is None and (run_dir / "plan.json").is_file():  # a student-only export
+        teacher = (json.loads((run_dir / "plan.json").read_text()).get("teacher") or {}).get(
+            "path")
+    return records, Path(teacher or records[0].model_dir)
 
 
 def _npu_record(rec: dict, art: dict, prof: DeviceProfile, shape, predict_there, log) -> dict:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from edgedistill.cli.table import table
@@ -34,7 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from edgedistill.bench import BenchConfig, bench
+    from edgedistill.bench import BenchConfig, artifacts_of_run, bench
+    from edgedistill.records import BenchRecord
+    from edgedistill.runstate import atomic_write
     from edgedistill.errors import EdgeDistillError
     from edgedistill.report import main_table
     from edgedistill.cli import emit_json
@@ -47,25 +48,9 @@ def run(args) -> int:
         from edgedistill.profiles import load_profile
         gpu_runtimes(load_profile(args.target), cfg.runtimes, lambda m: None)
     if path.is_dir():
-        arts, teacher = [], None
-        for role in ("student", "teacher"):
-            exp = path / "export" / role / "export.json"
-            if exp.is_file():
-                doc = json.loads(exp.read_text())
-                teacher = doc["model"] if role == "teacher" else teacher
-                arts += [{"role": role, "path": a["path"], "format": a["format"],
-                          "quant": a["quant"], "model_dir": doc["model"],
-                          "parity": {"status": a["status"], **a["parity"]["figures"]}}
-                         for a in doc["artifacts"]]
-        if not arts:
-            raise EdgeDistillError(f"{path} has no export/*/export.json.",
-                                   "export first: edgedistill export --student ... --out "
-                                   f"{path}/export/student")
-        plan = json.loads((path / "plan.json").read_text()) if (path / "plan.json").is_file() \
-            else {}
-        teacher = teacher or (plan.get("teacher") or {}).get("path") or arts[0]["model_dir"]
+        arts, teacher = artifacts_of_run(path)
         records = bench(arts, teacher, args.target, cfg)
-        (path / "bench.json").write_text(json.dumps(records, indent=2, default=str))
+        atomic_write(path / "bench.json", [r.to_dict() for r in records])
     else:
         if not path.is_file():
             raise EdgeDistillError(f"{path} does not exist.", "pass a run folder or a file")
@@ -79,10 +64,10 @@ def run(args) -> int:
                                    "pass it with --model PATH")
         quant = path.stem.split(".", 1)[1] if "." in path.stem else (
             "fp32" if fmt == "onnx" else "f16")
-        records = bench([{"role": "student", "path": str(path), "format": fmt,
-                          "quant": quant, "model_dir": str(model)}], model, args.target, cfg)
+        records = bench([BenchRecord(role="student", path=str(path), format=fmt, quant=quant,
+                                     model_dir=str(model))], model, args.target, cfg)
     if args.json:
-        emit_json(records)
+        emit_json([r.to_dict() for r in records])
         return 0
     head, rows = main_table(records)
     print(table(head, rows))
