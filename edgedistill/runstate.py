@@ -118,21 +118,6 @@ class Ledger:
         return hashes
 
 
-class NoLedger:
-    """Nothing reused, nothing recorded (a Checker used outside :func:`export`)."""
-
-    resume = False
-
-    def get(self, name: str, files: list[Path]):
-        return None
-
-    def files(self, name: str) -> dict:
-        return {}
-
-    def put(self, name: str, files: list[Path], value) -> None:
-        return None
-
-
 def fingerprint(*parts) -> str:
     """Short stable hash of JSON-able parts (inputs of a stage)."""
     h = hashlib.sha256()

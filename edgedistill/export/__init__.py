@@ -23,12 +23,14 @@ from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf import check_writable, sliding_window, window_note
 from edgedistill.data import eval_data
 from edgedistill.errors import EdgeDistillError, writable_dir
-from edgedistill.export.checks import Checker
+from edgedistill.export.checks import npu_artifacts, onnx_artifacts
+from edgedistill.export.gguf_checks import gguf_artifacts
 from edgedistill.machine import package_version
 from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.records import Artifact, ExportResult, Verdict
-from edgedistill.runstate import Ledger, files_id
+from edgedistill.runstate import Ledger, atomic_write, files_id
 from edgedistill.teacher import check_model_files
+from edgedistill.verify.reference import reference, verify
 
 EXPORT_FORMATS = ("onnx", "gguf")
 
@@ -114,7 +116,6 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     check_model_files(model_dir, "student", "--student")
     plan = resolve_formats(prof, config)
     if "gguf" in plan:
-
         check_writable(model_dir, cfg)  # before minutes of ONNX work, not after
     out_dir = writable_dir(Path(out) if out else model_dir.parent / "export")
     threads = config.threads or max(1, min(prof.threads, os.cpu_count() or 1))
@@ -125,20 +126,19 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     _log(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
          + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
 
-    checker = Checker(model_dir, shape, tok, held, threads, _log)
-    checker.ledger = Ledger(out_dir, _inputs_key(model_dir, prof, config, held, calib),
-                            config.resume)
+    ref = reference(model_dir, held, tok, shape, _log)  # torch runs once for every file
+    steps = dict(ledger=Ledger(out_dir, _inputs_key(model_dir, prof, config, held, calib),
+                               config.resume), log=_log, threads=threads)
     if "onnx" in plan and prof.constraints.static_shapes:
-        result.artifacts += checker.npu_artifacts(out_dir / "onnx", plan["onnx"], calib, prof,
-                                                  config.context, config.npu_eval_items,
-                                                  config.npu_context)
+        result.artifacts += npu_artifacts(ref, out_dir / "onnx", plan["onnx"], calib, prof,
+                                          config.context, config.npu_eval_items,
+                                          config.npu_context, **steps)
     elif "onnx" in plan:
-        result.artifacts += checker.onnx_artifacts(out_dir / "onnx", plan["onnx"], calib,
-                                                   prof.constraints.int4_block_size)
+        result.artifacts += onnx_artifacts(ref, out_dir / "onnx", plan["onnx"], calib,
+                                           prof.constraints.int4_block_size, **steps)
     if "gguf" in plan:
-        arts, tp = checker.gguf_artifacts(out_dir / "gguf", plan["gguf"],
-                                          calib if config.importance else None)
-
+        arts, tp = gguf_artifacts(ref, out_dir / "gguf", plan["gguf"],
+                                  calib if config.importance else None, **steps)
         if not shape.is_encoder and (window := sliding_window(model_dir)):
             note = window_note(window, prof.context_length)
             _log(f"gguf: {note}")
@@ -148,9 +148,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
         result.artifacts += arts
         result.tokenizer_parity = tp
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".export.json.tmp"
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    tmp.replace(out_dir / "export.json")
+    atomic_write(out_dir / "export.json", result.to_dict())
     return result
 
 
@@ -187,7 +185,6 @@ def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
     :func:`export`)."""
     from transformers import AutoTokenizer
 
-
     model_dir = Path(student)
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
@@ -195,7 +192,7 @@ def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
     held, _ = eval_data(tok, shape.is_encoder, config.data, sequences=config.eval_sequences,
                         seq_len=config.seq_len, sentences=config.eval_sentences)
     threads = config.threads or max(1, min(4, os.cpu_count() or 1))
-    return Checker(model_dir, shape, tok, held, threads, _log).verify(Path(path), fmt, quant)
+    return verify(path, fmt, quant, reference(model_dir, held, tok, shape, _log), threads)
 
 
 __all__ = ["ExportConfig", "ExportResult", "Artifact", "export", "resolve_formats",

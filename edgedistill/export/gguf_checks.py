@@ -1,6 +1,5 @@
-"""The GGUF half of :class:`~edgedistill.export.checks.Checker`: float files, llama.cpp's
-quantizations (with an importance matrix where it helps), and the tokenizer as llama.cpp runs
-it, each checked against torch."""
+"""The GGUF artifacts of one model: float files, llama.cpp's quantizations (with an importance
+matrix where it helps), and the tokenizer as llama.cpp runs it, each checked against torch."""
 from __future__ import annotations
 
 import time
@@ -10,12 +9,14 @@ import numpy as np
 
 from edgedistill.convert.gguf import FLOAT_TYPES, export_gguf
 from edgedistill.convert.gguf_vocab import unicode_normalization
+from edgedistill.export.checks import _kept, _record, _report
 from edgedistill.quantize.gguf import (IMPORTANCE_QUANTS, importance_matrix, quantize_gguf,
                                        tensor_types)
 from edgedistill.records import Artifact
 from edgedistill.runtimes.child import RuntimeFailure
 from edgedistill.runtimes.outputs import gguf_tokenize
 from edgedistill.verify.parity import embedding_figures, logit_figures
+from edgedistill.verify.reference import Reference, outputs, reference, verify
 
 # Strings that trip tokenizers: code, unicode, whitespace runs, digits, special tokens.
 TOKENIZER_PROBES = [
@@ -37,179 +38,180 @@ TOKENIZER_PROBES = [
 ]
 
 
-class GgufChecks:
-    """Mixed into Checker, whose attributes (model_dir, shape, tok, held, ref, threads, log,
-    encoder, ledger, _calib_checker) and methods (verify, _report, _kept, _record, _outputs)
-    it uses."""
+def tokenizer_parity(ref: Reference, gguf_path: Path) -> dict:
 
-    def tokenizer_parity(self, gguf_path: Path) -> dict:
+    specials = [t for t in ref.tok.all_special_tokens if t]
+    probes = list(TOKENIZER_PROBES)
+    probes += [f"{s}text{s} {s}" for s in specials[:4]]
+    samples = (ref.items if ref.encoder else
+               [ref.tok.decode(ids) for ids in ref.items])
+    probes += [s[:400] for s in samples[:24]]
+    try:
+        got = gguf_tokenize(gguf_path, probes)
+    except RuntimeFailure as e:
+        return {"passed": False, "cases": len(probes), "mismatches": None, "error": str(e)}
+    hf = [list(ref.tok(t, add_special_tokens=False)["input_ids"]) for t in probes]
+    bad = [i for i, g in enumerate(got) if hf[i] != list(g)]
+    out = {}
+    form = _unicode_normalization(ref.tok)
+    if form and bad:
+        # The HF tokenizer normalizes (Qwen2: NFC) and llama.cpp does not. A text that
+        # matches once normalized is the caller's to normalize, not a broken file.
+        import unicodedata
 
-        specials = [t for t in self.tok.all_special_tokens if t]
-        probes = list(TOKENIZER_PROBES)
-        probes += [f"{s}text{s} {s}" for s in specials[:4]]
-        samples = (self.held if self.encoder else
-                   [self.tok.decode(ids) for ids in self.held])
-        probes += [s[:400] for s in samples[:24]]
-        try:
-            got = gguf_tokenize(gguf_path, probes)
-        except RuntimeFailure as e:
-            return {"passed": False, "cases": len(probes), "mismatches": None, "error": str(e)}
-        hf = [list(self.tok(t, add_special_tokens=False)["input_ids"]) for t in probes]
-        bad = [i for i, g in enumerate(got) if hf[i] != list(g)]
-        out = {}
-        form = _unicode_normalization(self.tok)
-        if form and bad:
-            # The HF tokenizer normalizes (Qwen2: NFC) and llama.cpp does not. A text that
-            # matches once normalized is the caller's to normalize, not a broken file.
-            import unicodedata
+        normed = [unicodedata.normalize(form, probes[i]) for i in bad]
+        again = gguf_tokenize(gguf_path, normed)
+        fixed = [i for i, n, g in zip(bad, normed, again)
+                 if n != probes[i] and list(g) == hf[i]]
+        if fixed:
+            bad = [i for i in bad if i not in fixed]
+            out["normalization"] = {
+                "form": form, "texts": len(fixed),
+                "note": (f"the HF tokenizer applies {form} before tokenizing and llama.cpp "
+                         f"does not: {len(fixed)} probe text(s) not in {form} tokenize the "
+                         f"same only once normalized; normalize text to {form} before "
+                         "llama.cpp tokenizes it")}
+    examples = [{"text": probes[i][:120], "hf": hf[i][:24], "llama.cpp": got[i][:24]}
+                for i in bad[:3]]
+    return {"passed": not bad, "cases": len(probes), "mismatches": len(bad),
+            "examples": examples, **out}
 
-            normed = [unicodedata.normalize(form, probes[i]) for i in bad]
-            again = gguf_tokenize(gguf_path, normed)
-            fixed = [i for i, n, g in zip(bad, normed, again)
-                     if n != probes[i] and list(g) == hf[i]]
-            if fixed:
-                bad = [i for i in bad if i not in fixed]
-                out["normalization"] = {
-                    "form": form, "texts": len(fixed),
-                    "note": (f"the HF tokenizer applies {form} before tokenizing and llama.cpp "
-                             f"does not: {len(fixed)} probe text(s) not in {form} tokenize the "
-                             f"same only once normalized; normalize text to {form} before "
-                             "llama.cpp tokenizes it")}
-        examples = [{"text": probes[i][:120], "hf": hf[i][:24], "llama.cpp": got[i][:24]}
-                    for i in bad[:3]]
-        return {"passed": not bad, "cases": len(probes), "mismatches": len(bad),
-                "examples": examples, **out}
 
-    def gguf_artifacts(self, out_dir: Path, quants: list[str], calib: list | None = None):
-        """Float GGUF files, then each quantization. ``calib``: calibration items; when given,
-        the quantizations that can use it get an importance matrix measured on them."""
+def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list | None = None,
+                   *, ledger, log, threads: int):
+    """Float GGUF files, then each quantization. ``calib``: calibration items; when given,
+    the quantizations that can use it get an importance matrix measured on them."""
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        floats = [q for q in quants if q in FLOAT_TYPES]
-        quantized = [q for q in quants if q not in FLOAT_TYPES]
-        arts, scratch, sources = [], [], set()
-        tp = self.ledger.get("gguf:tokenizer_parity", [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    floats = [q for q in quants if q in FLOAT_TYPES]
+    quantized = [q for q in quants if q not in FLOAT_TYPES]
+    arts, scratch, sources = [], [], set()
+    tp = ledger.get("gguf:tokenizer_parity", [])
+    cal_ref: list[Reference] = []  # torch on the calibration items, run once when needed
 
-        def source(ft: str) -> Path:
-            """The float file ``ft``, written (or kept from an earlier run), tokenizer parity
-            checked on the first one written."""
-            nonlocal tp
-            path = out_dir / f"model.{ft}.gguf"
-            if ft in sources:
-                return path
-            if self.ledger.get(f"gguf:file:{ft}", [path]) is None:
-                export_gguf(self.model_dir, path, ft)
-                self.ledger.put(f"gguf:file:{ft}", [path], {})
-            else:
-                self.log(f"gguf: kept {path} (written by an earlier run, unchanged)")
-            sources.add(ft)
-            if tp is None:
-                tp = self.tokenizer_parity(path)
-                self.log(f"gguf: tokenizer parity {'passed' if tp['passed'] else 'FAILED'} "
-                         f"({tp['cases']} probe texts)"
-                         + (f"; {tp['normalization']['note']}" if tp.get("normalization")
-                            else ""))
-                if tp.get("error") is None:
-                    self.ledger.put("gguf:tokenizer_parity", [], tp)
+    def calibration_ref() -> Reference:
+        if not cal_ref:
+            cal_ref.append(reference(ref.model_dir, calib[:8], ref.tok, ref.shape))
+        return cal_ref[0]
+
+    def source(ft: str) -> Path:
+        """The float file ``ft``, written (or kept from an earlier run), tokenizer parity
+        checked on the first one written."""
+        nonlocal tp
+        path = out_dir / f"model.{ft}.gguf"
+        if ft in sources:
             return path
+        if ledger.get(f"gguf:file:{ft}", [path]) is None:
+            export_gguf(ref.model_dir, path, ft)
+            ledger.put(f"gguf:file:{ft}", [path], {})
+        else:
+            log(f"gguf: kept {path} (written by an earlier run, unchanged)")
+        sources.add(ft)
+        if tp is None:
+            tp = tokenizer_parity(ref, path)
+            log(f"gguf: tokenizer parity {'passed' if tp['passed'] else 'FAILED'} "
+                     f"({tp['cases']} probe texts)"
+                     + (f"; {tp['normalization']['note']}" if tp.get("normalization")
+                        else ""))
+            if tp.get("error") is None:
+                ledger.put("gguf:tokenizer_parity", [], tp)
+        return path
 
-        def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
-            v = self.verify(path, "gguf", quant)
-            if not tp["passed"]:
-                v.fail(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} probe texts "
-                       "tokenize differently in llama.cpp")
-            types = tensor_types(path) if path.exists() and not v.error else None
-            note = _fallback_note(quant, types)
-            if tp.get("normalization"):
-                note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
-            if quantization:
-                note = "; ".join(filter(None, [note, _importance_note(
-                    quantization["importance_matrix"])]))
-            self._report("gguf", quant, path, v, t0)
-            arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
-            self._record(arts[-1])
+    def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
+        v = verify(path, "gguf", quant, ref, threads)
+        if not tp["passed"]:
+            v.fail(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} probe texts "
+                   "tokenize differently in llama.cpp")
+        types = tensor_types(path) if path.exists() and not v.error else None
+        note = _fallback_note(quant, types)
+        if tp.get("normalization"):
+            note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
+        if quantization:
+            note = "; ".join(filter(None, [note, _importance_note(
+                quantization["importance_matrix"])]))
+        _report(log, ref.encoder, "gguf", quant, path, v, t0)
+        arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
+        _record(ledger, arts[-1])
 
-        for ft in floats:
-            t0 = time.time()
-            if (art := self._kept("gguf", ft, out_dir / f"model.{ft}.gguf")) is not None:
-                arts.append(art)
-                continue
-            check(source(ft), ft, t0)
-        # Quantize from F32 (most accurate source); keep it only if it was asked for.
-        npz, tokens = out_dir / ".importance.npz", None
-        for q in quantized:
-            t0 = time.time()
-            if (art := self._kept("gguf", q, out_dir / f"model.{q}.gguf")) is not None:
-                arts.append(art)
-                continue
-            src = source("f32")
-            if "f32" not in floats:
-                scratch.append(src)
-            weigh = bool(calib) and q in IMPORTANCE_QUANTS
-            if weigh and tokens is None:  # measured once, for the first quantization using it
-                tokens = self.ledger.get("gguf:importance", [npz])
-                if tokens is None:
-                    tokens = self._importance(calib, npz)
-                    self.ledger.put("gguf:importance", [npz], tokens)
-                scratch.append(npz)
-            path, weighted = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", self.threads,
-                                           npz if weigh else None)
-            info = None
-            if weighted:
-                info = {"tokens": tokens, "tensors": weighted,
-                        **self._keep_better_quantization(src, q, path, calib)}
-                self.log(f"gguf:{q:<9} {_importance_note(info)}")
-            check(path, q, t0, {"importance_matrix": info} if info else None)
-        for p in scratch:
-            p.unlink(missing_ok=True)
-        return arts, tp
-
-    def _keep_better_quantization(self, src: Path, quant: str, weighted: Path,
-                                  calib: list) -> dict:
-        """An importance matrix usually lowers the loss of a quantization, not always: on a
-        distilled 52M SmolLM2 student it doubled Q5_K_M's KL (Q5_1 attention outputs). So
-        llama.cpp's plain quantization is made too, both are run in llama.cpp on the
-        calibration items (never the held-out ones, which judge the result) and compared with
-        torch, and the one with the lower KL (1 - cosine for encoders) replaces ``weighted``
-        if it is the plain one. Returns {"used", "calibration"}."""
-
-        plain = weighted.with_name(f".{weighted.stem}.plain.gguf")
-        try:
-            quantize_gguf(src, quant, plain, self.threads)
-            if self._calib_checker is None:
-                self._calib_checker = type(self)(self.model_dir, self.shape, self.tok, calib[:8],
-                                              self.threads, lambda *_: None)
-            cal = self._calib_checker
-            loss = {}  # None: llama.cpp could not run the file
-            for label, path in (("weighted", weighted), ("plain", plain)):
-                try:
-                    got = cal._outputs(path, "gguf")
-                except RuntimeFailure:
-                    loss[label] = None
-                    continue
-                loss[label] = (1.0 - embedding_figures(cal.ref, got)["cosine"] if self.encoder
-                               else logit_figures(cal.ref, got)["kl"])
-            used = loss["plain"] is None or (loss["weighted"] is not None
-                                             and loss["weighted"] <= loss["plain"])
-            if not used:
-                plain.replace(weighted)
-            return {"used": used, "calibration": {
-                "metric": "1 - cosine" if self.encoder else "kl", "items": len(cal.held),
-                **loss}}
-        finally:
-            plain.unlink(missing_ok=True)
-
-    def _importance(self, calib: list, path: Path) -> int:
-        """Save the importance matrix of the model's linear layers on ``calib`` at ``path``
-        (.npz); returns the number of tokens it was measured on."""
-
+    for ft in floats:
         t0 = time.time()
-        matrix, tokens = importance_matrix(self.model_dir, self.shape.family, calib, self.tok,
-                                           self.encoder)
-        np.savez(path, **matrix)
-        self.log(f"gguf: importance matrix of {len(matrix)} weights from {tokens} calibration "
-                 f"tokens ({time.time() - t0:.1f}s)")
-        return tokens
+        if (art := _kept(ledger, log, ref.encoder, "gguf", ft, out_dir / f"model.{ft}.gguf")) is not None:
+            arts.append(art)
+            continue
+        check(source(ft), ft, t0)
+    # Quantize from F32 (most accurate source); keep it only if it was asked for.
+    npz, tokens = out_dir / ".importance.npz", None
+    for q in quantized:
+        t0 = time.time()
+        if (art := _kept(ledger, log, ref.encoder, "gguf", q, out_dir / f"model.{q}.gguf")) is not None:
+            arts.append(art)
+            continue
+        src = source("f32")
+        if "f32" not in floats:
+            scratch.append(src)
+        weigh = bool(calib) and q in IMPORTANCE_QUANTS
+        if weigh and tokens is None:  # measured once, for the first quantization using it
+            tokens = ledger.get("gguf:importance", [npz])
+            if tokens is None:
+                tokens = _importance(ref, calib, npz, log)
+                ledger.put("gguf:importance", [npz], tokens)
+            scratch.append(npz)
+        path, weighted = quantize_gguf(src, q, out_dir / f"model.{q}.gguf", threads,
+                                       npz if weigh else None)
+        info = None
+        if weighted:
+            info = {"tokens": tokens, "tensors": weighted,
+                    **_keep_better_quantization(calibration_ref(), src, q, path, threads)}
+            log(f"gguf:{q:<9} {_importance_note(info)}")
+        check(path, q, t0, {"importance_matrix": info} if info else None)
+    for p in scratch:
+        p.unlink(missing_ok=True)
+    return arts, tp
+
+
+def _keep_better_quantization(cal: Reference, src: Path, quant: str, weighted: Path,
+                              threads: int) -> dict:
+    """An importance matrix usually lowers the loss of a quantization, not always: on a
+    distilled 52M SmolLM2 student it doubled Q5_K_M's KL (Q5_1 attention outputs). So
+    llama.cpp's plain quantization is made too, both are run in llama.cpp on the
+    calibration items (never the held-out ones, which judge the result) and compared with
+    torch, and the one with the lower KL (1 - cosine for encoders) replaces ``weighted``
+    if it is the plain one. Returns {"used", "calibration"}."""
+
+    plain = weighted.with_name(f".{weighted.stem}.plain.gguf")
+    try:
+        quantize_gguf(src, quant, plain, threads)
+        loss = {}  # None: llama.cpp could not run the file
+        for label, path in (("weighted", weighted), ("plain", plain)):
+            try:
+                got = outputs(path, "gguf", cal, threads)
+            except RuntimeFailure:
+                loss[label] = None
+                continue
+            loss[label] = (1.0 - embedding_figures(cal.outputs, got)["cosine"] if cal.encoder
+                           else logit_figures(cal.outputs, got)["kl"])
+        used = loss["plain"] is None or (loss["weighted"] is not None
+                                         and loss["weighted"] <= loss["plain"])
+        if not used:
+            plain.replace(weighted)
+        return {"used": used, "calibration": {
+            "metric": "1 - cosine" if cal.encoder else "kl", "items": len(cal.items),
+            **loss}}
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def _importance(ref: Reference, calib: list, path: Path, log) -> int:
+    """Save the importance matrix of the model's linear layers on ``calib`` at ``path``
+    (.npz); returns the number of tokens it was measured on."""
+
+    t0 = time.time()
+    matrix, tokens = importance_matrix(ref.model_dir, ref.shape.family, calib, ref.tok,
+                                       ref.encoder)
+    np.savez(path, **matrix)
+    log(f"gguf: importance matrix of {len(matrix)} weights from {tokens} calibration "
+             f"tokens ({time.time() - t0:.1f}s)")
+    return tokens
 
 
 _EXPECTED = {"q8_0": {"Q8_0"}, "q6_k": {"Q6_K"}, "q5_k_m": {"Q5_K", "Q6_K"},
