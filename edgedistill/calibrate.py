@@ -34,6 +34,7 @@ from edgedistill.convert.gguf import export_gguf
 from edgedistill.convert.onnx import export_onnx
 from edgedistill.data import stdlib_source
 from edgedistill.formats import RUNTIMES, quant_type
+from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
 from edgedistill.plan.predictor import (CalibrationError, FEATURES, calibration_path, evaluate,
                                         features, fingerprint, fingerprint_key, fit_key)
@@ -55,8 +56,7 @@ REPEAT_SHARE = 0.15
 MIN_TRAIN = 7
 
 
-def _log(msg: str) -> None:
-    print(f"[calibrate] {msg}", file=sys.stderr, flush=True)
+_logger = get_logger("calibrate")
 
 
 # -- the design -------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ class CalibrateConfig:
 
 
 def calibrate(config: CalibrateConfig = CalibrateConfig(), *, progress: bool = True,
-              log=_log) -> dict:
+              log=_logger.info) -> dict:
     """Measure, fit and store a calibration of this machine; returns it (also written to the
     cache, and to ``config.out`` when given)."""
     target, formats, budget_s = config.target, config.formats, config.budget_s

@@ -2,8 +2,8 @@
 
     run(teacher, target, data, out, RunConfig(plan=, distill=, export=, bench=)) -> report paths
 
-Each stage records a hash of its inputs in RUN_DIR/stages.json; a re-run skips the stages whose
-inputs have not changed, and an interrupted distillation resumes from its last checkpoint.
+Each stage records the hash of its inputs and of the files it wrote in RUN_DIR/stages.json (a
+runstate.Ledger); a re-run skips the stages whose inputs and outputs have not changed, and an interrupted distillation resumes from its last checkpoint.
 The teacher is exported, verified and measured too (same formats and quantizations): the
 baseline that says what distillation bought beyond quantizing the teacher.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -20,15 +19,15 @@ from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export import ExportConfig, export, resolve_formats
+from edgedistill.logs import get_logger
 from edgedistill.plan import PlanConfig
 from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.report import build_report, write_report
-from edgedistill.runstate import Stages, atomic_write, files_id, fingerprint as _hash
+from edgedistill.runstate import Ledger, atomic_write, files_id, fingerprint as _hash, folder_files
 from edgedistill.teacher import check_model_files, load_teacher
 
 
-def _log(msg: str) -> None:
-    print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
+_logger = get_logger("pipeline")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class RunConfig:
 
 
 def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="runs/run",
-        config: RunConfig = RunConfig(), *, log=_log) -> dict:
+        config: RunConfig = RunConfig(), *, log=_logger.info) -> dict:
     """Run every stage for ``teacher`` on ``target`` (a profile name, ``local``, a YAML path
     or a DeviceProfile, resolved once here and passed down); returns {json, md, html} report
     paths."""
@@ -74,7 +73,7 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     baselines = config.baselines
     # records hold absolute paths: usable from any folder
     run_dir = writable_dir(Path(out).resolve())
-    stages = Stages.load(run_dir)
+    stages = Ledger(run_dir, name="stages.json")
     prof = resolve_profile(target)
     t = load_teacher(teacher)
     if t.path is not None:
@@ -88,18 +87,18 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
     key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(config.distill))
     student_dir = run_dir / "student"
-    if stages.fresh("distill", key) and (student_dir / "config.json").is_file():
+    if stages.get("distill", key=key) is not None and (student_dir / "config.json").is_file():
         log(f"[{next(step)}/{total}] distill: inputs unchanged, kept {student_dir}")
     else:
-        started = stages.done.get("distill_started", {}).get("key") == key
+        started = stages.key_of("distill_started") == key
         resume = started and (run_dir / "checkpoints" / "latest").is_file()
         if not started:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            stages.mark("distill_started", key)
+            stages.put("distill_started", [], {}, key=key)
         log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
         distill(t.path if t.path else teacher, prof, data, run_dir, config.distill,
                 plan_config=plan_config, resume=resume)
-        stages.mark("distill", key)
+        stages.put("distill", folder_files(student_dir), {}, key=key)
 
     # 3. export, quantize and verify the student, then the teacher (the baseline)
     roles = [("student", student_dir)] + ([("teacher", t.path)] if baselines else [])
@@ -109,16 +108,16 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
 
     # 4. benchmark every artifact (and the HF folders, in torch) on this machine
     artifacts, _ = artifacts_of_run(run_dir, tuple(r for r, _ in roles))
-    bkey = _hash([stages.done.get(f"export_{r}") for r, _ in roles], asdict(bench_config),
+    bkey = _hash([stages.key_of(f"export_{r}") for r, _ in roles], asdict(bench_config),
                  asdict(prof))
     bench_path = run_dir / "bench.json"
-    if stages.fresh("bench", bkey) and bench_path.is_file():
+    if stages.get("bench", key=bkey) is not None:
         log(f"[{next(step)}/{total}] bench: inputs unchanged, kept {bench_path}")
     else:
         log(f"[{next(step)}/{total}] bench: {len(artifacts)} artifacts")
         records = bench(artifacts, t.path, prof, bench_config)
         atomic_write(bench_path, [r.to_dict() for r in records])
-        stages.mark("bench", bkey)
+        stages.put("bench", [bench_path], {}, key=bkey)
     return report(run_dir)
 
 
@@ -134,12 +133,12 @@ def _export_stage(role, model_dir, prof, cfg, run_dir, stages, n, total, log) ->
 
     key = _hash(files_id(Path(model_dir)), asdict(prof), asdict(cfg))
     out = run_dir / "export" / role
-    if stages.fresh(f"export_{role}", key) and (out / "export.json").is_file():
+    if stages.get(f"export_{role}", key=key) is not None:
         log(f"[{n}/{total}] export {role}: inputs unchanged, kept {out}")
     else:
         log(f"[{n}/{total}] export {role}: {model_dir}")
         export(model_dir, prof, cfg, out)
-        stages.mark(f"export_{role}", key)
+        stages.put(f"export_{role}", folder_files(out), {}, key=key)  # export.json and files
     return json.loads((out / "export.json").read_text())
 
 

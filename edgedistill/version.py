@@ -1,2 +1,7 @@
-"""The package version (one place; the report and the run manifest read it)."""
+"""The package version, and the version of what its converters and quantizers write (one place;
+the report, the run manifest and the export ledger read them)."""
 __version__ = "0.1.0"
+
+ARTIFACTS_VERSION = 1
+"""Bump when a converter or quantizer writes other bytes for the same inputs (or a check
+judges the same file otherwise): exports recorded under another version are redone."""

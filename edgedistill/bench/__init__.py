@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +19,10 @@ from edgedistill.bench.timing import roofline_fraction, summarize_causal, summar
 from edgedistill.data import eval_data
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import RUNTIMES
+from edgedistill.logs import get_logger
 from edgedistill.plan.predictor import predictor_for
 from edgedistill.profiles import DeviceProfile, local_profile, resolve_profile
-from edgedistill.records import ROLES, BenchRecord
+from edgedistill.records import BenchRecord, ROLES
 from edgedistill.runtimes import cuda, outputs
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
@@ -56,8 +56,7 @@ class BenchConfig:
 ENCODER_REPEATS, CAUSAL_REPEATS = 15, 3
 
 
-def _log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+_logger = get_logger("bench")
 
 
 def interleaved(artifacts: list[dict]) -> list[int]:
@@ -75,7 +74,7 @@ def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
 
 def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
           target: str | DeviceProfile, config: BenchConfig = BenchConfig(),
-          log=_log) -> list[BenchRecord]:
+          log=_logger.info) -> list[BenchRecord]:
     """Time and score each artifact. ``artifacts``: records (or their dicts) naming role,
     path, format, quant and model_dir (the HF folder it was made from), e.g. those of
     :func:`artifacts_of_run`. Returns them with ``bench``, ``quality`` and ``predicted``

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedistill.data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
                               split_documents, split_holdout, stdlib_sentences, stdlib_source)
-from edgedistill.distill.config import (TRAIN_DEFAULTS, DataConfig, DistillConfig, KDConfig,
+from edgedistill.distill.config import (DataConfig, DistillConfig, KDConfig, TRAIN_DEFAULTS,
                                         TrainConfig)
 from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
 from edgedistill.errors import EdgeDistillError, writable_dir
+from edgedistill.logs import get_logger
 from edgedistill.plan import PlanConfig, plan
 from edgedistill.profiles import DeviceProfile
-from edgedistill.runstate import fingerprint
+from edgedistill.runstate import files_id, fingerprint
 from edgedistill.student import build_student, copy_tokenizer
-from edgedistill.teacher import check_model_files, load_teacher, weight_files
+from edgedistill.teacher import check_model_files, load_teacher
 
 DEFAULT_CAUSAL_CHARS = 2_000_000
 """Default causal-LM data: this many characters of standard-library source."""
@@ -39,16 +39,11 @@ class DistillResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _log(msg: str) -> None:
-    print(f"[distill] {msg}", file=sys.stderr, flush=True)
+_logger = get_logger("distill")
 
 
 def _quiet(msg: str) -> None:
     """Logger of the non-main processes of a distributed run."""
-
-
-def _teacher_weights_id(path: Path) -> list:
-    return [(p.name, p.stat().st_size) for p in weight_files(path)]
 
 
 def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
@@ -68,7 +63,7 @@ def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
 def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "laptop",
             data: str | Path | None = None, out: str | Path = "runs/distill",
             config: DistillConfig = DistillConfig(), *, plan_config: PlanConfig = PlanConfig(),
-            resume: bool = False, log=_log) -> DistillResult:
+            resume: bool = False, log=_logger.info) -> DistillResult:
     """Distil ``teacher`` into the student planned for ``target`` with ``plan_config`` (or
     into ``config.student``, an existing HF folder with the teacher's tokenizer), on ``data``
     (default: stdlib text). ``config.train``'s unset fields take the defaults of the teacher's
@@ -139,7 +134,7 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
                      "seq_len": data_cfg.seq_len,
                      "train_tokens": int(train_items.numel())}
     data_hash = fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
-    run_key = fingerprint(t.config, _teacher_weights_id(t.path), student_cfg,
+    run_key = fingerprint(t.config, files_id(t.path), student_cfg,
                                str(student), data_hash, asdict(kd), asdict(data_cfg), init,
                                asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
     log(f"data: {data_desc}")

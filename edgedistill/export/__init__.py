@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,12 +24,15 @@ from edgedistill.data import eval_data
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export.checks import npu_artifacts, onnx_artifacts
 from edgedistill.export.gguf_checks import gguf_artifacts
+from edgedistill.logs import get_logger
 from edgedistill.machine import package_version
 from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.records import Artifact, ExportResult, Verdict
 from edgedistill.runstate import Ledger, atomic_write, files_id
 from edgedistill.teacher import check_model_files
+from edgedistill.verify.parity import ENCODER_THRESHOLDS, THRESHOLDS
 from edgedistill.verify.reference import reference, verify
+from edgedistill.version import ARTIFACTS_VERSION, __version__
 
 EXPORT_FORMATS = ("onnx", "gguf")
 
@@ -69,8 +71,7 @@ class ExportConfig:
     (``<out>/.ledger.json``, see runstate.Ledger); False redoes everything."""
 
 
-def _log(msg: str) -> None:
-    print(f"[export] {msg}", file=sys.stderr, flush=True)
+_logger = get_logger("export")
 
 
 def resolve_formats(profile: DeviceProfile, config: ExportConfig) -> dict[str, list[str]]:
@@ -123,12 +124,12 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     held, calib = eval_data(tok, shape.is_encoder, config.data, sequences=config.eval_sequences,
                             seq_len=config.seq_len, sentences=config.eval_sentences)
     result = ExportResult(model_dir, prof.name, out_dir)
-    _log(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
+    _logger.info(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
          + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
 
-    ref = reference(model_dir, held, tok, shape, _log)  # torch runs once for every file
+    ref = reference(model_dir, held, tok, shape, _logger.info)  # torch runs once for every file
     steps = dict(ledger=Ledger(out_dir, _inputs_key(model_dir, prof, config, held, calib),
-                               config.resume), log=_log, threads=threads)
+                               config.resume), log=_logger.info, threads=threads)
     if "onnx" in plan and prof.constraints.static_shapes:
         result.artifacts += npu_artifacts(ref, out_dir / "onnx", plan["onnx"], calib, prof,
                                           config.context, config.npu_eval_items,
@@ -141,7 +142,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
                                   calib if config.importance else None, **steps)
         if not shape.is_encoder and (window := sliding_window(model_dir)):
             note = window_note(window, prof.context_length)
-            _log(f"gguf: {note}")
+            _logger.info(f"gguf: {note}")
             result.notes.append(f"GGUF: {note}")
             for a in arts:
                 a.note = "; ".join(filter(None, [a.note, note]))
@@ -166,17 +167,16 @@ def _inputs_key(model_dir: Path, prof: DeviceProfile, config: ExportConfig, held
 
 @functools.cache
 def _software_id() -> list:
-    """What makes and judges the files: edgedistill's own source (any change, the thresholds
-    table included, invalidates earlier records) and the versions of the converters and
-    runtimes. Read once per process (the whole chain exports twice)."""
-
-    root = Path(__file__).resolve().parent.parent
-    code = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        code.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    return [code.hexdigest(), {pkg: package_version(pkg) for pkg in (
-        "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-        "onnxruntime-qnn", "llama-cpp-python", "gguf")}]
+    """What makes and judges the files, as behaviour rather than bytes of source: the
+    package version, ARTIFACTS_VERSION (bumped when a converter or quantizer writes other
+    bytes), the thresholds table (a changed limit changes verdicts), and the versions of the
+    converters and runtimes. Computed once per process (the whole chain exports twice)."""
+    table = json.dumps([sorted((f"{k[0]}:{k[1]}", asdict(v)) for k, v in t.items())
+                        for t in (THRESHOLDS, ENCODER_THRESHOLDS)], sort_keys=True)
+    return [f"{__version__}+{ARTIFACTS_VERSION}+{hashlib.sha256(table.encode()).hexdigest()[:16]}",
+            {pkg: package_version(pkg) for pkg in (
+                "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+                "onnxruntime-qnn", "llama-cpp-python", "gguf")}]
 
 
 def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
@@ -192,7 +192,7 @@ def verify_artifact(student: str | Path, path: str | Path, fmt: str, quant: str,
     held, _ = eval_data(tok, shape.is_encoder, config.data, sequences=config.eval_sequences,
                         seq_len=config.seq_len, sentences=config.eval_sentences)
     threads = config.threads or max(1, min(4, os.cpu_count() or 1))
-    return verify(path, fmt, quant, reference(model_dir, held, tok, shape, _log), threads)
+    return verify(path, fmt, quant, reference(model_dir, held, tok, shape, _logger.info), threads)
 
 
 __all__ = ["ExportConfig", "ExportResult", "Artifact", "export", "resolve_formats",

@@ -38,7 +38,6 @@ from edgedistill.plan.costmodel import (Prediction, _weight_bytes, attention_flo
 from edgedistill.profiles import DeviceProfile, resolve_profile
 
 CALIBRATION_VERSION = 1
-WORKLOADS = ("decode", "prefill", "encoder")
 FEATURES = {
     "decode": ["call", "layers", "cache_mb", "dram_mb", "attn_gflop", "vocab_k"],
     "prefill": ["call", "layers", "matmul_gflop", "attn_gflop", "weight_mb"],

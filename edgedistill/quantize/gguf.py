@@ -38,14 +38,6 @@ def _type_counts(reader) -> dict[str, int]:
     return dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items()))
 
 
-def weight_types(path: str | Path) -> dict[str, str]:
-    """{tensor name: ggml type name} for the 2-D weights."""
-    from gguf import GGUFReader
-
-    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors
-            if len(t.shape) >= 2}
-
-
 def quantize_gguf(src: str | Path, quant: str, dst: str | Path, threads: int = 2,
                   importance: str | Path | None = None) -> tuple[Path, int]:
     """Quantize the float GGUF ``src`` to ``quant`` at ``dst`` (atomically). ``importance``:
