@@ -311,7 +311,7 @@ class CalibrateConfig:
                                    "use e.g. --repeats 3")
         if self.target != "local":
             prof = load_profile(self.target)
-            if not any(RUNTIMES.get(r, ("", ""))[1] == "cpu" for r in prof.runtimes):
+            if not any(RUNTIMES[r].device == "cpu" for r in prof.runtimes):
                 raise CalibrationError(
                     f"calibrate times this machine's CPU runtimes; profile {prof.name!r} runs "
                     f"on {', '.join(prof.runtimes)}, which this machine cannot stand in for "

@@ -118,7 +118,7 @@ class DeviceProfile:
 
     @property
     def primary_format(self) -> str:
-        return RUNTIMES[self.runtimes[0]][0]
+        return RUNTIMES[self.runtimes[0]].format
 
     @property
     def primary_quant(self) -> str:

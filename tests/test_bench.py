@@ -65,7 +65,7 @@ def test_a_crashing_or_missing_runtime_is_reported_and_the_rest_measured(trained
         assert 0 < b["roofline_fraction"] and r.quality["perplexity"] > 1
         assert r.predicted["target"]["label"] == "uncalibrated"
     from edgedistill.runtimes import runners
-    monkeypatch.setattr(runners, "available", lambda rt: rt != "onnxruntime")
+    monkeypatch.setattr(runners, "available", lambda rt: rt != "onnxruntime-cpu")
     recs = bench(arts[:1], trained_llama, "laptop", BenchConfig(new_tokens=4, repeats=1))
     assert recs[0].format != "onnx" or "not installed" in recs[0].bench["error"]
 

@@ -20,7 +20,7 @@ def test_every_shipped_profile_loads_and_is_consistent():
         assert p.kind in ("cpu", "gpu", "npu")
         assert p.memory.budget_gb > 0 and p.memory.bandwidth_gbps > 0
         assert p.primary_format in p.formats
-        assert RUNTIMES[p.primary_runtime][1] == p.kind, p.name
+        assert RUNTIMES[p.primary_runtime].device == p.kind, p.name
         assert p.latency_targets.decode_tokens_per_s > 0
         assert 0 < p.cost_model.bandwidth_efficiency <= 1
 

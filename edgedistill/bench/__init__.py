@@ -311,7 +311,7 @@ def with_gpu_runs(artifacts: list[dict], gpu: list[str],
                     for role, model_dir in models for mode in modes]
         else:
             out += [dict(a, runtime=rt) for a in artifacts
-                    if a["format"] == RUNTIMES[rt][0] and "runtime" not in a]
+                    if a["format"] == RUNTIMES[rt].format and "runtime" not in a]
     return out
 
 
@@ -356,7 +356,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
             by_runtime.setdefault(art.get("runtime") or RUNTIME_OF_FORMAT[art["format"]],
                                   []).append(k)
     for runtime, ks in by_runtime.items():
-        task = {"kind": "encoder_paired", "runtime": runtime, "threads": threads,
+        task = {"kind": "encoder_paired", "runtime": RUNTIMES[runtime].worker, "threads": threads,
                 "repeats": repeats, "texts": texts, "seq_len": seq_len,
                 "models": [str(artifacts[k]["path"]) for k in ks],
                 "tokenizers": [str(artifacts[k]["model_dir"]) for k in ks]}

@@ -20,9 +20,10 @@ import numpy as np
 from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
 from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import quant_names, quant_type
 from edgedistill.teacher import sentence_pooling, weight_files
 
-FLOAT_TYPES = ("f32", "f16", "bf16")
+FLOAT_TYPES = tuple(q for q in quant_names("gguf") if quant_type("gguf", q).is_float)
 # file type ids (gguf LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_BF16
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 _ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",

@@ -10,6 +10,7 @@ import numpy as np
 from edgedistill.convert.gguf import FLOAT_TYPES, export_gguf
 from edgedistill.convert.gguf_vocab import unicode_normalization
 from edgedistill.export.checks import _kept, _record, _report
+from edgedistill.formats import quant_type
 from edgedistill.quantize.gguf import (IMPORTANCE_QUANTS, importance_matrix, quantize_gguf,
                                        tensor_types)
 from edgedistill.records import Artifact
@@ -214,8 +215,6 @@ def _importance(ref: Reference, calib: list, path: Path, log) -> int:
     return tokens
 
 
-_EXPECTED = {"q8_0": {"Q8_0"}, "q6_k": {"Q6_K"}, "q5_k_m": {"Q5_K", "Q6_K"},
-             "q4_k_m": {"Q4_K", "Q6_K"}, "q4_0": {"Q4_0", "Q6_K"}}
 
 
 def _unicode_normalization(tok) -> str | None:
@@ -241,9 +240,10 @@ def _importance_note(imp: dict) -> str:
 
 def _fallback_note(quant: str, types: dict | None) -> str:
     """Say which weights llama.cpp stored in another type than asked (k-quant fallback)."""
-    if not types or quant not in _EXPECTED:
+    expected = quant_type("gguf", quant).ggml_types
+    if not types or not expected:
         return ""
-    other = {t: n for t, n in types.items() if t not in _EXPECTED[quant] | {"F32"}}
+    other = {t: n for t, n in types.items() if t not in expected | {"F32"}}
     if not other:
         return ""
     return ("llama.cpp stored " + ", ".join(f"{n} tensors as {t}" for t, n in other.items())

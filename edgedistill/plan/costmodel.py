@@ -19,19 +19,18 @@ from edgedistill.arch import ModelShape
 from edgedistill.formats import QuantType, quant_type
 from edgedistill.profiles import CostModel, DeviceProfile
 
-# llama.cpp's fallbacks when a row (the matrix's input dimension) is not a multiple of the
-# block: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 when not even 32 divides it
-# (llama-quant.cpp, llama_tensor_get_type). Bits per weight of the fallback type.
-_KQUANT_FALLBACK_BPW = {"q4_k_m": 5.5, "q5_k_m": 6.0, "q6_k": 8.5}
 RUNTIME_BUFFER_BYTES = 64 * 2**20
 """Fixed runtime overhead (code, graph, scratch) counted in every memory prediction."""
 
 
 def matrix_bpw(q: QuantType, row: int, block: int = 32) -> float:
-    """Bits per weight that ``q`` really stores for a matrix whose rows have ``row`` entries."""
-    if q.format == "gguf" and q.name in _KQUANT_FALLBACK_BPW and row % 256:
-        return _KQUANT_FALLBACK_BPW[q.name] if row % 32 == 0 else 16.0
-    if q.format == "gguf" and q.name in ("q8_0", "q4_0") and row % 32:
+    """Bits per weight that ``q`` really stores for a matrix whose rows have ``row`` entries.
+    llama.cpp falls back when a row (the matrix's input dimension) is not a multiple of the
+    block: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0 (QuantType.fallback_bpw), and F16 when
+    not even 32 divides it (llama-quant.cpp, llama_tensor_get_type)."""
+    if q.fallback_bpw is not None and row % 256:
+        return q.fallback_bpw if row % 32 == 0 else 16.0
+    if q.format == "gguf" and not q.is_float and row % 32:
         return 16.0
     if q.format == "onnx" and q.name == "int4":
         return 4.0 + 36 / block if row % block == 0 else 32.0  # MatMulNBits skips the matrix

@@ -257,12 +257,12 @@ def deployment(profile: DeviceProfile, encoder: bool, deploy: str | None) -> tup
         if fmt not in profile.formats or quant not in profile.formats[fmt]:
             raise PlanError(f"--deploy {deploy!r} is not allowed by profile {profile.name!r}.",
                             f"use one of: {', '.join(allowed)}")
-        runtime = next((r for r in profile.runtimes if RUNTIMES[r][0] == fmt), fmt)
+        runtime = next((r for r in profile.runtimes if RUNTIMES[r].format == fmt), fmt)
         return runtime, fmt, quant
     if encoder:
         # Sentence embedders are deployed through onnxruntime where the device allows it.
         for r in profile.runtimes:
-            if RUNTIMES[r][0] == "onnx" and "onnx" in profile.formats:
+            if RUNTIMES[r].format == "onnx" and "onnx" in profile.formats:
                 return r, "onnx", profile.formats["onnx"][0]
     return profile.primary_runtime, profile.primary_format, profile.primary_quant
 

@@ -20,11 +20,13 @@ import numpy as np
 
 from edgedistill.convert.gguf import gguf_name
 from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import quant_names, quant_type
 from edgedistill.runtimes.child import RuntimeFailure, llama_worker
 
-QUANTS = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
-# quantizations whose files hold such types (q8_0 does not)
-IMPORTANCE_QUANTS = frozenset({"q6_k", "q5_k_m", "q4_k_m", "q4_0"})
+QUANTS = tuple(quant_names("gguf", floats=False))
+"""llama.cpp quantizations this module writes (formats.QUANT_TYPES)."""
+IMPORTANCE_QUANTS = frozenset(q for q in QUANTS if quant_type("gguf", q).importance)
+"""Quantizations whose files hold types an importance matrix can weigh (q8_0's cannot)."""
 
 
 def tensor_types(path: str | Path) -> dict[str, int]:

@@ -7,14 +7,13 @@ from pathlib import Path
 
 from edgedistill.convert.onnx import atomic_onnx, quiet_root_logger
 from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import quant_names, quant_type
 from edgedistill.quantize.onnx import FeedReader
 
 
-SCHEMES = {  # quant -> (activation bits, weight bits)
-    "qdq_a8w8": (8, 8),
-    "qdq_a16w8": (16, 8),
-    "qdq_a16w4": (16, 4),
-}
+SCHEMES = {q: (quant_type("onnx", q).activation_bits, quant_type("onnx", q).weight_bits)
+           for q in quant_names("onnx", static=True)}
+"""Static QDQ quantizations NPUs run: name -> (activation bits, weight bits)."""
 
 
 SENSITIVE_OPS = ("LayerNormalization", "Softmax")

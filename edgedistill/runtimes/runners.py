@@ -6,15 +6,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from edgedistill.formats import CPU_RUNTIME, RUNTIMES
+from edgedistill.runtimes import cuda
 from edgedistill.runtimes.child import RuntimeFailure, child
-from edgedistill.runtimes import cuda  # cuda.runtime_status, patched by the tests
 
-RUNTIME_OF_FORMAT = {"gguf": "llama.cpp", "onnx": "onnxruntime", "hf": "torch"}
-_PACKAGE = {"llama.cpp": "llama_cpp", "onnxruntime": "onnxruntime", "torch": "torch"}
+RUNTIME_OF_FORMAT = CPU_RUNTIME
 
 
 def available(runtime: str) -> bool:
-    return importlib.util.find_spec(_PACKAGE[runtime]) is not None
+    """Whether ``runtime``'s Python package is installed here."""
+    return importlib.util.find_spec(RUNTIMES[runtime].package) is not None
 
 
 def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | None = None,
@@ -29,17 +30,15 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     if runtime not in GPU_RUNTIME_TASK:
         runtime = RUNTIME_OF_FORMAT[fmt]
     name = runtime
-    task = {"runtime": runtime, "model": str(path), "threads": threads, "repeats": repeats}
+    task = {"runtime": RUNTIMES[runtime].worker, "model": str(path), "threads": threads,
+            "repeats": repeats}
     if runtime in GPU_RUNTIME_TASK:
-
         why = cuda.runtime_status().get(runtime)
         if why:
             raise RuntimeFailure(f"{runtime} cannot run here: {why}")
         task |= GPU_RUNTIME_TASK[runtime]
-        runtime = task["runtime"]
-    if not available(runtime):
-        raise RuntimeFailure(f"{runtime} is not installed (pip package "
-                             f"{_PACKAGE[runtime]!r})")
+    if not available(name):
+        raise RuntimeFailure(f"{name} is not installed (pip install {RUNTIMES[name].pip})")
     task |= options or {}
     if texts is not None:
         task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len,
@@ -49,10 +48,8 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     return child("edgedistill.runtimes.bench_worker", task, timeout, name)
 
 
-# The worker task of each GPU runtime: which worker runs it, and how.
-GPU_RUNTIME_TASK = {
-    "torch-cuda": {"runtime": "torch", "device": "cuda", "dtype": "float16", "mode": "graphs"},
-    "onnxruntime-cuda": {"runtime": "onnxruntime",
-                         "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
-    "llama.cpp-cuda": {"runtime": "llama.cpp", "gpu_layers": -1},
-}
+GPU_RUNTIME_TASK = {r.name: {"runtime": r.worker, **{k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in r.task}}
+                    for r in RUNTIMES.values() if r.device == "gpu" and r.worker}
+"""The worker task of each GPU runtime (from formats.RUNTIMES): which worker runs it, and how
+(a dict, so that a test can stand the CPU in for CUDA)."""
