@@ -55,7 +55,7 @@ def main() -> int:
            "student": plan["student"]["shape"], "student_params": plan["student"]["params"],
            "distill": {k: dist.get(k) for k in ("steps", "seconds", "validation", "data")},
            "goals": {"student onnx:int8 cosine >= 0.90": {"value": s8["cosine_to_teacher"],
-                                                         "met": s8["cosine_to_teacher"] >= 0.90},
+                                                          "met": s8["cosine_to_teacher"] >= 0.90},
                      "speedup onnx:int8 >= 2": {"value": speedup, "met": speedup >= 2}},
            "artifacts": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

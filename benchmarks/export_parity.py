@@ -83,9 +83,9 @@ def main() -> int:
                      "size_bytes": a.path.stat().st_size, "tensor_types": a.tensor_types,
                      "quantization": a.quantization,
                      **{k: f.get(k) for k in ("max_abs_diff", "max_rel_diff", "max_abs_logit",
-                                                "top1_agreement", "kl",
-                                                "top1_agreement_confident", "confident_share",
-                                                "tokens")},
+                                              "top1_agreement", "kl",
+                                              "top1_agreement_confident", "confident_share",
+                                              "tokens")},
                      "failures": a.verdict.failures})
         goal = GOALS.get((a.format, a.quant))
         if goal:

@@ -173,7 +173,7 @@ def _encoder(work: Path, runtimes: tuple, repeats: int) -> dict:
     rows = [{"artifact": f"{r.format}:{r.quant}", "runtime": r.bench["runtime"],
              "device": r.bench.get("device"),
              **{k: r.bench.get(k) for k in ("batch_ms", "sentences_per_s", "p95_ms",
-                                               "batch", "seq_len", "error")},
+                                            "batch", "seq_len", "error")},
              "cosine_to_teacher": r.quality.get("cosine_to_teacher")}
             for r in recs]
     print(f"{'encoder runtime':<26} {'artifact':<12} {'ms/batch':>9} {'sent/s':>8}")

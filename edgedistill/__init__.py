@@ -6,7 +6,7 @@ the others need torch and live in their modules (imported on use):
     profile  load_profile, list_profiles, local_profile
     plan     load_teacher, plan, PlanConfig, predict (a config on a target), roofline
     calibrate edgedistill.calibrate.calibrate(CalibrateConfig(target, formats, budget_s))
-    distill  edgedistill.distill.distill(teacher, target, data, out, DistillConfig(kd=, train=, data=))
+    distill  edgedistill.distill.distill(teacher, target, data, out, DistillConfig(...))
     export   edgedistill.export.export(student, target, ExportConfig(...))  (+ verification)
     bench    edgedistill.bench.bench(artifacts, teacher_dir, target, BenchConfig(...))
     report   edgedistill.pipeline.report(run_dir)
@@ -25,9 +25,9 @@ from edgedistill.version import __version__
 
 
 __all__ = ["__version__",
-    "EdgeDistillError", "MachineError", "PlanError", "ProfileError", "TeacherError",
-    "DeviceProfile", "list_profiles", "load_profile", "profile_names",
-    "local_profile", "machine_info",
-    "ModelShape", "shape_from_config", "Teacher", "load_teacher",
-    "Prediction", "predict", "roofline", "load_calibration", "Plan", "PlanConfig", "plan",
-]
+           "EdgeDistillError", "MachineError", "PlanError", "ProfileError", "TeacherError",
+           "DeviceProfile", "list_profiles", "load_profile", "profile_names",
+           "local_profile", "machine_info",
+           "ModelShape", "shape_from_config", "Teacher", "load_teacher",
+           "Prediction", "predict", "roofline", "load_calibration", "Plan", "PlanConfig", "plan",
+           ]

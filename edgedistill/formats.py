@@ -90,6 +90,7 @@ QUANT_TYPES: dict[tuple[str, str], QuantType] = {
 }
 FORMATS: tuple[str, ...] = ("gguf", "onnx", "hf")
 
+
 @dataclass(frozen=True)
 class Runtime:
     """One runtime a file can be deployed in and measured with."""

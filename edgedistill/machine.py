@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True)
 class MachineInfo:
     cpu_model: str
@@ -190,5 +189,3 @@ def estimate_peak_tflops(info: MachineInfo, threads: int) -> dict[str, float]:
     vnni = {"avx512_vnni", "avx_vnni", "asimddp"} & f
     out["int8"] = round((4 if vnni else 2) * fp32, 3)
     return out
-
-

@@ -3,7 +3,8 @@
     run(teacher, target, data, out, RunConfig(plan=, distill=, export=, bench=)) -> report paths
 
 Each stage records the hash of its inputs and of the files it wrote in RUN_DIR/stages.json (a
-runstate.Ledger); a re-run skips the stages whose inputs and outputs have not changed, and an interrupted distillation resumes from its last checkpoint.
+runstate.Ledger); a re-run skips the stages whose inputs and outputs have not changed, and an
+interrupted distillation resumes from its last checkpoint.
 The teacher is exported, verified and measured too (same formats and quantizations): the
 baseline that says what distillation bought beyond quantizing the teacher.
 """

@@ -134,9 +134,9 @@ class ExportResult:
 ROLES = ("student", "teacher")
 
 TIMING_KEYS: dict[str, str] = {
-    "runtime": "the runtime that ran the file (llama.cpp, onnxruntime, torch, torch-cuda eager, ...)",
-    "device": "the machine it ran on, with threads ('... (this machine)'); absent on rows not run here",
-    "measured": "true when the figures were measured here; false for rows not timed (NPU graphs) or that failed",
+    "runtime": "the runtime that ran the file (llama.cpp, onnxruntime-cpu, torch, ...)",
+    "device": "the machine it ran on, with threads; absent on rows not run here",
+    "measured": "true when measured here; false for rows not timed (NPU graphs) or failed",
     "threads": "runtime threads",
     "prefill_tokens_per_s": "causal LMs: prompt tokens per second (median of the repeats)",
     "decode_tokens_per_s": "causal LMs: generated tokens per second (median)",
@@ -150,8 +150,7 @@ TIMING_KEYS: dict[str, str] = {
     "spread": "[min, max] over the repeats of the headline figures",
     "repeats": "timed runs (after a warm-up)",
     "error": "why the runtime could not run the file (the row is kept, measured false)",
-    "note": "what the reader must know about the row (e.g. not timed, and why)",
-}
+    "note": "what the reader must know about the row (e.g. not timed, and why)",}
 """Keys of a record's ``bench`` dict (docs/report-format.md). Runs add a few of their own
 (prompt_tokens, new_tokens, batch, seq_len, greedy_tokens, warmup_s, tokens_match_eager, htp,
 cudagraph_skips, compiled_graphs), documented there too."""

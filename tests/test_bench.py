@@ -124,7 +124,7 @@ def test_report_html_shows_in_headless_chromium(tmp_path):
     from edgedistill.report import write_report
     recs = []
     for role, q, tps, ppl in (("student", "q4_k_m", 300.0, 12.0), ("teacher", "q4_k_m", 100.0,
-                                                                      10.0)):
+                                                                   10.0)):
         recs.append({"role": role, "path": f"/x/{role}.gguf", "format": "gguf", "quant": q,
                      "size_bytes": 10 * 2**20, "parity": {"status": "passed"},
                      "bench": {"runtime": "llama.cpp", "device": "cpu", "measured": True,

@@ -142,7 +142,7 @@ def test_bad_calibrate_arguments():
     assert "--target local" in e.value.hint
     CalibrateConfig(target="laptop")  # a CPU profile sets the workload
     assert parse_formats("encoder:onnx:int8,gguf:f16") == [("bert", "onnx", "int8"),
-                                                            ("llama", "gguf", "f16")]
+                                                           ("llama", "gguf", "f16")]
 
 
 @pytest.mark.slow

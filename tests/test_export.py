@@ -336,7 +336,7 @@ def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):
 
 
 def test_a_repeated_export_keeps_what_it_verified_and_redoes_the_rest(trained_llama, tmp_path,
-                                                                     capsys, monkeypatch):
+                                                                      capsys, monkeypatch):
     """An interrupted (here: a deleted file) or tampered-with export folder: a second export
     keeps the files verified from the same inputs, byte for byte with their figures, and
     writes and verifies again what is missing or changed."""
@@ -700,7 +700,7 @@ def windowed_mistral(tmp_path_factory):
 
 
 def test_a_sliding_window_model_gets_a_gguf_note_and_a_real_verdict(windowed_mistral,
-                                                                      tmp_path):
+                                                                    tmp_path):
     """Mistral v0.1 attends to the last 4096 tokens; llama.cpp's llama graph to all of them.
     The ONNX file keeps the window; the GGUF file says what it leaves out, and where the
     window is shorter than the held-out sequences its verdict shows the difference."""

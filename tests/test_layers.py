@@ -17,7 +17,8 @@ def test_import_linter_layers_contract_is_kept():
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or \
         shutil.which("lint-imports")
     if exe is None:
-        pytest.fail("import-linter is not installed (make setup installs it: pip install -e .[dev])")
+        pytest.fail("import-linter is not installed (make setup installs it: "
+                    "pip install -e .[dev])")
     r = subprocess.run([exe, "--no-cache"], capture_output=True, text=True,
                        cwd=PKG.parent, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

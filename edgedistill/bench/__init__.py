@@ -81,7 +81,6 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
     filled (a failed runtime gives ``bench.error``), plus one row per GPU runtime asked for."""
     from transformers import AutoTokenizer
 
-
     prof = resolve_profile(target)
     teacher_dir = Path(teacher_dir)
     t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))
@@ -396,8 +395,9 @@ def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:
                 emb = outputs.gguf_sentence_embeddings(path, held, threads, pooling.normalize)
             elif fmt == "onnx":
                 from transformers import AutoTokenizer
-                emb = outputs.onnx_sentence_embeddings(path, AutoTokenizer.from_pretrained(model_dir),
-                                                  held, threads=threads)
+                emb = outputs.onnx_sentence_embeddings(path,
+                                                       AutoTokenizer.from_pretrained(model_dir),
+                                                       held, threads=threads)
             else:
                 emb = outputs.torch_sentence_embeddings(path, held, pooling)
             return encoder_quality(emb, ref) | {"measured": True}

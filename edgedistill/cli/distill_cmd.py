@@ -60,6 +60,3 @@ def run(args) -> int:
               "bytes per token")
     print(f"figures: {Path(args.out) / 'distill.json'}")
     return 0
-
-
-

@@ -106,5 +106,3 @@ def fix_graph(fp32: Path, g: GraphShape, mask_value: float | None = -1000.0) -> 
         with atomic_onnx(out) as tmp:
             onnx.save(onnx.load(str(src)), str(tmp))
     return out
-
-

@@ -71,7 +71,6 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-
     kd, data_cfg, init = config.kd, config.data, config.init
     student = Path(config.student) if config.student is not None else None
     run_dir = Path(out)
@@ -135,8 +134,8 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
                      "train_tokens": int(train_items.numel())}
     data_hash = fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
     run_key = fingerprint(t.config, files_id(t.path), student_cfg,
-                               str(student), data_hash, asdict(kd), asdict(data_cfg), init,
-                               asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
+                          str(student), data_hash, asdict(kd), asdict(data_cfg), init,
+                          asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
     log(f"data: {data_desc}")
 
     from accelerate import PartialState
@@ -173,7 +172,6 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     log(f"student from {init_dir} ({sum(p.numel() for p in student_model.parameters()):,} "
         f"params, init={init if student is None else 'given'})")
 
-
     with state.main_process_first():  # generated data and the top-K cache are written once
         recipe = (encoder_recipe if encoder else causal_recipe)(
             t, tok, teacher_model, student_model, train_items, val_items, kd, train, data_cfg,
@@ -186,7 +184,8 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     student_dir = run_dir / "student"
     if metrics.pop("is_main"):
         _save_student(trained.student, init_dir, student_dir)
-        metrics |= {"data": data_desc, "teacher": str(t.path), "target": getattr(target, "name", target),
+        metrics |= {"data": data_desc, "teacher": str(t.path),
+                    "target": getattr(target, "name", target),
                     "init": init if student is None else str(student), "kd": asdict(kd),
                     "data_config": asdict(data_cfg), **recipe.extra,
                     "wall_seconds": time.time() - t0, "student_dir": str(student_dir)}

@@ -2,7 +2,8 @@
 and checking its values (an error names the flag to change). Pure Python: the CLI builds and
 validates these before any model is loaded.
 
-    DistillConfig(kd=KDConfig(...), train=TrainConfig(...), data=DataConfig(...), init=..., student=...)
+    DistillConfig(kd=KDConfig(...), train=TrainConfig(...), data=DataConfig(...),
+                  init="teacher", student=None)
 
 ``TrainConfig``'s None fields are per-kind defaults that :meth:`TrainConfig.resolved` fills
 once the teacher's kind (encoder or causal LM) is known, so ``distill()`` from Python and

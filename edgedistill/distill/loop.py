@@ -62,7 +62,7 @@ class DistillModule(torch.nn.Module):
                                self.vocab)
         if want_states:
             loss = loss + self.hidden_weight * self.hidden(out.hidden_states,
-                                                             teacher_out["states"])
+                                                           teacher_out["states"])
         return loss
 
 

@@ -139,7 +139,7 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
     # cut into groups of one batch each, and the sampler's first index picks the group. A random
     # batch of stdlib sentences pads to ~2.5x its mean length; a group pads to almost none.
     groups = length_groups([len(ids) for ids in tok(list(train_items), truncation=True,
-                                                     max_length=data_cfg.seq_len)["input_ids"]],
+                                                    max_length=data_cfg.seq_len)["input_ids"]],
                            cfg.batch_size)
     group_of = {item: g for g, members in enumerate(groups) for item in members}
 

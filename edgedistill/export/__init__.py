@@ -125,7 +125,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
                             seq_len=config.seq_len, sentences=config.eval_sentences)
     result = ExportResult(model_dir, prof.name, out_dir)
     _logger.info(f"{model_dir} ({shape.family}, {shape.total_params():,} params) for {prof.name}: "
-         + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
+                 + ", ".join(f"{f}:{','.join(q)}" for f, q in plan.items()))
 
     ref = reference(model_dir, held, tok, shape, _logger.info)  # torch runs once for every file
     steps = dict(ledger=Ledger(out_dir, _inputs_key(model_dir, prof, config, held, calib),

@@ -86,7 +86,7 @@ def _calibration_feeds(ref: Reference, fp32: Path, calib: list, threads: int) ->
     feeds = []
     for i in range(0, len(calib), 8):
         enc = ref.tok(calib[i:i + 8], padding=True, truncation=True, max_length=128,
-                       return_tensors="np")
+                      return_tensors="np")
         feeds.append({k: v.astype(np.int64) for k, v in enc.items() if k in names})
     return feeds
 
@@ -125,7 +125,7 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
     t0 = time.time()
     schemes = ["fp32"] + [q for q in quants if q in qdq.SCHEMES]
     kept = {q: a for q in schemes if (a := _kept(ledger, log, ref.encoder, 
-        "onnx", q, npu.fixed_path(fp32, graphs[0], q), recorded_files=True)) is not None}
+                                                 "onnx", q, npu.fixed_path(fp32, graphs[0], q), recorded_files=True)) is not None}
     if len(kept) == len(schemes):
         return [kept[q] for q in schemes]
     items = ref.items[:eval_items]
@@ -181,8 +181,8 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
     else:
         mask_value, fixed, float_fig = search_mask()
     log(f"npu: fixed-shape graphs {', '.join(p.name for p in fixed)}, attention mask "
-             f"{mask_value if mask_value is not None else 'as exported'} "
-             f"({time.time() - t0:.1f}s)")
+        f"{mask_value if mask_value is not None else 'as exported'} "
+        f"({time.time() - t0:.1f}s)")
     arts = []
     feeds = None
     for quant in schemes:
@@ -207,7 +207,7 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
             v.fail(unavailable)
         else:
             v = _htp_verdict(ref.encoder, paths, graphs, enc_feeds or items, nxt, opts, th,
-                                  figures, save_context)
+                             figures, save_context)
             v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
                                     if k in cpu}
         note = ("decode graph: " + paths[1].name) if len(paths) > 1 else ""
@@ -219,7 +219,7 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
         arts.append(Artifact(paths[0], "onnx", quant, v, note=note))
         if not unavailable:  # a run without the HTP is done again once it is there
             _record(ledger, arts[-1], [f for p in paths for f in artifact_files(p)]
-                         + [out_dir / c for c in ctx])
+                    + [out_dir / c for c in ctx])
     return arts
 
 

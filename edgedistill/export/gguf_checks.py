@@ -111,9 +111,9 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         if tp is None:
             tp = tokenizer_parity(ref, path)
             log(f"gguf: tokenizer parity {'passed' if tp['passed'] else 'FAILED'} "
-                     f"({tp['cases']} probe texts)"
-                     + (f"; {tp['normalization']['note']}" if tp.get("normalization")
-                        else ""))
+                f"({tp['cases']} probe texts)"
+                + (f"; {tp['normalization']['note']}" if tp.get("normalization")
+                   else ""))
             if tp.get("error") is None:
                 ledger.put("gguf:tokenizer_parity", [], tp)
         return path
@@ -136,7 +136,8 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
 
     for ft in floats:
         t0 = time.time()
-        if (art := _kept(ledger, log, ref.encoder, "gguf", ft, out_dir / f"model.{ft}.gguf")) is not None:
+        art = _kept(ledger, log, ref.encoder, "gguf", ft, out_dir / f"model.{ft}.gguf")
+        if art is not None:
             arts.append(art)
             continue
         check(source(ft), ft, t0)
@@ -144,7 +145,8 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
     npz, tokens = out_dir / ".importance.npz", None
     for q in quantized:
         t0 = time.time()
-        if (art := _kept(ledger, log, ref.encoder, "gguf", q, out_dir / f"model.{q}.gguf")) is not None:
+        art = _kept(ledger, log, ref.encoder, "gguf", q, out_dir / f"model.{q}.gguf")
+        if art is not None:
             arts.append(art)
             continue
         src = source("f32")
@@ -211,16 +213,13 @@ def _importance(ref: Reference, calib: list, path: Path, log) -> int:
                                        ref.encoder)
     np.savez(path, **matrix)
     log(f"gguf: importance matrix of {len(matrix)} weights from {tokens} calibration "
-             f"tokens ({time.time() - t0:.1f}s)")
+        f"tokens ({time.time() - t0:.1f}s)")
     return tokens
-
-
 
 
 def _unicode_normalization(tok) -> str | None:
     """The Unicode normalization form (NFC, NFKC, ...) the HF tokenizer applies, if any."""
     import json
-
 
     backend = getattr(tok, "backend_tokenizer", None)
     return unicode_normalization(json.loads(backend.to_str())) if backend else None
@@ -248,4 +247,3 @@ def _fallback_note(quant: str, types: dict | None) -> str:
         return ""
     return ("llama.cpp stored " + ", ".join(f"{n} tensors as {t}" for t, n in other.items())
             + f" (rows not divisible by the {quant} block)")
-

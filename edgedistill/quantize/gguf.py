@@ -72,7 +72,6 @@ def importance_matrix(model_dir: str | Path, family: str, items: list, tok=None,
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
-
     cls = AutoModel if encoder else AutoModelForCausalLM
     model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
     sums: dict[str, list] = {}

@@ -1,8 +1,8 @@
 """Child process that runs llama.cpp (llama-cpp-python) for verification and benchmarks.
 
 Usage: ``python -m edgedistill.runtimes.llama_worker TASK.json``. The task names an op
-(``quantize``, ``logits``, ``tokenize``, ``embed``); results go to ``result.json`` in the task's workdir, with
-arrays as .npy files beside it. Runs apart from the caller so that a crash of the native code
+(``quantize``, ``logits``, ``tokenize``, ``embed``); results go to ``result.json`` in the
+task's workdir, with arrays as .npy files beside it. Runs apart from the caller so that a crash of the native code
 is reported by the parent instead of killing it.
 """
 from __future__ import annotations

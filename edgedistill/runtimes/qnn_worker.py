@@ -56,7 +56,7 @@ def _compile(path: str, options: dict, feed: dict | None, result: dict, context:
         loaded = htp_session(tmp, options)
         load_s = time.time() - t0
         diff = max(float(np.abs(a - b).max()) for a, b in zip(sess.run(None, feed),
-                                                               loaded.run(None, feed)))
+                                                              loaded.run(None, feed)))
         tmp.replace(ctx)
     finally:
         tmp.unlink(missing_ok=True)

@@ -23,7 +23,6 @@ from edgedistill.verify.parity import (embedding_figures, failed_to_run, judge, 
                                        threshold_for)
 
 
-
 def _quiet(msg: str) -> None:
     pass
 
