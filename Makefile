@@ -37,7 +37,7 @@ demo: $(STAMP)
 
 # The whole test suite (slow end-to-end tests included), as CI runs it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
