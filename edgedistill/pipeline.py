@@ -76,7 +76,7 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     run_dir = writable_dir(Path(out).resolve())
     stages = Ledger(run_dir, name="stages.json")
     prof = resolve_profile(target)
-    t = load_teacher(teacher)
+    t = load_teacher(teacher, weights=True)
     if t.path is not None:
         check_model_files(t.path)
     _check_exportable(t, prof, export_config)

