@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ def hub_snapshot(teacher: str, weights: bool = True) -> Path:
                            "pip install huggingface_hub, or pass a local model folder") from None
     offline = hub_offline()
     where = f"{repo}" + (f" at revision {rev}" if rev else "")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one-line error
     try:
         if not weights:
             return Path(hf_hub_download(repo, "config.json", revision=rev, cache_dir=hub_cache(),
@@ -172,10 +176,13 @@ def hub_snapshot(teacher: str, weights: bool = True) -> Path:
             + ("HF_HUB_OFFLINE is set." if offline else "the hub could not be reached."),
             "download it once where the hub is reachable (huggingface-cli download "
             f"{repo}), point HF_HOME or HF_HUB_CACHE at a cache that holds it, or pass "
-            "its local folder") from None
+            "its local folder" + ("" if offline else "; HF_HUB_OFFLINE=1 skips the network "
+                                  "(and its retries) when working from the cache")) from None
     except (HfHubHTTPError, OSError) as e:
         raise TeacherError(f"--teacher {where}: the download failed ({str(e)[:200]}).",
                            "check the network and HF_TOKEN, or pass a local folder") from None
+    finally:
+        hub_log.setLevel(level)
 
 
 def load_teacher(teacher: str | os.PathLike | None = None, weights: bool = False) -> Teacher:

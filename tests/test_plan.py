@@ -125,15 +125,19 @@ def test_teacher_errors(tmp_path):
 def test_hub_id_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")
-    with pytest.raises(TeacherError, match="could not be fetched: HF_HUB_OFFLINE is set"):
+    with pytest.raises(TeacherError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE"):
         load_teacher("some-org/some-model")
 
 
 def test_hub_id_from_local_cache(tmp_path, monkeypatch):
-    snap = tmp_path / "models--acme--tiny" / "snapshots" / "abc123"
+    rev = "abc123" * 6 + "abcd"
+    snap = tmp_path / "models--acme--tiny" / "snapshots" / rev
     snap.mkdir(parents=True)
+    (tmp_path / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny" / "refs" / "main").write_text(rev)
     from conftest import REAL_CONFIGS, write_config
     write_config(snap, REAL_CONFIGS["tinyllama-1.1b"])
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = load_teacher("acme/tiny")
     assert t.shape.family == "llama" and t.path is None
