@@ -152,3 +152,26 @@ def test_bad_inputs(trained_llama, text_file, tmp_path):
     with pytest.raises(EdgeDistillError, match="tokenizers of teacher .* differ"):
         distill(trained_llama, "laptop", text_file, tmp_path / "x",
                 DistillConfig(student=str(other)))
+
+
+def test_teacher_dtype_auto_follows_the_hardware():
+    from edgedistill.distill.config import auto_teacher_dtype
+    assert auto_teacher_dtype("cpu", ["avx2", "avx512_bf16"])[0] == "bf16"
+    assert auto_teacher_dtype("cpu", ["amx_bf16"])[0] == "bf16"
+    assert auto_teacher_dtype("cpu", ["avx2", "fma"]) == (
+        "fp32", "this CPU has no native bf16 instructions")
+    assert auto_teacher_dtype("cuda:0", [], cuda_bf16=True)[0] == "bf16"
+    assert auto_teacher_dtype("cuda:0", [], cuda_bf16=False)[0] == "fp16"
+    with pytest.raises(EdgeDistillError, match="unknown --teacher-dtype 'int8'"):
+        DistillConfig(teacher_dtype="int8")
+
+
+@pytest.mark.slow
+def test_a_bf16_teacher_distils_and_is_recorded(trained_llama, text_file, tmp_path):
+    res = distill(trained_llama, "laptop", text_file, tmp_path / "run",
+                  DistillConfig(train=TrainConfig(steps=3, batch_size=2, save_every=0,
+                                                  eval_every=3),
+                                data=DataConfig(seq_len=32), teacher_dtype="bf16"),
+                  plan_config=PlanConfig(speedup=1))
+    assert res.metrics["teacher_dtype"] == "bf16"
+    assert 0 < res.metrics["validation"]["kl"] < 10 and res.metrics["teacher_val_loss"] > 0

@@ -163,7 +163,8 @@ def _no_training_flags(args) -> None:
 
 
 _TRAINING_FLAGS = ("steps", "batch_size", "grad_accum", "seq_len", "lr", "loss", "temperature",
-                   "kd_weight", "jsd_beta", "hidden_weight", "init", "eval_every", "save_every",
+                   "kd_weight", "jsd_beta", "hidden_weight", "init", "teacher_dtype",
+                   "eval_every", "save_every",
                    "seed", "speedup", "max_params", "new_tokens", "repeats")
 
 

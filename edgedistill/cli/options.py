@@ -36,6 +36,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-weight", type=non_negative, default=None,
                    help="weight of the hidden-state loss (default 0; encoders use 1 at 0)")
     p.add_argument("--init", default=None, help="teacher (default) | random")
+    p.add_argument("--teacher-dtype", default=None,
+                   help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
+                   "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")
     p.add_argument("--eval-every", type=count(0), default=None,
                    help="validate every N steps (0: never; default: a quarter of the steps)")
     p.add_argument("--save-every", type=count(0), default=None,
@@ -68,5 +71,5 @@ def distill_config(args, student: str | None = None):
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
                                cache_topk="cache_topk"))
-    return DistillConfig(kd=kd, train=train, data=data,
-                         **_given(args, init="init"), student=student)
+    return DistillConfig(kd=kd, train=train, data=data, student=student,
+                         **_given(args, init="init", teacher_dtype="teacher_dtype"))

@@ -17,11 +17,12 @@ from pathlib import Path
 from edgedistill.data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
                               split_documents, split_holdout, stdlib_sentences, stdlib_source)
 from edgedistill.distill.config import (DataConfig, DistillConfig, KDConfig, TRAIN_DEFAULTS,
-                                        TrainConfig)
+                                        TrainConfig, auto_teacher_dtype)
 from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.logs import get_logger
+from edgedistill.machine import machine_info
 from edgedistill.plan import PlanConfig, plan
 from edgedistill.profiles import DeviceProfile
 from edgedistill.runstate import files_id, fingerprint
@@ -143,7 +144,14 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
         log = _quiet
     auto = AutoModel if encoder else AutoModelForCausalLM
     device = str(state.device)
-    teacher_model = auto.from_pretrained(t.path, dtype=torch.float32).to(device).eval()
+    dtype, why = config.teacher_dtype, "asked for"
+    if dtype == "auto":
+        dtype, why = auto_teacher_dtype(device, machine_info().flags,
+                                        device.startswith("cuda")
+                                        and torch.cuda.is_bf16_supported())
+    log(f"teacher frozen in {dtype} ({why})")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    teacher_model = auto.from_pretrained(t.path, dtype=torch_dtype).to(device).eval()
     for p in teacher_model.parameters():
         p.requires_grad_(False)
 
@@ -184,6 +192,7 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
         metrics |= {"data": data_desc, "teacher": str(t.path),
                     "target": getattr(target, "name", target),
                     "init": init if student is None else str(student), "kd": asdict(kd),
+                    "teacher_dtype": dtype,
                     "data_config": asdict(data_cfg), **recipe.extra,
                     "wall_seconds": time.time() - t0, "student_dir": str(student_dir)}
         tmp = run_dir / ".distill.json.tmp"

@@ -160,8 +160,8 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
             b = {k: v.to(device) for k, v in encode(held[i:i + 32]).items()}
             s = pool_embeddings(module.student(**b).last_hidden_state, b["attention_mask"],
                                 pooling)
-            te = teacher_fn(b)["embedding"]
-            sims.append(torch.nn.functional.cosine_similarity(s, te, dim=-1))
+            te = teacher_fn(b)["embedding"]  # bf16 when the teacher is: compare in fp32
+            sims.append(torch.nn.functional.cosine_similarity(s.float(), te.float(), dim=-1))
         return {"cosine": torch.cat(sims).mean().item()}
 
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, {"pooling": pooling.mode})
