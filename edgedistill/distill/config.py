@@ -162,7 +162,7 @@ class DistillConfig:
     """An existing HF student folder (the teacher's tokenizer) instead of the planned one."""
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """The frozen teacher's dtype. auto: bf16 on a GPU that has it (else fp16), and on a CPU
-    with native bf16 instructions (AVX512-BF16, AMX, ARM BF16; 2.8-3.1x faster forward than
+    with native bf16 instructions (AVX512-BF16, AMX, ARM BF16; 3.1-3.2x faster forward than
     fp32 on this project's AMD EPYC), else fp32. The KD loss is computed in fp32 either way."""
 
     def __post_init__(self):
