@@ -243,4 +243,4 @@ class BenchRecord:
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown keys in a bench record: {sorted(extra)}")
-        return cls(**{k: v for k, v in d.items() if v is not None or k in known})
+        return cls(**{k: v for k, v in d.items() if v is not None})  # None: the default

@@ -52,8 +52,9 @@ def cache_dir() -> Path:
 
 _HASHES: dict[str, str] = {}
 """(path, size, mtime) -> SHA-256 of the files hashed by this process (and those found in the
-cache file: :func:`file_sha256` reads it once)."""
+cache file, read once)."""
 _HASH_CACHE = "file_hashes.json"
+_loaded = False
 
 
 def _stat_key(path: Path) -> str:
@@ -64,13 +65,15 @@ def _stat_key(path: Path) -> str:
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's content, cached by (path, size, mtime): a file that was not touched
     is read once, across processes (the cache lives in :func:`cache_dir`)."""
+    global _loaded
     path = Path(path)
     key = _stat_key(path)
-    if not _HASHES:
+    if not _loaded:
+        _loaded = True
         try:
             _HASHES.update(json.loads((cache_dir() / _HASH_CACHE).read_text()))
-        except (OSError, ValueError):
-            _HASHES["\0"] = ""  # no cache yet: read it only once
+        except (OSError, ValueError):  # no cache yet, or a torn one: start empty
+            pass
     if key in _HASHES:
         return _HASHES[key]
     h = hashlib.sha256()
@@ -81,8 +84,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     if path.stat().st_size >= 1 << 20:  # remember big files; small ones are cheap to re-hash
         try:
             cache_dir().mkdir(parents=True, exist_ok=True)
-            big = {k: v for k, v in _HASHES.items() if k != "\0"}
-            atomic_write(cache_dir() / _HASH_CACHE, json.dumps(big))
+            atomic_write(cache_dir() / _HASH_CACHE, json.dumps(_HASHES))
         except OSError:  # a read-only cache is not an error, only slower
             pass
     return _HASHES[key]

@@ -18,7 +18,7 @@ from edgedistill.bench.quality import causal_quality, encoder_quality, runtime_l
 from edgedistill.bench.timing import roofline_fraction, summarize_causal, summarize_encoder
 from edgedistill.data import eval_data
 from edgedistill.errors import EdgeDistillError
-from edgedistill.formats import RUNTIMES
+from edgedistill.formats import CPU_RUNTIME, RUNTIMES
 from edgedistill.logs import get_logger
 from edgedistill.plan.predictor import predictor_for
 from edgedistill.profiles import DeviceProfile, local_profile, resolve_profile
@@ -28,7 +28,7 @@ from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
                                        gpu_bandwidth_gbps, require)
 from edgedistill.runtimes.outputs import torch_causal_logits, torch_sentence_embeddings
-from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, RUNTIME_OF_FORMAT, time_artifact
+from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, time_artifact
 from edgedistill.teacher import sentence_pooling, weight_files
 
 
@@ -126,7 +126,7 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
             out[k] = _npu_record(rec, art, prof, shape, predict_there, log)
             continue
         on_gpu = art.get("runtime") in GPU_RUNTIMES
-        runtime = _runtime_label(art) if on_gpu else RUNTIME_OF_FORMAT[fmt]
+        runtime = _runtime_label(art) if on_gpu else CPU_RUNTIME[fmt]
         b = {"runtime": runtime, "device": gpu_device if on_gpu else device, "measured": True,
              "threads": threads}
         try:
@@ -352,7 +352,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
     for k in order:
         if not isinstance(out[k], RuntimeFailure):
             art = artifacts[k]
-            by_runtime.setdefault(art.get("runtime") or RUNTIME_OF_FORMAT[art["format"]],
+            by_runtime.setdefault(art.get("runtime") or CPU_RUNTIME[art["format"]],
                                   []).append(k)
     for runtime, ks in by_runtime.items():
         task = {"kind": "encoder_paired", "runtime": RUNTIMES[runtime].worker, "threads": threads,

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from edgedistill.cli.options import (_given, add_distill_options, add_plan_options,
-                                     distill_config, plan_config)
+                                     distill_config, plan_config, training_dests)
 from edgedistill.cli.table import table
 from edgedistill.cli.types import count
 
@@ -153,7 +153,8 @@ def _no_training_flags(args) -> None:
     """``--student`` exports a folder: a training or planning flag would be silently ignored."""
     from edgedistill.errors import EdgeDistillError
 
-    given = [f"--{k.replace('_', '-')}" for k in _TRAINING_FLAGS if getattr(args, k) is not None]
+    given = [f"--{k.replace('_', '-')}" for k in training_dests() + ["new_tokens", "repeats"]
+             if getattr(args, k) is not None]
     if args.teacher is not None:
         given.insert(0, "--teacher")
     if given:
@@ -162,10 +163,6 @@ def _no_training_flags(args) -> None:
                                f"drop {', '.join(given)}, or drop --student to distil first")
 
 
-_TRAINING_FLAGS = ("steps", "batch_size", "grad_accum", "seq_len", "lr", "loss", "temperature",
-                   "kd_weight", "jsd_beta", "hidden_weight", "init", "teacher_dtype",
-                   "eval_every", "save_every",
-                   "seed", "speedup", "max_params", "new_tokens", "repeats")
 
 
 def _pipeline(args) -> int:

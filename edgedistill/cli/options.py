@@ -46,6 +46,15 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="default 0")
 
 
+def training_dests() -> list[str]:
+    """The argparse dests of the training and planning flags (add_distill_options and
+    add_plan_options), for a verb that must refuse them."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_distill_options(p)
+    add_plan_options(p)
+    return [a.dest for a in p._actions]
+
+
 def _given(args, **fields) -> dict:
     """{config field: value} for the flags the user gave (``fields``: field -> attribute)."""
     return {f: getattr(args, a) for f, a in fields.items() if getattr(args, a, None) is not None}

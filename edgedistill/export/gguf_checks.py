@@ -16,8 +16,7 @@ from edgedistill.quantize.gguf import (IMPORTANCE_QUANTS, importance_matrix, qua
 from edgedistill.records import Artifact
 from edgedistill.runtimes.child import RuntimeFailure
 from edgedistill.runtimes.outputs import gguf_tokenize
-from edgedistill.verify.parity import embedding_figures, logit_figures
-from edgedistill.verify.reference import Reference, outputs, reference, verify
+from edgedistill.verify.reference import Reference, figures, outputs, reference, verify
 
 # Strings that trip tokenizers: code, unicode, whitespace runs, digits, special tokens.
 TOKENIZER_PROBES = [
@@ -134,20 +133,22 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
         _record(ledger, arts[-1])
 
-    for ft in floats:
-        t0 = time.time()
-        art = _kept(ledger, log, ref.encoder, "gguf", ft, out_dir / f"model.{ft}.gguf")
+    def kept(quant: str) -> bool:
+        """Keep the file an earlier export verified, if unchanged; True when kept."""
+        art = _kept(ledger, log, ref.encoder, "gguf", quant, out_dir / f"model.{quant}.gguf")
         if art is not None:
             arts.append(art)
-            continue
-        check(source(ft), ft, t0)
+        return art is not None
+
+    for ft in floats:
+        t0 = time.time()
+        if not kept(ft):
+            check(source(ft), ft, t0)
     # Quantize from F32 (most accurate source); keep it only if it was asked for.
     npz, tokens = out_dir / ".importance.npz", None
     for q in quantized:
         t0 = time.time()
-        art = _kept(ledger, log, ref.encoder, "gguf", q, out_dir / f"model.{q}.gguf")
-        if art is not None:
-            arts.append(art)
+        if kept(q):
             continue
         src = source("f32")
         if "f32" not in floats:
@@ -191,8 +192,8 @@ def _keep_better_quantization(cal: Reference, src: Path, quant: str, weighted: P
             except RuntimeFailure:
                 loss[label] = None
                 continue
-            loss[label] = (1.0 - embedding_figures(cal.outputs, got)["cosine"] if cal.encoder
-                           else logit_figures(cal.outputs, got)["kl"])
+            f = figures(cal, got)  # the same comparison verification makes
+            loss[label] = 1.0 - f["cosine"] if cal.encoder else f["kl"]
         used = loss["plain"] is None or (loss["weighted"] is not None
                                          and loss["weighted"] <= loss["plain"])
         if not used:

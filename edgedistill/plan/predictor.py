@@ -36,6 +36,7 @@ from edgedistill.machine import cpu_model, package_version
 from edgedistill.plan.costmodel import (Prediction, _weight_bytes, attention_flops,
                                         encoder_elementwise_bytes, predict as roofline)
 from edgedistill.profiles import DeviceProfile, resolve_profile
+from edgedistill.runstate import cache_dir
 
 CALIBRATION_VERSION = 1
 FEATURES = {
@@ -53,14 +54,6 @@ class CalibrationError(EdgeDistillError):
 
 
 # -- where calibrations live ------------------------------------------------------------------
-
-def cache_dir() -> Path:
-    """``$EDGEDISTILL_CACHE`` or ``$XDG_CACHE_HOME/edgedistill`` or ``~/.cache/edgedistill``."""
-    if os.environ.get("EDGEDISTILL_CACHE"):
-        return Path(os.environ["EDGEDISTILL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgedistill"
-
 
 def fingerprint(threads: int) -> dict:
     """What a calibration is only valid for: this CPU, core count, thread count and runtime

@@ -10,9 +10,6 @@ from edgedistill.formats import CPU_RUNTIME, RUNTIMES
 from edgedistill.runtimes import cuda
 from edgedistill.runtimes.child import RuntimeFailure, child
 
-RUNTIME_OF_FORMAT = CPU_RUNTIME
-
-
 def available(runtime: str) -> bool:
     """Whether ``runtime``'s Python package is installed here."""
     return importlib.util.find_spec(RUNTIMES[runtime].package) is not None
@@ -28,7 +25,7 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     runtime); ``options``: worker options (torch: mode, dtype). Raises RuntimeFailure with
     the reason when the runtime cannot run it."""
     if runtime not in GPU_RUNTIME_TASK:
-        runtime = RUNTIME_OF_FORMAT[fmt]
+        runtime = CPU_RUNTIME[fmt]
     name = runtime
     task = {"runtime": RUNTIMES[runtime].worker, "model": str(path), "threads": threads,
             "repeats": repeats}
