@@ -51,6 +51,22 @@ class LatencyTargets:
 
 
 @dataclass(frozen=True)
+class QualityTargets:
+    """What a file must keep of the teacher to be worth shipping: the report recommends the
+    fastest file that meets these (optional in a profile; these defaults otherwise)."""
+
+    cosine_to_teacher: float = 0.90
+    """Encoders: mean cosine of the file's sentence embeddings to the teacher's (torch) on
+    held-out text, at least."""
+    neighbour_overlap: float = 0.60
+    """Encoders: share of each sentence's 10 nearest neighbours the file keeps, at least."""
+    top1_agreement: float = 0.60
+    """Causal LMs: share of next tokens where the file's argmax is the teacher's, at least."""
+    perplexity_ratio: float = 1.50
+    """Causal LMs: the file's held-out perplexity over the teacher's (torch), at most."""
+
+
+@dataclass(frozen=True)
 class Constraints:
     static_shapes: bool
     """The runtime needs fixed shapes (NPUs): fixed prompt chunk and KV-cache size."""
@@ -104,6 +120,8 @@ class DeviceProfile:
     latency_targets: LatencyTargets
     constraints: Constraints
     cost_model: CostModel
+    quality_targets: QualityTargets = QualityTargets()
+    """What the recommended file must keep of the teacher (report.json ``recommendation``)."""
     source: str = field(default="", compare=False)
     """Where the profile came from (a file path, or ``measured``)."""
     measured: bool = False
@@ -275,6 +293,12 @@ def _check_semantics(p: DeviceProfile, ld: _Loader) -> None:
         if dynamic:
             ld.fail("formats.onnx", f"lists dynamic quantizations {dynamic} on a "
                     "static-shape device", "use only qdq_* quantizations for NPUs")
+    for key in ("cosine_to_teacher", "neighbour_overlap", "top1_agreement"):
+        if getattr(p.quality_targets, key) > 1:
+            ld.fail(f"quality_targets.{key}", "must be a fraction in (0, 1]", "write e.g. 0.9")
+    if p.quality_targets.perplexity_ratio < 1:
+        ld.fail("quality_targets.perplexity_ratio", "must be at least 1 (the teacher's own)",
+                "write e.g. 1.5")
     for key in ("bandwidth_efficiency", "compute_efficiency"):
         if getattr(p.cost_model, key) > 1:
             ld.fail(f"cost_model.{key}", "must be a fraction in (0, 1]", "write e.g. 0.7")

@@ -163,12 +163,10 @@ def _no_training_flags(args) -> None:
                                f"drop {', '.join(given)}, or drop --student to distil first")
 
 
-
-
 def _pipeline(args) -> int:
     from edgedistill.cli import emit_json
     from edgedistill.pipeline import run
-    from edgedistill.report import main_table
+    from edgedistill.report import main_table, recommendation_lines
 
     paths = run(args.teacher, args.target, args.data, args.out or "runs/run", run_config(args))
     doc = json.loads(open(paths["json"]).read())
@@ -177,9 +175,12 @@ def _pipeline(args) -> int:
     if args.json:
         emit_json(doc)
         return code
-    head, rows = main_table(doc["artifacts"])
+    head, rows = main_table(doc["artifacts"], doc.get("frontier"), doc.get("judged"))
     print(table(head, rows))
     for n in doc.get("notes", []):
         print(f"- {n}")
+    print(f"\n{(doc.get('recommendation') or {}).get('headline', '')}")
+    for line in recommendation_lines(doc):
+        print(f"- {line}")
     print(f"\nreport: {paths['html']}")
     return code

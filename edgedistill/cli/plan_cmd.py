@@ -7,7 +7,7 @@ import re
 from edgedistill.cli.table import table
 from edgedistill.cli.types import count, positive
 from edgedistill.errors import EdgeDistillError
-from edgedistill.plan import DEFAULT_SPEEDUP, PlanConfig, plan
+from edgedistill.plan import DEFAULT_SPEEDUP, PlanConfig, candidate_table, plan
 
 
 def parse_count(text: str) -> int:
@@ -44,12 +44,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _speed(pred: dict) -> str:
-    if pred.get("encoder_batch_ms") is not None:
-        return f"{pred['encoder_batch_ms']:.1f} ms/batch"
-    return f"{pred['decode_tokens_per_s']:.1f} tok/s"
-
-
 def run(args) -> int:
     from edgedistill.cli import emit_json
 
@@ -67,22 +61,7 @@ def run(args) -> int:
     print(f"teacher  {t['name']}: {t['family']}, {t['params']:,} params")
     print(f"student  {s['family']}, {s['params']:,} params ({s['params_ratio']:.0%} of teacher)")
     print()
-    encoder = s["predicted"].get("encoder_batch_ms") is not None
-    speed_h = "ms/batch" if encoder else "decode tok/s"
-    rows = [["teacher", "", t["shape"]["num_layers"], t["shape"]["hidden_size"],
-             t["shape"]["intermediate_size"], f"{t['params'] / 1e6:.1f}M",
-             f"{t['predicted']['memory_gb']:.3f}", _speed(t["predicted"]),
-             "meets targets" if t["meets_targets"] else "; ".join(t["failures"])]]
-    for c in doc["candidates"]:
-        mark = "*" if (c["layers"], c["hidden_size"], c["intermediate_size"]) == (
-            s["shape"]["num_layers"], s["shape"]["hidden_size"],
-            s["shape"]["intermediate_size"]) else ""
-        rows.append([mark, "" if c["fits"] else "no", c["layers"], c["hidden_size"],
-                     c["intermediate_size"], f"{c['params'] / 1e6:.1f}M",
-                     f"{c['predicted']['memory_gb']:.3f}", _speed(c["predicted"]),
-                     "fits" if c["fits"] else "; ".join(c["failures"])])
-    print(table(["", "fits", "layers", "hidden", "ffn", "params", "mem GB", speed_h, "why"],
-                rows))
+    print(table(*candidate_table(doc)))
     print()
     for line in doc["explanation"]:
         print(f"- {line}")

@@ -245,5 +245,5 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
             "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
             "final_train_loss": history[-1]["loss"] if history else None,
             "validation": {k[4:]: v for k, v in final.items() if k.startswith("val_")},
-            "world_size": world, "is_main": acc.is_main_process,
+            "world_size": world, "device": acc.device.type, "is_main": acc.is_main_process,
             "unwrapped": acc.unwrap_model(model), "config": asdict(cfg)}

@@ -6,8 +6,8 @@
 
 Pure Python: planning needs no torch and no weights.
 """
-from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, Plan, PlanConfig, deployment,
-                                      enumerate_candidates, plan)
+from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, Plan, PlanConfig,
+                                      candidate_table, deployment, enumerate_candidates, plan)
 
-__all__ = ["DEFAULT_SPEEDUP", "Candidate", "Plan", "PlanConfig", "deployment",
+__all__ = ["DEFAULT_SPEEDUP", "Candidate", "Plan", "PlanConfig", "candidate_table", "deployment",
            "enumerate_candidates", "plan"]

@@ -110,7 +110,9 @@ class Plan:
         t, s, p = self.teacher, self.student, self.profile
         return {
             "target": {"name": p.name, "kind": p.kind, "device": p.device,
-                       "source": p.source, "measured": p.measured},
+                       "source": p.source, "measured": p.measured,
+                       "formats": p.formats,
+                       "quality_targets": dataclasses.asdict(p.quality_targets)},
             "deployment": {"runtime": self.runtime, "format": self.format, "quant": self.quant},
             "requirements": self.requirements,
             "teacher": {
@@ -420,3 +422,31 @@ def _explain(pl: Plan, bigger: list[Candidate]) -> list[str]:
     lines.append(f"All figures are {sp.label}, not measured: {sp.basis}. Memory is the "
                  "arithmetic of the layout (weights, KV cache, runtime buffers).")
     return lines
+
+
+def _speed(pred: dict) -> str:
+    if pred.get("encoder_batch_ms") is not None:
+        return f"{pred['encoder_batch_ms']:.1f} ms/batch"
+    return f"{pred['decode_tokens_per_s']:.1f} tok/s"
+
+
+def candidate_table(doc: dict, top: int | None = None) -> tuple[list[str], list[list]]:
+    """The candidate table as ``edgedistill plan`` prints it (header, rows) from a plan's
+    JSON (``Plan.to_dict()`` or plan.json): the teacher, then the first ``top`` candidates,
+    the chosen one marked ``*``."""
+    t, s = doc["teacher"], doc["student"]
+    encoder = s["predicted"].get("encoder_batch_ms") is not None
+    rows = [["teacher", "", t["shape"]["num_layers"], t["shape"]["hidden_size"],
+             t["shape"]["intermediate_size"], f"{t['params'] / 1e6:.1f}M",
+             f"{t['predicted']['memory_gb']:.3f}", _speed(t["predicted"]),
+             "meets targets" if t["meets_targets"] else "; ".join(t["failures"])]]
+    for c in doc["candidates"][:top]:
+        mark = "*" if (c["layers"], c["hidden_size"], c["intermediate_size"]) == (
+            s["shape"]["num_layers"], s["shape"]["hidden_size"],
+            s["shape"]["intermediate_size"]) else ""
+        rows.append([mark, "" if c["fits"] else "no", c["layers"], c["hidden_size"],
+                     c["intermediate_size"], f"{c['params'] / 1e6:.1f}M",
+                     f"{c['predicted']['memory_gb']:.3f}", _speed(c["predicted"]),
+                     "fits" if c["fits"] else "; ".join(c["failures"])])
+    return (["", "fits", "layers", "hidden", "ffn", "params", "mem GB",
+             "ms/batch" if encoder else "decode tok/s", "why"], rows)

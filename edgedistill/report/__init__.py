@@ -1,0 +1,412 @@
+"""Run reports: report.json (its format: docs/report-format.md), report.md and a self-contained
+report.html. They open with the file to ship and why (:mod:`.recommend`), then every file in
+one table with its Pareto frontier, the plan beside what was measured, the training curves and
+predicted against measured on this machine (:mod:`.plots`). Every figure says measured or
+predicted, and where. :mod:`.compare` puts several runs side by side."""
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.plan import candidate_table
+from edgedistill.records import BenchRecord
+from edgedistill.report.plots import png, pareto_plot, predicted_plot, training_plot
+from edgedistill.report.recommend import (DEFAULT_TARGETS, advice, frontier, judge,
+                                          kind_of, quality_text, recommend, row_id, timed)
+from edgedistill.runstate import atomic_write
+from edgedistill.version import __version__
+
+CURVE_POINTS = 400
+"""Training-log rows kept in report.json (every validation row, the loss thinned to this)."""
+
+
+def _fmt(x, spec=".1f") -> str:
+    return "" if x is None else format(x, spec)
+
+
+def main_table(arts: list[BenchRecord | dict], front: list[str] | None = None,
+               judged: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """The report's main table (header, rows) for people, from records or their dicts. With
+    ``front`` (row ids on the Pareto frontier) and ``judged`` (row id -> its judgement
+    against the quality targets) it adds a 'frontier' and a 'targets' column."""
+    arts = [a.to_dict() if isinstance(a, BenchRecord) else a for a in arts]
+    enc = kind_of(arts) == "encoder"
+    if enc:
+        head = ["role", "artifact", "runtime", "MiB", "check", "ms/batch", "sent/s",
+                "p95 ms", "RSS MB", "cosine→teacher", "top-10 overlap", "pred. target ms"]
+    else:
+        head = ["role", "artifact", "runtime", "MiB", "check", "decode tok/s", "prefill tok/s",
+                "TTFT ms", "p50/p95 ms", "RSS MB", "roofline", "ppl", "KL→teacher",
+                "top-1→teacher", "pred. target tok/s"]
+    rows = []
+    for a in arts:
+        b, q = a.get("bench") or {}, a.get("quality") or {}
+        par = a.get("parity") or {}
+        check = par.get("status", "reference" if a["format"] == "hf" else "")
+        pred = ((a.get("predicted") or {}).get("target") or {})
+        name = f"{a['format']}:{a['quant']}"
+        if "error" in b:
+            rows.append([a["role"], name, b.get("runtime", ""), _fmt((a.get("size_bytes") or 0)
+                         / 2**20), check, "failed: " + b["error"][:60]] +
+                        [""] * (len(head) - 6))
+            continue
+        if enc:
+            rows.append([a["role"], name, b.get("runtime", ""),
+                         _fmt((a.get("size_bytes") or 0) / 2**20), check, _fmt(b.get("batch_ms")),
+                         _fmt(b.get("sentences_per_s"), ".0f"), _fmt(b.get("p95_ms")),
+                         _fmt(b.get("peak_rss_mb"), ".0f"), _fmt(q.get("cosine_to_teacher"),
+                                                                 ".4f"),
+                         _fmt(q.get("neighbour_overlap"), ".3f"),
+                         _fmt(pred.get("encoder_batch_ms"))])
+        else:
+            rows.append([a["role"], name, b.get("runtime", ""),
+                         _fmt((a.get("size_bytes") or 0) / 2**20), check,
+                         _fmt(b.get("decode_tokens_per_s")), _fmt(b.get("prefill_tokens_per_s"),
+                                                                  ".0f"),
+                         _fmt(b.get("ttft_ms")),
+                         f"{_fmt(b.get('p50_ms'), '.2f')}/{_fmt(b.get('p95_ms'), '.2f')}",
+                         _fmt(b.get("peak_rss_mb"), ".0f"), _fmt(b.get("roofline_fraction"),
+                                                                 ".2f"),
+                         _fmt(q.get("perplexity"), ".2f"), _fmt(q.get("kl_to_teacher"), ".4f"),
+                         _fmt(q.get("top1_agreement"), ".3f"),
+                         _fmt(pred.get("decode_tokens_per_s"))])
+    if front is not None or judged is not None:
+        head = head + ["frontier", "targets"]
+        for a, r in zip(arts, rows):
+            j = (judged or {}).get(row_id(a))
+            r += ["★" if row_id(a) in (front or ()) else "",
+                  "" if j is None else "meets" if j["meets"] else "misses"]
+    return head, rows
+
+
+def markdown_table(head, rows) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def training_curve(run_dir: Path) -> list[dict]:
+    """train_log.jsonl's rows: every validation row, the rest thinned to CURVE_POINTS."""
+    path = run_dir / "train_log.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+    keep = max(1, len(rows) // CURVE_POINTS)
+    return [r for i, r in enumerate(rows) if i % keep == 0 or i == len(rows) - 1
+            or any(k.startswith("val_") for k in r)]
+
+
+def _plan_section(plan: dict, rows: list[dict], kind: str, measured_on: str) -> dict:
+    """The plan beside what was measured: the student's shape, the planner's explanation,
+    its candidate table, and for the deployed format (or the nearest file the run made) the
+    target's prediction, this machine's prediction and this machine's measurement, for the
+    student and the teacher, each labelled with where it holds."""
+    sec = {k: plan.get(k) for k in ("deployment", "requirements", "explanation")} | {
+        "student_predicted": (plan.get("student") or {}).get("predicted"),
+        "teacher_predicted": (plan.get("teacher") or {}).get("predicted")}
+    if not plan.get("student") or not plan.get("teacher"):
+        return sec
+    s, t = plan["student"], plan["teacher"]
+    sec["student"] = {"shape": s["shape"], "params": s["params"],
+                      "params_ratio": s.get("params_ratio")}
+    sec["teacher_params"] = t["params"]
+    if plan.get("candidates"):
+        head, cand = candidate_table(plan, top=8)
+        sec["candidates"] = {"head": head, "rows": [[str(c) for c in r] for r in cand]}
+    dep = plan.get("deployment") or {}
+    key = "encoder_batch_ms" if kind == "encoder" else "decode_tokens_per_s"
+    bkey = "batch_ms" if kind == "encoder" else "decode_tokens_per_s"
+    unit = "ms per batch" if kind == "encoder" else "decode tokens/s"
+    target = plan.get("target") or {}
+    # the deployed format:quant, else the first file of its format the run exported, else
+    # the first file timed here
+    mine = [r for r in rows if r["role"] == "student" and not r.get("runtime")
+            and r["format"] != "hf"]
+    pick = next((r for r in mine if (r["format"], r["quant"]) == (dep.get("format"),
+                                                                  dep.get("quant"))), None) \
+        or next((r for r in mine if r["format"] == dep.get("format")), None) \
+        or next((r for r in mine if timed(r)), None)
+    pvm = []
+    for role in ("student", "teacher") if pick else ():
+        a = pick if role == "student" else next(
+            (r for r in rows if r["role"] == "teacher" and not r.get("runtime")
+             and (r["format"], r["quant"]) == (pick["format"], pick["quant"])), None)
+        if a is None:
+            continue
+        there = (a.get("predicted") or {}).get("target") or {}
+        here = (a.get("predicted") or {}).get("this_machine") or {}
+        pvm.append({"role": role, "file": f"{a['format']}:{a['quant']}", "unit": unit,
+                    "predicted_target": there.get(key),
+                    "predicted_target_label": f"{there.get('label', 'predicted')}, for "
+                                              f"{target.get('name')} ({target.get('device')})",
+                    "predicted_here": here.get(key),
+                    "predicted_here_label": f"{here.get('label', 'predicted')}, for "
+                                            f"{measured_on}",
+                    "measured_here": a["bench"].get(bkey) if timed(a) else None,
+                    "measured_on": measured_on if timed(a) else None})
+    sec["predicted_vs_measured"] = pvm
+    return sec
+
+
+def build_report(run_dir: str | Path) -> dict:
+    """The report document of a run folder (report.json's content), from its bench.json
+    (rows checked as :class:`BenchRecord`), plan.json, distill.json, train_log.jsonl and
+    export.json files. Raises EdgeDistillError when the folder has no bench.json."""
+    run_dir = Path(run_dir)
+    bench_path = run_dir / "bench.json"
+    if not bench_path.is_file():
+        raise EdgeDistillError(f"{run_dir} has no bench.json.",
+                               "run 'edgedistill bench RUN_DIR' (or the full 'export') first")
+    records = [BenchRecord.from_dict(r) for r in json.loads(bench_path.read_text())]
+    rows = [r.to_dict() for r in records]
+    plan = _read(run_dir / "plan.json")
+    dist = _read(run_dir / "distill.json")
+    # the first row that was timed here: NPU graphs, failed runtimes and rows that were never
+    # benched carry no device
+    measured_on = next((r.device for r in records if r.device), "this machine")
+    target = plan.get("target", {})
+    kind = kind_of(rows)
+    targets = DEFAULT_TARGETS | (target.get("quality_targets") or {})
+    judged = {row_id(a): judge(a, rows, kind, targets) for a in rows
+              if a["format"] != "hf" or a["role"] == "student"}
+    front = frontier(rows, kind)
+    rec = recommend(rows, kind, targets, target.get("formats"), target.get("name", "the target"),
+                    measured_on, (plan.get("teacher") or {}).get("meets_targets"))
+    curve = training_curve(run_dir)
+    teacher_val = {"loss": dist.get("teacher_val_loss")} if dist.get("teacher_val_loss") \
+        is not None else {}
+    training = ({k: dist.get(k) for k in ("steps", "tokens", "seconds", "tokens_per_s",
+                                          "device", "validation")}
+                | {"teacher_validation": teacher_val, "curve": curve}) if dist or curve else {}
+    target_pred = next((r.predicted["target"] for r in records
+                        if r.predicted.get("target")), {})
+    notes = [
+        "Figures in bench columns are measured on this machine, each runtime in its own "
+        "process (median of repeats after a warm-up). 'pred. target' figures are "
+        f"{target_pred.get('label', 'predicted')} for the target device "
+        f"({target_pred.get('basis', 'the planner')}), not measured.",
+        "Quality is computed from each runtime's own outputs on held-out text; the teacher "
+        "rows are the baseline: the teacher exported and quantized the same way.",
+        "'frontier' marks the files on the Pareto frontier of speed against quality measured "
+        "here: no other file is both faster and better. 'targets' says whether a file meets "
+        f"the quality targets of {target.get('name', 'the target')} ("
+        + ", ".join(f"{k} {v:g}" for k, v in rec["targets"].items()) + ").",
+    ]
+    if dist:
+        v = dist.get("validation", {})
+        if "loss" in v:
+            notes.append(f"Distillation: {dist['steps']} steps, {dist['tokens']:,} tokens; "
+                         f"held-out loss student {v['loss']:.4f} vs teacher "
+                         f"{dist.get('teacher_val_loss', float('nan')):.4f} (torch).")
+        elif "cosine" in v:
+            notes.append(f"Distillation: {dist['steps']} steps; held-out embedding cosine to "
+                         f"the teacher {v['cosine']:.4f} (torch).")
+    checks: dict[str, list[str]] = {}
+    for r in records:
+        checks.setdefault(r.status, []).append(f"{r.role} {r.name}")
+    notes.append("'check' is each file's verification against the torch model it came from "
+                 "(verify/parity.py): passed meets the quality targets, below-target runs but "
+                 "loses more than they allow, failed is broken and must not be deployed." +
+                 "".join(f" {label}: {', '.join(checks[k])}." for k, label in
+                         (("below-target", "Below target"), ("failed", "FAILED"),
+                          ("error", "Could not run")) if checks.get(k)))
+    for role in ("student", "teacher"):
+        done = _read(run_dir / "export" / role / "export.json")
+        tp = done.get("tokenizer_parity") or {}
+        if tp.get("normalization"):
+            notes.append(f"GGUF tokenizer ({role}): {tp['normalization']['note']}.")
+        notes += [f"{role} {n}." for n in done.get("notes", [])]
+    for r in records:
+        if "error" in r.bench:
+            notes.append(f"{r.role} {r.name} could not be measured: {r.bench['error']}")
+    return {"target": target, "measured_on": measured_on, "kind": kind,
+            "recommendation": rec,
+            "advice": advice(rows, kind, targets, rec, plan, dist, curve, measured_on),
+            "frontier": front,
+            "judged": {k: {"meets": j["meets"], "misses": j["misses"]} for k, j in judged.items()},
+            "plan": _plan_section(plan, rows, kind, measured_on),
+            "training": training, "artifacts": rows, "notes": notes}
+
+
+def recommendation_lines(doc: dict) -> list[str]:
+    """The recommendation as sentences, after the headline: its runner-up, the faster files
+    passed over and why, then the advice."""
+    rec = doc.get("recommendation") or {}
+    lines = []
+    f = rec.get("file") or rec.get("closest")
+    vs = (f or {}).get("vs_teacher")
+    if vs:
+        lines.append(f"Against the teacher's {f['format']}:{f['quant']}: {vs['size_mib']:.1f} "
+                     f"MiB, {vs['speed']:,.1f} {f['speed_unit']}, "
+                     f"{quality_text({'figures': vs['quality']}, doc.get('kind', 'causal'))}"
+                     f" (the student's: {f['size_mib']:.1f} MiB, {f['speed']:,.1f}).")
+    ru = rec.get("runner_up")
+    if ru:
+        lines.append(f"Runner-up: {ru['id']}, {ru['why']}.")
+    for p in rec.get("passed_over") or []:
+        lines.append(f"Faster but passed over: {p['id']}: {p['why']}.")
+    alt = rec.get("teacher_alternative")
+    if alt:
+        lines.append(f"The teacher's {alt['format']}:{alt['quant']} meets the quality targets, "
+                     f"at {alt['speed']:,.1f} {alt['speed_unit']} ({alt['speed_basis']}); "
+                     f"{alt['why']}.")
+    if f and f.get("predicted_target") is not None and f["speed_basis"] == "measured":
+        lines.append(f"On {doc.get('target', {}).get('name', 'the target')} it is predicted at "
+                     f"{f['predicted_target']:,.1f} {f['speed_unit']} "
+                     f"({f.get('predicted_label') or 'predicted'}, not measured).")
+    return lines + list(doc.get("advice") or [])
+
+
+def _plan_md(sec: dict) -> list[str]:
+    out = []
+    st = sec.get("student")
+    if st:
+        sh = st["shape"]
+        out.append(f"Student: {sh['num_layers']} layers, hidden {sh['hidden_size']}, FFN "
+                   f"{sh['intermediate_size']}, {sh['num_heads']} heads ({sh['num_kv_heads']} "
+                   f"KV), {st['params'] / 1e6:.1f}M parameters"
+                   + (f", {st['params_ratio']:.0%} of the teacher's "
+                      f"{sec['teacher_params'] / 1e6:.1f}M." if st.get("params_ratio") else "."))
+    out += [f"- {e}" for e in sec.get("explanation") or []]
+    return out
+
+
+def _pvm_rows(sec: dict) -> tuple[list[str], list[list[str]]]:
+    """Predicted against measured for the deployed format, one column per machine, each
+    header naming the machine and how its figure was made."""
+    pvm = sec.get("predicted_vs_measured") or []
+    if not pvm:
+        return [], []
+    p0 = pvm[0]
+    head = ["role", "file", f"predicted: {p0['predicted_target_label']}",
+            f"predicted: {p0['predicted_here_label']}",
+            f"measured: {p0['measured_on'] or 'not timed here'}"]
+    rows = [[p["role"], p["file"]]
+            + ["" if v is None else f"{v:,.1f} {p['unit']}"
+               for v in (p["predicted_target"], p["predicted_here"], p["measured_here"])]
+            for p in pvm]
+    return head, rows
+
+
+def write_report(run_dir: str | Path, doc: dict) -> dict:
+    """Write report.json, report.md and report.html into ``run_dir``. ``doc`` holds
+    ``artifacts`` (bench records) plus context (target, plan, notes, recommendation, ...: as
+    :func:`build_report` makes it). Returns the paths."""
+    run_dir = Path(run_dir)
+    doc = {"edgedistill_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+           **doc}
+    arts = doc["artifacts"]
+    kind = doc.get("kind") or kind_of(arts)
+    head, rows = main_table(arts, doc.get("frontier", []), doc.get("judged"))
+    notes = doc.get("notes", [])
+    target = doc.get("target", {})
+    rec = doc.get("recommendation") or {}
+    headline = rec.get("headline", "")
+    more = recommendation_lines(doc)
+    plan = doc.get("plan") or {}
+    title = f"edgedistill report: {target.get('name', '')}"
+    where = (f"Measured on: {doc.get('measured_on', 'this machine')}. Target: "
+             f"{target.get('device', '')} (its figures are predicted).")
+    md = [f"# {title}", "", f"**{headline}**" if headline else "", ""]
+    md += [f"- {m}" for m in more] + ["", where, "", "## Files", "",
+                                      markdown_table(head, rows), ""]
+    if plan.get("student"):
+        md += ["## Plan", ""] + _plan_md(plan) + [""]
+        if plan.get("predicted_vs_measured"):
+            md += [markdown_table(*_pvm_rows(plan)), ""]
+    tr = doc.get("training") or {}
+    if tr.get("steps"):
+        md += ["## Training", "", _training_text(tr), ""]
+    md += ["## Notes", ""] + [f"- {n}" for n in notes]
+    paths = {"json": run_dir / "report.json", "md": run_dir / "report.md",
+             "html": run_dir / "report.html"}
+    atomic_write(paths["json"], doc)
+    atomic_write(paths["md"], "\n".join(md) + "\n")
+    atomic_write(paths["html"], _html(doc, title, where, headline, more, head, rows, kind))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _training_text(tr: dict) -> str:
+    v = tr.get("validation") or {}
+    tv = (tr.get("teacher_validation") or {}).get("loss")
+    fig = ", ".join(f"{k} {x:.4f}" for k, x in v.items() if isinstance(x, (int, float)))
+    return (f"{tr['steps']} steps, {tr.get('tokens') or 0:,} tokens in "
+            f"{(tr.get('seconds') or 0) / 60:.1f} min on {tr.get('device') or 'cpu'}"
+            f" ({tr.get('tokens_per_s') or 0:,.0f} tokens/s). Held-out at the end: {fig}"
+            + (f"; the teacher's own validation loss {tv:.4f}." if tv is not None else "."))
+
+
+def _table_html(head, rows, cls="") -> str:
+    return (f"<div class='scroll'><table class='{cls}'><tr>"
+            + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                      for r in rows) + "</table></div>")
+
+
+def _img(fig, alt: str) -> str:
+    return "" if fig is None else \
+        f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{png(fig)}'>"
+
+
+def _html(doc, title, where, headline, more, head, rows, kind) -> str:
+    e = html.escape
+    arts = doc["artifacts"]
+    plan = doc.get("plan") or {}
+    tr = doc.get("training") or {}
+    rec = doc.get("recommendation") or {}
+    ok = "ok" if rec.get("meets_targets") else "miss"
+    parts = [f"<h1 id='title'>{e(title)}</h1>",
+             f"<section id='recommendation' class='{ok}'><p id='headline'>{e(headline)}</p>"
+             + ("<ul>" + "".join(f"<li>{e(m)}</li>" for m in more) + "</ul>" if more else "")
+             + "</section>",
+             f"<p>{e(where)}</p>",
+             "<section id='files'><h2>Files</h2>" + _table_html(head, rows, "files")
+             + "</section>"]
+    pareto = pareto_plot(arts, kind, doc.get("frontier", []),
+                         doc.get("measured_on", "this machine"))
+    if pareto is not None:
+        parts.append("<section id='pareto'><h2>Quality against speed</h2>"
+                     + _img(pareto, "quality against speed") + "</section>")
+    if plan.get("student"):
+        body = "".join(f"<p>{e(line)}</p>" if not line.startswith("- ") else "" for line in
+                       _plan_md(plan)) + "<ul>" + "".join(
+            f"<li>{e(x)}</li>" for x in plan.get("explanation") or []) + "</ul>"
+        if plan.get("candidates"):
+            body += ("<h3>Candidates (the planner's table, top rows; * chosen)</h3>"
+                     + _table_html(plan["candidates"]["head"], plan["candidates"]["rows"]))
+        if plan.get("predicted_vs_measured"):
+            body += "<h3>Predicted against measured</h3>" + _table_html(*_pvm_rows(plan))
+        parts.append(f"<section id='plan'><h2>Plan</h2>{body}</section>")
+    if tr.get("curve"):
+        parts.append("<section id='training'><h2>Training</h2>"
+                     f"<p>{e(_training_text(tr)) if tr.get('steps') else ''}</p>"
+                     + _img(training_plot(tr["curve"], tr.get("teacher_validation") or {}),
+                            "training curves") + "</section>")
+    pred = predicted_plot(arts, kind)
+    if pred is not None:
+        parts.append("<section id='predicted'><h2>Predicted against measured, this machine"
+                     "</h2>" + _img(pred, "predicted against measured") + "</section>")
+    parts.append("<section id='notes'><h2>Notes</h2><ul>"
+                 + "".join(f"<li>{e(n)}</li>" for n in doc.get("notes", [])) + "</ul></section>")
+    style = ("body{font-family:sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em}"
+             "#recommendation{border-left:6px solid #2a7;background:#f3fbf6;padding:.6em 1em}"
+             "#recommendation.miss{border-color:#c62;background:#fdf5f0}"
+             "#headline{font-size:1.15em;font-weight:bold}"
+             ".scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px;text-align:right;"
+             "white-space:nowrap}th{background:#f0f0f0;white-space:normal;max-width:22em}"
+             "img{max-width:100%;height:auto;border:1px solid #eee}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

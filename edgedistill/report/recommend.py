@@ -1,0 +1,342 @@
+"""Which file to ship, and why: each file judged against the target's quality targets, the
+Pareto frontier of speed against quality, the recommendation with its runner-up, and advice
+when the student is far from the teacher. Works on report rows (BenchRecord dicts)."""
+from __future__ import annotations
+
+import math
+
+DEFAULT_TARGETS = {"cosine_to_teacher": 0.90, "neighbour_overlap": 0.60,
+                   "top1_agreement": 0.60, "perplexity_ratio": 1.5}
+"""The profiles' defaults (profiles.QualityTargets), for a run whose plan.json predates them."""
+
+# (figure, at least/at most, label) per kind of model
+TARGETS = {"encoder": (("cosine_to_teacher", ">=", "cosine"),
+                       ("neighbour_overlap", ">=", "top-10 overlap")),
+           "causal": (("top1_agreement", ">=", "top-1 agreement"),
+                      ("perplexity_ratio", "<=", "perplexity ratio"))}
+SPEED = {"encoder": ("sentences_per_s", "sentences/s"),
+         "causal": ("decode_tokens_per_s", "decode tokens/s")}
+QUALITY = {"encoder": ("cosine_to_teacher", "cosine to teacher", True),
+           "causal": ("perplexity", "perplexity", False)}
+"""The quality axis of the Pareto view: (figure, label, higher is better)."""
+
+
+def kind_of(rows: list[dict]) -> str:
+    """'encoder' when any row has an encoder's figures, else 'causal'."""
+    enc = any("cosine_to_teacher" in (a.get("quality") or {}) for a in rows) or any(
+        "batch_ms" in (a.get("bench") or {}) for a in rows)
+    return "encoder" if enc else "causal"
+
+
+def row_id(a: dict) -> str:
+    """A row's name in the report: role, format:quant, and its GPU runtime if it has one."""
+    rt = f" ({a['runtime']})" if a.get("runtime") else ""
+    return f"{a['role']} {a['format']}:{a['quant']}{rt}"
+
+
+def timed(a: dict) -> bool:
+    b = a.get("bench") or {}
+    return bool(b.get("measured")) and "error" not in b
+
+
+def speed(a: dict, kind: str) -> tuple[float | None, str]:
+    """(speed, basis): measured here when the row was timed, else the target's prediction
+    ('predicted'), else (None, '')."""
+    key, _ = SPEED[kind]
+    b = a.get("bench") or {}
+    if timed(a) and b.get(key) is not None:
+        return float(b[key]), "measured"
+    pred = (a.get("predicted") or {}).get("target") or {}
+    if pred.get(key) is not None:
+        return float(pred[key]), "predicted"
+    if kind == "encoder" and pred.get("encoder_batch_ms") and pred.get("encoder_batch"):
+        return 1000.0 * pred["encoder_batch"] / pred["encoder_batch_ms"], "predicted"
+    return None, ""
+
+
+def teacher_perplexity(rows: list[dict]) -> float | None:
+    """The teacher's own held-out perplexity: its torch row, else its best file."""
+    hf = [a for a in rows if a["role"] == "teacher" and a["format"] == "hf"
+          and (a.get("quality") or {}).get("perplexity")]
+    pool = hf or [a for a in rows if a["role"] == "teacher"
+                  and (a.get("quality") or {}).get("perplexity")]
+    return min((a["quality"]["perplexity"] for a in pool), default=None)
+
+
+def quality_figures(a: dict, rows: list[dict], kind: str) -> tuple[dict, str]:
+    """The row's quality against the teacher as the targets name it, and where it comes from.
+    An NPU graph is verified against the float model it came from, not scored against the
+    teacher: its figures are that float model's (torch row of the same role), and say so."""
+    q = a.get("quality") or {}
+    source = "the file's own outputs on held-out text"
+    if "error" in q:
+        return {}, ""
+    if kind == "encoder" and "cosine_to_teacher" not in q or \
+            kind == "causal" and "top1_agreement" in q and "perplexity" not in q:
+        same = next((r for r in rows if r["role"] == a["role"] and r["format"] == "hf"
+                     and (r.get("quality") or {})), None)
+        if same is None:
+            return {}, ""
+        q = same["quality"]
+        source = f"the float {a['role']} (torch); the file is verified against it"
+    figs = {}
+    if kind == "encoder":
+        for key in ("cosine_to_teacher", "neighbour_overlap"):
+            if q.get(key) is not None:
+                figs[key] = float(q[key])
+    else:
+        if q.get("top1_agreement") is not None:
+            figs["top1_agreement"] = float(q["top1_agreement"])
+        ref = teacher_perplexity(rows)
+        if q.get("perplexity") is not None and ref:
+            figs["perplexity_ratio"] = float(q["perplexity"]) / ref
+    return figs, source
+
+
+def judge(a: dict, rows: list[dict], kind: str, targets: dict) -> dict:
+    """{meets, misses, shortfall, figures, source}: a row against the quality targets.
+    ``shortfall`` is the worst relative miss (0 when it meets them all)."""
+    figs, source = quality_figures(a, rows, kind)
+    misses, worst = [], 0.0
+    for key, op, label in TARGETS[kind]:
+        want = targets.get(key, DEFAULT_TARGETS[key])
+        v = figs.get(key)
+        if v is None:
+            misses.append(f"no {label} figure")
+            worst = max(worst, 1.0)
+            continue
+        miss = (want - v) / want if op == ">=" else (v - want) / want
+        if miss > 1e-12:
+            misses.append(f"{label} {v:.3f} {'<' if op == '>=' else '>'} {want:g}")
+            worst = max(worst, miss)
+    return {"meets": not misses, "misses": misses, "shortfall": worst, "figures": figs,
+            "source": source}
+
+
+def frontier(rows: list[dict], kind: str) -> list[str]:
+    """Row ids on the Pareto frontier of the files measured here: no other timed row is at
+    least as fast and at least as good, and better in one."""
+    key, _ = SPEED[kind]
+    qkey, _, higher = QUALITY[kind]
+    pts = [(a["bench"][key], a["quality"][qkey] if higher else -a["quality"][qkey], row_id(a))
+           for a in rows if timed(a) and (a.get("bench") or {}).get(key) is not None
+           and (a.get("quality") or {}).get(qkey) is not None]
+    return [n for s, q, n in pts
+            if not any(s2 >= s and q2 >= q and (s2 > s or q2 > q) for s2, q2, _ in pts)]
+
+
+def _deployable(a: dict, formats: dict | None) -> bool:
+    if a["format"] == "hf":
+        return False
+    return not formats or a["quant"] in formats.get(a["format"], [])
+
+
+def quality_text(j: dict, kind: str) -> str:
+    f = j["figures"]
+    if kind == "encoder":
+        parts = [f"cosine {f['cosine_to_teacher']:.3f} to the teacher"
+                 if "cosine_to_teacher" in f else "",
+                 f"top-10 neighbour overlap {f['neighbour_overlap']:.2f}"
+                 if "neighbour_overlap" in f else ""]
+    else:
+        parts = [f"top-1 agreement {f['top1_agreement']:.0%} with the teacher"
+                 if "top1_agreement" in f else "",
+                 f"perplexity {f['perplexity_ratio']:.2f}x the teacher's"
+                 if "perplexity_ratio" in f else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def _fmt_speed(v: float, kind: str) -> str:
+    return f"{v:,.0f} {SPEED[kind][1]}" if v >= 100 else f"{v:,.1f} {SPEED[kind][1]}"
+
+
+def _ranked(rows: list[dict], role: str, kind: str, targets: dict, formats: dict | None):
+    """(row, speed, basis, judgement) of the role's deployable files with a speed: timed here
+    first, fastest first, then the rest by the target's prediction."""
+    cands = []
+    for a in rows:
+        if a["role"] != role or not _deployable(a, formats):
+            continue
+        s, basis = speed(a, kind)
+        if s is not None:
+            cands.append((a, s, basis, judge(a, rows, kind, targets)))
+    return sorted(cands, key=lambda c: (c[2] != "measured", -c[1]))
+
+
+def recommend(rows: list[dict], kind: str, targets: dict, formats: dict | None,
+              target_name: str, measured_on: str, teacher_fits: bool | None = None) -> dict:
+    """The file to ship: the fastest of the student's files in a format:quant the profile
+    lists whose verdict is ``passed`` and whose quality meets ``targets``. Files timed here
+    rank by that speed, before files that were not (NPU graphs), which rank by the target's
+    prediction. The teacher's files are the baseline; when no student file meets the targets
+    and one of the teacher's does, it is named as ``teacher_alternative`` (with whether the
+    plan predicted the teacher meets the target's speed: ``teacher_fits``). Returns
+    report.json's ``recommendation``."""
+    cands = _ranked(rows, "student", kind, targets, formats)
+    teachers = _ranked(rows, "teacher", kind, targets, formats)
+
+    def status(a):
+        return (a.get("parity") or {}).get("status")
+
+    def why_not(a, j):
+        out = [] if status(a) == "passed" else [f"its check is {status(a) or 'missing'}"]
+        return out + j["misses"]
+
+    def entry(a, s, basis, j):
+        pred = ((a.get("predicted") or {}).get("target") or {})
+        key = SPEED[kind][0]
+        return {"id": row_id(a), "role": a["role"], "format": a["format"], "quant": a["quant"],
+                "path": a.get("path"), "runtime": (a.get("bench") or {}).get("runtime"),
+                "size_mib": (a.get("size_bytes") or 0) / 2**20, "speed": s,
+                "speed_unit": SPEED[kind][1], "speed_basis": basis,
+                "measured_on": measured_on if basis == "measured" else None,
+                "predicted_target": pred.get(key) if pred.get(key) is not None else (
+                    1000.0 * pred["encoder_batch"] / pred["encoder_batch_ms"]
+                    if pred.get("encoder_batch_ms") and pred.get("encoder_batch") else None),
+                "predicted_label": pred.get("label"), "quality": j["figures"],
+                "quality_source": j["source"], "check": status(a)} | _versus(a, s, basis)
+
+    def _versus(a, s, basis):
+        """The teacher's file at the same format:quant, timed (or predicted) the same way."""
+        same = next((c for c in teachers if a["role"] == "student"
+                     and (c[0]["format"], c[0]["quant"]) == (a["format"], a["quant"])
+                     and c[2] == basis), None)
+        if same is None:
+            return {}
+        return {"vs_teacher": {"id": row_id(same[0]), "speed": same[1],
+                               "speedup": s / same[1],
+                               "size_mib": (same[0].get("size_bytes") or 0) / 2**20,
+                               "quality": same[3]["figures"]}}
+
+    ok = [c for c in cands if status(c[0]) == "passed" and c[3]["meets"]]
+    doc: dict = {"targets": {k: targets.get(k, DEFAULT_TARGETS[k]) for k, _, _ in TARGETS[kind]},
+                 "kind": kind, "candidates": len(cands)}
+    if not cands:
+        doc |= {"file": None, "meets_targets": False,
+                "headline": "No student file in a format the target deploys has a speed, "
+                            "measured or predicted: nothing to recommend."}
+        return doc
+    if ok:
+        a, s, basis, j = ok[0]
+        best = entry(a, s, basis, j)
+        doc |= {"file": best, "meets_targets": True}
+        passed_over = [{"id": row_id(c[0]), "why": "; ".join(why_not(c[0], c[3]))}
+                       for c in cands[:cands.index(ok[0])]]
+        if len(ok) > 1:
+            a2, s2, b2, j2 = ok[1]
+            why = (f"{s / s2:.2f}x slower ({_fmt_speed(s2, kind)}, {b2})" if b2 == basis
+                   else f"not timed here (predicted {_fmt_speed(s2, kind)} on the target)")
+            doc["runner_up"] = entry(a2, s2, b2, j2) | {"why": why}
+        doc["passed_over"] = passed_over
+    else:
+        # nothing meets the targets: the closest file that passed its check (else any)
+        pool = [c for c in cands if status(c[0]) == "passed"] or cands
+        a, s, basis, j = min(pool, key=lambda c: (c[3]["shortfall"], -c[1]))
+        best = entry(a, s, basis, j)
+        doc |= {"file": None, "closest": best | {"misses": why_not(a, j)},
+                "meets_targets": False}
+        alt = next((c for c in teachers if status(c[0]) == "passed" and c[3]["meets"]), None)
+        if alt is not None:
+            fits = ("the plan predicted it meets the target's speed" if teacher_fits else
+                    "the plan predicted it too slow for the target" if teacher_fits is False
+                    else "the plan did not say whether it is fast enough for the target")
+            doc["teacher_alternative"] = entry(*alt) | {"why": fits}
+    doc["headline"] = _headline(doc, kind, target_name)
+    return doc
+
+
+def _headline(doc: dict, kind: str, target_name: str) -> str:
+    f = doc["file"] or doc["closest"]
+    where = (f"measured on {f['measured_on']}" if f["speed_basis"] == "measured"
+             else f"predicted for {target_name} ({f.get('predicted_label') or 'predicted'}), "
+                  "not timed here")
+    qual = quality_text({"figures": f["quality"]}, kind)
+    src = "" if f["quality_source"].startswith("the file's own") else \
+        f" (quality of {f['quality_source']})"
+    vs = f.get("vs_teacher")
+    if vs:
+        speed_txt = (f"{vs['speedup']:.2f}x faster than the teacher's {f['format']}:{f['quant']}"
+                     f" ({_fmt_speed(f['speed'], kind)} against {_fmt_speed(vs['speed'], kind)},"
+                     f" {where})")
+    else:
+        speed_txt = f"{_fmt_speed(f['speed'], kind)} ({where})"
+    body = (f"{f['role']} {f['format']}:{f['quant']} ({f['runtime'] or f['format']}, "
+            f"{f['size_mib']:.1f} MiB): {speed_txt}, {qual}{src}")
+    if doc["meets_targets"]:
+        return f"Ship the {body}."
+    return (f"No file meets {target_name}'s quality targets. The closest is the {body}; it "
+            f"misses: {'; '.join(f['misses'])}.")
+
+
+def advice(rows: list[dict], kind: str, targets: dict, rec: dict, plan: dict, dist: dict,
+           curve: list[dict], measured_on: str) -> list[str]:
+    """What would bring the student closer to the teacher, when it is far from it: the gap,
+    then more steps (from the training curve's slope), a larger student (when this machine
+    measured far more speedup than the plan asked), a GPU, or a higher-precision format
+    (when the loss is in the quantization)."""
+    float_student = next((a for a in rows if a["role"] == "student" and a["format"] == "hf"
+                          and (a.get("quality") or {})), None)
+    if float_student is None:
+        return []
+    jf = judge(float_student, rows, kind, targets)
+    shipped = rec.get("file") or rec.get("closest")
+    if jf["meets"] and rec.get("meets_targets"):
+        return []
+    out = []
+    q = float_student["quality"]
+    ref = teacher_perplexity(rows)
+    if kind == "causal" and q.get("perplexity") and ref:
+        out.append(f"The student is far from the teacher: held-out perplexity "
+                   f"{q['perplexity']:.1f} against the teacher's {ref:.1f} "
+                   f"({q['perplexity'] / ref:.1f}x), top-1 agreement "
+                   f"{q.get('top1_agreement', float('nan')):.0%} (float student, torch).")
+    elif kind == "encoder" and q.get("cosine_to_teacher") is not None:
+        out.append(f"The student is far from the teacher: cosine {q['cosine_to_teacher']:.3f}, "
+                   f"top-10 overlap {q.get('neighbour_overlap', float('nan')):.2f} "
+                   "(float student, torch).")
+    if jf["meets"] and shipped and not rec.get("meets_targets"):
+        out.append(f"The float student meets the targets and its files do not: the loss is in "
+                   f"the quantization. Ship a higher-precision format (e.g. "
+                   f"{_higher_precision(rows, shipped)}) or train quant-aware.")
+        return out
+    trend = loss_trend(curve)
+    if trend is not None:
+        drop, span = trend
+        if drop > 0.03:
+            out.append(f"The training loss was still falling ({drop:.0%} over the last {span} "
+                       f"steps): more --steps (now {dist.get('steps', '?')}) should close part "
+                       "of the gap.")
+        else:
+            out.append(f"The training loss had flattened ({drop:.1%} over the last {span} "
+                       "steps): more steps alone will close little.")
+    asked = (plan.get("requirements") or {}).get("speedup")
+    got = (shipped or {}).get("vs_teacher", {}).get("speedup")
+    if asked and got and got > 1.25 * asked:
+        lower = max(1.0, asked * asked / got)
+        out.append(f"The plan asked {asked:g}x on the target; {measured_on} measured {got:.1f}x "
+                   f"for the shipped format. A lower --speedup (e.g. {lower:.1f}) plans a "
+                   "larger student, which keeps more of the teacher.")
+    if dist and dist.get("device", "cpu") == "cpu":
+        out.append(f"Distillation ran on the CPU ({dist.get('tokens_per_s', 0):,.0f} tokens/s); "
+                   "a GPU makes many more steps affordable.")
+    return out
+
+
+def _higher_precision(rows: list[dict], shipped: dict) -> str:
+    fmt = shipped["format"]
+    order = ("q8_0", "q6_k", "f16") if fmt == "gguf" else ("qdq_a16w8", "int8", "fp16", "fp32")
+    have = {a["quant"] for a in rows if a["format"] == fmt}
+    return next((f"{fmt}:{q}" for q in order if q in have and q != shipped["quant"]),
+                f"{fmt}:{order[0]}")
+
+
+def loss_trend(curve: list[dict]) -> tuple[float, int] | None:
+    """(relative drop of the training loss over the last quarter of steps, that span), from
+    means of the first and last tenth of that quarter; None with under 20 logged steps."""
+    losses = [r["loss"] for r in curve if r.get("loss") is not None and math.isfinite(r["loss"])]
+    if len(losses) < 20:
+        return None
+    tail = losses[-max(8, len(losses) // 4):]
+    k = max(2, len(tail) // 10)
+    first, last = sum(tail[:k]) / k, sum(tail[-k:]) / k
+    return ((first - last) / first if first else 0.0), len(tail)
