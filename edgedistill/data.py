@@ -143,8 +143,8 @@ def split_holdout(items, fraction: float = 0.05) -> tuple[list, list]:
 
 # -- the user's text ----------------------------------------------------------------------
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
-FORMS = ('{"text": "..."}, {"messages": [{"role": "user", "content": "..."}, ...]} or '
-         '{"prompt": "...", "completion": "..."}')
+FORMS = ('{"text": "..."}, {"messages": [{"role": "user", "content": "..."}, ...]}, '
+         '{"prompt": "...", "completion": "..."} or {"prompt": "..."} (the teacher answers)')
 
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 Render = Callable[[list], str]
@@ -176,14 +176,8 @@ def record_text(rec, where: str, render: Render | None = None) -> str:
     if isinstance(rec, dict):
         if isinstance(rec.get("text"), str):
             return rec["text"]
-        msgs = rec.get("messages")
-        if msgs is None and isinstance(rec.get("conversations"), list):  # ShareGPT
-            msgs = [{"role": _SHAREGPT_ROLES.get(m.get("from"), m.get("from")),
-                     "content": m.get("value")} if isinstance(m, dict) else m
-                    for m in rec["conversations"]]
-        if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "content" in m
-                                                   for m in msgs):
-            msgs = [{**m, "content": _content(m["content"])} for m in msgs]
+        msgs = _messages(rec)
+        if msgs is not None:
             try:
                 return (render or plain_render)(msgs)
             except Exception as e:  # jinja's TemplateError: roles out of order, and the like
@@ -194,24 +188,93 @@ def record_text(rec, where: str, render: Render | None = None) -> str:
                     'it as {"text": "..."}') from None
         if isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
             return rec["prompt"] + rec["completion"]
+        if isinstance(rec.get("prompt"), str):  # a prompt alone: its text (held-out text)
+            return rec["prompt"]
     raise EdgeDistillError(f"{where}: no string field 'text', no 'messages' (or ShareGPT "
                            "'conversations') list and no 'prompt'/'completion' pair.",
                            f"write lines like {FORMS}")
 
 
-def _jsonl(path: Path, render: Render | None) -> list[str]:
+def _jsonl_records(path: Path) -> list[tuple[dict, str]]:
+    """(record, where) of each non-empty line of a JSONL file."""
     out = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                out.append((json.loads(line), f"{path}:{n}"))
             except json.JSONDecodeError as e:
                 raise EdgeDistillError(f"{path}:{n}: not valid JSON ({e.msg}).",
                                        "write one JSON object per line") from None
-            out.append(record_text(rec, f"{path}:{n}", render))
     return out
+
+
+def _jsonl(path: Path, render: Render | None) -> list[str]:
+    return [record_text(rec, where, render) for rec, where in _jsonl_records(path)]
+
+
+def _messages(rec: dict) -> list | None:
+    """A record's conversation ('messages', or ShareGPT 'conversations'), contents as text."""
+    msgs = rec.get("messages")
+    if msgs is None and isinstance(rec.get("conversations"), list):
+        msgs = [{"role": _SHAREGPT_ROLES.get(m.get("from"), m.get("from")),
+                 "content": m.get("value")} if isinstance(m, dict) else m
+                for m in rec["conversations"]]
+    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "content" in m
+                                               for m in msgs):
+        return [{**m, "content": _content(m["content"])} for m in msgs]
+    return None
+
+
+def prompt_of(rec) -> str | list | None:
+    """The prompt of a prompt-only record: a ``{"prompt": ...}`` without a completion (its
+    text), or a conversation ending with a user turn (its messages); None otherwise."""
+    if not isinstance(rec, dict) or isinstance(rec.get("text"), str):
+        return None
+    msgs = _messages(rec)
+    if msgs is not None:
+        return msgs if msgs[-1].get("role") == "user" else None
+    if isinstance(rec.get("prompt"), str) and "completion" not in rec:
+        return rec["prompt"]
+    return None
+
+
+def load_prompts(path: str | Path) -> list[str | list] | None:
+    """Prompts, when every record of ``path`` (.jsonl, .json, or a folder of them) is a
+    prompt without a response (:func:`prompt_of`): the teacher will write the responses.
+    None when the data is text or complete records; EdgeDistillError when it mixes the two."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json"))
+        if not files or any(p.suffix in TEXT_SUFFIXES for p in path.rglob("*")):
+            return None
+    elif path.suffix in (".jsonl", ".json") and path.is_file():
+        files = [path]
+    else:
+        return None
+    recs: list[tuple[dict, str]] = []
+    for f in files:
+        if f.suffix == ".jsonl":
+            recs += _jsonl_records(f)
+        else:
+            try:
+                doc = json.loads(_text_file(f))
+            except json.JSONDecodeError:
+                return None  # load_texts says what is wrong with it
+            if not isinstance(doc, list):
+                return None
+            recs += [(r, f"{f} record {i}") for i, r in enumerate(doc)]
+    prompts = [prompt_of(r) for r, _ in recs]
+    if not recs or all(p is None for p in prompts):
+        return None
+    if any(p is None for p in prompts):
+        where = next(w for (r, w), p in zip(recs, prompts) if p is None)
+        raise EdgeDistillError(
+            f"the data mixes prompts (records with no response) and complete records "
+            f"({sum(p is not None for p in prompts)} prompts; {where} is complete).",
+            "pass prompts only (the teacher writes the responses), or complete records only")
+    return prompts
 
 
 def _text_file(path: Path) -> str:

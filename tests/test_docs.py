@@ -5,10 +5,10 @@ docs/*.md is extracted (and, in other blocks, any line that starts like a comman
 ``edgedistill ...`` command is run for real, at a smoke size, in a subprocess (``python -m
 edgedistill``), from a sandbox folder in tmp_path that holds what the docs' placeholders name:
 ``./my-llama`` (a tiny trained llama, conftest's trained_llama recipe), ``corpus.txt``,
-``my-device.yaml`` and ``my-profiles/``; the run folders the docs make (``runs/...``) are made
-there. Every other command is listed in LEFT_OUT with the reason it does not run here. A
-command added to the docs that is neither run nor listed fails
-``test_every_documented_command_is_run_or_left_out``.
+``prompts.jsonl`` (prompts only), ``my-device.yaml`` and ``my-profiles/``; the run folders
+the docs make (``runs/...``) are made there. Every other command is listed in LEFT_OUT with
+the reason it does not run here. A command added to the docs that is neither run nor listed
+fails ``test_every_documented_command_is_run_or_left_out``.
 
 Smoke size: ``--steps 2 --batch-size 2 --seq-len 32`` for training, ``--new-tokens 4
 --repeats 1`` for benchmarks, one quantization (``--quant``) per export, and, where no
@@ -477,6 +477,8 @@ def sandbox(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     (root / "corpus.txt").write_text(stdlib_source(200_000))
+    (root / "prompts.jsonl").write_text("".join(
+        json.dumps({"prompt": f"def add_{i}(a, b):\n    "}) + "\n" for i in range(24)))
     laptop = (ROOT / "hardware_profiles" / "laptop.yaml").read_text()
     mine = laptop.replace("name: laptop", "name: my-device", 1)
     (root / "my-device.yaml").write_text(mine)

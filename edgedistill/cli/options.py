@@ -44,6 +44,20 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=count(0), default=None,
                    help="checkpoint every N steps (0: never; default: an eighth of the steps)")
     p.add_argument("--seed", type=int, default=None, help="default 0")
+    g = p.add_argument_group("prompt data (--data holding prompts only: the teacher answers)")
+    g.add_argument("--num-responses", type=count(), default=None, metavar="N",
+                   help="responses the teacher writes per prompt (default 1)")
+    g.add_argument("--gen-temperature", type=non_negative, default=None,
+                   help="the teacher's sampling temperature; 0 = greedy (default). "
+                   "--temperature stays the KD temperature")
+    g.add_argument("--top-p", type=fraction, default=None,
+                   help="nucleus sampling mass with --gen-temperature (default 1)")
+    g.add_argument("--max-new-tokens", type=count(), default=None,
+                   help="the longest response (default 256)")
+    g.add_argument("--keep-if", default=None, metavar="REGEX",
+                   help="keep only responses whose last non-empty line matches REGEX")
+    g.add_argument("--drop-unfinished", action="store_true", default=None,
+                   help="drop responses that reach --max-new-tokens without ending")
 
 
 def training_dests() -> list[str]:
@@ -79,6 +93,9 @@ def distill_config(args, student: str | None = None):
                                  grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
-                               cache_topk="cache_topk"))
+                               cache_topk="cache_topk", num_responses="num_responses",
+                               gen_temperature="gen_temperature", top_p="top_p",
+                               max_new_tokens="max_new_tokens", keep_if="keep_if",
+                               drop_unfinished="drop_unfinished"))
     return DistillConfig(kd=kd, train=train, data=data, student=student,
                          **_given(args, init="init", teacher_dtype="teacher_dtype"))

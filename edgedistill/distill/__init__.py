@@ -14,12 +14,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgedistill.data import (chat_renderer, load_texts, pack, plain_render, sentences_of,
-                              split_documents, split_holdout, stdlib_sentences, stdlib_source)
+from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, plain_render,
+                              sentences_of, split_documents, split_holdout, stdlib_sentences,
+                              stdlib_source)
 from edgedistill.distill.config import (DataConfig, DistillConfig, KDConfig, TRAIN_DEFAULTS,
                                         TrainConfig, auto_teacher_dtype)
 from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
+from edgedistill.distill.responses import (generate_responses, render_prompts, response_data,
+                                           response_key, split_prompts)
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
@@ -99,7 +102,16 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
 
     # -- data -----------------------------------------------------------------------------
 
-    if data is not None:
+    prompts = load_prompts(data) if data is not None and not encoder else None
+    if prompts is not None:
+        texts = render_prompts(tok, prompts)
+        train_idx, val_idx = split_prompts(texts, data_cfg.val_fraction)
+        how = (f"sampled at temperature {data_cfg.gen_temperature:g}, top-p "
+               f"{data_cfg.top_p:g}" if data_cfg.gen_temperature > 0 else "greedy")
+        log(f"data: {len(texts)} prompts; the teacher writes {data_cfg.num_responses} "
+            f"response(s) to each ({how}, up to {data_cfg.max_new_tokens} tokens), and the "
+            "student learns them (loss on the response tokens only)")
+    elif data is not None:
         render, chats = chat_renderer(tok), 0
 
         def counted(messages: list) -> str:
@@ -116,7 +128,10 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
         texts = list(stdlib_sentences())
     else:
         texts = [stdlib_source(DEFAULT_CAUSAL_CHARS)]
-    if encoder:
+    if prompts is not None:
+        data_desc = {"prompts": len(texts), "train_prompts": len(train_idx),
+                     "val_prompts": len(val_idx)}
+    elif encoder:
         items = sentences_of(texts)
         train_items, val_items = split_holdout(items, data_cfg.val_fraction)
         if not train_items or not val_items:
@@ -130,7 +145,8 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
         data_desc = {"train_blocks": len(train_items), "val_blocks": len(val_items),
                      "seq_len": data_cfg.seq_len,
                      "train_tokens": int(train_items.numel())}
-    data_hash = fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:])
+    data_hash = (fingerprint(texts) if prompts is not None else
+                 fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:]))
     run_key = fingerprint(t.config, files_id(t.path), student_cfg,
                           str(student), data_hash, asdict(kd), asdict(data_cfg), init,
                           asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
@@ -154,6 +170,17 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     teacher_model = auto.from_pretrained(t.path, dtype=torch_dtype).to(device).eval()
     for p in teacher_model.parameters():
         p.requires_grad_(False)
+    train_labels = val_labels = None
+    if prompts is not None:
+        with state.main_process_first():  # rank 0 writes the responses, the others read them
+            key = response_key(fingerprint(t.config, files_id(t.path), dtype), texts, data_cfg,
+                               train.seed)
+            rows = generate_responses(teacher_model, tok, texts, data_cfg, run_dir / "data",
+                                      key, seed=train.seed, device=device, log=log)
+        (train_items, train_labels), (val_items, val_labels), desc = response_data(
+            tok, texts, rows, train_idx, data_cfg)
+        data_desc |= desc
+        log(f"data: {desc}")
 
     # -- build (or reuse) the student ----------------------------------------------------
     init_dir = run_dir / "student_init"
@@ -180,7 +207,9 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     with state.main_process_first():  # generated data and the top-K cache are written once
         recipe = (encoder_recipe if encoder else causal_recipe)(
             t, tok, teacher_model, student_model, train_items, val_items, kd, train, data_cfg,
-            run_dir, device, log)
+            run_dir, device, log,
+            **({"train_labels": train_labels, "val_labels": val_labels} if not encoder
+               else {}))
 
     t0 = time.time()
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),

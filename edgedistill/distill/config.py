@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -136,6 +137,20 @@ class DataConfig:
     gen_tokens: int = 128
     cache_topk: int = 0
     """Cache the teacher's top-K logits once and train from the cache; 0 = live teacher."""
+    num_responses: int = 1
+    """Prompt data: responses the teacher writes per prompt."""
+    gen_temperature: float = 0.0
+    """Prompt data: the teacher's sampling temperature; 0 = greedy. (``KDConfig.temperature``
+    is the KD temperature.)"""
+    top_p: float = 1.0
+    """Prompt data: nucleus sampling's probability mass (with a temperature above 0)."""
+    max_new_tokens: int = 256
+    """Prompt data: the longest response; one that reaches it without ending is unfinished."""
+    keep_if: Optional[str] = None
+    """Prompt data: keep only responses whose final non-empty line matches this regular
+    expression (e.g. a checked answer)."""
+    drop_unfinished: bool = False
+    """Prompt data: drop responses that hit ``max_new_tokens`` without ending."""
 
     def __post_init__(self):
         _require(self.seq_len >= 2, f"--seq-len must be at least 2, not {self.seq_len}.",
@@ -145,6 +160,25 @@ class DataConfig:
         _require(self.generate >= 0 and self.gen_tokens >= 1 and self.cache_topk >= 0,
                  "--generate, --cache-topk must be 0 or more and gen_tokens at least 1.",
                  "use --generate 0 and --cache-topk 0 to turn them off")
+        _require(self.num_responses >= 1, f"--num-responses must be at least 1, not "
+                 f"{self.num_responses}.", "use e.g. --num-responses 1")
+        _require(self.num_responses == 1 or self.gen_temperature > 0,
+                 f"--num-responses {self.num_responses} with greedy decoding would write the "
+                 "same response each time.", "sample them with e.g. --gen-temperature 0.7, or "
+                 "use --num-responses 1")
+        _require(self.gen_temperature >= 0, f"--gen-temperature must be 0 (greedy) or more, "
+                 f"not {self.gen_temperature}.", "use e.g. --gen-temperature 0.7")
+        _require(0 < self.top_p <= 1, f"--top-p must lie in (0, 1], not {self.top_p}.",
+                 "use e.g. --top-p 0.95")
+        _require(self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, not "
+                 f"{self.max_new_tokens}.", "use e.g. --max-new-tokens 256")
+        if self.keep_if is not None:
+            try:
+                re.compile(self.keep_if)
+            except re.error as e:
+                raise EdgeDistillError(f"--keep-if {self.keep_if!r} is not a regular "
+                                       f"expression ({e}).",
+                                       "write e.g. --keep-if '^Answer: \\d+$'") from None
 
 
 @dataclass(frozen=True)

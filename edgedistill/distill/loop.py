@@ -46,7 +46,7 @@ class DistillModule(torch.nn.Module):
                     out.hidden_states, teacher_out["states"], batch["attention_mask"])
             return loss
         ids = batch["input_ids"]
-        labels = ids[:, 1:].reshape(-1)
+        labels = batch.get("labels", ids)[:, 1:].reshape(-1)  # -100: no loss (prompt, padding)
         if "topk_values" in teacher_out:  # cached teacher: full student logits, top-K KD
             logits = self.student(input_ids=ids).logits[:, :-1, : self.vocab]
             k = teacher_out["topk_values"].shape[-1]
@@ -61,8 +61,9 @@ class DistillModule(torch.nn.Module):
                                t_h.reshape(-1, t_h.shape[-1]), t_head, labels, self.kd,
                                self.vocab)
         if want_states:
+            mask = (batch["labels"] != -100) if "labels" in batch else None
             loss = loss + self.hidden_weight * self.hidden(out.hidden_states,
-                                                           teacher_out["states"])
+                                                           teacher_out["states"], mask)
         return loss
 
 

@@ -39,26 +39,40 @@ def length_groups(lengths: list[int], batch: int) -> list[list[int]]:
 
 
 def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
-                  cfg: TrainConfig, data_cfg, run_dir, device, log) -> Recipe:
-
+                  cfg: TrainConfig, data_cfg, run_dir, device, log, train_labels=None,
+                  val_labels=None) -> Recipe:
+    """Token-level KD on (N, T) blocks of token ids. ``train_labels`` / ``val_labels``: the
+    same shape, -100 where no loss is taken (prompt tokens, padding); None: every token."""
     vocab = len(tok)  # padded logit rows beyond the tokenizer are cut (Qwen-style teachers)
     extra: dict = {}
     if data_cfg.generate:
-        gen_path = run_dir / "data" / f"generated-{data_cfg.generate}x{data_cfg.gen_tokens}.pt"
+        gen_path = (run_dir / "data" /
+                    f"generated-eos-{data_cfg.generate}x{data_cfg.gen_tokens}.pt")
         if gen_path.is_file():
-            gen = torch.load(gen_path)
+            gen, gen_labels = torch.load(gen_path)
         else:
-            log(f"teacher generating {data_cfg.generate} continuations of "
+            log(f"teacher generating {data_cfg.generate} continuations of up to "
                 f"{data_cfg.gen_tokens} tokens")
-            gen = generate_continuations(teacher, tok, train_blocks, data_cfg.generate,
-                                         data_cfg.gen_tokens, seed=cfg.seed, device=device)
+            gen, gen_labels = generate_continuations(teacher, tok, train_blocks,
+                                                     data_cfg.generate, data_cfg.gen_tokens,
+                                                     seed=cfg.seed, device=device)
             gen_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(gen, gen_path)
+            tmp = gen_path.with_name(f".{gen_path.name}.tmp")
+            torch.save((gen, gen_labels), tmp)
+            tmp.replace(gen_path)
         seq = train_blocks.shape[1]
-        gen = gen[:, :seq] if gen.shape[1] >= seq else torch.nn.functional.pad(
-            gen, (0, seq - gen.shape[1]), value=tok.eos_token_id or 0)
+        if gen.shape[1] >= seq:
+            gen, gen_labels = gen[:, :seq], gen_labels[:, :seq]
+        else:
+            fill = seq - gen.shape[1]
+            gen = torch.nn.functional.pad(gen, (0, fill), value=tok.eos_token_id or 0)
+            gen_labels = torch.nn.functional.pad(gen_labels, (0, fill), value=-100)
+        if train_labels is None:
+            train_labels = train_blocks.clone()
         train_blocks = torch.cat([train_blocks, gen])
+        train_labels = torch.cat([train_labels, gen_labels])
         extra["generated_sequences"] = int(len(gen))
+        extra["generated_tokens"] = int((gen_labels[:, 32:] != -100).sum())
     cache = None
     if data_cfg.cache_topk:
         log(f"caching the teacher's top-{data_cfg.cache_topk} logits for "
@@ -78,6 +92,8 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
 
     def batch_fn(idx):
         b = {"input_ids": train_blocks[idx]}
+        if train_labels is not None:
+            b["labels"] = train_labels[idx]
         if cache is not None:
             b["topk_values"] = torch.from_numpy(cache[0][idx].astype("float32"))
             b["topk_ids"] = torch.from_numpy(cache[1][idx].astype("int64"))
@@ -86,37 +102,44 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
     def teacher_fn(batch):
         if "topk_values" in batch:
             return {"topk_values": batch["topk_values"], "topk_ids": batch["topk_ids"]}
+        # right padding: a causal model's outputs at real tokens do not see the padding
         out = teacher.model(input_ids=batch["input_ids"], output_hidden_states=want_states)
         return {"last_hidden": out.last_hidden_state[:, :-1], "head": head,
                 "states": out.hidden_states if want_states else None}
 
+    n_val = min(len(val_blocks), cfg.eval_batches * cfg.batch_size)
+
+    def val_batches():
+        for i in range(0, n_val, cfg.batch_size):
+            ids = val_blocks[i:i + cfg.batch_size].to(device)
+            lab = (ids if val_labels is None else val_labels[i:i + cfg.batch_size].to(device))
+            yield ids, lab[:, 1:]
+
     def val_fn(module):
         student_m = module.student
         ce_sum, kd_sum, n = 0.0, 0.0, 0
-        for i in range(0, min(len(val_blocks), cfg.eval_batches * cfg.batch_size),
-                       cfg.batch_size):
-            ids = val_blocks[i:i + cfg.batch_size].to(device)
-            s = student_m(input_ids=ids).logits[:, :-1, :vocab].float()
-            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float()
-            labels = ids[:, 1:]
+        for ids, labels in val_batches():
+            keep = labels.reshape(-1) != -100
+            s = student_m(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
+            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
             ce_sum += torch.nn.functional.cross_entropy(
-                s.reshape(-1, vocab), labels.reshape(-1), reduction="sum").item()
+                s, labels.reshape(-1)[keep], reduction="sum").item()
             lt, ls = tl.log_softmax(-1), s.log_softmax(-1)
             kd_sum += (lt.exp() * (lt - ls)).sum().item()
-            n += labels.numel()
+            n += int(keep.sum())
+        n = max(n, 1)
         return {"loss": ce_sum / n, "ppl": math.exp(min(50.0, ce_sum / n)), "kl": kd_sum / n}
 
     # the teacher's own held-out loss, once: the bar the student is measured against
     with torch.no_grad():
         ce, count = 0.0, 0
-        for i in range(0, min(len(val_blocks), cfg.eval_batches * cfg.batch_size),
-                       cfg.batch_size):
-            ids = val_blocks[i:i + cfg.batch_size].to(device)
-            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float()
-            ce += torch.nn.functional.cross_entropy(tl.reshape(-1, vocab),
-                                                    ids[:, 1:].reshape(-1), reduction="sum").item()
-            count += ids[:, 1:].numel()
-    extra["teacher_val_loss"] = ce / count
+        for ids, labels in val_batches():
+            keep = labels.reshape(-1) != -100
+            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
+            ce += torch.nn.functional.cross_entropy(tl, labels.reshape(-1)[keep],
+                                                    reduction="sum").item()
+            count += int(keep.sum())
+    extra["teacher_val_loss"] = ce / max(count, 1)
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, extra)
 
 

@@ -8,26 +8,43 @@ from pathlib import Path
 
 def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt_len: int = 32,
                            seed: int = 0, device="cpu", progress=None):
-    """Sequence-level KD data: the teacher samples ``n`` continuations of prompts drawn from
-    ``blocks``. Returns (n, prompt_len + new_tokens) token ids."""
+    """Sequence-level KD data: the teacher samples ``n`` continuations of up to
+    ``new_tokens`` tokens of prompts drawn from ``blocks``, stopping where it ends (EOS).
+    Returns (ids, labels), each (n, prompt_len + new_tokens): labels are the ids up to and
+    including the end token, and -100 on the padding after it."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(blocks), (n,), generator=g)
     out = []
     torch.manual_seed(seed)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = teacher.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tok.eos_token_id is not None:
+        eos.add(tok.eos_token_id)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=0)
     for i in range(0, n, 8):
         prompts = blocks[rows[i:i + 8], :prompt_len].to(device)
         with torch.inference_mode():
             seq = teacher.generate(prompts, attention_mask=torch.ones_like(prompts),
                                    do_sample=True, top_k=50, temperature=1.0,
-                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                   pad_token_id=pad)
-        out.append(seq.cpu())
+                                   max_new_tokens=new_tokens, pad_token_id=pad,
+                                   eos_token_id=sorted(eos) or None)
+        seq = seq.cpu()
+        width = prompt_len + new_tokens
+        if seq.shape[1] < width:  # every row ended early
+            seq = torch.nn.functional.pad(seq, (0, width - seq.shape[1]), value=pad)
+        out.append(seq)
         if progress:
             progress(min(i + 8, n))
-    return torch.cat(out)
+    ids = torch.cat(out)
+    labels = ids.clone()
+    for r in range(len(ids)):
+        gen = ids[r, prompt_len:].tolist()
+        end = next((p for p, t in enumerate(gen) if t in eos), None)
+        if end is not None:
+            labels[r, prompt_len + end + 1:] = -100
+    return ids, labels
 
 
 def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", progress=None):

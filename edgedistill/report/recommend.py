@@ -255,7 +255,9 @@ def _headline(doc: dict, kind: str, target_name: str) -> str:
         f" (quality of {f['quality_source']})"
     vs = f.get("vs_teacher")
     if vs:
-        speed_txt = (f"{vs['speedup']:.2f}x faster than the teacher's {f['format']}:{f['quant']}"
+        ratio = (f"{vs['speedup']:.2f}x faster" if vs["speedup"] >= 1
+                 else f"{1 / vs['speedup']:.2f}x slower")
+        speed_txt = (f"{ratio} than the teacher's {f['format']}:{f['quant']}"
                      f" ({_fmt_speed(f['speed'], kind)} against {_fmt_speed(vs['speed'], kind)},"
                      f" {where})")
     else:
