@@ -60,9 +60,10 @@ def test_api_distill_improves_on_the_initial_student(trained_llama, text_file, t
     assert (res.run_dir / "plan.json").is_file()
 
 
-def test_resume_after_kill_continues_exactly(trained_llama, text_file, tmp_path):
+@pytest.mark.parametrize("recipe", [[], ["--on-policy", "0.5"]], ids=["off-policy", "on-policy"])
+def test_resume_after_kill_continues_exactly(trained_llama, text_file, tmp_path, recipe):
     args = ["distill", "--teacher", trained_llama, "--data", text_file, *SMALL,
-            "--steps", "16"]
+            "--steps", "16", *recipe]
     straight = _cli(*args, "--out", tmp_path / "a")
     assert straight.returncode == 0, straight.stderr[-3000:]
     proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *map(str, args), "--out",

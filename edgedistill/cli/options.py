@@ -32,7 +32,13 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kd-weight", type=fraction, default=None,
                    help="KD vs CE weight in [0, 1]; 1 = pure KD (default), 0 = plain "
                    "cross-entropy (the baseline)")
-    p.add_argument("--jsd-beta", type=fraction, default=None, help="default 0.5")
+    p.add_argument("--jsd-beta", type=fraction, default=None,
+                   help="the generalised JSD's beta, as TRL's GKD defines it: 0 forward KL, "
+                   "1 reverse KL (default 0.5)")
+    p.add_argument("--on-policy", type=float, default=None, metavar="LAMBDA",
+                   help="causal LMs: the share of steps in [0, 1] trained on the student's "
+                   "own continuations of prompts from the data, scored by the teacher "
+                   "(default 0)")
     p.add_argument("--hidden-weight", type=non_negative, default=None,
                    help="weight of the hidden-state loss (default 0; encoders use 1 at 0)")
     p.add_argument("--init", default=None, help="teacher (default) | random")
@@ -88,7 +94,7 @@ def distill_config(args, student: str | None = None):
     from edgedistill.distill.config import DataConfig, DistillConfig, KDConfig, TrainConfig
 
     kd = KDConfig(**_given(args, loss="loss", temperature="temperature",
-                           kd_weight="kd_weight", jsd_beta="jsd_beta"))
+                           kd_weight="kd_weight", jsd_beta="jsd_beta", on_policy="on_policy"))
     train = TrainConfig(**_given(args, steps="steps", batch_size="batch_size",
                                  grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))

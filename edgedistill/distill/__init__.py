@@ -84,6 +84,9 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     t = load_teacher(teacher, weights=True)  # a hub id: downloaded, or found in the cache
     check_model_files(t.path)
     encoder = t.shape.is_encoder
+    if encoder and kd.on_policy:
+        raise EdgeDistillError("--on-policy trains on text the student writes; a sentence "
+                               "embedder writes none.", "drop --on-policy for encoders")
     train = config.train.resolved(encoder)
     writable_dir(run_dir)
     tok = AutoTokenizer.from_pretrained(t.path)
@@ -213,7 +216,8 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
 
     t0 = time.time()
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
-                           recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log)
+                           recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,
+                           policy_fn=recipe.policy_fn)
     trained = metrics.pop("unwrapped")
     student_dir = run_dir / "student"
     if metrics.pop("is_main"):

@@ -64,6 +64,10 @@ class KDConfig:
     """JSD mixture weight: 0 behaves like forward KL, 1 like reverse KL."""
     chunk_tokens: int = 1024
     """Tokens per chunk in the chunked loss."""
+    on_policy: float = 0.0
+    """Causal LMs: the share of steps (GKD's lambda) whose batch the student writes itself,
+    continuing prompts from the data, scored by the teacher with the divergence of ``loss``
+    (no CE on the student's own tokens); 0 = off-policy only."""
 
     def __post_init__(self):
         _require(self.loss in LOSSES, f"unknown --loss {self.loss!r}.",
@@ -74,6 +78,9 @@ class KDConfig:
                  f"{self.kd_weight}.", "use 1 for pure KD, 0 for plain CE, or a mix between")
         _require(0 <= self.jsd_beta <= 1, f"--jsd-beta must lie in [0, 1], not {self.jsd_beta}.",
                  "use 0.5 (the symmetric JSD)")
+        _require(0 <= self.on_policy <= 1, f"--on-policy must lie in [0, 1], not "
+                 f"{self.on_policy}.", "use e.g. --on-policy 0.5 (half the steps on the "
+                 "student's own text), or 0 to turn it off")
         _require(self.chunk_tokens >= 1, f"chunk_tokens must be at least 1, not "
                  f"{self.chunk_tokens}.", "use the default, 1024")
 
@@ -205,6 +212,10 @@ class DistillConfig:
         _require(self.teacher_dtype in TEACHER_DTYPES,
                  f"unknown --teacher-dtype {self.teacher_dtype!r}.",
                  f"use one of {', '.join(TEACHER_DTYPES)}")
+        _require(not (self.data.cache_topk and self.kd.on_policy),
+                 "--cache-topk caches the teacher on the data's text; on-policy steps score "
+                 "text the student writes during training, which no cache holds.",
+                 "drop --cache-topk or --on-policy")
         _require(not (self.data.cache_topk and self.kd.loss != "fkl"),
                  "--cache-topk trains against a top-K teacher distribution, which supports "
                  f"forward KL only, not {self.kd.loss!r}.",

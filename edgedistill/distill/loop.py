@@ -14,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -47,19 +47,21 @@ class DistillModule(torch.nn.Module):
             return loss
         ids = batch["input_ids"]
         labels = batch.get("labels", ids)[:, 1:].reshape(-1)  # -100: no loss (prompt, padding)
+        kd = self.kd
+        if "on_policy" in batch:  # the student's own tokens: the divergence only, no CE
+            kd = replace(kd, kd_weight=1.0)
         if "topk_values" in teacher_out:  # cached teacher: full student logits, top-K KD
             logits = self.student(input_ids=ids).logits[:, :-1, : self.vocab]
             k = teacher_out["topk_values"].shape[-1]
             return topk_kd_loss(logits.reshape(-1, logits.shape[-1]),
                                 teacher_out["topk_values"][:, :-1].reshape(-1, k),
-                                teacher_out["topk_ids"][:, :-1].reshape(-1, k), labels, self.kd)
+                                teacher_out["topk_ids"][:, :-1].reshape(-1, k), labels, kd)
         out = self.student.model(input_ids=ids, output_hidden_states=want_states)
         h = out.last_hidden_state[:, :-1]
         head = self.student.get_output_embeddings().weight
         t_h, t_head = teacher_out["last_hidden"], teacher_out["head"]
         loss = chunked_kd_loss(h.reshape(-1, h.shape[-1]), head,
-                               t_h.reshape(-1, t_h.shape[-1]), t_head, labels, self.kd,
-                               self.vocab)
+                               t_h.reshape(-1, t_h.shape[-1]), t_head, labels, kd, self.vocab)
         if want_states:
             mask = (batch["labels"] != -100) if "labels" in batch else None
             loss = loss + self.hidden_weight * self.hidden(out.hidden_states,
@@ -158,13 +160,21 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict:
 
 # -- the loop --------------------------------------------------------------------------------
 
+def on_policy_step(step: int, share: float, seed: int) -> bool:
+    """Whether optimizer step ``step`` trains on the student's own text: a seeded draw per
+    step, the same on every rank and after a resume."""
+    return share > 0 and random.Random(seed * 1_000_003 + step).random() < share
+
+
 def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg: TrainConfig,
-          run_dir: Path, fingerprint: str, resume: bool = False, log=None) -> dict:
+          run_dir: Path, fingerprint: str, resume: bool = False, log=None,
+          policy_fn=None) -> dict:
     """Train ``module`` for ``cfg.steps`` optimizer steps.
 
     teacher_fn(batch) -> teacher outputs (no grad); batch_fn(indices) -> batch dict;
-    val_fn(module) -> dict of validation figures. Returns the metrics dict (also written to
-    run_dir/train_log.jsonl as it goes)."""
+    val_fn(module) -> dict of validation figures; policy_fn(student, batch, seed) -> the
+    batch rewritten by the student (on-policy steps, a share ``module.kd.on_policy`` of
+    them). Returns the metrics dict (also written to run_dir/train_log.jsonl as it goes)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -197,14 +207,19 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
                desc="distill", unit="step", file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
     tokens, t0, loss_ema = 0, time.time(), None
+    share = getattr(getattr(module, "kd", None), "on_policy", 0.0) if policy_fn else 0.0
     for step in range(start, cfg.steps):
         model.train()
         step_loss = 0.0
+        policy = on_policy_step(step, share, cfg.seed)
         for m in range(cfg.grad_accum):
             j = step * cfg.grad_accum + m
             batch = batch_fn(micro_batch_indices(j, n_train, cfg.batch_size, world, rank,
                                                  cfg.seed))
             batch = {k: v.to(acc.device) for k, v in batch.items()}
+            if policy:
+                batch = policy_fn(acc.unwrap_model(model).student, batch,
+                                  (cfg.seed * 1_000_003 + j) * world + rank)
             with acc.accumulate(model), acc.autocast():
                 with torch.no_grad():
                     t_out = teacher_fn(batch)
@@ -219,6 +234,8 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
         sched.step()
         loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
         rec = {"step": step + 1, "loss": step_loss, "lr": sched.get_last_lr()[0]}
+        if policy:
+            rec["on_policy"] = True
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
         last = step + 1 == cfg.steps

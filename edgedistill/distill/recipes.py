@@ -9,6 +9,7 @@ import torch
 
 from edgedistill.distill.loop import DistillModule, TrainConfig, pool_embeddings
 from edgedistill.distill.losses import HiddenStateLoss, KDConfig, layer_map
+from edgedistill.distill.on_policy import student_batch
 from edgedistill.distill.teacher_data import cache_topk, generate_continuations
 from edgedistill.teacher import sentence_pooling
 
@@ -21,6 +22,8 @@ class Recipe:
     val_fn: object
     train_cfg: TrainConfig
     extra: dict = field(default_factory=dict)
+    policy_fn: object = None
+    """policy_fn(student, batch, seed) -> the batch written by the student (on-policy KD)."""
 
 
 def _hidden_loss(student, teacher, weight: float) -> HiddenStateLoss | None:
@@ -140,7 +143,23 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
                                                     reduction="sum").item()
             count += int(keep.sum())
     extra["teacher_val_loss"] = ce / max(count, 1)
-    return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, extra)
+    if kd.on_policy > 0:
+        extra["on_policy"] = kd.on_policy
+    return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, extra,
+                  _policy(teacher, tok) if kd.on_policy > 0 else None)
+
+
+def _policy(teacher, tok):
+    """policy_fn for on-policy steps: the student samples until the teacher's end tokens."""
+    eos = teacher.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tok.eos_token_id is not None:
+        eos.add(tok.eos_token_id)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=0)
+
+    def policy_fn(student_m, batch, seed):
+        return student_batch(student_m, batch, seed, eos, pad)
+    return policy_fn
 
 
 def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: TrainConfig,
