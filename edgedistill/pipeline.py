@@ -92,9 +92,11 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
         log(f"[{next(step)}/{total}] distill: inputs unchanged, kept {student_dir}")
     else:
         started = stages.key_of("distill_started") == key
-        resume = started and (run_dir / "checkpoints" / "latest").is_file()
+        resume = started and ((run_dir / "checkpoints" / "latest").is_file()
+                              or (run_dir / "stages").is_dir())  # a progressive chain
         if not started:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run_dir / "stages", ignore_errors=True)
             stages.put("distill_started", [], {}, key=key)
         log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
         distill(t.path if t.path else teacher, prof, data, run_dir, config.distill,

@@ -42,6 +42,14 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-weight", type=non_negative, default=None,
                    help="weight of the hidden-state loss (default 0; encoders use 1 at 0)")
     p.add_argument("--init", default=None, help="teacher (default) | random")
+    p.add_argument("--progressive", action="store_const", const=0, dest="stages",
+                   default=None, help="distil through a chain of students, each step removing "
+                   "at most about a third of the parameters (Minitron's guidance)")
+    p.add_argument("--stages", type=count(), default=None, metavar="K",
+                   help="distil through a chain of K students (1: directly, the default)")
+    p.add_argument("--progressive-teacher", default=None,
+                   help="previous (default: each stage is distilled by the one before) | "
+                   "original (every stage by the original teacher)")
     p.add_argument("--teacher-dtype", default=None,
                    help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
                    "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")
@@ -104,4 +112,5 @@ def distill_config(args, student: str | None = None):
                                max_new_tokens="max_new_tokens", keep_if="keep_if",
                                drop_unfinished="drop_unfinished"))
     return DistillConfig(kd=kd, train=train, data=data, student=student,
-                         **_given(args, init="init", teacher_dtype="teacher_dtype"))
+                         **_given(args, init="init", teacher_dtype="teacher_dtype",
+                                  stages="stages", progressive_teacher="progressive_teacher"))

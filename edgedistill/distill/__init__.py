@@ -11,22 +11,23 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, plain_render,
                               sentences_of, split_documents, split_holdout, stdlib_sentences,
                               stdlib_source)
-from edgedistill.distill.config import (DataConfig, DistillConfig, KDConfig, TRAIN_DEFAULTS,
-                                        TrainConfig, auto_teacher_dtype)
+from edgedistill.distill.config import (DataConfig, DistillConfig, DistillResult, KDConfig,
+                                        TRAIN_DEFAULTS, TrainConfig, auto_teacher_dtype)
 from edgedistill.distill.loop import train as run_training
+from edgedistill.distill.progressive import distill_progressive
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
 from edgedistill.distill.responses import (generate_responses, render_prompts, response_data,
                                            response_key, split_prompts)
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
-from edgedistill.plan import PlanConfig, plan
+from edgedistill.plan import PlanConfig, plan, progressive_chain
 from edgedistill.profiles import DeviceProfile
 from edgedistill.runstate import files_id, fingerprint
 from edgedistill.student import build_student, copy_tokenizer
@@ -34,13 +35,6 @@ from edgedistill.teacher import check_model_files, load_teacher
 
 DEFAULT_CAUSAL_CHARS = 2_000_000
 """Default causal-LM data: this many characters of standard-library source."""
-
-
-@dataclass
-class DistillResult:
-    run_dir: Path
-    student_dir: Path
-    metrics: dict = field(default_factory=dict)
 
 
 _logger = get_logger("distill")
@@ -67,18 +61,25 @@ def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
 def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "laptop",
             data: str | Path | None = None, out: str | Path = "runs/distill",
             config: DistillConfig = DistillConfig(), *, plan_config: PlanConfig = PlanConfig(),
-            resume: bool = False, log=_logger.info) -> DistillResult:
+            resume: bool = False, log=_logger.info,
+            student_config: dict | None = None, init_from: str | Path | None = None
+            ) -> DistillResult:
     """Distil ``teacher`` into the student planned for ``target`` with ``plan_config`` (or
-    into ``config.student``, an existing HF folder with the teacher's tokenizer), on ``data``
-    (default: stdlib text). ``config.train``'s unset fields take the defaults of the teacher's
-    kind (TRAIN_DEFAULTS). Returns the run folder, the student folder and the figures."""
+    into ``config.student``, an existing HF folder with the teacher's tokenizer; or into
+    ``student_config``, an HF config of the teacher's family built from the teacher, or from
+    ``init_from``, a model of the same family and tokenizer), on
+    ``data`` (default: stdlib text). ``config.train``'s unset fields take the defaults of the
+    teacher's kind (TRAIN_DEFAULTS). ``config.stages`` other than 1 distils through a
+    progressive chain of students (run_dir/stages/K/). Returns the run folder, the student
+    folder and the figures."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     kd, data_cfg, init = config.kd, config.data, config.init
     student = Path(config.student) if config.student is not None else None
     run_dir = Path(out)
-    if resume and not (run_dir / "checkpoints" / "latest").is_file():
+    if resume and not ((run_dir / "checkpoints" / "latest").is_file()
+                       or (config.stages != 1 and (run_dir / "stages").is_dir())):
         raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
                                "run without --resume first, or point --out at the run folder")
     t = load_teacher(teacher, weights=True)  # a hub id: downloaded, or found in the cache
@@ -96,12 +97,22 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
         check_model_files(student, "student", "--student")
         check_same_tokenizer(t.path, student)
         student_cfg = json.loads((student / "config.json").read_text())
+    elif student_config is not None:
+        student_cfg = student_config
     else:
         pl = plan(t, target, plan_config)
         (run_dir / "plan.json").write_text(json.dumps(pl.to_dict(), indent=2, default=str))
         student_cfg = pl.student_config
         log(f"plan for {getattr(target, 'name', target)}: {pl.student.shape.describe()} "
             f"({pl.student.shape.total_params():,} params)")
+        if config.stages != 1:
+            chain = progressive_chain(t.shape, pl.student.shape, pl.profile, config.stages)
+            if len(chain) > 1:
+                return distill_progressive(distill, t, target, data, run_dir, config, chain,
+                                           train, resume, log)
+            keeps = pl.student.shape.total_params() / t.shape.total_params()
+            log(f"progressive: the student keeps {keeps:.0%} of the teacher's parameters, "
+                "within one stage's drop: one stage")
 
     # -- data -----------------------------------------------------------------------------
 
@@ -200,8 +211,8 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
             else:
                 calib = [{"input_ids": train_items[i:i + 4]} for i in range(0, 16, 4)
                          if i < len(train_items)]
-        build_student(t.path, student_cfg, init_dir, init=init, calibration=calib,
-                      seed=train.seed)
+        build_student(init_from or t.path, student_cfg, init_dir, init=init,
+                      calibration=calib, seed=train.seed)
     state.wait_for_everyone()
     student_model = auto.from_pretrained(init_dir, dtype=torch.float32)
     log(f"student from {init_dir} ({sum(p.numel() for p in student_model.parameters()):,} "

@@ -201,6 +201,14 @@ class DistillConfig:
     importance) or at random."""
     student: Optional[str] = None
     """An existing HF student folder (the teacher's tokenizer) instead of the planned one."""
+    stages: int = 1
+    """Progressive distillation: 1 distils the planned student directly; K >= 2 goes through a
+    chain of K students, each pruned from and distilled by the one before, the token budget
+    split evenly; 0 plans as few stages as keep each step's parameter drop within a third
+    (``plan.MAX_STAGE_DROP``)."""
+    progressive_teacher: Literal["previous", "original"] = "previous"
+    """Progressive distillation: each stage's teacher is the stage before (``previous``), or
+    always the original teacher (``original``)."""
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """The frozen teacher's dtype. auto: bf16 on a GPU that has it (else fp16), and on a CPU
     with native bf16 instructions (AVX512-BF16, AMX, ARM BF16; 3.1-3.2x faster forward than
@@ -209,6 +217,14 @@ class DistillConfig:
     def __post_init__(self):
         _require(self.init in ("teacher", "random"), f"unknown --init {self.init!r}.",
                  "use --init teacher or --init random")
+        _require(self.stages >= 0, f"--stages must be 2 or more (or 0 with --progressive), "
+                 f"not {self.stages}.", "use e.g. --stages 2, or --progressive")
+        _require(self.progressive_teacher in ("previous", "original"),
+                 f"unknown --progressive-teacher {self.progressive_teacher!r}.",
+                 "use --progressive-teacher previous or original")
+        _require(self.stages == 1 or self.student is None,
+                 "--student trains that folder as it is; a progressive chain plans its own "
+                 "students.", "drop --student, or drop --progressive / --stages")
         _require(self.teacher_dtype in TEACHER_DTYPES,
                  f"unknown --teacher-dtype {self.teacher_dtype!r}.",
                  f"use one of {', '.join(TEACHER_DTYPES)}")
@@ -243,3 +259,11 @@ def check_student_folder(folder: Path) -> None:
                                "pass a student of a supported family with the teacher's "
                                f"tokenizer ({e.hint.split('; ')[0]}), or drop --student to "
                                "build the planned one") from None
+
+
+@dataclass
+class DistillResult:
+    """What :func:`edgedistill.distill.distill` returns."""
+    run_dir: Path
+    student_dir: Path
+    metrics: dict = field(default_factory=dict)

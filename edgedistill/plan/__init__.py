@@ -6,8 +6,9 @@
 
 Pure Python: planning needs no torch and no weights.
 """
-from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, Plan, PlanConfig,
-                                      candidate_table, deployment, enumerate_candidates, plan)
+from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, MAX_STAGE_DROP, Plan,
+                                      PlanConfig, candidate_table, deployment,
+                                      enumerate_candidates, plan, progressive_chain)
 
 __all__ = ["DEFAULT_SPEEDUP", "Candidate", "Plan", "PlanConfig", "candidate_table", "deployment",
-           "enumerate_candidates", "plan"]
+           "enumerate_candidates", "plan", "MAX_STAGE_DROP", "progressive_chain"]

@@ -188,7 +188,7 @@ def build_report(run_dir: str | Path) -> dict:
     teacher_val = {"loss": dist.get("teacher_val_loss")} if dist.get("teacher_val_loss") \
         is not None else {}
     training = ({k: dist.get(k) for k in ("steps", "tokens", "seconds", "tokens_per_s",
-                                          "device", "validation")}
+                                          "device", "validation", "stages")}
                 | {"teacher_validation": teacher_val, "curve": curve}) if dist or curve else {}
     target_pred = next((r.predicted["target"] for r in records
                         if r.predicted.get("target")), {})
@@ -329,6 +329,8 @@ def write_report(run_dir: str | Path, doc: dict) -> dict:
     tr = doc.get("training") or {}
     if tr.get("steps"):
         md += ["## Training", "", _training_text(tr), ""]
+        if tr.get("stages"):
+            md += ["Progressive chain:", "", markdown_table(*_stage_rows(tr)), ""]
     md += ["## Notes", ""] + [f"- {n}" for n in notes]
     paths = {"json": run_dir / "report.json", "md": run_dir / "report.md",
              "html": run_dir / "report.html"}
@@ -346,6 +348,20 @@ def _training_text(tr: dict) -> str:
             f"{(tr.get('seconds') or 0) / 60:.1f} min on {tr.get('device') or 'cpu'}"
             f" ({tr.get('tokens_per_s') or 0:,.0f} tokens/s). Held-out at the end: {fig}"
             + (f"; the teacher's own validation loss {tv:.4f}." if tv is not None else "."))
+
+
+def _stage_rows(tr: dict) -> tuple[list[str], list[list[str]]]:
+    """A progressive chain, one row per stage: its student, what it was cut from and
+    distilled by, its share of the steps and its held-out figures."""
+    head = ["stage", "student", "params", "fewer than before", "steps", "distilled by",
+            "held-out loss", "KL to its teacher"]
+    rows = [[str(s["stage"]), s["shape"], f"{s['params'] / 1e6:.2f}M", f"{s['drop']:.0%}",
+             str(s["steps"]), "the stage before" if s["stage"] > 1 and s["teacher"] ==
+             s.get("pruned_from") else "the original teacher",
+             _fmt((s.get("validation") or {}).get("loss"), ".4f"),
+             _fmt((s.get("validation") or {}).get("kl"), ".4f")]
+            for s in tr.get("stages") or []]
+    return head, rows
 
 
 def _table_html(head, rows, cls="") -> str:
@@ -392,6 +408,8 @@ def _html(doc, title, where, headline, more, head, rows, kind) -> str:
     if tr.get("curve"):
         parts.append("<section id='training'><h2>Training</h2>"
                      f"<p>{e(_training_text(tr)) if tr.get('steps') else ''}</p>"
+                     + ("<h3>Progressive chain</h3>" + _table_html(*_stage_rows(tr))
+                        if tr.get("stages") else "")
                      + _img(training_plot(tr["curve"], tr.get("teacher_validation") or {}),
                             "training curves") + "</section>")
     pred = predicted_plot(arts, kind)

@@ -148,6 +148,12 @@ def training_plot(curve: list[dict], teacher_val: dict):
         if teacher_val.get("loss") is not None:
             ax.axhline(teacher_val["loss"], color="C1", ls="--", lw=1,
                        label="teacher's validation loss")
+    starts = [r["step"] for a, r in zip([None] + curve, curve)
+              if a is not None and r.get("stage") != a.get("stage")]
+    for i, x in enumerate(starts):  # progressive stages
+        for a in fig.axes:
+            a.axvline(x - 0.5, color="grey", ls=":", lw=1,
+                      label="next stage" if i == 0 and a is ax else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training", fontsize=10)
