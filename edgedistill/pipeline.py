@@ -18,6 +18,7 @@ from pathlib import Path
 from edgedistill.bench import BenchConfig, artifacts_of_run, bench
 from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
+from edgedistill.distill.teachers import primary_index, teacher_list
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export import ExportConfig, export, resolve_formats
 from edgedistill.logs import get_logger
@@ -66,9 +67,10 @@ class RunConfig:
 
 def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="runs/run",
         config: RunConfig = RunConfig(), *, log=_logger.info) -> dict:
-    """Run every stage for ``teacher`` on ``target`` (a profile name, ``local``, a YAML path
-    or a DeviceProfile, resolved once here and passed down); returns {json, md, html} report
-    paths."""
+    """Run every stage for ``teacher`` (or a list of teachers: distilled together, the
+    largest exported and measured as the baseline) on ``target`` (a profile name, ``local``,
+    a YAML path or a DeviceProfile, resolved once here and passed down); returns {json, md,
+    html} report paths."""
     config = config.with_data(data)
     plan_config, export_config, bench_config = config.plan, config.export, config.bench
     baselines = config.baselines
@@ -76,11 +78,15 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     run_dir = writable_dir(Path(out).resolve())
     stages = Ledger(run_dir, name="stages.json")
     prof = resolve_profile(target)
-    t = load_teacher(teacher, weights=True)
+    teachers = teacher_list(teacher)
+    t = load_teacher(teachers[primary_index(teachers)] if len(teachers) > 1 else teachers[0],
+                     weights=True)
+    others = [files_id(load_teacher(x, weights=True).path) for x in teachers
+              if len(teachers) > 1]
     if t.path is not None:
         check_model_files(t.path)
     _check_exportable(t, prof, export_config)
-    t_id = [t.config, files_id(t.path) if t.path else None]
+    t_id = [t.config, files_id(t.path) if t.path else None, others]
     data_id = files_id(Path(data)) if data else "stdlib"
     total = 5 if baselines else 4
     step = iter(range(1, total + 1))
@@ -99,7 +105,8 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
             shutil.rmtree(run_dir / "stages", ignore_errors=True)
             stages.put("distill_started", [], {}, key=key)
         log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
-        distill(t.path if t.path else teacher, prof, data, run_dir, config.distill,
+        distill(teachers if len(teachers) > 1 else (t.path if t.path else teachers[0]), prof,
+                data, run_dir, config.distill,
                 plan_config=plan_config, resume=resume)
         stages.put("distill", folder_files(student_dir), {}, key=key)
 

@@ -16,8 +16,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        "teacher, and train it on the teacher's soft targets (KD mixed with CE). "
                        "Writes RUN_DIR/student (an HF folder). Under 'accelerate launch' or "
                        "torchrun it runs data-parallel unchanged.")
-    p.add_argument("--teacher", default=None, help="local HF model folder (default: the "
-                   "bundled all-MiniLM-L6-v2)")
+    p.add_argument("--teacher", default=None, action="append",
+                   help="local HF model folder or hub id (default: the bundled "
+                   "all-MiniLM-L6-v2); repeat it for several teachers")
     p.add_argument("--target", default="laptop", help="profile the student must fit")
     p.add_argument("--data", default=None, help="text file, .jsonl, folder, or a saved "
                    "datasets folder (default: Python standard-library text)")

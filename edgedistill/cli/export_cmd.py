@@ -27,8 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        "--strict: or is below target); the whole chain still writes its "
                        "report.")
     p.add_argument("--student", default=None, help="export this HF model folder only")
-    p.add_argument("--teacher", default=None, help="teacher for the whole chain (default: "
-                   "the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--teacher", default=None, action="append",
+                   help="teacher for the whole chain (default: the bundled all-MiniLM-L6-v2); "
+                   "repeat it for several teachers (the largest is the baseline)")
     add_distill_options(p)
     add_plan_options(p)
     p.add_argument("--new-tokens", type=count(), default=None,

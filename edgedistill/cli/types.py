@@ -42,3 +42,8 @@ def non_negative(text: str) -> float:
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     return _number(text, lambda v: 0 <= v <= 1, "between 0 and 1")
+
+
+def positives(text: str) -> tuple[float, ...]:
+    """argparse type: a comma list of numbers above zero, e.g. 0.6,0.4."""
+    return tuple(positive(x.strip()) for x in text.split(","))

@@ -24,6 +24,7 @@ from edgedistill.distill.progressive import distill_progressive
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
 from edgedistill.distill.responses import (generate_responses, render_prompts, response_data,
                                            response_key, split_prompts)
+from edgedistill.distill.teachers import describe, panel, teacher_list, text_only_rows
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
@@ -58,7 +59,17 @@ def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
             "when --student is not given)")
 
 
-def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "laptop",
+def _require_alone(config: DistillConfig) -> None:
+    """What several teachers do not combine with (yet)."""
+    for given, flag in ((config.stages != 1, "--progressive / --stages"),
+                        (config.data.cache_topk, "--cache-topk"),
+                        (config.student is not None, "--student")):
+        if given:
+            raise EdgeDistillError(f"several teachers do not combine with {flag} yet.",
+                                   f"drop {flag}, or distil from one teacher")
+
+
+def distill(teacher: str | Path | list | None = None, target: str | DeviceProfile = "laptop",
             data: str | Path | None = None, out: str | Path = "runs/distill",
             config: DistillConfig = DistillConfig(), *, plan_config: PlanConfig = PlanConfig(),
             resume: bool = False, log=_logger.info,
@@ -82,7 +93,20 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
                        or (config.stages != 1 and (run_dir / "stages").is_dir())):
         raise EdgeDistillError(f"--resume: nothing to resume in {run_dir} (no checkpoint).",
                                "run without --resume first, or point --out at the run folder")
-    t = load_teacher(teacher, weights=True)  # a hub id: downloaded, or found in the cache
+    teachers = teacher_list(teacher)
+    pn = None
+    if len(teachers) > 1:
+        _require_alone(config)
+        pn = panel(teachers, config.teacher_weights,
+                   data is not None and load_prompts(data) is not None)
+        t = pn.primary
+        log(describe(pn))
+    else:
+        if config.teacher_weights is not None:
+            raise EdgeDistillError("--teacher-weights weighs several teachers; one was given.",
+                                   "pass a --teacher for each weight, or drop "
+                                   "--teacher-weights")
+        t = load_teacher(teachers[0], weights=True)  # a hub id: downloaded, or found cached
     check_model_files(t.path)
     encoder = t.shape.is_encoder
     if encoder and kd.on_policy:
@@ -161,7 +185,9 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
                      "train_tokens": int(train_items.numel())}
     data_hash = (fingerprint(texts) if prompts is not None else
                  fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:]))
-    run_key = fingerprint(t.config, files_id(t.path), student_cfg,
+    others = [] if pn is None else [(files_id(x.path), w) for x, w in pn.mixed[1:]] + [
+        files_id(x.path) for x in pn.text_only]
+    run_key = fingerprint(t.config, files_id(t.path), others, student_cfg,
                           str(student), data_hash, asdict(kd), asdict(data_cfg), init,
                           asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
     log(f"data: {data_desc}")
@@ -184,6 +210,11 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     teacher_model = auto.from_pretrained(t.path, dtype=torch_dtype).to(device).eval()
     for p in teacher_model.parameters():
         p.requires_grad_(False)
+    more_teachers = [(auto.from_pretrained(x.path, dtype=torch_dtype).to(device).eval(), w)
+                     for x, w in (pn.mixed[1:] if pn else [])]
+    for m, _ in more_teachers:
+        for p in m.parameters():
+            p.requires_grad_(False)
     train_labels = val_labels = None
     if prompts is not None:
         with state.main_process_first():  # rank 0 writes the responses, the others read them
@@ -191,6 +222,10 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
                                train.seed)
             rows = generate_responses(teacher_model, tok, texts, data_cfg, run_dir / "data",
                                       key, seed=train.seed, device=device, log=log)
+            for k, other in enumerate(pn.text_only if pn else [], 1):
+                rows += text_only_rows(other, tok, prompts, data_cfg, run_dir / "data",
+                                       train.seed, torch_dtype, device, log,
+                                       k * data_cfg.num_responses)
         (train_items, train_labels), (val_items, val_labels), desc = response_data(
             tok, texts, rows, train_idx, data_cfg)
         data_desc |= desc
@@ -222,8 +257,9 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
         recipe = (encoder_recipe if encoder else causal_recipe)(
             t, tok, teacher_model, student_model, train_items, val_items, kd, train, data_cfg,
             run_dir, device, log,
-            **({"train_labels": train_labels, "val_labels": val_labels} if not encoder
-               else {}))
+            **({"train_labels": train_labels, "val_labels": val_labels,
+                "more_teachers": more_teachers,
+                "teacher_weight": pn.mixed[0][1] if pn else 1.0} if not encoder else {}))
 
     t0 = time.time()
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
@@ -233,6 +269,11 @@ def distill(teacher: str | Path | None = None, target: str | DeviceProfile = "la
     student_dir = run_dir / "student"
     if metrics.pop("is_main"):
         _save_student(trained.student, init_dir, student_dir)
+        if pn is not None:
+            metrics["teachers"] = [{"teacher": str(x.path), "weight": w, "mixed": True}
+                                   for x, w in pn.mixed] + [
+                {"teacher": str(x.path), "mixed": False, "transfers": "responses (text)"}
+                for x in pn.text_only]
         metrics |= {"data": data_desc, "teacher": str(t.path),
                     "target": getattr(target, "name", target),
                     "init": init if student is None else str(student), "kd": asdict(kd),

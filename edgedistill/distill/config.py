@@ -209,6 +209,9 @@ class DistillConfig:
     progressive_teacher: Literal["previous", "original"] = "previous"
     """Progressive distillation: each stage's teacher is the stage before (``previous``), or
     always the original teacher (``original``)."""
+    teacher_weights: Optional[tuple] = None
+    """Several teachers: each one's weight in the mixture of their distributions, in the
+    order given (normalized; default equal)."""
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """The frozen teacher's dtype. auto: bf16 on a GPU that has it (else fp16), and on a CPU
     with native bf16 instructions (AVX512-BF16, AMX, ARM BF16; 3.1-3.2x faster forward than
@@ -225,6 +228,12 @@ class DistillConfig:
         _require(self.stages == 1 or self.student is None,
                  "--student trains that folder as it is; a progressive chain plans its own "
                  "students.", "drop --student, or drop --progressive / --stages")
+        if self.teacher_weights is not None:
+            ws = tuple(self.teacher_weights)
+            _require(all(isinstance(w, (int, float)) and w > 0 for w in ws),
+                     f"--teacher-weights must be positive numbers, not {list(ws)}.",
+                     "write e.g. --teacher-weights 0.6,0.4")
+            object.__setattr__(self, "teacher_weights", ws)
         _require(self.teacher_dtype in TEACHER_DTYPES,
                  f"unknown --teacher-dtype {self.teacher_dtype!r}.",
                  f"use one of {', '.join(TEACHER_DTYPES)}")

@@ -60,8 +60,10 @@ class DistillModule(torch.nn.Module):
         h = out.last_hidden_state[:, :-1]
         head = self.student.get_output_embeddings().weight
         t_h, t_head = teacher_out["last_hidden"], teacher_out["head"]
-        loss = chunked_kd_loss(h.reshape(-1, h.shape[-1]), head,
-                               t_h.reshape(-1, t_h.shape[-1]), t_head, labels, kd, self.vocab)
+        flat = ([x.reshape(-1, x.shape[-1]) for x in t_h] if isinstance(t_h, list)
+                else t_h.reshape(-1, t_h.shape[-1]))
+        loss = chunked_kd_loss(h.reshape(-1, h.shape[-1]), head, flat, t_head, labels, kd,
+                               self.vocab, teacher_out.get("weights"))
         if want_states:
             mask = (batch["labels"] != -100) if "labels" in batch else None
             loss = loss + self.hidden_weight * self.hidden(out.hidden_states,

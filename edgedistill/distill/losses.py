@@ -65,12 +65,25 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor
     return total
 
 
+def mixture_logits(teacher_logits: list[torch.Tensor], weights: list[float],
+                   temperature: float) -> torch.Tensor:
+    """Logits whose tempered softmax is the weighted mixture of the teachers' tempered
+    distributions: ``T * log(sum_i w_i softmax(z_i / T))``, so that :func:`_divergence`
+    (which divides by T again) sees the mixture. One teacher: its logits unchanged."""
+    if len(teacher_logits) == 1:
+        return teacher_logits[0]
+    logs = torch.stack([F.log_softmax(z.float() / temperature, dim=-1) + math.log(w)
+                        for z, w in zip(teacher_logits, weights)])
+    return temperature * torch.logsumexp(logs, dim=0)
+
+
 class _ChunkedLinearKD(torch.autograd.Function):
     """Loss and its gradients, one chunk of tokens at a time; saves only the gradients of the
     (small) inputs for backward, never the logits."""
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, labels, cfg: KDConfig, vocab: int):
+    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, labels, cfg: KDConfig, vocab: int,
+                more: tuple = (), weights: tuple = ()):
         n_tokens = (labels != -100).sum().clamp(min=1)
         g_hidden = torch.zeros_like(s_hidden)
         g_weight = torch.zeros_like(s_weight)
@@ -86,6 +99,10 @@ class _ChunkedLinearKD(torch.autograd.Function):
                 s_logits = h @ w[:vocab].T  # (chunk, V)
                 with torch.no_grad():
                     t_logits = t_hidden[sl] @ t_weight[:vocab].T
+                    if more:  # further teachers (hidden states, head): their mixture
+                        t_logits = mixture_logits(
+                            [t_logits] + [h[sl] @ w[:vocab].T for h, w in more],
+                            list(weights), cfg.temperature)
                 loss = kd_loss(s_logits, t_logits, lab, cfg, vocab) * (lab != -100).sum()
                 gh, gw = torch.autograd.grad(loss, (h, w))
             g_hidden[sl] += gh
@@ -97,21 +114,29 @@ class _ChunkedLinearKD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         g_hidden, g_weight = ctx.saved_tensors
-        return g_hidden * grad_out, g_weight * grad_out, None, None, None, None, None
+        return g_hidden * grad_out, g_weight * grad_out, None, None, None, None, None, None, None
 
 
-def chunked_kd_loss(s_hidden: torch.Tensor, s_head: torch.Tensor, t_hidden: torch.Tensor,
-                    t_head: torch.Tensor, labels: torch.Tensor, cfg: KDConfig,
-                    vocab: int | None = None) -> torch.Tensor:
+def chunked_kd_loss(s_hidden: torch.Tensor, s_head: torch.Tensor, t_hidden, t_head,
+                    labels: torch.Tensor, cfg: KDConfig, vocab: int | None = None,
+                    weights: list[float] | None = None) -> torch.Tensor:
     """KD + CE from final hidden states and LM-head weights, chunked over tokens.
 
     s_hidden (N, Hs), s_head (Vs, Hs), t_hidden (N, Ht), t_head (Vt, Ht), labels (N,) with -100
     for ignored positions. Equal to ``kd_loss(s_hidden @ s_head.T, t_hidden @ t_head.T, ...)``
     in value and gradient, in O(chunk x V) extra memory. Gradients flow to s_hidden and s_head.
+    Several teachers (same tokenizer): ``t_hidden`` and ``t_head`` as lists, and ``weights``:
+    the target is the weighted mixture of their distributions (:func:`mixture_logits`).
     """
-    v = vocab or min(s_head.shape[0], t_head.shape[0])
+    if isinstance(t_hidden, (list, tuple)):
+        more = tuple((h.detach(), w.detach()) for h, w in zip(t_hidden[1:], t_head[1:]))
+        t_hidden, t_head = t_hidden[0], t_head[0]
+        weights = tuple(weights or [1 / (len(more) + 1)] * (len(more) + 1))
+    else:
+        more, weights = (), ()
+    v = vocab or min(s_head.shape[0], t_head.shape[0], *(w.shape[0] for _, w in more))
     return _ChunkedLinearKD.apply(s_hidden, s_head, t_hidden.detach(), t_head.detach(),
-                                  labels, cfg, v)
+                                  labels, cfg, v, more, weights)
 
 
 def topk_kd_loss(s_logits: torch.Tensor, t_values: torch.Tensor, t_indices: torch.Tensor,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from edgedistill.distill.loop import DistillModule, TrainConfig, pool_embeddings
-from edgedistill.distill.losses import HiddenStateLoss, KDConfig, layer_map
+from edgedistill.distill.losses import HiddenStateLoss, KDConfig, layer_map, mixture_logits
 from edgedistill.distill.on_policy import student_batch
 from edgedistill.distill.teacher_data import cache_topk, generate_continuations
 from edgedistill.teacher import sentence_pooling
@@ -43,9 +43,11 @@ def length_groups(lengths: list[int], batch: int) -> list[list[int]]:
 
 def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
                   cfg: TrainConfig, data_cfg, run_dir, device, log, train_labels=None,
-                  val_labels=None) -> Recipe:
+                  val_labels=None, more_teachers=(), teacher_weight: float = 1.0) -> Recipe:
     """Token-level KD on (N, T) blocks of token ids. ``train_labels`` / ``val_labels``: the
-    same shape, -100 where no loss is taken (prompt tokens, padding); None: every token."""
+    same shape, -100 where no loss is taken (prompt tokens, padding); None: every token.
+    ``more_teachers``: (model, weight) of further teachers with the same tokenizer; the
+    target is then the mixture, ``teacher`` weighing ``teacher_weight``."""
     vocab = len(tok)  # padded logit rows beyond the tokenizer are cut (Qwen-style teachers)
     extra: dict = {}
     if data_cfg.generate:
@@ -107,8 +109,23 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
             return {"topk_values": batch["topk_values"], "topk_ids": batch["topk_ids"]}
         # right padding: a causal model's outputs at real tokens do not see the padding
         out = teacher.model(input_ids=batch["input_ids"], output_hidden_states=want_states)
-        return {"last_hidden": out.last_hidden_state[:, :-1], "head": head,
-                "states": out.hidden_states if want_states else None}
+        res = {"last_hidden": out.last_hidden_state[:, :-1], "head": head,
+               "states": out.hidden_states if want_states else None}
+        if more_teachers:  # several teachers: their hidden states and heads, and weights
+            res["last_hidden"] = [res["last_hidden"]] + [
+                m.model(input_ids=batch["input_ids"]).last_hidden_state[:, :-1]
+                for m, _ in more_teachers]
+            res["head"] = [head] + [m.get_output_embeddings().weight for m, _ in more_teachers]
+            res["weights"] = weights
+        return res
+
+    weights = [teacher_weight] + [w for _, w in more_teachers]
+
+    def teacher_logits(ids):
+        """The (mixed) teacher's logits at temperature 1, shared vocabulary."""
+        return mixture_logits([m(input_ids=ids).logits[:, :-1, :vocab].float()
+                               for m in [teacher] + [m for m, _ in more_teachers]],
+                              weights, 1.0)
 
     n_val = min(len(val_blocks), cfg.eval_batches * cfg.batch_size)
 
@@ -124,7 +141,7 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
         for ids, labels in val_batches():
             keep = labels.reshape(-1) != -100
             s = student_m(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
-            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
+            tl = teacher_logits(ids).reshape(-1, vocab)[keep]
             ce_sum += torch.nn.functional.cross_entropy(
                 s, labels.reshape(-1)[keep], reduction="sum").item()
             lt, ls = tl.log_softmax(-1), s.log_softmax(-1)
@@ -138,7 +155,7 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
         ce, count = 0.0, 0
         for ids, labels in val_batches():
             keep = labels.reshape(-1) != -100
-            tl = teacher(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
+            tl = teacher_logits(ids).reshape(-1, vocab)[keep]
             ce += torch.nn.functional.cross_entropy(tl, labels.reshape(-1)[keep],
                                                     reduction="sum").item()
             count += int(keep.sum())
