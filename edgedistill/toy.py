@@ -36,21 +36,24 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
                    vocab: int = 1024, steps: int = 200, seq_len: int = 128, batch: int = 8,
                    lr: float = 3e-3, chars: int = 2_000_000, seed: int = 0,
                    text: str | None = None, overrides: dict | None = None,
-                   device: str | None = None, log=None) -> Path:
+                   device: str | None = None, log=None,
+                   tokenizer_text: str | None = None) -> Path:
     """Train a small causal LM on standard-library source and save it (HF folder with
     tokenizer) to ``out_dir``. Returns ``out_dir``. Deterministic for a given seed.
 
     ``text``: train on this instead of the first ``chars`` of standard-library source (the
     tokenizer is then learnt from the first ``chars`` of ``text``). ``overrides``: config
     values set last (e.g. ``{"attention_bias": True}``). ``device``: where to train (default:
-    the CPU; "cuda" for a GPU: the batches drawn are the same, the arithmetic not bit-equal)."""
+    the CPU; "cuda" for a GPU: the batches drawn are the same, the arithmetic not bit-equal).
+    ``tokenizer_text``: learn the tokenizer from this instead (models trained on different
+    text then share one tokenizer)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     text = stdlib_source(chars) if text is None else text
-    tok = train_bpe_tokenizer(text[:chars], vocab)
+    tok = train_bpe_tokenizer(text[:chars] if tokenizer_text is None else tokenizer_text, vocab)
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
     cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
                "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]

@@ -113,3 +113,41 @@ def test_two_teachers_from_the_cli(teachers, tmp_path):
     bad = _run("distill", "--teacher", small, "--teacher", big, "--stages", "2", "--out",
                tmp_path / "bad", *common)
     assert bad.returncode == 2 and "do not combine with --progressive / --stages" in bad.stderr
+
+
+def test_routed_tokens_learn_their_teacher_alone():
+    """Per-token weights 0/1 (a routed block) give that teacher's distribution exactly."""
+    torch.manual_seed(2)
+    n, h, v = 12, 8, 13
+    s_h, s_w = torch.randn(n, h), torch.randn(v, h)
+    t1, w1, t2, w2 = torch.randn(n, 6), torch.randn(v, 6), torch.randn(n, 9), torch.randn(v, 9)
+    labels = torch.randint(0, v, (n,))
+    cfg = KDConfig(loss="fkl", chunk_tokens=5)
+    first = torch.tensor([1.0] * 6 + [0.5] * 6)  # 6 tokens routed to teacher 1, 6 mixed
+    got = chunked_kd_loss(s_h, s_w, [t1, t2], [w1, w2], labels, cfg,
+                          weights=[first, 1 - first])
+    half = mixture_logits([t1 @ w1.T, t2 @ w2.T], [0.5, 0.5], 1.0)
+    target = torch.cat([(t1 @ w1.T)[:6], half[6:]])
+    want = kd_loss(s_h @ s_w.T, target, labels, cfg)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_route_sends_files_to_their_teacher(teachers, tmp_path):
+    from edgedistill.data import stdlib_sentences, stdlib_source
+    small, big, other = teachers
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "code.txt").write_text(stdlib_source(20_000))
+    (data / "prose.txt").write_text("\n".join(stdlib_sentences()[:1500]))
+    common = ["--steps", "2", "--batch-size", "2", "--seq-len", "32", "--speedup", "1",
+              "--max-params", "200k", "--data", data]
+    r = _run("distill", "--teacher", small, "--teacher", big, "--route", "code*=1",
+             "--route", "prose.txt=2", "--out", tmp_path / "r", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads((tmp_path / "r" / "distill.json").read_text())["data"]
+    assert set(d["routed_blocks"]) == {str(small), str(big)} and all(
+        n > 0 for n in d["routed_blocks"].values())
+    for route, msg in (("nothing*=1", "matches no file"), ("code*=3", "there are 2 teachers")):
+        bad = _run("distill", "--teacher", small, "--teacher", big, "--route", route,
+                   "--out", tmp_path / "bad", *common)
+        assert bad.returncode == 2 and msg in bad.stderr, bad.stderr[-500:]

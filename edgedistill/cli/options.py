@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgedistill.cli.types import count, fraction, non_negative, positive, positives
+from edgedistill.cli.types import count, fraction, non_negative, positive, positives, route
 
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:
@@ -53,6 +53,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-weights", type=positives, default=None, metavar="W1,W2,...",
                    help="several teachers: their weights in the mixture, in --teacher order "
                    "(default equal)")
+    p.add_argument("--route", type=route, action="append", default=None, metavar="GLOB=N",
+                   help="several teachers: data files matching GLOB learn teacher N's "
+                   "distribution alone (N from 1, in --teacher order); repeatable")
     p.add_argument("--teacher-dtype", default=None,
                    help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
                    "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")
@@ -117,4 +120,4 @@ def distill_config(args, student: str | None = None):
     return DistillConfig(kd=kd, train=train, data=data, student=student,
                          **_given(args, init="init", teacher_dtype="teacher_dtype",
                                   stages="stages", progressive_teacher="progressive_teacher",
-                                  teacher_weights="teacher_weights"))
+                                  teacher_weights="teacher_weights", routes="route"))

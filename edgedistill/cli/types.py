@@ -47,3 +47,12 @@ def fraction(text: str) -> float:
 def positives(text: str) -> tuple[float, ...]:
     """argparse type: a comma list of numbers above zero, e.g. 0.6,0.4."""
     return tuple(positive(x.strip()) for x in text.split(","))
+
+
+def route(text: str) -> tuple[str, int]:
+    """argparse type: GLOB=N (a data file glob and a teacher number from 1)."""
+    glob, sep, number = text.rpartition("=")
+    if not sep or not glob or not number.strip().isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"expected GLOB=N with N a teacher number from 1, "
+                                         f"got {text!r}")
+    return glob, int(number)

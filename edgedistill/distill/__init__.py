@@ -24,7 +24,8 @@ from edgedistill.distill.progressive import distill_progressive
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
 from edgedistill.distill.responses import (generate_responses, render_prompts, response_data,
                                            response_key, split_prompts)
-from edgedistill.distill.teachers import describe, panel, teacher_list, text_only_rows
+from edgedistill.distill.teachers import (describe, panel, routed_files, teacher_list,
+                                          text_only_rows)
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
@@ -87,6 +88,7 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     kd, data_cfg, init = config.kd, config.data, config.init
+    train_routes = None
     student = Path(config.student) if config.student is not None else None
     run_dir = Path(out)
     if resume and not ((run_dir / "checkpoints" / "latest").is_file()
@@ -157,7 +159,19 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
             chats += 1
             return render(messages)
 
-        texts = load_texts(data, counted)
+        if config.routes:
+            if pn is None:
+                raise EdgeDistillError("--route sends data files to one of several teachers; "
+                                       "one teacher was given.",
+                                       "pass a --teacher for each route, or drop --route")
+            if prompts is not None:
+                raise EdgeDistillError("--route applies to text data; prompts are answered by "
+                                       "every teacher.", "drop --route for prompt data")
+            routed = [(load_texts(f, counted), place)
+                      for f, place in routed_files(Path(data), config.routes, pn)]
+            texts = [x for tx, _ in routed for x in tx]
+        else:
+            texts = load_texts(data, counted)
         if chats:
             log(f"data: {chats} conversations, rendered "
                 + ("with the teacher's chat template" if render is not plain_render else
@@ -177,12 +191,24 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                                    "pass more text with --data")
         data_desc = {"sentences": len(items), "train": len(train_items), "val": len(val_items)}
     else:
-        tr, va = split_documents(texts, data_cfg.val_fraction)
-        train_items = pack(tr, tok, data_cfg.seq_len)
-        val_items = pack(va, tok, data_cfg.seq_len)
+        groups = {}
+        for tx, place in (routed if config.routes else [(texts, -1)]):
+            groups.setdefault(place, []).extend(tx)
+        parts = {place: split_documents(tx, data_cfg.val_fraction)
+                 for place, tx in groups.items()}
+        trains = {place: pack(tr, tok, data_cfg.seq_len) for place, (tr, _) in parts.items()}
+        train_items = torch.cat(list(trains.values()))
+        val_items = torch.cat([pack(va, tok, data_cfg.seq_len) for _, va in parts.values()])
+        if config.routes:  # each block's teacher (its place in the panel; -1: the mixture)
+            train_routes = torch.cat([torch.full((len(b),), place)
+                                      for place, b in trains.items()])
         data_desc = {"train_blocks": len(train_items), "val_blocks": len(val_items),
                      "seq_len": data_cfg.seq_len,
                      "train_tokens": int(train_items.numel())}
+        if config.routes:
+            data_desc["routed_blocks"] = {
+                ("mixture" if p < 0 else str(pn.mixed[p][0].name)): len(b)
+                for p, b in trains.items()}
     data_hash = (fingerprint(texts) if prompts is not None else
                  fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:]))
     others = [] if pn is None else [(files_id(x.path), w) for x, w in pn.mixed[1:]] + [
@@ -258,7 +284,7 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
             t, tok, teacher_model, student_model, train_items, val_items, kd, train, data_cfg,
             run_dir, device, log,
             **({"train_labels": train_labels, "val_labels": val_labels,
-                "more_teachers": more_teachers,
+                "more_teachers": more_teachers, "train_routes": train_routes,
                 "teacher_weight": pn.mixed[0][1] if pn else 1.0} if not encoder else {}))
 
     t0 = time.time()

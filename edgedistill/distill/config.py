@@ -209,6 +209,9 @@ class DistillConfig:
     progressive_teacher: Literal["previous", "original"] = "previous"
     """Progressive distillation: each stage's teacher is the stage before (``previous``), or
     always the original teacher (``original``)."""
+    routes: Optional[tuple] = None
+    """Several teachers: ((glob, teacher number), ...): data files matching a glob learn that
+    teacher's distribution alone (numbered from 1 in the order given); the rest the mixture."""
     teacher_weights: Optional[tuple] = None
     """Several teachers: each one's weight in the mixture of their distributions, in the
     order given (normalized; default equal)."""
@@ -228,6 +231,12 @@ class DistillConfig:
         _require(self.stages == 1 or self.student is None,
                  "--student trains that folder as it is; a progressive chain plans its own "
                  "students.", "drop --student, or drop --progressive / --stages")
+        if self.routes is not None:
+            rs = tuple((str(g), int(n)) for g, n in self.routes)
+            _require(bool(rs) and all(n >= 1 for _, n in rs),
+                     f"--route needs GLOB=N pairs with N from 1, not {list(self.routes)}.",
+                     "write e.g. --route 'code*.txt=1' --route 'prose*.txt=2'")
+            object.__setattr__(self, "routes", rs)
         if self.teacher_weights is not None:
             ws = tuple(self.teacher_weights)
             _require(all(isinstance(w, (int, float)) and w > 0 for w in ws),

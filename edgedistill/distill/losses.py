@@ -65,14 +65,20 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor
     return total
 
 
-def mixture_logits(teacher_logits: list[torch.Tensor], weights: list[float],
+def mixture_logits(teacher_logits: list[torch.Tensor], weights: list,
                    temperature: float) -> torch.Tensor:
     """Logits whose tempered softmax is the weighted mixture of the teachers' tempered
     distributions: ``T * log(sum_i w_i softmax(z_i / T))``, so that :func:`_divergence`
-    (which divides by T again) sees the mixture. One teacher: its logits unchanged."""
+    (which divides by T again) sees the mixture. One teacher: its logits unchanged. A weight
+    is a number, or a tensor of one weight per token (rows routed to one teacher: 0 or 1)."""
     if len(teacher_logits) == 1:
         return teacher_logits[0]
-    logs = torch.stack([F.log_softmax(z.float() / temperature, dim=-1) + math.log(w)
+
+    def log_w(w, z):
+        if torch.is_tensor(w):
+            return torch.log(w.to(z.device).float()).unsqueeze(-1)  # log 0 = -inf: left out
+        return math.log(w)
+    logs = torch.stack([F.log_softmax(z.float() / temperature, dim=-1) + log_w(w, z)
                         for z, w in zip(teacher_logits, weights)])
     return temperature * torch.logsumexp(logs, dim=0)
 
@@ -102,7 +108,8 @@ class _ChunkedLinearKD(torch.autograd.Function):
                     if more:  # further teachers (hidden states, head): their mixture
                         t_logits = mixture_logits(
                             [t_logits] + [h[sl] @ w[:vocab].T for h, w in more],
-                            list(weights), cfg.temperature)
+                            [w[sl] if torch.is_tensor(w) else w for w in weights],
+                            cfg.temperature)
                 loss = kd_loss(s_logits, t_logits, lab, cfg, vocab) * (lab != -100).sum()
                 gh, gw = torch.autograd.grad(loss, (h, w))
             g_hidden[sl] += gh

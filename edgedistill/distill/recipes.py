@@ -43,11 +43,14 @@ def length_groups(lengths: list[int], batch: int) -> list[list[int]]:
 
 def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
                   cfg: TrainConfig, data_cfg, run_dir, device, log, train_labels=None,
-                  val_labels=None, more_teachers=(), teacher_weight: float = 1.0) -> Recipe:
+                  val_labels=None, more_teachers=(), teacher_weight: float = 1.0,
+                  train_routes=None) -> Recipe:
     """Token-level KD on (N, T) blocks of token ids. ``train_labels`` / ``val_labels``: the
     same shape, -100 where no loss is taken (prompt tokens, padding); None: every token.
     ``more_teachers``: (model, weight) of further teachers with the same tokenizer; the
-    target is then the mixture, ``teacher`` weighing ``teacher_weight``."""
+    target is then the mixture, ``teacher`` weighing ``teacher_weight``; ``train_routes``:
+    per block, the one teacher (0: ``teacher``, i: ``more_teachers[i - 1]``) whose
+    distribution it learns alone, or -1 for the mixture."""
     vocab = len(tok)  # padded logit rows beyond the tokenizer are cut (Qwen-style teachers)
     extra: dict = {}
     if data_cfg.generate:
@@ -97,6 +100,8 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
 
     def batch_fn(idx):
         b = {"input_ids": train_blocks[idx]}
+        if train_routes is not None:
+            b["route"] = train_routes[idx]
         if train_labels is not None:
             b["labels"] = train_labels[idx]
         if cache is not None:
@@ -117,6 +122,14 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
                 for m, _ in more_teachers]
             res["head"] = [head] + [m.get_output_embeddings().weight for m, _ in more_teachers]
             res["weights"] = weights
+            if "route" in batch:  # routed rows: their teacher's weight 1, the others' 0
+                route = batch["route"]
+                w = torch.tensor(weights, device=route.device).expand(len(route), -1).clone()
+                routed = route >= 0
+                w[routed] = torch.nn.functional.one_hot(route[routed].long(),
+                                                        len(weights)).to(w.dtype)
+                per_token = w.unsqueeze(1).expand(-1, batch["input_ids"].shape[1] - 1, -1)
+                res["weights"] = list(per_token.reshape(-1, len(weights)).unbind(-1))
         return res
 
     weights = [teacher_weight] + [w for _, w in more_teachers]

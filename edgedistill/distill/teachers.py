@@ -9,8 +9,10 @@ the mixed teachers' KD on them, and CE by ``--kd-weight``); the log says so."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
+from edgedistill.data import TEXT_SUFFIXES
 from edgedistill.distill.responses import generate_responses, render_prompts, response_key
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runstate import files_id, fingerprint
@@ -26,6 +28,8 @@ class Panel:
     summing to 1."""
     text_only: list[Teacher] = field(default_factory=list)
     """Teachers with another tokenizer: their responses transfer as text."""
+    given: list[int] = field(default_factory=list)
+    """For each of ``mixed``, its place in the order the teachers were given."""
 
 
 def teacher_list(teacher) -> list:
@@ -59,11 +63,12 @@ def panel(teachers: list, weights: tuple | None, prompts: bool) -> Panel:
     w = list(weights) if weights is not None else [1.0] * len(loaded)
     first = max(range(len(loaded)), key=lambda i: loaded[i].shape.total_params())
     vocab = AutoTokenizer.from_pretrained(loaded[first].path).get_vocab()
-    mixed, text_only = [], []
+    mixed, text_only, given = [], [], []
     for i in [first] + [i for i in range(len(loaded)) if i != first]:
         same = AutoTokenizer.from_pretrained(loaded[i].path).get_vocab() == vocab
         if same:
             mixed.append((loaded[i], w[i]))
+            given.append(i)
         else:
             text_only.append(loaded[i])
     if text_only and not prompts:
@@ -74,7 +79,42 @@ def panel(teachers: list, weights: tuple | None, prompts: bool) -> Panel:
                                'pass prompts ({"prompt": ...} JSONL) with --data, or teachers '
                                "that share one tokenizer")
     total = sum(x for _, x in mixed)
-    return Panel(loaded[first], [(t, x / total) for t, x in mixed], text_only)
+    return Panel(loaded[first], [(t, x / total) for t, x in mixed], text_only, given)
+
+
+def routed_files(data: Path, routes: tuple, pn: Panel) -> list[tuple[Path, int]]:
+    """Each data file with the place (in ``pn.mixed``) of the teacher its ``--route`` names,
+    or -1 (the mixture). ``routes``: (glob, teacher number counted from 1 in --teacher
+    order) pairs, matched against the file's name and its path under ``data``."""
+    data = Path(data)
+    files = ([data] if data.is_file() else
+             sorted(p for p in data.rglob("*")
+                    if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl")))
+    n_given = len(pn.mixed) + len(pn.text_only)
+    out, used = [], set()
+    for f in files:
+        rel = f.relative_to(data).as_posix() if data.is_dir() else f.name
+        place = -1
+        for glob, number in routes:
+            if fnmatch(f.name, glob) or fnmatch(rel, glob):
+                if not 1 <= number <= n_given:
+                    raise EdgeDistillError(f"--route {glob}={number}: there are {n_given} "
+                                           "teachers.", "number them from 1, in --teacher order")
+                if number - 1 not in pn.given:
+                    raise EdgeDistillError(f"--route {glob}={number}: that teacher has another "
+                                           "tokenizer, so it has no distribution to route to.",
+                                           "route files to a teacher with the student's "
+                                           "tokenizer")
+                place = pn.given.index(number - 1)
+                used.add(glob)
+                break
+        out.append((f, place))
+    unused = [g for g, _ in routes if g not in used]
+    if unused:
+        raise EdgeDistillError(f"--route {unused[0]} matches no file of {data}.",
+                               "write a glob that matches file names under --data, e.g. "
+                               "--route 'code*.txt=1'")
+    return out
 
 
 def describe(pn: Panel) -> str:

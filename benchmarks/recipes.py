@@ -1,0 +1,235 @@
+"""The distillation recipes against plain token-level KD, on teachers trained here.
+
+    .venv/bin/python benchmarks/recipes.py [--only responses,on_policy,progressive,teachers]
+
+Three small llama teachers share one tokenizer (byte-level BPE, 1024 tokens, learnt from all
+three texts), each trained here on its own text:
+- **code**: the first 1 M characters of Python's standard-library source;
+- **prose**: the standard library's docstrings, as sentences (the held-out split kept out);
+- **arithmetic**: worked two-digit additions, written out digit by digit, each ending with a
+  checkable line ``Answer: N``.
+
+Each recipe is compared with plain single-teacher token-level KD (`--loss fkl`) into the same
+planned student, with the same steps and batch (the same student tokens), judged on the same
+held-out text:
+- **responses + filter** against KD on the arithmetic text: the teacher answers 600
+  training prompts (2 samples each at temperature 0.7; only responses whose last line reads
+  ``Answer: <digits>`` are kept); the student is exported to GGUF Q4_K_M (the laptop's
+  quantization) and answers 200 held-out problems greedily in llama.cpp: exact-match accuracy.
+- **on-policy** (lambda 0.5, JSD beta 0.5) against off-policy (the same JSD) on the code text:
+  held-out loss and KL to the teacher.
+- **progressive** (the planner's chain) against direct, for a student at least 6x smaller
+  than the code teacher, the same total steps: held-out loss, wall time.
+- **two teachers** (code + prose, equal weights) against each single teacher, distilled on
+  the union of both texts: held-out loss on held-out code, on held-out prose, and on both.
+
+Writes benchmarks/results/recipes.json; every comparison is reported whichever side wins.
+Measured on this machine's CPU; work files in /tmp/edgedistill-bench/recipes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ANSWER = re.compile(r"Answer: (\d+)")
+
+
+def worked_sum(a: int, b: int) -> str:
+    """``Q: a+b=?`` and its digit-by-digit answer, ending ``Answer: a+b``."""
+    lo = a % 10 + b % 10
+    hi = a // 10 + b // 10 + lo // 10
+    return (f"Q: {a}+{b}=?\nA: {a % 10}+{b % 10}={lo}, write {lo % 10} carry {lo // 10}. "
+            f"{a // 10}+{b // 10}+{lo // 10}={hi}. Answer: {a + b}\n")
+
+
+def arithmetic(pairs) -> str:
+    return "\n".join(worked_sum(a, b) for a, b in pairs)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def held_out_loss(model_dir: Path, texts: list[str], seq_len: int = 128, blocks: int = 24):
+    """Mean next-token cross-entropy of a model on ``blocks`` blocks of held-out text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tok("\n\n".join(texts))["input_ids"]
+    chunks = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len, seq_len)][:blocks]
+    x = torch.tensor(chunks)
+    with torch.no_grad():
+        return float(model(input_ids=x, labels=x).loss)
+
+
+def accuracy_llama_cpp(gguf: Path, problems, threads: int = 2) -> float:
+    """Exact-match accuracy of greedy answers in llama.cpp."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=threads, verbose=False)
+    right = 0
+    for a, b in problems:
+        out = llm(f"Q: {a}+{b}=?\nA:", max_tokens=48, temperature=0.0, stop=["\nQ:", "\n\n"])
+        m = ANSWER.search(out["choices"][0]["text"])
+        right += bool(m and int(m.group(1)) == a + b)
+    return right / len(problems)
+
+
+def accuracy_torch(model_dir: Path, problems) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    right = 0
+    for a, b in problems:
+        x = torch.tensor([tok(f"Q: {a}+{b}=?\nA:")["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(x, max_new_tokens=48, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)
+        m = ANSWER.search(tok.decode(out[0, x.shape[1]:]))
+        right += bool(m and int(m.group(1)) == a + b)
+    return right / len(problems)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="responses,on_policy,progressive,teachers")
+    ap.add_argument("--teacher-steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--work", default="/tmp/edgedistill-bench/recipes")
+    ap.add_argument("--out", default=str(ROOT / "results" / "recipes.json"))
+    args = ap.parse_args()
+
+    import shutil
+
+    from edgedistill.data import split_holdout, stdlib_sentences, stdlib_source
+    from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig, distill
+    from edgedistill.plan import PlanConfig
+    from edgedistill.toy import make_causal_lm
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    rng.shuffle(pairs)
+    test_pairs, prompt_pairs, text_pairs = pairs[:200], pairs[200:800], pairs[800:]
+    code = stdlib_source(1_100_000)
+    code_train, code_held = code[:1_000_000], code[1_000_000:]
+    prose_train, prose_held = split_holdout(list(stdlib_sentences()))
+    prose_text = "\n".join(prose_train)
+    arith_text = arithmetic(text_pairs)
+    tok_text = code_train[:300_000] + prose_text[:300_000] + arith_text[:200_000]
+    files = {"code": code_train, "prose": prose_text, "arithmetic": arith_text}
+    teachers, results = {}, {"machine": platform.processor() or platform.machine(),
+                             "steps": args.steps, "teacher_steps": args.teacher_steps}
+    for name, text in files.items():
+        path = work / f"teacher-{name}"
+        (work / f"{name}.txt").write_text(text)
+        if not (path / "config.json").is_file():
+            t0 = time.time()
+            make_causal_lm(path, hidden=256, layers=4, heads=4, kv_heads=2, ffn=768,
+                           vocab=1024, steps=args.teacher_steps, seq_len=128, batch=8,
+                           lr=2e-3, text=text, chars=len(text), tokenizer_text=tok_text,
+                           log=log)
+            log(f"teacher {name}: {time.time() - t0:.0f}s")
+        teachers[name] = path
+    train = dict(batch_size=8, lr=1e-3, save_every=0)
+
+    def run(name, teacher, data, kd=KDConfig(), max_params=None, steps=args.steps, **cfg):
+        out = work / name
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.time()
+        res = distill(teacher, "laptop", data, out, DistillConfig(
+            kd=kd, train=TrainConfig(steps=steps, eval_every=max(1, steps // 4), **train),
+            data=cfg.pop("data_cfg", DataConfig(seq_len=128)), **cfg),
+            plan_config=PlanConfig(speedup=1.0, max_params=max_params), log=log)
+        m = res.metrics
+        return res, {"val_loss": m["validation"].get("loss"), "val_kl": m["validation"].get("kl"),
+                     "teacher_val_loss": m.get("teacher_val_loss"),
+                     "student_params": json.loads((out / "plan.json").read_text())
+                     ["student"]["params"] if (out / "plan.json").is_file() else None,
+                     "seconds": round(time.time() - t0, 1), "tokens": m.get("tokens")}
+
+    only = set(args.only.split(","))
+    from edgedistill.teacher import load_teacher
+    t_params = load_teacher(teachers["code"]).shape.total_params()
+    third = t_params // 3
+    if "responses" in only:
+        from edgedistill.export import ExportConfig, export
+        prompts = work / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Q: {a}+{b}=?\nA:"}) + "\n"
+                                   for a, b in prompt_pairs))
+        plain, plain_fig = run("resp-plain-kd", teachers["arithmetic"],
+                               work / "arithmetic.txt", max_params=third,
+                               data_cfg=DataConfig(seq_len=64))
+        resp, resp_fig = run("resp-responses", teachers["arithmetic"], prompts,
+                             max_params=third, data_cfg=DataConfig(
+                                 seq_len=64, num_responses=2, gen_temperature=0.7,
+                                 max_new_tokens=48, keep_if=r"Answer: \d+$"))
+        resp_fig["responses"] = json.loads((work / "resp-responses" / "distill.json")
+                                           .read_text())["data"]
+        out = {"teacher_accuracy_torch": accuracy_torch(teachers["arithmetic"], test_pairs)}
+        for key, res, fig in (("plain_kd", plain, plain_fig), ("responses", resp, resp_fig)):
+            exp = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",),
+                                                                 quants=("q4_k_m",)),
+                         work / f"{key}-export")
+            gguf = next(a.path for a in exp.artifacts if a.quant == "q4_k_m")
+            fig["accuracy_q4_k_m_llama_cpp"] = accuracy_llama_cpp(Path(gguf), test_pairs)
+            fig["accuracy_torch"] = accuracy_torch(res.student_dir, test_pairs)
+            out[key] = fig
+            log(f"responses: {key} accuracy {fig['accuracy_q4_k_m_llama_cpp']:.3f}")
+        out["test_problems"] = len(test_pairs)
+        results["responses_vs_plain_kd"] = out
+    if "on_policy" in only:
+        jsd = KDConfig(loss="jsd", jsd_beta=0.5)
+        _, off = run("onpolicy-off", teachers["code"], work / "code.txt", kd=jsd,
+                     max_params=third)
+        _, on = run("onpolicy-on", teachers["code"], work / "code.txt",
+                    kd=KDConfig(loss="jsd", jsd_beta=0.5, on_policy=0.5), max_params=third)
+        results["on_policy_vs_off_policy"] = {"off_policy": off, "on_policy_0.5": on}
+        log(f"on-policy: off {off['val_loss']:.4f} on {on['val_loss']:.4f}")
+    if "progressive" in only:
+        sixth = t_params // 6
+        _, direct = run("prog-direct", teachers["code"], work / "code.txt", max_params=sixth)
+        res, prog = run("prog-chain", teachers["code"], work / "code.txt", max_params=sixth,
+                        stages=0)
+        keys = ("stage", "shape", "params", "drop", "steps", "validation")
+        prog["stages"] = [{k: s[k] for k in keys} for s in res.metrics.get("stages", [])]
+        results["progressive_vs_direct"] = {"teacher_params": t_params, "direct": direct,
+                                            "progressive": prog}
+        log(f"progressive: direct {direct['val_loss']:.4f} chain {prog['val_loss']:.4f}")
+    if "teachers" in only:
+        union = work / "union.txt"
+        union.write_text(code_train[:500_000] + "\n\n" + prose_text[:500_000])
+        fig = {}
+        for key, t in (("code_teacher", teachers["code"]), ("prose_teacher", teachers["prose"]),
+                       ("both_teachers", [teachers["code"], teachers["prose"]])):
+            res, f = run(f"teachers-{key}", t, union, max_params=third)
+            f["held_out_loss"] = {
+                "code": held_out_loss(res.student_dir, [code_held]),
+                "prose": held_out_loss(res.student_dir, prose_held[:400]),
+            }
+            f["held_out_loss"]["both"] = (f["held_out_loss"]["code"]
+                                          + f["held_out_loss"]["prose"]) / 2
+            fig[key] = f
+            log(f"teachers: {key} {f['held_out_loss']}")
+        results["two_teachers_vs_one"] = fig
+    path = Path(args.out)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(old | results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
