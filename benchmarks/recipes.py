@@ -7,19 +7,21 @@ three texts), each trained here on its own text:
 - **code**: the first 1 M characters of Python's standard-library source;
 - **prose**: the standard library's docstrings, as sentences (the held-out split kept out);
 - **arithmetic**: worked two-digit additions, written out digit by digit, each ending with a
-  checkable line ``Answer: N``.
+  checkable line ``Answer: N`` and the end token.
 
 Each recipe is compared with plain single-teacher token-level KD (`--loss fkl`) into the same
 planned student, with the same steps and batch (the same student tokens), judged on the same
 held-out text:
 - **responses + filter** against KD on the arithmetic text: the teacher answers 600
-  training prompts (2 samples each at temperature 0.7; only responses whose last line reads
-  ``Answer: <digits>`` are kept); the student is exported to GGUF Q4_K_M (the laptop's
-  quantization) and answers 200 held-out problems greedily in llama.cpp: exact-match accuracy.
+  training prompts (2 samples each at temperature 0.7; ``--keep-if 'Answer: {answer}$'``
+  keeps only responses whose last line is the prompt record's checked answer); the student
+  is exported to GGUF Q4_K_M (the laptop's quantization) and answers 200 held-out problems
+  greedily in llama.cpp: exact-match accuracy. The same responses unfiltered are a third arm.
 - **on-policy** (lambda 0.5, JSD beta 0.5) against off-policy (the same JSD) on the code text:
   held-out loss and KL to the teacher.
-- **progressive** (the planner's chain) against direct, for a student at least 6x smaller
-  than the code teacher, the same total steps: held-out loss, wall time.
+- **progressive** (the planner's chain, and a 2-stage chain) against direct, for a student at
+  least 6x smaller than the code teacher, the same total steps (200 and 600): held-out loss,
+  wall time.
 - **two teachers** (code + prose, equal weights) against each single teacher, distilled on
   the union of both texts: held-out loss on held-out code, on held-out prose, and on both.
 
@@ -103,7 +105,7 @@ def accuracy_torch(model_dir: Path, problems) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="responses,on_policy,progressive,teachers")
+    ap.add_argument("--only", default="on_policy,progressive,teachers,responses")
     ap.add_argument("--teacher-steps", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/recipes")
@@ -127,8 +129,10 @@ def main() -> int:
     code_train, code_held = code[:1_000_000], code[1_000_000:]
     prose_train, prose_held = split_holdout(list(stdlib_sentences()))
     prose_text = "\n".join(prose_train)
-    arith_text = arithmetic(text_pairs)
-    tok_text = code_train[:300_000] + prose_text[:300_000] + arith_text[:200_000]
+    # the teacher learns to end each answer with its end token; the shared tokenizer is learnt
+    # from the examples joined by newlines
+    tok_text = code_train[:300_000] + prose_text[:300_000] + arithmetic(text_pairs)[:200_000]
+    arith_text = "<|endoftext|>".join(worked_sum(a, b) for a, b in text_pairs)
     files = {"code": code_train, "prose": prose_text, "arithmetic": arith_text}
     teachers, results = {}, {"machine": platform.processor() or platform.machine(),
                              "steps": args.steps, "teacher_steps": args.teacher_steps}
@@ -164,32 +168,6 @@ def main() -> int:
     from edgedistill.teacher import load_teacher
     t_params = load_teacher(teachers["code"]).shape.total_params()
     third = t_params // 3
-    if "responses" in only:
-        from edgedistill.export import ExportConfig, export
-        prompts = work / "prompts.jsonl"
-        prompts.write_text("".join(json.dumps({"prompt": f"Q: {a}+{b}=?\nA:"}) + "\n"
-                                   for a, b in prompt_pairs))
-        plain, plain_fig = run("resp-plain-kd", teachers["arithmetic"],
-                               work / "arithmetic.txt", max_params=third,
-                               data_cfg=DataConfig(seq_len=64))
-        resp, resp_fig = run("resp-responses", teachers["arithmetic"], prompts,
-                             max_params=third, data_cfg=DataConfig(
-                                 seq_len=64, num_responses=2, gen_temperature=0.7,
-                                 max_new_tokens=48, keep_if=r"Answer: \d+$"))
-        resp_fig["responses"] = json.loads((work / "resp-responses" / "distill.json")
-                                           .read_text())["data"]
-        out = {"teacher_accuracy_torch": accuracy_torch(teachers["arithmetic"], test_pairs)}
-        for key, res, fig in (("plain_kd", plain, plain_fig), ("responses", resp, resp_fig)):
-            exp = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",),
-                                                                 quants=("q4_k_m",)),
-                         work / f"{key}-export")
-            gguf = next(a.path for a in exp.artifacts if a.quant == "q4_k_m")
-            fig["accuracy_q4_k_m_llama_cpp"] = accuracy_llama_cpp(Path(gguf), test_pairs)
-            fig["accuracy_torch"] = accuracy_torch(res.student_dir, test_pairs)
-            out[key] = fig
-            log(f"responses: {key} accuracy {fig['accuracy_q4_k_m_llama_cpp']:.3f}")
-        out["test_problems"] = len(test_pairs)
-        results["responses_vs_plain_kd"] = out
     if "on_policy" in only:
         jsd = KDConfig(loss="jsd", jsd_beta=0.5)
         _, off = run("onpolicy-off", teachers["code"], work / "code.txt", kd=jsd,
@@ -197,17 +175,28 @@ def main() -> int:
         _, on = run("onpolicy-on", teachers["code"], work / "code.txt",
                     kd=KDConfig(loss="jsd", jsd_beta=0.5, on_policy=0.5), max_params=third)
         results["on_policy_vs_off_policy"] = {"off_policy": off, "on_policy_0.5": on}
+        save(args.out, results)
         log(f"on-policy: off {off['val_loss']:.4f} on {on['val_loss']:.4f}")
     if "progressive" in only:
         sixth = t_params // 6
-        _, direct = run("prog-direct", teachers["code"], work / "code.txt", max_params=sixth)
-        res, prog = run("prog-chain", teachers["code"], work / "code.txt", max_params=sixth,
-                        stages=0)
-        keys = ("stage", "shape", "params", "drop", "steps", "validation")
-        prog["stages"] = [{k: s[k] for k in keys} for s in res.metrics.get("stages", [])]
-        results["progressive_vs_direct"] = {"teacher_params": t_params, "direct": direct,
-                                            "progressive": prog}
-        log(f"progressive: direct {direct['val_loss']:.4f} chain {prog['val_loss']:.4f}")
+        prog_out = {"teacher_params": t_params}
+        for steps in (args.steps, 3 * args.steps):
+            _, direct = run(f"prog-direct-{steps}", teachers["code"], work / "code.txt",
+                            max_params=sixth, steps=steps)
+            row = {"direct": direct}
+            for stages in (0, 2):
+                res, prog = run(f"prog-chain{stages}-{steps}", teachers["code"],
+                                work / "code.txt", max_params=sixth, steps=steps,
+                                stages=stages)
+                keys = ("stage", "shape", "params", "drop", "steps", "validation")
+                prog["stages"] = [{k: s[k] for k in keys} for s in res.metrics["stages"]]
+                prog["note"] = "val_kl is to the last stage's own teacher (the stage before)"
+                row["progressive_auto" if stages == 0 else "progressive_2_stages"] = prog
+                log(f"progressive ({steps} steps): direct {direct['val_loss']:.4f}, "
+                    f"{len(prog['stages'])} stages {prog['val_loss']:.4f}")
+            prog_out[f"{steps}_steps"] = row
+        results["progressive_vs_direct"] = prog_out
+        save(args.out, results)
     if "teachers" in only:
         union = work / "union.txt"
         union.write_text(code_train[:500_000] + "\n\n" + prose_text[:500_000])
@@ -224,11 +213,50 @@ def main() -> int:
             fig[key] = f
             log(f"teachers: {key} {f['held_out_loss']}")
         results["two_teachers_vs_one"] = fig
-    path = Path(args.out)
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    path.write_text(json.dumps(old | results, indent=2) + "\n")
+        save(args.out, results)
+    if "responses" in only:
+        from edgedistill.export import ExportConfig, export
+        prompts = work / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Q: {a}+{b}=?\nA:",
+                                               "answer": a + b}) + "\n"
+                                   for a, b in prompt_pairs))
+        plain, plain_fig = run("resp-plain-kd", teachers["arithmetic"],
+                               work / "arithmetic.txt", max_params=third,
+                               data_cfg=DataConfig(seq_len=64))
+        resp, resp_fig = run("resp-responses", teachers["arithmetic"], prompts,
+                             max_params=third, data_cfg=DataConfig(
+                                 seq_len=64, num_responses=2, gen_temperature=0.7,
+                                 max_new_tokens=48, keep_if=r"Answer: {answer}$"))
+        resp_fig["responses"] = json.loads((work / "resp-responses" / "distill.json")
+                                           .read_text())["data"]
+        raw, raw_fig = run("resp-unfiltered", teachers["arithmetic"], prompts,
+                           max_params=third, data_cfg=DataConfig(
+                               seq_len=64, num_responses=2, gen_temperature=0.7,
+                               max_new_tokens=48))
+        out = {"teacher_accuracy_torch": accuracy_torch(teachers["arithmetic"], test_pairs)}
+        for key, res, fig in (("plain_kd", plain, plain_fig), ("responses", resp, resp_fig),
+                              ("responses_unfiltered", raw, raw_fig)):
+            exp = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",),
+                                                                 quants=("q4_k_m",)),
+                         work / f"{key}-export")
+            gguf = next(a.path for a in exp.artifacts if a.quant == "q4_k_m")
+            fig["accuracy_q4_k_m_llama_cpp"] = accuracy_llama_cpp(Path(gguf), test_pairs)
+            fig["accuracy_torch"] = accuracy_torch(res.student_dir, test_pairs)
+            out[key] = fig
+            log(f"responses: {key} accuracy {fig['accuracy_q4_k_m_llama_cpp']:.3f}")
+        out["test_problems"] = len(test_pairs)
+        results["responses_vs_plain_kd"] = out
+        save(args.out, results)
+    save(args.out, results)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def save(out: str, results: dict) -> None:
+    """Merge ``results`` into the JSON file (each part is saved as soon as it is measured)."""
+    path = Path(out)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(old | results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

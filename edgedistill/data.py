@@ -240,10 +240,21 @@ def prompt_of(rec) -> str | list | None:
     return None
 
 
-def load_prompts(path: str | Path) -> list[str | list] | None:
+PROMPT_KEYS = ("prompt", "messages", "conversations")
+
+
+def prompt_fields(rec: dict) -> dict:
+    """A prompt record's other fields with a plain value (e.g. a checked ``answer``), which
+    ``--keep-if`` may name as ``{answer}``."""
+    return {k: v for k, v in rec.items()
+            if k not in PROMPT_KEYS and isinstance(v, (str, int, float))}
+
+
+def load_prompts(path: str | Path, fields: bool = False):
     """Prompts, when every record of ``path`` (.jsonl, .json, or a folder of them) is a
     prompt without a response (:func:`prompt_of`): the teacher will write the responses.
-    None when the data is text or complete records; EdgeDistillError when it mixes the two."""
+    None when the data is text or complete records; EdgeDistillError when it mixes the two.
+    ``fields``: return (prompts, each record's :func:`prompt_fields`) instead."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json"))
@@ -274,6 +285,8 @@ def load_prompts(path: str | Path) -> list[str | list] | None:
             f"the data mixes prompts (records with no response) and complete records "
             f"({sum(p is not None for p in prompts)} prompts; {where} is complete).",
             "pass prompts only (the teacher writes the responses), or complete records only")
+    if fields:
+        return prompts, [prompt_fields(r) for r, _ in recs]
     return prompts
 
 

@@ -124,6 +124,25 @@ def test_filters_and_what_they_drop():
         DataConfig(num_responses=3)
 
 
+def test_keep_if_checks_each_prompts_own_answer(tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Q: 2+2=?", "answer": 4},
+                                         {"prompt": "Q: 3+4=?", "answer": "7"}])
+    prompts, fields = load_prompts(path, fields=True)
+    assert prompts == ["Q: 2+2=?", "Q: 3+4=?"] and fields == [{"answer": 4}, {"answer": "7"}]
+    rows = [{"i": 0, "j": 0, "ids": [1], "text": "2+2... Answer: 4", "finished": True},
+            {"i": 0, "j": 1, "ids": [1], "text": "Answer: 5", "finished": True},
+            {"i": 1, "j": 0, "ids": [1], "text": "Answer: 7", "finished": True},
+            {"i": 1, "j": 1, "ids": [1], "text": "Answer: 77", "finished": True}]
+    kept, dropped = keep(rows, DataConfig(keep_if=r"Answer: {answer}$"), fields)
+    assert [(r["i"], r["j"]) for r in kept] == [(0, 0), (1, 0)] and dropped["keep_if"] == 2
+    # a quantifier is not a field; a field the records lack is an error that names it
+    kept, _ = keep(rows, DataConfig(keep_if=r"Answer: \d{1}$"), fields)
+    assert len(kept) == 3
+    with pytest.raises(EdgeDistillError, match=r"names \{result\}, which prompt 0 does not "
+                       r"have \(its fields: answer\)"):
+        keep(rows, DataConfig(keep_if=r"Answer: {result}$"), fields)
+
+
 def test_prompt_tokens_and_padding_carry_no_loss(trained_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from edgedistill.distill.loop import DistillModule

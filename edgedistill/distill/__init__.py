@@ -142,7 +142,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
 
     # -- data -----------------------------------------------------------------------------
 
-    prompts = load_prompts(data) if data is not None and not encoder else None
+    got = load_prompts(data, fields=True) if data is not None and not encoder else None
+    prompts, prompt_fields = got if got is not None else (None, None)
     if prompts is not None:
         texts = render_prompts(tok, prompts)
         train_idx, val_idx = split_prompts(texts, data_cfg.val_fraction)
@@ -253,7 +254,7 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                                        train.seed, torch_dtype, device, log,
                                        k * data_cfg.num_responses)
         (train_items, train_labels), (val_items, val_labels), desc = response_data(
-            tok, texts, rows, train_idx, data_cfg)
+            tok, texts, rows, train_idx, data_cfg, prompt_fields)
         data_desc |= desc
         log(f"data: {desc}")
 

@@ -129,19 +129,44 @@ def response_key(teacher_id: str, texts: list[str], cfg: DataConfig, seed: int) 
                        cfg.max_new_tokens, seed if cfg.gen_temperature > 0 else None)
 
 
-def keep(rows: list[dict], cfg: DataConfig) -> tuple[list[dict], dict]:
-    """The responses the filters keep, and how many each filter dropped. Raises
-    EdgeDistillError when nothing is kept."""
-    pattern = re.compile(cfg.keep_if) if cfg.keep_if else None
+FIELD = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
+def keep_pattern(keep_if: str, fields: dict, where: str) -> re.Pattern:
+    """``--keep-if`` for one prompt: each ``{name}`` of a field of its record replaced by
+    that field's value, escaped (so ``Answer: {answer}$`` checks each prompt's own answer);
+    regex quantifiers such as ``{2}`` are left alone."""
+    def value(m):
+        if m.group(1) not in fields:
+            raise EdgeDistillError(f"--keep-if names {{{m.group(1)}}}, which {where} does not "
+                                   f"have (its fields: {', '.join(fields) or 'none'}).",
+                                   f'add "{m.group(1)}" to every prompt record, or drop it '
+                                   "from --keep-if")
+        return re.escape(str(fields[m.group(1)]))
+    return re.compile(FIELD.sub(value, keep_if))
+
+
+def keep(rows: list[dict], cfg: DataConfig,
+         fields: list[dict] | None = None) -> tuple[list[dict], dict]:
+    """The responses the filters keep, and how many each filter dropped. ``fields``: each
+    prompt's record fields, for a ``--keep-if`` that names them. Raises EdgeDistillError
+    when nothing is kept."""
+    pattern = re.compile(cfg.keep_if) if cfg.keep_if and not FIELD.search(cfg.keep_if) \
+        else None
     dropped = {"unfinished": 0, "keep_if": 0}
     out = []
     for r in rows:
         if cfg.drop_unfinished and not r["finished"]:
             dropped["unfinished"] += 1
             continue
-        if pattern is not None:
+        if cfg.keep_if and pattern is None:  # per prompt
+            pattern_i = keep_pattern(cfg.keep_if, fields[r["i"]] if fields else {},
+                                     f"prompt {r['i']}")
+        else:
+            pattern_i = pattern
+        if pattern_i is not None:
             lines = [ln.strip() for ln in r["text"].splitlines() if ln.strip()]
-            if not lines or not pattern.search(lines[-1]):
+            if not lines or not pattern_i.search(lines[-1]):
                 dropped["keep_if"] += 1
                 continue
         out.append(r)
@@ -196,10 +221,10 @@ def split_prompts(texts: list[str], fraction: float) -> tuple[list[int], list[in
 
 
 def response_data(tok, texts: list[str], rows: list[dict], train_idx: list[int],
-                  cfg: DataConfig):
+                  cfg: DataConfig, fields: list[dict] | None = None):
     """((train ids, labels), (held-out ids, labels), figures) from the teacher's responses:
     the filters applied to both splits, held-out prompts never trained on."""
-    kept, dropped = keep(rows, cfg)
+    kept, dropped = keep(rows, cfg, fields)
     train_set = set(train_idx)
     tr = [r for r in kept if r["i"] in train_set]
     va = [r for r in kept if r["i"] not in train_set]
