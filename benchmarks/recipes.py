@@ -25,6 +25,11 @@ held-out text:
 - **two teachers** (code + prose, equal weights) against each single teacher, distilled on
   the union of both texts: held-out loss on held-out code, on held-out prose, and on both.
 
+- **on-policy with a teacher nobody here trained** (``--only smollm2_on_policy``):
+  SmolLM2-135M-Instruct, distilled on standard-library code into a student of at most 40M
+  parameters, on-policy (0.5) against off-policy: held-out loss on code and on docstring
+  prose, a source it was not distilled on.
+
 Writes benchmarks/results/recipes.json; every comparison is reported whichever side wins.
 Measured on this machine's CPU; work files in /tmp/edgedistill-bench/recipes.
 """
@@ -109,6 +114,10 @@ def main() -> int:
     ap.add_argument("--teacher-steps", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/recipes")
+    ap.add_argument("--smollm2", default="/tmp/edgedistill-bench/smollm2-135m",
+                    help="SmolLM2-135M-Instruct as an HF folder (benchmarks/smollm2_folder.py)")
+    ap.add_argument("--smollm2-steps", type=int, default=100)
+    ap.add_argument("--smollm2-max-params", type=int, default=40_000_000)
     ap.add_argument("--out", default=str(ROOT / "results" / "recipes.json"))
     args = ap.parse_args()
 
@@ -246,6 +255,27 @@ def main() -> int:
             log(f"responses: {key} accuracy {fig['accuracy_q4_k_m_llama_cpp']:.3f}")
         out["test_problems"] = len(test_pairs)
         results["responses_vs_plain_kd"] = out
+        save(args.out, results)
+    if "smollm2_on_policy" in only:
+        smol = Path(args.smollm2)
+        if not (smol / "config.json").is_file():
+            raise SystemExit(f"{smol} holds no model: run benchmarks/smollm2_folder.py first")
+        data = work / "code-smol.txt"
+        data.write_text(code_train[:400_000])
+        fig = {"teacher": "SmolLM2-135M-Instruct (dequantized Q4_1, benchmarks/smollm2_folder.py)",
+               "teacher_held_out_loss": {"code": held_out_loss(smol, [code_held]),
+                                         "prose": held_out_loss(smol, prose_held[:400])},
+               "steps": args.smollm2_steps}
+        for key, kd in (("off_policy", KDConfig(loss="jsd", jsd_beta=0.5)),
+                        ("on_policy_0.5", KDConfig(loss="jsd", jsd_beta=0.5, on_policy=0.5))):
+            res, f = run(f"smol-{key}", smol, data, kd=kd, max_params=args.smollm2_max_params,
+                         steps=args.smollm2_steps, data_cfg=DataConfig(seq_len=128))
+            f["held_out_loss"] = {"code": held_out_loss(res.student_dir, [code_held]),
+                                  "prose (another source)": held_out_loss(res.student_dir,
+                                                                          prose_held[:400])}
+            fig[key] = f
+            log(f"smollm2 {key}: {f['held_out_loss']}")
+        results["smollm2_on_policy_vs_off_policy"] = fig
         save(args.out, results)
     save(args.out, results)
     print(json.dumps(results, indent=2))
