@@ -3,7 +3,6 @@ the headline; ``edgedistill report --compare RUN RUN ...``: runs side by side.""
 from __future__ import annotations
 
 import argparse
-import json
 
 from edgedistill.cli.table import table
 from edgedistill.errors import EdgeDistillError
@@ -45,14 +44,13 @@ def run(args) -> int:
     if not args.run_dir:
         raise EdgeDistillError("report needs a run folder.",
                                "write 'edgedistill report RUN_DIR', or '--compare RUN RUN'")
-    from edgedistill.pipeline import report
-    from edgedistill.report import recommendation_lines
+    from edgedistill.report import build_report, recommendation_lines, write_report
 
-    paths = report(args.run_dir)
+    doc = build_report(args.run_dir)
+    paths = write_report(args.run_dir, doc)
     if args.json:
         emit_json(paths)
         return 0
-    doc = json.loads(open(paths["json"]).read())
     print((doc.get("recommendation") or {}).get("headline", ""))
     for line in recommendation_lines(doc):
         print(f"- {line}")

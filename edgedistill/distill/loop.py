@@ -209,7 +209,7 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
                desc="distill", unit="step", file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
     tokens, t0, loss_ema = 0, time.time(), None
-    share = getattr(getattr(module, "kd", None), "on_policy", 0.0) if policy_fn else 0.0
+    share = module.kd.on_policy if policy_fn else 0.0
     for step in range(start, cfg.steps):
         model.train()
         step_loss = 0.0

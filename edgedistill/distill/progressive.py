@@ -66,7 +66,7 @@ def distill_progressive(distill, t, target, data, run_dir: Path, config, chain: 
                 shutil.rmtree(sdir, ignore_errors=True)
             state.wait_for_everyone()
             res = distill(teacher_k, target, data, sdir, stage_cfg, resume=resume_k, log=log,
-                          student_config=_from(prev_dir, s_cfg), init_from=prev_dir)
+                          student_config=s_cfg, init_from=prev_dir)
             state.wait_for_everyone()  # the next stage reads this one's student
             if not state.is_main_process:
                 prev_dir, prev_params = sdir / "student", shape.total_params()
@@ -114,11 +114,3 @@ def distill_progressive(distill, t, target, data, run_dir: Path, config, chain: 
     atomic_write(run_dir / "distill.json", metrics)
     state.wait_for_everyone()
     return DistillResult(run_dir, student_dir, metrics)
-
-
-def _from(prev_dir: Path, s_cfg: dict) -> dict:
-    """The stage's student config, with the model-level fields of the model it is cut from
-    (rope, norms, vocabulary: all the same along the chain)."""
-    prev = json.loads((prev_dir / "config.json").read_text())
-    keep = {k: v for k, v in prev.items() if k not in s_cfg}
-    return keep | s_cfg

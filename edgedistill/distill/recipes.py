@@ -10,7 +10,7 @@ import torch
 from edgedistill.distill.loop import DistillModule, TrainConfig, pool_embeddings
 from edgedistill.distill.losses import HiddenStateLoss, KDConfig, layer_map, mixture_logits
 from edgedistill.distill.on_policy import student_batch
-from edgedistill.distill.teacher_data import cache_topk, generate_continuations
+from edgedistill.distill.teacher_data import cache_topk, end_tokens, generate_continuations
 from edgedistill.teacher import sentence_pooling
 
 
@@ -181,11 +181,7 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
 
 def _policy(teacher, tok):
     """policy_fn for on-policy steps: the student samples until the teacher's end tokens."""
-    eos = teacher.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if tok.eos_token_id is not None:
-        eos.add(tok.eos_token_id)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=0)
+    eos, pad = end_tokens(teacher, tok)
 
     def policy_fn(student_m, batch, seed):
         return student_batch(student_m, batch, seed, eos, pad)

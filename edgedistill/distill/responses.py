@@ -17,6 +17,7 @@ import torch
 
 from edgedistill.data import is_holdout
 from edgedistill.distill.config import DataConfig
+from edgedistill.distill.teacher_data import end_tokens
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runstate import fingerprint
 
@@ -52,14 +53,6 @@ def render_prompts(tok, prompts: list[str | list]) -> list[str]:
     return out
 
 
-def _eos_ids(model, tok) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
-    if tok.eos_token_id is not None:
-        ids.add(tok.eos_token_id)
-    return ids
-
-
 def generate_responses(model, tok, texts: list[str], cfg: DataConfig, folder: Path, key: str,
                        seed: int = 0, device="cpu", log=print) -> list[dict]:
     """The teacher's responses to ``texts`` (rendered prompts): rows ``{"i": prompt index,
@@ -88,8 +81,7 @@ def generate_responses(model, tok, texts: list[str], cfg: DataConfig, folder: Pa
         log(f"responses: {len(texts) - len(todo)} of {len(texts)} prompts already answered "
             f"({path.name})")
     if todo:
-        eos = _eos_ids(model, tok)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+        eos, pad = end_tokens(model, tok)
         enc = [tok(texts[i], add_special_tokens=False)["input_ids"] for i in todo]
         order = sorted(range(len(todo)), key=lambda k: len(enc[k]))  # similar lengths together
         sample = cfg.gen_temperature > 0
@@ -151,22 +143,19 @@ def keep(rows: list[dict], cfg: DataConfig,
     """The responses the filters keep, and how many each filter dropped. ``fields``: each
     prompt's record fields, for a ``--keep-if`` that names them. Raises EdgeDistillError
     when nothing is kept."""
-    pattern = re.compile(cfg.keep_if) if cfg.keep_if and not FIELD.search(cfg.keep_if) \
-        else None
+    patterns: dict[int, re.Pattern] = {}  # per prompt: its fields fill the {name}s
     dropped = {"unfinished": 0, "keep_if": 0}
     out = []
     for r in rows:
         if cfg.drop_unfinished and not r["finished"]:
             dropped["unfinished"] += 1
             continue
-        if cfg.keep_if and pattern is None:  # per prompt
-            pattern_i = keep_pattern(cfg.keep_if, fields[r["i"]] if fields else {},
-                                     f"prompt {r['i']}")
-        else:
-            pattern_i = pattern
-        if pattern_i is not None:
+        if cfg.keep_if:
+            if r["i"] not in patterns:
+                patterns[r["i"]] = keep_pattern(cfg.keep_if, fields[r["i"]] if fields else {},
+                                                f"prompt {r['i']}")
             lines = [ln.strip() for ln in r["text"].splitlines() if ln.strip()]
-            if not lines or not pattern_i.search(lines[-1]):
+            if not lines or not patterns[r["i"]].search(lines[-1]):
                 dropped["keep_if"] += 1
                 continue
         out.append(r)

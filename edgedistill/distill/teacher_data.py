@@ -6,6 +6,16 @@ import json
 from pathlib import Path
 
 
+def end_tokens(model, tok) -> tuple[set[int], int]:
+    """(the ids that end a generation: the model's generation config's and the tokenizer's
+    EOS, the id to pad with: the tokenizer's pad, else the smallest end id)."""
+    ids = model.generation_config.eos_token_id
+    eos = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tok.eos_token_id is not None:
+        eos.add(tok.eos_token_id)
+    return eos, tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=0)
+
+
 def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt_len: int = 32,
                            seed: int = 0, device="cpu", progress=None):
     """Sequence-level KD data: the teacher samples ``n`` continuations of up to
@@ -18,11 +28,7 @@ def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt
     rows = torch.randint(0, len(blocks), (n,), generator=g)
     out = []
     torch.manual_seed(seed)
-    eos = teacher.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if tok.eos_token_id is not None:
-        eos.add(tok.eos_token_id)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=0)
+    eos, pad = end_tokens(teacher, tok)
     for i in range(0, n, 8):
         prompts = blocks[rows[i:i + 8], :prompt_len].to(device)
         with torch.inference_mode():

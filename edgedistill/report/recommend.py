@@ -4,10 +4,12 @@ when the student is far from the teacher. Works on report rows (BenchRecord dict
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
-DEFAULT_TARGETS = {"cosine_to_teacher": 0.90, "neighbour_overlap": 0.60,
-                   "top1_agreement": 0.60, "perplexity_ratio": 1.5}
-"""The profiles' defaults (profiles.QualityTargets), for a run whose plan.json predates them."""
+from edgedistill.profiles import QualityTargets
+
+DEFAULT_TARGETS = asdict(QualityTargets())
+"""The profiles' defaults, for a run whose plan.json predates them."""
 
 # (figure, at least/at most, label) per kind of model
 TARGETS = {"encoder": (("cosine_to_teacher", ">=", "cosine"),
@@ -46,12 +48,18 @@ def speed(a: dict, kind: str) -> tuple[float | None, str]:
     b = a.get("bench") or {}
     if timed(a) and b.get(key) is not None:
         return float(b[key]), "measured"
-    pred = (a.get("predicted") or {}).get("target") or {}
+    s = predicted_speed((a.get("predicted") or {}).get("target") or {}, kind)
+    return (s, "predicted") if s is not None else (None, "")
+
+
+def predicted_speed(pred: dict, kind: str) -> float | None:
+    """A prediction's speed in the kind's unit (an encoder's batch time as sentences/s)."""
+    key, _ = SPEED[kind]
     if pred.get(key) is not None:
-        return float(pred[key]), "predicted"
+        return float(pred[key])
     if kind == "encoder" and pred.get("encoder_batch_ms") and pred.get("encoder_batch"):
-        return 1000.0 * pred["encoder_batch"] / pred["encoder_batch_ms"], "predicted"
-    return None, ""
+        return 1000.0 * pred["encoder_batch"] / pred["encoder_batch_ms"]
+    return None
 
 
 def teacher_perplexity(rows: list[dict]) -> float | None:
@@ -184,15 +192,12 @@ def recommend(rows: list[dict], kind: str, targets: dict, formats: dict | None,
 
     def entry(a, s, basis, j):
         pred = ((a.get("predicted") or {}).get("target") or {})
-        key = SPEED[kind][0]
         return {"id": row_id(a), "role": a["role"], "format": a["format"], "quant": a["quant"],
                 "path": a.get("path"), "runtime": (a.get("bench") or {}).get("runtime"),
                 "size_mib": (a.get("size_bytes") or 0) / 2**20, "speed": s,
                 "speed_unit": SPEED[kind][1], "speed_basis": basis,
                 "measured_on": measured_on if basis == "measured" else None,
-                "predicted_target": pred.get(key) if pred.get(key) is not None else (
-                    1000.0 * pred["encoder_batch"] / pred["encoder_batch_ms"]
-                    if pred.get("encoder_batch_ms") and pred.get("encoder_batch") else None),
+                "predicted_target": predicted_speed(pred, kind),
                 "predicted_label": pred.get("label"), "quality": j["figures"],
                 "quality_source": j["source"], "check": status(a)} | _versus(a, s, basis)
 
