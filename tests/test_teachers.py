@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgedistill.distill.config import DistillConfig, KDConfig
-from edgedistill.distill.losses import chunked_kd_loss, kd_loss, mixture_logits
+from edgedistill.distill.losses import chunked_kd_loss, kd_loss, mixture_logits, topk_kd_loss
 from edgedistill.distill.teachers import panel
 from edgedistill.errors import EdgeDistillError
 
@@ -151,3 +151,51 @@ def test_route_sends_files_to_their_teacher(teachers, tmp_path):
         bad = _run("distill", "--teacher", small, "--teacher", big, "--route", route,
                    "--out", tmp_path / "bad", *common)
         assert bad.returncode == 2 and msg in bad.stderr, bad.stderr[-500:]
+
+
+def test_cached_top_k_of_two_teachers_is_their_mixture():
+    """Full-K caches of two teachers side by side train toward the same target as their
+    mixture, including per-row (routed) weights; a cut K renormalises each teacher alone."""
+    torch.manual_seed(3)
+    s, a, b = torch.randn(6, 17), torch.randn(6, 17), torch.randn(6, 17)
+    labels = torch.randint(0, 17, (6,))
+    cfg = KDConfig(temperature=2.0, kd_weight=0.8)
+    (va, ia), (vb, ib) = a.topk(17, dim=-1), b.topk(17, dim=-1)
+    vals, ids = torch.cat([va, vb], -1), torch.cat([ia, ib], -1)
+    got = topk_kd_loss(s, vals, ids, labels, cfg, [0.3, 0.7])
+    want = kd_loss(s, mixture_logits([a, b], [0.3, 0.7], 2.0), labels, cfg)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    first = torch.tensor([1.0] * 3 + [0.5] * 3)
+    got = topk_kd_loss(s, vals, ids, labels, cfg, [first, 1 - first])
+    half = mixture_logits([a, b], [0.5, 0.5], 2.0)
+    want = (kd_loss(s[:3], a[:3], labels[:3], cfg) + kd_loss(s[3:], half[3:], labels[3:], cfg)) / 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    (va, ia), (vb, ib) = a.topk(4, dim=-1), b.topk(4, dim=-1)
+    only_a = topk_kd_loss(s, torch.cat([va, vb], -1), torch.cat([ia, ib], -1), None, cfg,
+                          [1.0, 0.0])
+    assert only_a.item() == pytest.approx(topk_kd_loss(s, va, ia, None, cfg).item(), rel=1e-5)
+
+
+def test_teachers_take_turns_through_a_top_k_cache(teachers, tmp_path):
+    """With --cache-topk, each further teacher is loaded alone to cache its top-K logits;
+    the teachers' held-out loss is the exact mixture's, as when they are all held."""
+    small, big, _ = teachers
+    common = ["--teacher", small, "--teacher", big, "--steps", "3", "--batch-size", "2",
+              "--seq-len", "32", "--speedup", "1", "--max-params", "200k"]
+    held = _run("distill", *common, "--out", tmp_path / "held")
+    turns = _run("distill", *common, "--cache-topk", "8", "--out", tmp_path / "turns")
+    assert held.returncode == 0 and turns.returncode == 0, turns.stderr[-3000:]
+    assert turns.stderr.count("teachers take turns: loading") == 1  # the primary is held
+    d = json.loads((tmp_path / "turns" / "distill.json").read_text())
+    ref = json.loads((tmp_path / "held" / "distill.json").read_text())
+    assert d["teachers_took_turns"] == 2 and d["cache_bytes_per_token"] == 2 * 8 * 6
+    assert d["teacher_val_loss"] == pytest.approx(ref["teacher_val_loss"], rel=1e-4)
+    assert 0 < d["validation"]["kl"] < 20 and d["validation"]["loss"] > 0
+    for i in (0, 1):
+        for part in ("train", "val"):
+            assert (tmp_path / "turns" / "cache" / "top8" / f"teacher{i}" / part
+                    / "complete").is_file()
+    again = _run("distill", *common, "--cache-topk", "8", "--steps", "4", "--resume",
+                 "--out", tmp_path / "turns")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "teachers take turns: loading" not in again.stderr  # the caches are reused

@@ -63,7 +63,6 @@ def check_same_tokenizer(teacher_dir: Path, student_dir: Path) -> None:
 def _require_alone(config: DistillConfig) -> None:
     """What several teachers do not combine with (yet)."""
     for given, flag in ((config.stages != 1, "--progressive / --stages"),
-                        (config.data.cache_topk, "--cache-topk"),
                         (config.student is not None, "--student")):
         if given:
             raise EdgeDistillError(f"several teachers do not combine with {flag} yet.",
@@ -234,14 +233,18 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                                         and torch.cuda.is_bf16_supported())
     log(f"teacher frozen in {dtype} ({why})")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    teacher_model = auto.from_pretrained(t.path, dtype=torch_dtype).to(device).eval()
-    for p in teacher_model.parameters():
-        p.requires_grad_(False)
-    more_teachers = [(auto.from_pretrained(x.path, dtype=torch_dtype).to(device).eval(), w)
-                     for x, w in (pn.mixed[1:] if pn else [])]
-    for m, _ in more_teachers:
+
+    def load_model(path):
+        m = auto.from_pretrained(path, dtype=torch_dtype).to(device).eval()
         for p in m.parameters():
             p.requires_grad_(False)
+        return m
+
+    teacher_model = load_model(t.path)
+    # with a top-K cache, further teachers take turns (loaded one at a time to cache their
+    # logits); without one, every teacher is held for the whole run
+    more_teachers = [(x.path if data_cfg.cache_topk else load_model(x.path), w)
+                     for x, w in (pn.mixed[1:] if pn else [])]
     train_labels = val_labels = None
     if prompts is not None:
         with state.main_process_first():  # rank 0 writes the responses, the others read them
@@ -286,7 +289,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
             run_dir, device, log,
             **({"train_labels": train_labels, "val_labels": val_labels,
                 "more_teachers": more_teachers, "train_routes": train_routes,
-                "teacher_weight": pn.mixed[0][1] if pn else 1.0} if not encoder else {}))
+                "teacher_weight": pn.mixed[0][1] if pn else 1.0, "load_model": load_model}
+               if not encoder else {}))
 
     t0 = time.time()
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),

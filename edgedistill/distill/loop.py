@@ -55,7 +55,8 @@ class DistillModule(torch.nn.Module):
             k = teacher_out["topk_values"].shape[-1]
             return topk_kd_loss(logits.reshape(-1, logits.shape[-1]),
                                 teacher_out["topk_values"][:, :-1].reshape(-1, k),
-                                teacher_out["topk_ids"][:, :-1].reshape(-1, k), labels, kd)
+                                teacher_out["topk_ids"][:, :-1].reshape(-1, k), labels, kd,
+                                teacher_out.get("weights"))
         out = self.student.model(input_ids=ids, output_hidden_states=want_states)
         h = out.last_hidden_state[:, :-1]
         head = self.student.get_output_embeddings().weight

@@ -147,16 +147,27 @@ def chunked_kd_loss(s_hidden: torch.Tensor, s_head: torch.Tensor, t_hidden, t_he
 
 
 def topk_kd_loss(s_logits: torch.Tensor, t_values: torch.Tensor, t_indices: torch.Tensor,
-                 labels: torch.Tensor | None, cfg: KDConfig) -> torch.Tensor:
+                 labels: torch.Tensor | None, cfg: KDConfig,
+                 weights: list | None = None) -> torch.Tensor:
     """Forward KL against a cached top-K teacher distribution (renormalised over its K ids).
-    s_logits (N, V); t_values / t_indices (N, K) teacher logits and their ids."""
+    s_logits (N, V); t_values / t_indices (N, K) teacher logits and their ids. Several
+    teachers: their caches side by side, (N, n*K), and ``weights`` (n numbers, or n tensors of
+    one weight per row): the target is the weighted mixture of their top-K distributions,
+    each renormalised over its own K ids (ids two teachers share add up)."""
     T = cfg.temperature
     keep = labels.reshape(-1) != -100 if labels is not None else slice(None)
     s_log = F.log_softmax(s_logits.float() / T, dim=-1)[keep]
-    t_log = F.log_softmax(t_values.float()[keep] / T, dim=-1)  # over the K cached ids
     n = max(1, int(s_log.shape[0]))
-    kd = (t_log.exp() * (t_log - s_log.gather(-1, t_indices[keep].long()))).sum() * T * T / n
-    total = cfg.kd_weight * kd
+    if weights is None:
+        t_log = F.log_softmax(t_values.float()[keep] / T, dim=-1)  # over the K cached ids
+        kd = (t_log.exp() * (t_log - s_log.gather(-1, t_indices[keep].long()))).sum()
+    else:
+        groups = t_values.float()[keep].chunk(len(weights), dim=-1)
+        scale = [w[keep].unsqueeze(-1).float() if torch.is_tensor(w) else w for w in weights]
+        probs = torch.cat([F.softmax(v / T, dim=-1) * w for v, w in zip(groups, scale)], -1)
+        q = torch.zeros_like(s_log).scatter_add_(-1, t_indices[keep].long(), probs)
+        kd = (torch.xlogy(q, q) - q * s_log).sum()
+    total = cfg.kd_weight * kd * T * T / n
     if cfg.kd_weight < 1 and labels is not None:
         ce = F.cross_entropy(s_logits.float()[keep], labels.reshape(-1)[keep])
         total = total + (1 - cfg.kd_weight) * ce

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from edgedistill.distill.loop import DistillModule, TrainConfig, pool_embeddings
-from edgedistill.distill.losses import HiddenStateLoss, KDConfig, layer_map, mixture_logits
+from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, layer_map, mixture_logits,
+                                        topk_kd_loss)
 from edgedistill.distill.on_policy import student_batch
-from edgedistill.distill.teacher_data import cache_topk, end_tokens, generate_continuations
+from edgedistill.distill.teacher_data import (cache_topk, end_tokens, generate_continuations,
+                                              label_logp)
 from edgedistill.teacher import sentence_pooling
 
 
@@ -44,13 +46,16 @@ def length_groups(lengths: list[int], batch: int) -> list[list[int]]:
 def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConfig,
                   cfg: TrainConfig, data_cfg, run_dir, device, log, train_labels=None,
                   val_labels=None, more_teachers=(), teacher_weight: float = 1.0,
-                  train_routes=None) -> Recipe:
+                  train_routes=None, load_model=None) -> Recipe:
     """Token-level KD on (N, T) blocks of token ids. ``train_labels`` / ``val_labels``: the
     same shape, -100 where no loss is taken (prompt tokens, padding); None: every token.
     ``more_teachers``: (model, weight) of further teachers with the same tokenizer; the
     target is then the mixture, ``teacher`` weighing ``teacher_weight``; ``train_routes``:
     per block, the one teacher (0: ``teacher``, i: ``more_teachers[i - 1]``) whose
-    distribution it learns alone, or -1 for the mixture."""
+    distribution it learns alone, or -1 for the mixture. With ``data_cfg.cache_topk``, the
+    further teachers are given as folders instead of models, and take turns: ``load_model``
+    loads each in turn to cache its top-K logits (training and validation blocks), and frees
+    it before the next; training and validation read the caches."""
     vocab = len(tok)  # padded logit rows beyond the tokenizer are cut (Qwen-style teachers)
     extra: dict = {}
     if data_cfg.generate:
@@ -82,13 +87,23 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
         extra["generated_sequences"] = int(len(gen))
         extra["generated_tokens"] = int((gen_labels[:, 32:] != -100).sum())
     cache = None
-    if data_cfg.cache_topk:
+    n_val = min(len(val_blocks), cfg.eval_batches * cfg.batch_size)
+    turns = bool(data_cfg.cache_topk and more_teachers)
+    if turns:
+        cache, val_cache, info = _cache_in_turns(t, teacher, teacher_weight, more_teachers,
+                                                 load_model,
+                                                 train_blocks, val_blocks[:n_val],
+                                                 val_labels, data_cfg.cache_topk,
+                                                 run_dir / "cache" / f"top{data_cfg.cache_topk}",
+                                                 device, log)
+        extra |= info
+    elif data_cfg.cache_topk:
         log(f"caching the teacher's top-{data_cfg.cache_topk} logits for "
             f"{len(train_blocks)} blocks")
         vals, ids, bpt = cache_topk(teacher, train_blocks, data_cfg.cache_topk,
                                     run_dir / "cache" / f"top{data_cfg.cache_topk}",
                                     device=device)
-        cache = (vals, ids)
+        cache = [(vals, ids)]
         extra |= {"cache_topk": data_cfg.cache_topk, "cache_bytes_per_token": bpt,
                   "cache_bytes": int(vals.nbytes + ids.nbytes)}
         log(f"top-{data_cfg.cache_topk} cache: {bpt} bytes per token, "
@@ -104,14 +119,29 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
             b["route"] = train_routes[idx]
         if train_labels is not None:
             b["labels"] = train_labels[idx]
-        if cache is not None:
-            b["topk_values"] = torch.from_numpy(cache[0][idx].astype("float32"))
-            b["topk_ids"] = torch.from_numpy(cache[1][idx].astype("int64"))
+        if cache is not None:  # several teachers: their top-K side by side
+            b["topk_values"] = torch.cat([torch.from_numpy(v[idx].astype("float32"))
+                                          for v, _ in cache], -1)
+            b["topk_ids"] = torch.cat([torch.from_numpy(i[idx].astype("int64"))
+                                       for _, i in cache], -1)
         return b
+
+    def row_weights(batch):
+        """Each teacher's weight: a number, or per token where rows are routed (the routed
+        teacher's weight 1, the others' 0)."""
+        if "route" not in batch:
+            return weights
+        route = batch["route"]
+        w = torch.tensor(weights, device=route.device).expand(len(route), -1).clone()
+        routed = route >= 0
+        w[routed] = torch.nn.functional.one_hot(route[routed].long(), len(weights)).to(w.dtype)
+        per_token = w.unsqueeze(1).expand(-1, batch["input_ids"].shape[1] - 1, -1)
+        return list(per_token.reshape(-1, len(weights)).unbind(-1))
 
     def teacher_fn(batch):
         if "topk_values" in batch:
-            return {"topk_values": batch["topk_values"], "topk_ids": batch["topk_ids"]}
+            return {"topk_values": batch["topk_values"], "topk_ids": batch["topk_ids"]} | (
+                {"weights": row_weights(batch)} if turns else {})
         # right padding: a causal model's outputs at real tokens do not see the padding
         out = teacher.model(input_ids=batch["input_ids"], output_hidden_states=want_states)
         res = {"last_hidden": out.last_hidden_state[:, :-1], "head": head,
@@ -121,15 +151,7 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
                 m.model(input_ids=batch["input_ids"]).last_hidden_state[:, :-1]
                 for m, _ in more_teachers]
             res["head"] = [head] + [m.get_output_embeddings().weight for m, _ in more_teachers]
-            res["weights"] = weights
-            if "route" in batch:  # routed rows: their teacher's weight 1, the others' 0
-                route = batch["route"]
-                w = torch.tensor(weights, device=route.device).expand(len(route), -1).clone()
-                routed = route >= 0
-                w[routed] = torch.nn.functional.one_hot(route[routed].long(),
-                                                        len(weights)).to(w.dtype)
-                per_token = w.unsqueeze(1).expand(-1, batch["input_ids"].shape[1] - 1, -1)
-                res["weights"] = list(per_token.reshape(-1, len(weights)).unbind(-1))
+            res["weights"] = row_weights(batch)
         return res
 
     weights = [teacher_weight] + [w for _, w in more_teachers]
@@ -140,8 +162,6 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
                                for m in [teacher] + [m for m, _ in more_teachers]],
                               weights, 1.0)
 
-    n_val = min(len(val_blocks), cfg.eval_batches * cfg.batch_size)
-
     def val_batches():
         for i in range(0, n_val, cfg.batch_size):
             ids = val_blocks[i:i + cfg.batch_size].to(device)
@@ -151,28 +171,42 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
     def val_fn(module):
         student_m = module.student
         ce_sum, kd_sum, n = 0.0, 0.0, 0
-        for ids, labels in val_batches():
+        for i, (ids, labels) in enumerate(val_batches()):
             keep = labels.reshape(-1) != -100
-            s = student_m(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)[keep]
-            tl = teacher_logits(ids).reshape(-1, vocab)[keep]
+            s_all = student_m(input_ids=ids).logits[:, :-1, :vocab].float().reshape(-1, vocab)
+            s = s_all[keep]
             ce_sum += torch.nn.functional.cross_entropy(
                 s, labels.reshape(-1)[keep], reduction="sum").item()
-            lt, ls = tl.log_softmax(-1), s.log_softmax(-1)
-            kd_sum += (lt.exp() * (lt - ls)).sum().item()
+            if turns:  # KL to the mixture of the teachers' cached top-K distributions
+                rows = slice(i * cfg.batch_size, i * cfg.batch_size + len(ids))
+                vals = torch.cat([torch.from_numpy(v[rows, :-1].astype("float32"))
+                                  for v, _ in val_cache], -1)
+                tops = torch.cat([torch.from_numpy(x[rows, :-1].astype("int64"))
+                                  for _, x in val_cache], -1)
+                kd_sum += topk_kd_loss(s_all, vals.reshape(len(s_all), -1).to(device),
+                                       tops.reshape(len(s_all), -1).to(device),
+                                       labels.reshape(-1), _KL1, weights).item() * int(keep.sum())
+            else:
+                tl = teacher_logits(ids).reshape(-1, vocab)[keep]
+                lt, ls = tl.log_softmax(-1), s.log_softmax(-1)
+                kd_sum += (lt.exp() * (lt - ls)).sum().item()
             n += int(keep.sum())
         n = max(n, 1)
         return {"loss": ce_sum / n, "ppl": math.exp(min(50.0, ce_sum / n)), "kl": kd_sum / n}
 
     # the teacher's own held-out loss, once: the bar the student is measured against
-    with torch.no_grad():
-        ce, count = 0.0, 0
-        for ids, labels in val_batches():
-            keep = labels.reshape(-1) != -100
-            tl = teacher_logits(ids).reshape(-1, vocab)[keep]
-            ce += torch.nn.functional.cross_entropy(tl, labels.reshape(-1)[keep],
-                                                    reduction="sum").item()
-            count += int(keep.sum())
-    extra["teacher_val_loss"] = ce / max(count, 1)
+    if turns:  # the mixture's probability of each label, from each teacher's stored one
+        extra["teacher_val_loss"] = info.pop("mixture_val_loss")
+    else:
+        with torch.no_grad():
+            ce, count = 0.0, 0
+            for ids, labels in val_batches():
+                keep = labels.reshape(-1) != -100
+                tl = teacher_logits(ids).reshape(-1, vocab)[keep]
+                ce += torch.nn.functional.cross_entropy(tl, labels.reshape(-1)[keep],
+                                                        reduction="sum").item()
+                count += int(keep.sum())
+        extra["teacher_val_loss"] = ce / max(count, 1)
     if kd.on_policy > 0:
         extra["on_policy"] = kd.on_policy
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, extra,
@@ -186,6 +220,52 @@ def _policy(teacher, tok):
     def policy_fn(student_m, batch, seed):
         return student_batch(student_m, batch, seed, eos, pad)
     return policy_fn
+
+
+_KL1 = KDConfig(loss="fkl", temperature=1.0, kd_weight=1.0)
+
+
+def _cache_in_turns(t, teacher, teacher_weight: float, more, load_model, blocks, val_blocks,
+                    val_labels, k: int, folder, device, log):
+    """Several teachers that take turns: each teacher's top-``k`` logits over the training
+    and validation blocks, and its log-probability of each validation label, cached under
+    ``folder/teacherI`` with only that teacher in memory (``teacher``, the primary, is
+    already loaded; ``more``: (folder, weight) of the others, loaded by ``load_model`` one at
+    a time). Returns (train caches, val caches, figures for distill.json)."""
+    import numpy as np
+
+    from edgedistill.runstate import files_id, fingerprint
+
+    data_key = fingerprint(int(blocks.shape[0]), int(blocks.sum()), int(val_blocks.sum()),
+                           None if val_labels is None else int((val_labels != -100).sum()))
+    labels = val_labels[:len(val_blocks)] if val_labels is not None else val_blocks
+    train, val, logps = [], [], []
+    for i, (src, _) in enumerate([(t.path, None)] + list(more)):
+        key = fingerprint(files_id(src), data_key)
+        held = []
+
+        def get(src=src, i=i):
+            if i == 0:
+                return teacher
+            if held:  # loaded for the training blocks, kept for the validation blocks
+                return held[-1]
+            log(f"teachers take turns: loading {src} to cache its top-{k} logits")
+            held.append(load_model(src))
+            return held[-1]
+        d = folder / f"teacher{i}"
+        train.append(cache_topk(get, blocks, k, d / "train", device=device, key=key)[:2])
+        val.append(cache_topk(get, val_blocks, k, d / "val", device=device, key=key,
+                              labels=labels)[:2])
+        logps.append(torch.from_numpy(np.array(label_logp(d / "val"))))
+        held.clear()  # this teacher leaves memory before the next one loads
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    w = torch.tensor([teacher_weight] + [x for _, x in more]).log().view(-1, 1, 1)
+    mix = torch.logsumexp(torch.stack(logps) + w, dim=0)  # log sum_i w_i p_i(label)
+    kept = labels[:, 1:] != -100
+    return train, val, {"cache_topk": k, "cache_bytes_per_token": 6 * k * len(train),
+                        "teachers_took_turns": len(train),
+                        "mixture_val_loss": float(-mix[kept].sum() / kept.sum().clamp(min=1))}
 
 
 def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: TrainConfig,

@@ -53,9 +53,16 @@ def generate_continuations(teacher, tok, blocks, n: int, new_tokens: int, prompt
     return ids, labels
 
 
-def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", progress=None):
+def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", progress=None,
+               key: str = "", labels=None):
     """Store the teacher's top-``k`` logits of every position of ``blocks`` under ``path``
-    (values fp16, ids int32, as .npy memmaps). Returns (values, ids, bytes_per_token)."""
+    (values fp16, ids int32, as .npy memmaps). Returns (values, ids, bytes_per_token).
+
+    ``teacher``: the model, or a function that loads it, called only when the cache is not
+    already complete for these blocks, ``k`` and ``key`` (what else identifies the teacher
+    and the data). ``labels`` ((n, t), -100 where no loss is taken): also store the teacher's
+    log-probability of each next label, ``label_logp.npy`` (n, t - 1), 0 where ignored;
+    :func:`label_logp` reads it."""
     import numpy as np
     import torch
 
@@ -64,19 +71,36 @@ def cache_topk(teacher, blocks, k: int, path, batch: int = 4, device="cpu", prog
     n, t = blocks.shape
     done = path / "complete"
     vals_f, ids_f = path / "values.npy", path / "ids.npy"
-    if done.is_file() and json.loads(done.read_text()) == {"n": n, "t": t, "k": k}:
+    marker = {"n": n, "t": t, "k": k} | ({"key": key} if key else {})
+    if done.is_file() and json.loads(done.read_text()) == marker:
         return (np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6)
+    done.unlink(missing_ok=True)
+    model = teacher() if callable(teacher) and not isinstance(teacher, torch.nn.Module) \
+        else teacher
     vals = np.lib.format.open_memmap(vals_f, "w+", np.float16, (n, t, k))
     ids = np.lib.format.open_memmap(ids_f, "w+", np.int32, (n, t, k))
+    lp = (np.lib.format.open_memmap(path / "label_logp.npy", "w+", np.float32, (n, t - 1))
+          if labels is not None else None)
     with torch.inference_mode():
         for i in range(0, n, batch):
-            logits = teacher(input_ids=blocks[i:i + batch].to(device)).logits.float()
+            logits = model(input_ids=blocks[i:i + batch].to(device)).logits.float()
             top = logits.topk(k, dim=-1)
             vals[i:i + batch] = top.values.cpu().numpy().astype(np.float16)
             ids[i:i + batch] = top.indices.cpu().numpy().astype(np.int32)
+            if lp is not None:
+                lab = labels[i:i + batch, 1:].to(logits.device)
+                got = logits[:, :-1].log_softmax(-1).gather(-1, lab.clamp(min=0).unsqueeze(-1))
+                lp[i:i + batch] = got.squeeze(-1).masked_fill(lab == -100, 0).cpu().numpy()
             if progress:
                 progress(min(i + batch, n))
-    vals.flush()
-    ids.flush()
-    done.write_text(json.dumps({"n": n, "t": t, "k": k}))
+    for m in (vals, ids) + ((lp,) if lp is not None else ()):
+        m.flush()
+    done.write_text(json.dumps(marker))
     return np.load(vals_f, mmap_mode="r"), np.load(ids_f, mmap_mode="r"), k * 6
+
+
+def label_logp(path):
+    """The teacher's log-probabilities of the next labels that :func:`cache_topk` stored."""
+    import numpy as np
+
+    return np.load(Path(path) / "label_logp.npy", mmap_mode="r")
