@@ -193,7 +193,8 @@ class BenchRecord:
     neighbour_overlap (encoders); ``measured``; ``error`` when it could not be computed."""
     predicted: dict = field(default_factory=dict)
     """Predictions beside the measurement: ``this_machine`` and ``target``, each with its
-    figures, ``label`` (uncalibrated, calibrated, predicted), ``device`` and ``basis``."""
+    figures, ``label`` (uncalibrated, calibrated, predicted), ``extrapolated`` (a calibrated
+    figure beyond the calibration's measured design), ``device`` and ``basis``."""
 
     def __post_init__(self):
         if self.role not in ROLES:

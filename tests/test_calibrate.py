@@ -93,6 +93,38 @@ def test_labels_calibrated_predicted_uncalibrated(tmp_path):
     assert predict(shape, local, "gguf", "q4_k_m", None).label == "uncalibrated"
 
 
+def test_a_shape_outside_the_measured_design_is_flagged_extrapolated(tmp_path):
+    """Calibrated figures say when the shape lies beyond the shapes the calibration timed,
+    in the prediction, its basis, the plan's table and its explanation."""
+    cal = _fake_calibration(2)
+    cfgs = design("llama", 8)
+    cal["points"] = [{"config": c, "format": "gguf", "quant": "q4_k_m", "workload": w,
+                      "seconds": 0.01, "split": "train"}
+                     for c in cfgs for w in ("decode", "prefill")]
+    local = dataclasses.replace(load_profile("laptop"), name="local", threads=2)
+    inside = predict(shape_from_config(cfgs[0]), local, "gguf", "q4_k_m", cal)
+    assert inside.label == "calibrated" and not inside.extrapolated
+    big = predict(shape_from_config(REAL_CONFIGS["tinyllama-1.1b"]), local, "gguf", "q4_k_m", cal)
+    assert big.label == "calibrated" and big.extrapolated
+    assert "EXTRAPOLATED: params 1100.0M outside the measured" in big.basis
+    # scaled to another CPU, the same shape is extrapolated as well
+    assert predict(shape_from_config(REAL_CONFIGS["tinyllama-1.1b"]), load_profile("laptop"),
+                   "gguf", "q4_k_m", cal).extrapolated
+    # the plan of a teacher beyond the design says so in its table and its explanation
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps(cal))
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps(REAL_CONFIGS["tinyllama-1.1b"]))
+    from edgedistill.plan import PlanConfig, candidate_table, plan
+    pl = plan(str(teacher), local, PlanConfig(calibration=str(f)))
+    assert pl.teacher_prediction.extrapolated
+    assert any(line.startswith("Extrapolated: ") and "the teacher" in line
+               for line in pl.explanation)
+    _, rows = candidate_table(pl.to_dict())
+    assert rows[0][7].endswith("(extrapolated)")
+
+
 def test_calibration_of_another_machine_is_refused(tmp_path):
     cal = _fake_calibration(2)
     cal["fingerprint"]["cpu_model"] = "Some Other CPU"
@@ -157,4 +189,6 @@ def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
     local = dataclasses.replace(load_profile("laptop"), name="local", threads=2)
     shape = shape_from_config(REAL_CONFIGS["tinyllama-1.1b"])
     assert predictor_for(local)(shape, "gguf", "q8_0").label == "calibrated"  # from the cache
+    # the design stops far below 1.1B parameters: the figure says it is extrapolated
+    assert predictor_for(local)(shape, "gguf", "q8_0").extrapolated
     assert predictor_for(load_profile("laptop"))(shape, "gguf", "q8_0").label == "predicted"

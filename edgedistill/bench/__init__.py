@@ -381,7 +381,8 @@ def _pred(p, where: str) -> dict:
     d = {k: getattr(p, k) for k in ("memory_gb", "decode_tokens_per_s", "prefill_ms",
                                     "prefill_tokens_per_s", "encoder_batch_ms",
                                     "sentences_per_s")}
-    return d | {"label": p.label, "device": where, "basis": p.basis}
+    return d | {"label": p.label, "extrapolated": p.extrapolated, "device": where,
+                "basis": p.basis}
 
 
 def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:

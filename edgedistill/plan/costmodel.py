@@ -67,6 +67,9 @@ class Prediction:
     label: str = "uncalibrated"
     """``uncalibrated`` (this roofline), ``calibrated`` or ``predicted`` (plan/predictor.py)."""
     basis: str = "roofline with the profile's default coefficients"
+    extrapolated: bool = False
+    """True when a calibrated (or scaled) figure is for a shape outside the calibration's
+    measured design (parameters, layers or width beyond the shapes it timed)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

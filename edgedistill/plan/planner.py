@@ -421,13 +421,22 @@ def _explain(pl: Plan, bigger: list[Candidate]) -> list[str]:
                      f"are multiples of {s.alignment}.")
     lines.append(f"All figures are {sp.label}, not measured: {sp.basis}. Memory is the "
                  "arithmetic of the layout (weights, KV cache, runtime buffers).")
+    far = [p for p in [tp, sp] + [c.prediction for c in pl.table] if p.extrapolated]
+    if far:
+        who = ("the student" if sp.extrapolated else "") + (
+            (" and " if sp.extrapolated else "") + "the teacher" if tp.extrapolated else "")
+        lines.append(f"Extrapolated: {who or 'some candidates'} (marked in the table) lie "
+                     "outside the shapes the calibration measured, so those speeds carry the "
+                     "fit beyond its data. Calibrate a larger design, or time the file with "
+                     "bench.")
     return lines
 
 
 def _speed(pred: dict) -> str:
+    mark = " (extrapolated)" if pred.get("extrapolated") else ""
     if pred.get("encoder_batch_ms") is not None:
-        return f"{pred['encoder_batch_ms']:.1f} ms/batch"
-    return f"{pred['decode_tokens_per_s']:.1f} tok/s"
+        return f"{pred['encoder_batch_ms']:.1f} ms/batch{mark}"
+    return f"{pred['decode_tokens_per_s']:.1f} tok/s{mark}"
 
 
 def candidate_table(doc: dict, top: int | None = None) -> tuple[list[str], list[list]]:

@@ -179,6 +179,7 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         times[w] = max(times[w], 1e-7)
     err = ", ".join(f"{w} held-out MAPE {f['holdout']['mape']:.1%}"
                     for w, f in zip(workloads, fits) if f.get("holdout"))
+    outside = outside_design(shape, calibration, fit_key(fmt, quant, workloads[0]))
     if here:
         label, basis = "calibrated", (f"calibration {calibration['key']} of this machine "
                                       f"({err or 'no held-out shapes'})")
@@ -187,15 +188,55 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
             f"this machine's calibration ({calibration['fingerprint']['cpu_model']}, "
             f"{calibration['fingerprint']['threads']} threads) scaled to {profile.name} by "
             f"memory bandwidth and compute; uncertainty about ±{SCALED_UNCERTAINTY:.0%}")
+    if outside:
+        basis += f"; EXTRAPOLATED: {outside}"
     if shape.is_encoder:
         t = times["encoder"]
         return dataclasses.replace(base, encoder_batch_ms=t * 1e3,
                                    sentences_per_s=lt.encoder_batch / t, label=label,
-                                   basis=basis)
+                                   basis=basis, extrapolated=bool(outside))
     return dataclasses.replace(base, decode_tokens_per_s=1 / times["decode"],
                                prefill_ms=times["prefill"] * 1e3,
                                prefill_tokens_per_s=lt.prompt_tokens / times["prefill"],
-                               label=label, basis=basis)
+                               label=label, basis=basis, extrapolated=bool(outside))
+
+
+_RANGES: dict = {}
+
+
+def design_range(calibration: dict, key: str) -> dict | None:
+    """The measured design behind fit ``key`` (``format:quant:workload``): the smallest and
+    largest parameters, layers and width among the shapes it was fitted on; None when the
+    calibration keeps no points for it."""
+    memo = (calibration.get("key"), calibration.get("created"),
+            len(calibration.get("points", [])), key)
+    if memo not in _RANGES:
+        shapes = [shape_from_config(p["config"]) for p in calibration.get("points", [])
+                  if fit_key(p["format"], p["quant"], p["workload"]) == key
+                  and p.get("split") == "train"]
+        _RANGES[memo] = None if not shapes else {
+            "params": (min(s.total_params() for s in shapes),
+                       max(s.total_params() for s in shapes)),
+            "layers": (min(s.num_layers for s in shapes), max(s.num_layers for s in shapes)),
+            "hidden": (min(s.hidden_size for s in shapes), max(s.hidden_size for s in shapes))}
+    return _RANGES[memo]
+
+
+def outside_design(shape: ModelShape, calibration: dict, key: str) -> str:
+    """Why ``shape`` lies outside the calibration's measured design for ``key`` ('' when it
+    lies inside, or when the calibration keeps no design to check against)."""
+    rng = design_range(calibration, key)
+    if rng is None:
+        return ""
+    have = {"params": shape.total_params(), "layers": shape.num_layers,
+            "hidden": shape.hidden_size}
+    why = []
+    for k, v in have.items():
+        lo, hi = rng[k]
+        if not lo <= v <= hi:
+            fmt = (lambda x: f"{x / 1e6:.1f}M") if k == "params" else str
+            why.append(f"{k} {fmt(v)} outside the measured {fmt(lo)}-{fmt(hi)}")
+    return ", ".join(why)
 
 
 def predictor_for(profile: DeviceProfile, calibration: str | Path | None = None):
