@@ -105,3 +105,37 @@ def test_whole_chain_report_and_rerun_skips(trained_llama, tmp_path):
     out = render(run / "report.html", tmp_path)
     assert out["sections"] == ["recommendation", "files", "pareto", "plan", "training",
                                "predicted", "notes"]
+
+
+@pytest.mark.slow
+def test_encoders_are_predicted_at_the_lengths_the_bench_runs(tmp_path):
+    """An encoder's batch is timed padded to its longest sentence (onnxruntime) or unpadded
+    (llama.cpp), not at the profile's cap: the record says which length it ran and why, and
+    both predictions beside it are for that length."""
+    from conftest import tiny_sentence_bert
+    from edgedistill.arch import shape_from_config
+    from edgedistill.bench import _at_seq_len
+    from edgedistill.export import ExportConfig, export
+    from edgedistill.plan.predictor import predictor_for
+    from edgedistill.profiles import load_profile
+    from edgedistill.records import BenchRecord
+
+    model = tiny_sentence_bert(tmp_path / "bert")
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "f16")), tmp_path / "out")
+    recs = bench([BenchRecord.from_export(a, model) for a in res.artifacts], model, "laptop",
+                 BenchConfig(repeats=2))
+    laptop = load_profile("laptop")
+    cap = laptop.latency_targets.encoder_seq_len
+    by = {r.format: r for r in recs}
+    onnx, gguf = by["onnx"].bench, by["gguf"].bench
+    assert onnx["seq_len_cap"] == cap and 4 < onnx["seq_len"] < cap
+    assert "longest" in onnx["seq_len_basis"] and "does not pad" in gguf["seq_len_basis"]
+    assert gguf["seq_len"] <= onnx["seq_len"]
+    shape = shape_from_config(json.loads((Path(model) / "config.json").read_text()))
+    for fmt, b in (("onnx", onnx), ("gguf", gguf)):
+        want = predictor_for(_at_seq_len(laptop, b["seq_len"]))(
+            shape, fmt, by[fmt].quant).encoder_batch_ms
+        got = by[fmt].predicted["target"]["encoder_batch_ms"]
+        assert got == pytest.approx(want)
+        at_cap = predictor_for(laptop)(shape, fmt, by[fmt].quant).encoder_batch_ms
+        assert got < at_cap  # shorter than the cap: less work predicted

@@ -91,6 +91,7 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
     device, local = _this_machine(threads)
     log(f"measuring on {device}; memory bandwidth {local.memory.bandwidth_gbps:.1f} GB/s")
     predict_here, predict_there = predictor_for(local), predictor_for(prof)
+    at_len: dict = {}  # encoders: predictors at the lengths the bench really runs
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     held, _ = eval_data(tok, encoder, config.data, sequences=8, seq_len=128)
     lt = prof.latency_targets
@@ -98,6 +99,11 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
         pooling = sentence_pooling(teacher_dir)
         teacher_ref = torch_sentence_embeddings(teacher_dir, held, pooling)
         batch_texts = (held * (lt.encoder_batch // max(1, len(held)) + 1))[: lt.encoder_batch]
+        lens = [len(x) for x in tok(batch_texts, truncation=True,
+                                    max_length=lt.encoder_seq_len)["input_ids"]]
+        # onnxruntime and torch pad the batch to its longest sentence; llama.cpp's embed()
+        # runs each sentence at its own length (no padding): the mean stands for it
+        run_len = {"padded": max(lens), "unpadded": -(-sum(lens) // len(lens))}
     else:
         teacher_ref = torch_causal_logits(teacher_dir, held)
         cfg = json.loads((teacher_dir / "config.json").read_text())
@@ -134,7 +140,12 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
                 raw = enc_raw[k]
                 if isinstance(raw, RuntimeFailure):
                     raise raw
-                b |= summarize_encoder(raw["batch_s"], lt.encoder_batch, lt.encoder_seq_len)
+                kind = "unpadded" if fmt == "gguf" else "padded"
+                b |= summarize_encoder(raw["batch_s"], lt.encoder_batch, run_len[kind])
+                b |= {"seq_len_cap": lt.encoder_seq_len,
+                      "seq_len_basis": ("mean tokens per sentence (llama.cpp does not pad)"
+                                        if kind == "unpadded" else
+                                        "the batch's longest sentence (padding)")}
             else:
                 raw = time_artifact(path, fmt, threads=threads, prompt=prompt,
                                     new_tokens=config.new_tokens, repeats=repeats,
@@ -155,8 +166,13 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
             b |= {"error": str(e), "measured": False}
         rec["size_bytes"] = _size(path)
         if fmt != "hf" and not on_gpu:
-            here = predict_here(shape, fmt, quant)
-            there = predict_there(shape, fmt, quant)
+            here, there = predict_here, predict_there
+            if encoder:  # predicted at the length this row was timed at, not the profile's
+                n = run_len["unpadded" if fmt == "gguf" else "padded"]
+                if n not in at_len:
+                    at_len[n] = tuple(predictor_for(_at_seq_len(x, n)) for x in (local, prof))
+                here, there = at_len[n]
+            here, there = here(shape, fmt, quant), there(shape, fmt, quant)
             rec["predicted"] = {"this_machine": _pred(here, device),
                                 "target": _pred(there, f"{prof.name} ({prof.device})")}
             if "decode_tokens_per_s" in b:
@@ -375,6 +391,14 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in weight_files(path))
     return path.stat().st_size if path.exists() else 0
+
+
+def _at_seq_len(profile: DeviceProfile, n: int) -> DeviceProfile:
+    """``profile`` with its encoder batches ``n`` tokens long."""
+    from dataclasses import replace
+
+    return replace(profile, latency_targets=replace(profile.latency_targets,
+                                                    encoder_seq_len=n))
 
 
 def _pred(p, where: str) -> dict:
