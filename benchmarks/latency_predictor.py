@@ -103,6 +103,8 @@ def main() -> int:
             "runtime": "llama.cpp" if fmt == "gguf" else "onnxruntime",
             "n_train": len(train), "n_holdout": len(held), "model": fit["chosen"],
             "calibrated": {"mape": h.get("mape"), "worst": h.get("worst"),
+                           "within_10pct": h.get("within_10pct"),
+                           "spearman": h.get("spearman"), "speed_span": h.get("speed_span"),
                            "within_15pct": (sum(abs(e) <= 0.15 for e in h.get("errors", []))
                                             / max(1, len(h.get("errors", []))))},
             "roofline_uncalibrated": _stats(_roofline_errors(cal, held)),
@@ -111,6 +113,11 @@ def main() -> int:
             "repeatability": fit.get("repeatability"),
         }
         rows[key]["goal_met"] = bool(h and h["mape"] <= 0.05 and abs(h["worst"]) <= 0.15)
+        noise = (fit.get("repeatability") or {}).get("mape")
+        rows[key]["rank_goal"] = {  # issue 28's goals: rank, and error against the noise floor
+            "spearman_ge_0.95": bool(h.get("spearman") is not None and h["spearman"] >= 0.95
+                                     and len(held) >= 15 and (h.get("speed_span") or 0) >= 4),
+            "mape_le_1.2x_noise": bool(h and noise and h["mape"] <= 1.2 * noise)}
     doc = {"benchmark": "latency_predictor", "date": time.strftime("%Y-%m-%d"),
            "machine": cal["machine"], "fingerprint": cal["fingerprint"],
            "workload": cal["workload"], "calibration_seconds": cal["seconds"],
@@ -122,11 +129,12 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print(f"{'format:quant:workload':<24} {'train':>5} {'held':>4}  {'MAPE':>6} {'worst':>7} "
-          f"{'roofline':>8} {'3-term':>7} {'re-meas.':>8}  goal")
+          f"{'±10%':>5} {'rho':>6} {'roofline':>8} {'3-term':>7} {'re-meas.':>8}  goal")
     for key, r in rows.items():
         c = r["calibrated"]
         print(f"{key:<24} {r['n_train']:>5} {r['n_holdout']:>4}  "
               f"{c['mape'] or 0:>6.1%} {c['worst'] or 0:>+7.1%} "
+              f"{c['within_10pct'] or 0:>5.0%} {c['spearman'] or 0:>6.3f} "
               f"{r['roofline_uncalibrated'].get('mape', 0):>8.1%} "
               f"{r['three_term_fit'].get('mape', 0):>7.1%} "
               f"{(r['repeatability'] or {}).get('mape', 0):>8.1%}  "

@@ -244,9 +244,14 @@ def fit_all(points: list[dict], llc: int) -> dict:
         f = fit(xs, [p["seconds"] for p in train]) | {"features": FEATURES[pts[0]["workload"]]}
         held = [p for p in pts if p["split"] == "holdout"]
         if held:
-            errs = _errors(f, [_x(p, llc) for p in held], [p["seconds"] for p in held])
+            measured = [p["seconds"] for p in held]
+            errs = _errors(f, [_x(p, llc) for p in held], measured)
             f["holdout"] = {"n": len(held), "mape": statistics.mean(abs(e) for e in errs),
                             "worst": max(errs, key=abs),
+                            "within_10pct": sum(abs(e) <= 0.1 for e in errs) / len(errs),
+                            "spearman": spearman([m * (1 + e) for m, e in zip(measured, errs)],
+                                                 measured),
+                            "speed_span": max(measured) / min(measured),
                             "errors": [round(e, 4) for e in errs]}
             rep = [p["repeat_seconds"] / p["seconds"] - 1 for p in held if "repeat_seconds" in p]
             if rep:
@@ -254,6 +259,33 @@ def fit_all(points: list[dict], llc: int) -> dict:
                                       "worst": max(rep, key=abs)}
         fits[key] = f
     return fits
+
+
+def _ranks(v: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(v)), key=v.__getitem__)
+    r = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation of two equally long lists (None under 3 points, or when
+    either is constant): how well predictions order what was measured."""
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb) if va and vb else None
 
 
 def _x(p: dict, llc: int) -> list[float]:
@@ -448,14 +480,19 @@ def summary_rows(cal: dict) -> list[list]:
     for key, f in cal["fits"].items():
         h = f.get("holdout", {})
         r = f.get("repeatability", {})
+        rho = h.get("spearman")
         rows.append([key, f["n_train"], h.get("n", 0), f["chosen"],
                      f"{f['cv_mape']['physical']:.1%}", f"{f['cv_mape']['loglinear']:.1%}",
                      f"{h['mape']:.1%}" if h else "-", f"{h['worst']:+.1%}" if h else "-",
+                     f"{h['within_10pct']:.0%}" if "within_10pct" in h else "-",
+                     f"{rho:.3f}" if rho is not None else "-",
                      f"{r['mape']:.1%}" if r else "-"])
     return rows
 
 
 SUMMARY_HEAD = ["runtime format:quant:workload", "train", "held out", "model", "CV physical",
-                "CV log-linear", "held-out MAPE", "worst", "re-measured"]
+                "CV log-linear", "held-out MAPE", "worst", "within ±10%", "Spearman ρ",
+                "re-measured"]
 
-__all__ = ["calibrate", "design", "fit", "fit_all", "parse_formats", "summary_rows"]
+__all__ = ["calibrate", "design", "fit", "fit_all", "parse_formats", "spearman",
+           "summary_rows"]

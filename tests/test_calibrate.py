@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from edgedistill.arch import shape_from_config
-from edgedistill.calibrate import CalibrateConfig, calibrate, design, fit, fit_all, parse_formats
+from edgedistill.calibrate import (CalibrateConfig, calibrate, design, fit, fit_all, parse_formats,
+                                   spearman)
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan.predictor import (CalibrationError, evaluate, features, fingerprint,
                                         load_calibration, predict, predict_config, predictor_for)
@@ -62,6 +63,19 @@ def test_fit_all_reports_holdout_errors():
     fits = fit_all(points, 32 << 20)
     h = fits["gguf:q8_0:decode"]["holdout"]
     assert h["n"] == 4 and h["mape"] < 0.05 and abs(h["worst"]) < 0.1
+    # stated as the field states it: the share within ±10% and the rank correlation
+    assert h["within_10pct"] == 1.0 and h["speed_span"] > 1
+    assert h["spearman"] == pytest.approx(spearman([t * (1 + e) for t, e in zip(
+        [p["seconds"] for p in points if p["split"] == "holdout"], h["errors"])],
+        [p["seconds"] for p in points if p["split"] == "holdout"]), abs=1e-3)
+
+
+def test_spearman_rank_correlation():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [1, 2, 3, 5, 4]) == pytest.approx(0.9)  # one swap
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.866, abs=1e-3)  # a tie
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
 
 
 def _fake_calibration(threads):
