@@ -206,3 +206,40 @@ def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
     # the design stops far below 1.1B parameters: the figure says it is extrapolated
     assert predictor_for(local)(shape, "gguf", "q8_0").extrapolated
     assert predictor_for(load_profile("laptop"))(shape, "gguf", "q8_0").label == "predicted"
+
+
+def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, tmp_path):
+    """plan --verify K builds the K candidates around the choice (random weights, the plan's
+    format), times them in llama.cpp here and states prediction quality and regret."""
+    from edgedistill.calibrate import verify_plan
+    from edgedistill.plan import PlanConfig
+
+    teacher = teacher_dir("llama")
+    doc = verify_plan(teacher, "local", PlanConfig(speedup=1.0), 3, threads=2, repeats=1,
+                      progress=False)
+    rows = doc["candidates"]
+    assert len(rows) == 3 and sum(r["chosen"] for r in rows) == 1
+    assert doc["deployment"].startswith("gguf:")
+    for r in rows:
+        assert "error" not in r, r
+        assert r["measured"]["decode_tokens_per_s"] > 0 and r["measured"]["prefill_ms"] > 0
+        assert r["errors"]["decode_tokens_per_s"] == pytest.approx(
+            r["predicted"]["decode_tokens_per_s"] / r["measured"]["decode_tokens_per_s"] - 1)
+        assert isinstance(r["meets_requirements_measured"], bool)
+    q = doc["prediction_quality"]["decode_tokens_per_s"]
+    assert q["n"] == 3 and 0 <= q["within_10pct"] <= 1 and -1 <= q["spearman"] <= 1
+    assert q["retiming_noise"] is not None  # the chosen one, timed twice
+    g = doc["regret"]
+    assert g["applies"] and g["chosen"] == next(r["shape"] for r in rows if r["chosen"])
+    if g["best_measured"] is not None:
+        best = next(r for r in rows if r["shape"] == g["best_measured"])
+        chosen = next(r for r in rows if r["chosen"])
+        assert g["capacity_regret"] == pytest.approx(best["params"] / chosen["params"] - 1)
+    # another target: its requirements say nothing about speeds here, and it says so
+    other = verify_plan(teacher, "laptop", PlanConfig(speedup=1.0), 2, threads=2, repeats=1,
+                        progress=False)
+    assert not other["regret"]["applies"] and "not this machine" in other["regret"]["why"]
+    r = subprocess.run([sys.executable, "-m", "edgedistill", "plan", "--teacher", str(teacher),
+                        "--target", "local", "--speedup", "1", "--verify", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "at least 2 candidates" in r.stderr
