@@ -19,11 +19,17 @@ held-out text:
   greedily in llama.cpp: exact-match accuracy. The same responses unfiltered are a third arm.
 - **on-policy** (lambda 0.5, JSD beta 0.5) against off-policy (the same JSD) on the code text:
   held-out loss and KL to the teacher.
-- **progressive** (the planner's chain, and a 2-stage chain) against direct, for a student at
-  least 6x smaller than the code teacher, the same total steps (200 and 600): held-out loss,
-  wall time.
+- **progressive** (the planner's chain, and a 2-stage chain; each stage distilled by the
+  stage before, or by the original teacher; the steps split evenly, or 60% to the last
+  stage) against direct, for a student at least 6x smaller than the code teacher, the same
+  total steps (200 and 600): held-out loss, wall time.
 - **two teachers** (code + prose, equal weights) against each single teacher, distilled on
-  the union of both texts: held-out loss on held-out code, on held-out prose, and on both.
+  the union of both texts: held-out loss on held-out code, on held-out prose, and on both;
+  the mixture, each file routed to its own teacher (``--route``), and the mixture through a
+  top-16 cache the teachers fill in turns (``--cache-topk 16``).
+- **stage drop** (``--only stage_drop``): what one pruning step costs by the share of
+  parameters it removes (held-out loss right after pruning, and after a few steps of KD),
+  and the whole chain with each stage's drop capped at 0.2, 1/3, 1/2 and 2/3.
 
 - **on-policy with a teacher nobody here trained** (``--only smollm2_on_policy``):
   SmolLM2-135M-Instruct, distilled on standard-library code into a student of at most 40M
@@ -110,7 +116,7 @@ def accuracy_torch(model_dir: Path, problems) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="on_policy,progressive,teachers,responses")
+    ap.add_argument("--only", default="on_policy,progressive,stage_drop,teachers,responses")
     ap.add_argument("--teacher-steps", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/recipes")
@@ -158,14 +164,16 @@ def main() -> int:
         teachers[name] = path
     train = dict(batch_size=8, lr=1e-3, save_every=0)
 
-    def run(name, teacher, data, kd=KDConfig(), max_params=None, steps=args.steps, **cfg):
+    def run(name, teacher, data, kd=KDConfig(), max_params=None, steps=args.steps,
+            student_config=None, **cfg):
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
         res = distill(teacher, "laptop", data, out, DistillConfig(
             kd=kd, train=TrainConfig(steps=steps, eval_every=max(1, steps // 4), **train),
             data=cfg.pop("data_cfg", DataConfig(seq_len=128)), **cfg),
-            plan_config=PlanConfig(speedup=1.0, max_params=max_params), log=log)
+            plan_config=PlanConfig(speedup=1.0, max_params=max_params), log=log,
+            student_config=student_config)
         m = res.metrics
         return res, {"val_loss": m["validation"].get("loss"), "val_kl": m["validation"].get("kl"),
                      "teacher_val_loss": m.get("teacher_val_loss"),
@@ -188,31 +196,52 @@ def main() -> int:
         log(f"on-policy: off {off['val_loss']:.4f} on {on['val_loss']:.4f}")
     if "progressive" in only:
         sixth = t_params // 6
-        prog_out = {"teacher_params": t_params}
+        prog_out = {"teacher_params": t_params,
+                    "note": "val_kl is to the last stage's own teacher (the stage before, or "
+                            "the original teacher with progressive_teacher original)"}
+        arms = {"progressive_auto": dict(stages=0),
+                "progressive_2_stages": dict(stages=2),
+                "progressive_auto_original": dict(stages=0, progressive_teacher="original"),
+                "progressive_auto_original_final_0.6": dict(
+                    stages=0, progressive_teacher="original", final_share=0.6)}
         for steps in (args.steps, 3 * args.steps):
             _, direct = run(f"prog-direct-{steps}", teachers["code"], work / "code.txt",
                             max_params=sixth, steps=steps)
             row = {"direct": direct}
-            for stages in (0, 2):
-                res, prog = run(f"prog-chain{stages}-{steps}", teachers["code"],
-                                work / "code.txt", max_params=sixth, steps=steps,
-                                stages=stages)
+            for key, cfg in arms.items():
+                res, prog = run(f"prog-{key}-{steps}", teachers["code"], work / "code.txt",
+                                max_params=sixth, steps=steps, **cfg)
                 keys = ("stage", "shape", "params", "drop", "steps", "validation")
                 prog["stages"] = [{k: s[k] for k in keys} for s in res.metrics["stages"]]
-                prog["note"] = "val_kl is to the last stage's own teacher (the stage before)"
-                row["progressive_auto" if stages == 0 else "progressive_2_stages"] = prog
-                log(f"progressive ({steps} steps): direct {direct['val_loss']:.4f}, "
-                    f"{len(prog['stages'])} stages {prog['val_loss']:.4f}")
+                prog["vs_direct"] = prog["val_loss"] / direct["val_loss"] - 1
+                row[key] = prog
+                log(f"progressive ({steps} steps): direct {direct['val_loss']:.4f}, {key} "
+                    f"({len(prog['stages'])} stages) {prog['val_loss']:.4f}")
             prog_out[f"{steps}_steps"] = row
         results["progressive_vs_direct"] = prog_out
+        save(args.out, results)
+    if "stage_drop" in only:
+        results["stage_drop"] = stage_drop(teachers["code"], work, code_train, code_held, run,
+                                           t_params, 3 * args.steps)
         save(args.out, results)
     if "teachers" in only:
         union = work / "union.txt"
         union.write_text(code_train[:500_000] + "\n\n" + prose_text[:500_000])
+        split = work / "union-split"
+        split.mkdir(exist_ok=True)
+        (split / "code.txt").write_text(code_train[:500_000])
+        (split / "prose.txt").write_text(prose_text[:500_000])
+        both = [teachers["code"], teachers["prose"]]
         fig = {}
-        for key, t in (("code_teacher", teachers["code"]), ("prose_teacher", teachers["prose"]),
-                       ("both_teachers", [teachers["code"], teachers["prose"]])):
-            res, f = run(f"teachers-{key}", t, union, max_params=third)
+        for key, t, data, cfg in (
+                ("code_teacher", teachers["code"], union, {}),
+                ("prose_teacher", teachers["prose"], union, {}),
+                ("both_teachers", both, union, {}),
+                ("both_teachers_routed", both, split,
+                 {"routes": (("code.txt", 1), ("prose.txt", 2))}),
+                ("both_teachers_top16_in_turns", both, union,
+                 {"data_cfg": DataConfig(seq_len=128, cache_topk=16)})):
+            res, f = run(f"teachers-{key}", t, data, max_params=third, **cfg)
             f["held_out_loss"] = {
                 "code": held_out_loss(res.student_dir, [code_held]),
                 "prose": held_out_loss(res.student_dir, prose_held[:400]),
@@ -280,6 +309,56 @@ def main() -> int:
     save(args.out, results)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def stage_drop(teacher: Path, work: Path, code_train: str, code_held: str, run, t_params: int,
+               steps: int) -> dict:
+    """How much one pruning step costs, by the share of parameters it removes: the code
+    teacher pruned (the chain's own pruning: layer selection and activation importance) to
+    the planner's candidate nearest each share, its held-out loss before any training and
+    after ``steps // 6`` steps of KD; then the whole chain (original teacher, 60% of the steps
+    to the last stage) to a 6x smaller student with each stage's largest drop capped at 0.2,
+    1/3, 1/2 and 2/3."""
+    import torch
+
+    from edgedistill.arch import config_for_shape
+    from edgedistill.plan import enumerate_candidates
+    from edgedistill.profiles import load_profile
+    from edgedistill.student import build_student
+    from edgedistill.teacher import load_teacher
+    from transformers import AutoTokenizer
+
+    t = load_teacher(teacher)
+    pool = [c for c in enumerate_candidates(t.shape, load_profile("laptop"))
+            if c.total_params() < t_params]
+    tok = AutoTokenizer.from_pretrained(teacher)
+    ids = tok(code_train[:40_000])["input_ids"]
+    calib = [{"input_ids": torch.tensor([ids[i:i + 128] for i in range(j, j + 512, 128)])}
+             for j in range(0, 2048, 512)]
+    out = {"teacher_held_out_loss": held_out_loss(teacher, [code_held]), "one_step": []}
+    heal = max(1, steps // 6)
+    for drop in (0.1, 0.2, 1 / 3, 0.5, 2 / 3, 0.85):
+        shape = min(pool, key=lambda c: abs(c.total_params() / t_params - (1 - drop)))
+        cfg = config_for_shape(t.config, shape)
+        d = work / f"drop-{drop:.2f}"
+        build_student(teacher, cfg, d, init="teacher", calibration=calib)
+        _, healed = run(f"drop-{drop:.2f}-heal", teacher, work / "code.txt", steps=heal,
+                        student_config=cfg)
+        out["one_step"].append({
+            "asked_drop": round(drop, 3), "drop": 1 - shape.total_params() / t_params,
+            "shape": shape.describe(), "loss_pruned": held_out_loss(d, [code_held]),
+            "loss_after_steps": healed["val_loss"], "steps": heal})
+        log(f"stage drop {drop:.2f}: {out['one_step'][-1]}")
+    out["chain_by_max_drop"] = {}
+    for cap in (0.2, 1 / 3, 0.5, 2 / 3):
+        res, fig = run(f"drop-chain-{cap:.2f}", teacher, work / "code.txt",
+                       max_params=t_params // 6, steps=steps, stages=0, max_stage_drop=cap,
+                       progressive_teacher="original", final_share=0.6)
+        fig["stages"] = [{k: s_[k] for k in ("shape", "params", "drop", "steps")}
+                         for s_ in res.metrics.get("stages", [])]
+        out["chain_by_max_drop"][f"{cap:.2f}"] = fig
+        log(f"chain, max drop {cap:.2f}: {fig['val_loss']:.4f} ({len(fig['stages'])} stages)")
+    return out
 
 
 def save(out: str, results: dict) -> None:

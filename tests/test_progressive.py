@@ -16,7 +16,8 @@ from edgedistill.arch import shape_from_config
 from edgedistill.distill.config import DistillConfig
 from edgedistill.distill.progressive import split_steps
 from edgedistill.errors import EdgeDistillError, PlanError
-from edgedistill.plan import MAX_STAGE_DROP, PlanConfig, plan, progressive_chain
+from edgedistill.plan import (MAX_STAGE_DROP, PlanConfig, enumerate_candidates, plan,
+                              progressive_chain)
 from edgedistill.profiles import load_profile
 
 DIMS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
@@ -57,6 +58,21 @@ def test_chain_errors(teacher_dir):
 def test_steps_are_split_over_the_stages():
     assert split_steps(10, 3) == [3, 3, 4] and split_steps(2, 3) == [1, 1, 1]
     assert sum(split_steps(300, 4)) == 300
+    # --final-share: the last stage gets its share, the others split the rest evenly
+    assert split_steps(600, 5, 0.6) == [60, 60, 60, 60, 360]
+    assert split_steps(600, 1, 0.6) == [600] and split_steps(3, 3, 0.9) == [1, 1, 1]
+    for bad, flag in ((dict(final_share=1.0), "--final-share"),
+                      (dict(max_stage_drop=0.0), "--max-stage-drop")):
+        with pytest.raises(EdgeDistillError, match=flag):
+            DistillConfig(stages=0, **bad)
+
+
+def test_max_stage_drop_sets_how_many_stages(teacher_dir):
+    t = shape_from_config(json.loads((teacher_dir("llama") / "config.json").read_text()))
+    prof = load_profile("laptop")
+    small = min(enumerate_candidates(t, prof), key=lambda c: c.total_params())
+    n = {cap: len(progressive_chain(t, small, prof, 0, cap)) for cap in (0.2, 1 / 3, 0.67)}
+    assert n[0.2] >= n[1 / 3] >= n[0.67] and n[0.2] > n[0.67]
 
 
 def _weights(run):

@@ -50,6 +50,12 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progressive-teacher", default=None,
                    help="previous (default: each stage is distilled by the one before) | "
                    "original (every stage by the original teacher)")
+    p.add_argument("--final-share", type=fraction, default=None, metavar="F",
+                   help="progressive: the share of the steps the last stage gets, the rest "
+                   "split evenly over the stages before (default 0: all evenly)")
+    p.add_argument("--max-stage-drop", type=fraction, default=None, metavar="F",
+                   help="--progressive: the largest share of parameters one stage removes "
+                   "(default 1/3)")
     p.add_argument("--teacher-weights", type=positives, default=None, metavar="W1,W2,...",
                    help="several teachers: their weights in the mixture, in --teacher order "
                    "(default equal)")
@@ -120,4 +126,5 @@ def distill_config(args, student: str | None = None):
     return DistillConfig(kd=kd, train=train, data=data, student=student,
                          **_given(args, init="init", teacher_dtype="teacher_dtype",
                                   stages="stages", progressive_teacher="progressive_teacher",
+                                  final_share="final_share", max_stage_drop="max_stage_drop",
                                   teacher_weights="teacher_weights", routes="route"))

@@ -60,13 +60,13 @@ def _verify(args, cfg) -> int:
     if args.json:
         emit_json(doc)
         return 0
-    enc = doc["deployment"].startswith("onnx") and "encoder_batch_ms" in doc["prediction_quality"]
+    enc = "encoder_batch_ms" in doc["prediction_quality"]
     keys = ["encoder_batch_ms"] if enc else ["decode_tokens_per_s", "prefill_ms"]
     rows = []
     for r in doc["candidates"]:
-        got = [f"{r['predicted'][k]:.1f} / " + (f"{r['measured'][k]:.1f} ({r['errors'][k]:+.0%})"
-                                               if "measured" in r else "error")
-               for k in keys]
+        got = [f"{r['predicted'][k]:.1f} / "
+               + (f"{r['measured'][k]:.1f} ({r['errors'][k]:+.0%})" if "measured" in r
+                  else "error") for k in keys]
         rows.append(["*" if r["chosen"] else "", r["shape"], f"{r['params'] / 1e6:.1f}M",
                      "yes" if r["planned_fits"] else "no", *got,
                      {True: "yes", False: "no"}.get(r.get("meets_requirements_measured"), "-")])

@@ -131,7 +131,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         log(f"plan for {getattr(target, 'name', target)}: {pl.student.shape.describe()} "
             f"({pl.student.shape.total_params():,} params)")
         if config.stages != 1:
-            chain = progressive_chain(t.shape, pl.student.shape, pl.profile, config.stages)
+            chain = progressive_chain(t.shape, pl.student.shape, pl.profile, config.stages,
+                                      config.max_stage_drop)
             if len(chain) > 1:
                 return distill_progressive(distill, t, target, data, run_dir, config, chain,
                                            train, resume, log)

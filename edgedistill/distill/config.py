@@ -20,6 +20,7 @@ from typing import Literal, Optional
 
 from edgedistill.arch import shape_from_config
 from edgedistill.errors import EdgeDistillError, TeacherError
+from edgedistill.plan import MAX_STAGE_DROP
 
 LOSSES = ("fkl", "rkl", "jsd")
 """KD divergences: forward KL (mode-covering), reverse KL (mode-seeking), JSD."""
@@ -209,6 +210,12 @@ class DistillConfig:
     progressive_teacher: Literal["previous", "original"] = "previous"
     """Progressive distillation: each stage's teacher is the stage before (``previous``), or
     always the original teacher (``original``)."""
+    final_share: float = 0.0
+    """Progressive distillation: the share of the steps the last stage (the planned student)
+    gets, the rest split evenly over the stages before; 0 splits all steps evenly."""
+    max_stage_drop: float = MAX_STAGE_DROP
+    """Progressive distillation with ``stages=0``: the largest share of the parameters one
+    stage may remove (``plan.MAX_STAGE_DROP``; benchmarks/recipes.py measures it)."""
     routes: Optional[tuple] = None
     """Several teachers: ((glob, teacher number), ...): data files matching a glob learn that
     teacher's distribution alone (numbered from 1 in the order given); the rest the mixture."""
@@ -228,6 +235,10 @@ class DistillConfig:
         _require(self.progressive_teacher in ("previous", "original"),
                  f"unknown --progressive-teacher {self.progressive_teacher!r}.",
                  "use --progressive-teacher previous or original")
+        _require(0 <= self.final_share < 1, f"--final-share must lie in [0, 1), not "
+                 f"{self.final_share}.", "use e.g. --final-share 0.6, or 0 to split evenly")
+        _require(0 < self.max_stage_drop < 1, f"--max-stage-drop must lie in (0, 1), not "
+                 f"{self.max_stage_drop}.", "use e.g. --max-stage-drop 0.33")
         _require(self.stages == 1 or self.student is None,
                  "--student trains that folder as it is; a progressive chain plans its own "
                  "students.", "drop --student, or drop --progressive / --stages")

@@ -2,10 +2,11 @@
 model before it and distilled by it (or by the original teacher), instead of one big jump.
 
 The chain comes from ``plan.progressive_chain``; the token budget (``--steps``) is split
-evenly over the stages. Each stage is a run folder of its own, ``RUN/stages/K/`` (student_init,
-checkpoints, train_log.jsonl, student, distill.json) with a ``stage.json`` once it is done, so
-a killed chain resumes at the stage it was in. The run folder then holds the last stage's
-student, one train_log.jsonl with every stage's rows (``stage`` and a running ``step``), and a
+evenly over the stages, or ``--final-share`` of it to the last stage and the rest evenly.
+Each stage is a run folder of its own, ``RUN/stages/K/`` (student_init, checkpoints,
+train_log.jsonl, student, distill.json) with a ``stage.json`` once it is done, so a killed
+chain resumes at the stage it was in. The run folder then holds the last stage's student, one
+train_log.jsonl with every stage's rows (``stage`` and a running ``step``), and a
 distill.json whose ``stages`` list each stage's shape, parameters, teacher, steps and held-out
 figures."""
 from __future__ import annotations
@@ -20,9 +21,13 @@ from edgedistill.distill.config import DistillResult
 from edgedistill.runstate import atomic_write, files_id, fingerprint
 
 
-def split_steps(steps: int, stages: int) -> list[int]:
-    """``steps`` over ``stages`` evenly, the remainder to the last; at least 1 each."""
-    per = [max(1, steps // stages)] * stages
+def split_steps(steps: int, stages: int, final_share: float = 0.0) -> list[int]:
+    """``steps`` over ``stages``: the last gets ``final_share`` of them and the others split
+    the rest evenly (0: all evenly), the remainder to the last; at least 1 each."""
+    if final_share and stages > 1:
+        per = [max(1, (steps - round(steps * final_share)) // (stages - 1))] * stages
+    else:
+        per = [max(1, steps // stages)] * stages
     per[-1] = max(1, steps - sum(per[:-1]))
     return per
 
@@ -35,7 +40,7 @@ def distill_progressive(distill, t, target, data, run_dir: Path, config, chain: 
     from accelerate import PartialState
 
     state = PartialState()
-    steps = split_steps(train.steps, len(chain))
+    steps = split_steps(train.steps, len(chain), config.final_share)
     prev_dir, prev_params = Path(t.path), t.shape.total_params()
     desc = " -> ".join(f"{p / 1e6:.1f}M" for p in
                        [prev_params] + [s.total_params() for s in chain])
