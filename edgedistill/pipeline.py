@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgedistill.bench import BenchConfig, artifacts_of_run, bench
+from edgedistill.calibrate import verify_plan
 from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
 from edgedistill.distill.teachers import primary_index, teacher_list
@@ -48,8 +49,15 @@ class RunConfig:
     """How the files are measured (--new-tokens, --repeats, ...)."""
     baselines: bool = True
     """Export and measure the teacher too, the same way (--no-baselines turns it off)."""
+    verify_plan: int = 0
+    """Check the planner's choice by measurement (--verify-plan K): the K candidates around
+    it are timed here (``calibrate.verify_plan``); written to plan_verify.json and reported.
+    0: not checked."""
 
     def __post_init__(self):
+        if self.verify_plan and self.verify_plan < 2:
+            raise EdgeDistillError(f"--verify-plan {self.verify_plan}: ranking needs at least "
+                                   "2 candidates.", "use e.g. --verify-plan 6, or 0 for none")
         if self.distill.student is not None:
             raise EdgeDistillError("the whole chain plans and builds its own student.",
                                    "drop DistillConfig.student, or run 'edgedistill distill "
@@ -109,6 +117,20 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
                 data, run_dir, config.distill,
                 plan_config=plan_config, resume=resume)
         stages.put("distill", folder_files(student_dir), {}, key=key)
+
+    # the planner's choice, checked by measurement (optional)
+    if config.verify_plan:
+        vkey = _hash(t_id, asdict(prof), asdict(plan_config), config.verify_plan,
+                     bench_config.threads)
+        vpath = run_dir / "plan_verify.json"
+        if stages.get("verify_plan", key=vkey) is not None and vpath.is_file():
+            log(f"verify plan: inputs unchanged, kept {vpath}")
+        else:
+            log(f"verify plan: timing the {config.verify_plan} candidates around the choice")
+            doc = verify_plan(t.path if t.path else teachers[0], prof, plan_config,
+                              config.verify_plan, threads=bench_config.threads, log=log)
+            atomic_write(vpath, doc)
+            stages.put("verify_plan", [vpath], {}, key=vkey)
 
     # 3. export, quantize and verify the student, then the teacher (the baseline)
     roles = [("student", student_dir)] + ([("teacher", t.path)] if baselines else [])

@@ -73,7 +73,7 @@ def test_whole_chain_report_and_rerun_skips(trained_llama, tmp_path):
     cmd = [sys.executable, "-m", "edgedistill", "export", "--teacher", str(trained_llama),
            "--target", "laptop", "--out", str(tmp_path / "run"), "--steps", "4",
            "--seq-len", "32", "--batch-size", "2", "--quant", "q8_0,int8", "--new-tokens", "8",
-           "--repeats", "1", "--speedup", "1"]
+           "--repeats", "1", "--speedup", "1", "--verify-plan", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
@@ -97,11 +97,18 @@ def test_whole_chain_report_and_rerun_skips(trained_llama, tmp_path):
     assert html.count("data:image/png;base64,") == 3  # quality/speed, training, predicted
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
-    assert again.stderr.count("inputs unchanged") == 4
+    assert again.stderr.count("inputs unchanged") == 5  # distill, verify plan, 2 exports, bench
     rec = doc["recommendation"]
     assert rec["headline"] and (rec["file"] or rec["closest"])["role"] == "student"
     assert doc["training"]["steps"] == 4 and len(doc["training"]["curve"]) == 4
     assert doc["plan"]["predicted_vs_measured"][0]["measured_here"] > 0
+    # --verify-plan: the candidates around the choice, timed here, in the report
+    v = doc["plan"]["verify"]
+    assert len(v["candidates"]) == 2 and v["target"] == "laptop"
+    assert all(c["measured"]["decode_tokens_per_s"] > 0 for c in v["candidates"])
+    assert not v["regret"]["applies"]  # the laptop is not this machine
+    assert "checked by measurement" in (run / "report.md").read_text()
+    assert "id='plan-verify'" in html
     out = render(run / "report.html", tmp_path)
     assert out["sections"] == ["recommendation", "files", "pareto", "plan", "training",
                                "predicted", "notes"]

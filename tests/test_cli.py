@@ -176,6 +176,10 @@ def test_internal_error_exit_1_traceback_only_in_debug(monkeypatch, capsys):
     (["distill", "--init", "zeros"], "unknown --init 'zeros'"),
     (["export", "--teacher", "t", "--loss", "mse"], "unknown --loss 'mse'"),
     (["export", "--student", "s", "--steps", "5"], "--steps only apply to the whole chain"),
+    (["export", "--student", "s", "--verify-plan", "3"],
+     "--verify-plan only apply to the whole chain"),
+    (["export", "--teacher", "t", "--verify-plan", "1"], "--verify-plan 1: ranking needs"),
+    (["distill", "--final-share", "1"], "--final-share must lie in [0, 1)"),
 ])
 def test_configs_catch_bad_inputs_before_any_work(argv, words, tmp_path, capsys):
     neox = write_config(tmp_path / "neox", {"model_type": "gpt_neox", "hidden_size": 64,

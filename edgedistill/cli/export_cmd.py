@@ -39,6 +39,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "3 for causal LMs)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not export and measure the teacher too")
+    p.add_argument("--verify-plan", type=count(), default=None, metavar="K",
+                   help="check the planner's choice by timing the K candidates around it on "
+                   "this machine (plan --verify); the report shows it")
     p.add_argument("--target", default="laptop", help="profile name, 'local' or a YAML file")
     p.add_argument("--formats", default=None, help="comma list: onnx,gguf (default: profile's)")
     p.add_argument("--quant", default=None,
@@ -87,7 +90,8 @@ def run_config(args):
                      bench=BenchConfig(**_given(args, threads="threads",
                                                 new_tokens="new_tokens", repeats="repeats",
                                                 data="data")),
-                     baselines=not args.no_baselines)
+                     baselines=not args.no_baselines,
+                     **_given(args, verify_plan="verify_plan"))
 
 
 def run(args) -> int:
@@ -154,7 +158,8 @@ def _no_training_flags(args) -> None:
     """``--student`` exports a folder: a training or planning flag would be silently ignored."""
     from edgedistill.errors import EdgeDistillError
 
-    given = [f"--{k.replace('_', '-')}" for k in training_dests() + ["new_tokens", "repeats"]
+    chain_only = ["new_tokens", "repeats", "verify_plan"]
+    given = [f"--{k.replace('_', '-')}" for k in training_dests() + chain_only
              if getattr(args, k) is not None]
     if args.teacher is not None:
         given.insert(0, "--teacher")

@@ -54,47 +54,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _verify(args, cfg) -> int:
     from edgedistill.calibrate import verify_plan
     from edgedistill.cli import emit_json
+    from edgedistill.report import verify_lines, verify_rows
 
     doc = verify_plan(args.teacher, args.target, cfg, args.verify, threads=args.threads,
                       repeats=args.repeats)
     if args.json:
         emit_json(doc)
         return 0
-    enc = "encoder_batch_ms" in doc["prediction_quality"]
-    keys = ["encoder_batch_ms"] if enc else ["decode_tokens_per_s", "prefill_ms"]
-    rows = []
-    for r in doc["candidates"]:
-        got = [f"{r['predicted'][k]:.1f} / "
-               + (f"{r['measured'][k]:.1f} ({r['errors'][k]:+.0%})" if "measured" in r
-                  else "error") for k in keys]
-        rows.append(["*" if r["chosen"] else "", r["shape"], f"{r['params'] / 1e6:.1f}M",
-                     "yes" if r["planned_fits"] else "no", *got,
-                     {True: "yes", False: "no"}.get(r.get("meets_requirements_measured"), "-")])
-    head = ["", "candidate", "params", "planned fits",
-            *[f"{k} pred. / measured" for k in keys], "meets measured"]
-    print(f"verify   {doc['target']}: {doc['deployment']} on {doc['measured_on']}, fastest of "
-          f"{doc['repeats']} runs; predictions for this machine, {doc['predicted_label']}")
-    print(table(head, rows))
-    for k, q in doc["prediction_quality"].items():
-        rho = "-" if q["spearman"] is None else f"{q['spearman']:.2f}"
-        noise = "-" if q["retiming_noise"] is None else f"{q['retiming_noise']:.1%}"
-        if q["n"]:
-            print(f"- {k}: MAPE {q['mape']:.1%}, {q['within_10pct']:.0%} within ±10%, "
-                  f"Spearman {rho} over {q['n']} candidates; re-timing noise {noise}")
-    g = doc["regret"]
-    if not g["applies"]:
-        print(f"- regret: not measured ({g['why']})")
-    elif g["best_measured"] is None:
-        print(f"- regret: no candidate meets the requirements measured here, the chosen "
-              f"{g['chosen']} included")
-    else:
-        r = g["capacity_regret"]
-        verdict = ("is it: regret 0" if r == 0 else
-                   f"has {r:.0%} more parameters than the chosen one, which the plan turned "
-                   "down" if r > 0 else
-                   f"is {-r:.0%} smaller: the chosen one misses the requirements measured")
-        print(f"- regret: the most capable candidate that meets the requirements measured "
-              f"here, {g['best_measured']}, {verdict}")
+    print(table(*verify_rows(doc)))
+    print()
+    for line in verify_lines(doc):
+        print(f"- {line}")
     return 0
 
 

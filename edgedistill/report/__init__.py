@@ -172,6 +172,7 @@ def build_report(run_dir: str | Path) -> dict:
     records = [BenchRecord.from_dict(r) for r in json.loads(bench_path.read_text())]
     rows = [r.to_dict() for r in records]
     plan = _read(run_dir / "plan.json")
+    verified = _read(run_dir / "plan_verify.json")  # plan --verify / --verify-plan, if run
     dist = _read(run_dir / "distill.json")
     # the first row that was timed here: NPU graphs, failed runtimes and rows that were never
     # benched carry no device
@@ -236,7 +237,8 @@ def build_report(run_dir: str | Path) -> dict:
             "advice": advice(rows, kind, targets, rec, plan, dist, curve, measured_on),
             "frontier": front,
             "judged": {k: {"meets": j["meets"], "misses": j["misses"]} for k, j in judged.items()},
-            "plan": _plan_section(plan, rows, kind, measured_on),
+            "plan": _plan_section(plan, rows, kind, measured_on)
+            | ({"verify": verified} if verified else {}),
             "training": training, "artifacts": rows, "notes": notes}
 
 
@@ -267,6 +269,54 @@ def recommendation_lines(doc: dict) -> list[str]:
                      f"{f['predicted_target']:,.1f} {f['speed_unit']} "
                      f"({f.get('predicted_label') or 'predicted'}, not measured).")
     return lines + list(doc.get("advice") or [])
+
+
+def verify_rows(v: dict) -> tuple[list[str], list[list[str]]]:
+    """plan_verify.json (``plan --verify`` / ``--verify-plan``) as a table: each candidate,
+    predicted against measured for this machine."""
+    enc = "encoder_batch_ms" in (v.get("prediction_quality") or {})
+    keys = ["encoder_batch_ms"] if enc else ["decode_tokens_per_s", "prefill_ms"]
+    rows = []
+    for r in v.get("candidates") or []:
+        got = [f"{r['predicted'][k]:,.1f} / " + (f"{r['measured'][k]:,.1f} "
+                                                 f"({r['errors'][k]:+.0%})"
+                                                 if "measured" in r else "not timed")
+               for k in keys]
+        rows.append(["*" if r["chosen"] else "", r["shape"], f"{r['params'] / 1e6:.1f}M",
+                     "yes" if r["planned_fits"] else "no", *got,
+                     {True: "yes", False: "no"}.get(r.get("meets_requirements_measured"), "-")])
+    return (["", "candidate", "params", "planned fits",
+             *[f"{k} predicted / measured" for k in keys], "meets measured"], rows)
+
+
+def verify_lines(v: dict) -> list[str]:
+    """The check of the plan in sentences: prediction quality and regret."""
+    out = [f"The planner's choice, checked by measurement: {len(v.get('candidates') or [])} "
+           f"candidates in {v.get('deployment')} timed on {v.get('measured_on')} (fastest of "
+           f"{v.get('repeats')} runs), against this machine's predictions "
+           f"({v.get('predicted_label')})."]
+    for k, q in (v.get("prediction_quality") or {}).items():
+        if q.get("n"):
+            rho = "n/a" if q.get("spearman") is None else f"{q['spearman']:.2f}"
+            noise = ("" if q.get("retiming_noise") is None else
+                     f"; the chosen file re-timed {q['retiming_noise']:.1%} apart")
+            out.append(f"{k}: MAPE {q['mape']:.1%}, {q['within_10pct']:.0%} within ±10%, "
+                       f"Spearman {rho}{noise}.")
+    g = v.get("regret") or {}
+    if not g.get("applies"):
+        out.append(f"Regret not measured: {g.get('why', 'unknown')}.")
+    elif g.get("best_measured") is None:
+        out.append("No candidate met the requirements measured here, the chosen one included.")
+    else:
+        r = g["capacity_regret"]
+        out.append("Regret 0: the chosen candidate is the most capable one that meets the "
+                   "requirements measured." if r == 0 else
+                   f"Regret {r:.0%}: {g['best_measured']} meets the requirements measured "
+                   f"and has {r:.0%} more parameters than the chosen one." if r > 0 else
+                   f"The chosen candidate misses the requirements measured; the most capable "
+                   f"one that meets them, {g['best_measured']}, has {-r:.0%} fewer "
+                   "parameters.")
+    return out
 
 
 def _plan_md(sec: dict) -> list[str]:
@@ -326,6 +376,9 @@ def write_report(run_dir: str | Path, doc: dict) -> dict:
         md += ["## Plan", ""] + _plan_md(plan) + [""]
         if plan.get("predicted_vs_measured"):
             md += [markdown_table(*_pvm_rows(plan)), ""]
+        if plan.get("verify"):
+            md += [f"- {x}" for x in verify_lines(plan["verify"])]
+            md += ["", markdown_table(*verify_rows(plan["verify"])), ""]
     tr = doc.get("training") or {}
     if tr.get("steps"):
         md += ["## Training", "", _training_text(tr), ""]
@@ -404,6 +457,10 @@ def _html(doc, title, where, headline, more, head, rows, kind) -> str:
                      + _table_html(plan["candidates"]["head"], plan["candidates"]["rows"]))
         if plan.get("predicted_vs_measured"):
             body += "<h3>Predicted against measured</h3>" + _table_html(*_pvm_rows(plan))
+        if plan.get("verify"):
+            body += ("<h3 id='plan-verify'>The choice, checked by measurement</h3><ul>"
+                     + "".join(f"<li>{e(x)}</li>" for x in verify_lines(plan["verify"]))
+                     + "</ul>" + _table_html(*verify_rows(plan["verify"])))
         parts.append(f"<section id='plan'><h2>Plan</h2>{body}</section>")
     if tr.get("curve"):
         parts.append("<section id='training'><h2>Training</h2>"

@@ -116,6 +116,9 @@ def predicted_plot(rows: list[dict], kind: str):
                        label=f"{role} files", zorder=3)
     lo, hi = min(xs + ys) * 0.8, max(xs + ys) * 1.25
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = measurement")
+    # the band the field states accuracy in: measurement within ±10% of the prediction
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.5",
+                    alpha=0.15, lw=0, label="within ±10%")
     ax.set_xscale("log")
     ax.set_yscale("log")
     unit = "ms per batch" if kind == "encoder" else "decode tokens/s"
