@@ -31,6 +31,10 @@ held-out text:
   parameters it removes (held-out loss right after pruning, and after a few steps of KD),
   and the whole chain with each stage's drop capped at 0.2, 1/3, 1/2 and 2/3.
 
+- **responses with a teacher nobody here trained** (``--only smollm2_responses``):
+  SmolLM2-135M-Instruct answers prompts about standard-library modules; the student learns
+  its responses against plain KD on docstring prose, judged on the teacher's responses to
+  held-out prompts and on held-out code.
 - **on-policy with a teacher nobody here trained** (``--only smollm2_on_policy``):
   SmolLM2-135M-Instruct, distilled on standard-library code into a student of at most 40M
   parameters, on-policy (0.5) against off-policy: held-out loss on code and on docstring
@@ -306,9 +310,92 @@ def main() -> int:
             log(f"smollm2 {key}: {f['held_out_loss']}")
         results["smollm2_on_policy_vs_off_policy"] = fig
         save(args.out, results)
+    if "smollm2_responses" in only:
+        results["smollm2_responses_vs_plain_kd"] = smollm2_responses(
+            Path(args.smollm2), work, run, prose_text, code_held, args.smollm2_steps,
+            args.smollm2_max_params)
+        save(args.out, results)
     save(args.out, results)
     print(json.dumps(results, indent=2))
     return 0
+
+
+TASKS = ("Explain in two sentences what the Python module {m} is for.",
+         "Name one common use of the Python module {m}, in one sentence.")
+
+
+def response_loss(model_dir: Path, tok, rows: list[tuple[list, list]]) -> float:
+    """Mean cross-entropy of a model on response tokens only (prompt tokens masked):
+    ``rows`` of (prompt ids, response ids)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for p, r in rows:
+            x = torch.tensor([p + r])
+            logits = model(input_ids=x).logits[0, len(p) - 1:-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(r),
+                                                             reduction="sum"))
+            n += len(r)
+    return total / max(n, 1)
+
+
+def smollm2_responses(smol: Path, work: Path, run, prose_text: str, code_held: str,
+                      steps: int, max_params: int) -> dict:
+    """Responses with a teacher nobody here trained: SmolLM2-135M-Instruct answers prompts
+    about standard-library modules (its chat template, greedy, up to 64 tokens); the student
+    learns its responses (prompt tokens masked), against plain token-level KD on docstring
+    prose, the same steps. Judged on the teacher's greedy responses to held-out prompts
+    (response tokens only) and on held-out standard-library code, a source neither arm
+    trained on."""
+    import sys as _sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgedistill.data import is_holdout
+    from edgedistill.distill import DataConfig
+
+    if not (smol / "config.json").is_file():
+        raise SystemExit(f"{smol} holds no model: run benchmarks/smollm2_folder.py first")
+    mods = sorted(m for m in _sys.stdlib_module_names if not m.startswith("_"))
+    held_mods = [m for m in mods if is_holdout(m, 0.15)][:24]
+    train_mods = [m for m in mods if m not in held_mods]
+    prompts = work / "smol-prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user",
+                                                         "content": t.format(m=m)}]}) + "\n"
+                               for m in train_mods for t in TASKS))
+    tok = AutoTokenizer.from_pretrained(smol)
+    teacher = AutoModelForCausalLM.from_pretrained(smol, dtype=torch.bfloat16).eval()
+    rows = []
+    for m in held_mods:
+        ids = tok.apply_chat_template([{"role": "user", "content": TASKS[0].format(m=m)}],
+                                      add_generation_prompt=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        with torch.no_grad():
+            out = teacher.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False,
+                                   pad_token_id=tok.eos_token_id)
+        rows.append((ids, out[0, len(ids):].tolist()))
+    del teacher
+    teacher_loss = response_loss(smol, tok, rows)
+    prose = work / "smol-prose.txt"
+    prose.write_text(prose_text[:400_000])
+    fig = {"teacher": "SmolLM2-135M-Instruct (dequantized Q4_1, benchmarks/smollm2_folder.py)",
+           "train_prompts": len(train_mods) * len(TASKS), "held_out_prompts": len(rows),
+           "steps": steps, "teacher_held_out_response_loss": teacher_loss,
+           "teacher_held_out_code_loss": held_out_loss(smol, [code_held])}
+    for key, data, cfg in (("plain_kd_on_prose", prose, DataConfig(seq_len=128)),
+                           ("responses", prompts, DataConfig(seq_len=128, max_new_tokens=64))):
+        res, f = run(f"smol-resp-{key}", smol, data, max_params=max_params, steps=steps,
+                     data_cfg=cfg)
+        f["held_out_response_loss"] = response_loss(res.student_dir, tok, rows)
+        f["held_out_code_loss"] = held_out_loss(res.student_dir, [code_held])
+        fig[key] = f
+        log(f"smollm2 responses: {key} response loss {f['held_out_response_loss']:.3f}, "
+            f"code {f['held_out_code_loss']:.3f}")
+    return fig
 
 
 def stage_drop(teacher: Path, work: Path, code_train: str, code_held: str, run, t_params: int,
