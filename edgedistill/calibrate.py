@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgedistill.arch import shape_from_config
+from edgedistill.arch import config_for_shape, shape_from_config
 from edgedistill.convert.gguf import export_gguf
 from edgedistill.convert.onnx import export_onnx
 from edgedistill.data import stdlib_source
 from edgedistill.formats import RUNTIMES, quant_type
 from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
+from edgedistill.plan import PlanConfig, plan
 from edgedistill.plan.predictor import (CalibrationError, FEATURES, calibration_path, evaluate,
-                                        features, fingerprint, fingerprint_key, fit_key)
+                                        features, fingerprint, fingerprint_key, fit_key,
+                                        predictor_for)
 from edgedistill.profiles import load_profile, local_profile
 from edgedistill.quantize.gguf import quantize_gguf
 from edgedistill.quantize.onnx import quantize_onnx, quantized_path
@@ -469,9 +471,6 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
     was right)."""
     from dataclasses import replace as _replace
 
-    from edgedistill.arch import config_for_shape
-    from edgedistill.plan import PlanConfig, plan
-    from edgedistill.plan.predictor import predictor_for
 
     if k < 2:
         raise CalibrationError(f"--verify {k}: ranking needs at least 2 candidates.",

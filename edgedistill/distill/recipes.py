@@ -13,6 +13,7 @@ from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, layer_map, mi
 from edgedistill.distill.on_policy import student_batch
 from edgedistill.distill.teacher_data import (cache_topk, end_tokens, generate_continuations,
                                               label_logp)
+from edgedistill.runstate import files_id, fingerprint
 from edgedistill.teacher import sentence_pooling
 
 
@@ -234,7 +235,6 @@ def _cache_in_turns(t, teacher, teacher_weight: float, more, load_model, blocks,
     a time). Returns (train caches, val caches, figures for distill.json)."""
     import numpy as np
 
-    from edgedistill.runstate import files_id, fingerprint
 
     data_key = fingerprint(int(blocks.shape[0]), int(blocks.sum()), int(val_blocks.sum()),
                            None if val_labels is None else int((val_labels != -100).sum()))
