@@ -49,7 +49,7 @@ from edgedistill.teacher import load_teacher
 from edgedistill.toy import train_bpe_tokenizer
 
 CAUSAL_FORMATS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "onnx:fp32", "onnx:int8")
-ENCODER_FORMATS = ("onnx:fp32", "onnx:int8")
+ENCODER_FORMATS = ("onnx:fp32", "onnx:int8", "gguf:f16", "gguf:q8_0")
 DEFAULT_FORMATS = CAUSAL_FORMATS + tuple(f"encoder:{f}" for f in ENCODER_FORMATS)
 HOLDOUT_EVERY = 4
 """Every 4th designed shape is held out of the fit and used to measure its error."""
@@ -170,9 +170,10 @@ def _measure(path: Path, fmt: str, encoder: bool, threads: int, prompt: int, seq
     median token of a run)."""
 
     if encoder:
-        task = {"kind": "encoder_ids", "runtime": "onnxruntime", "model": str(path),
+        runtime = "llama.cpp" if fmt == "gguf" else "onnxruntime"
+        task = {"kind": "encoder_ids", "runtime": runtime, "model": str(path),
                 "threads": threads, "repeats": repeats, "batch": batch, "seq_len": seq}
-        r = child("edgedistill.runtimes.bench_worker", task, 900, "onnxruntime")
+        r = child("edgedistill.runtimes.bench_worker", task, 900, runtime)
         return {"encoder": min(r["batch_s"])}
     ids = [(7 * i + 3) % min(900, vocab - 1) + 1 for i in range(prompt)]  # within the vocab
     r = time_artifact(path, fmt, threads=threads, prompt=ids, new_tokens=DECODE_TOKENS,
@@ -325,7 +326,7 @@ class CalibrateConfig:
     workload; the measuring is always of this machine."""
     formats: Optional[str] = None
     """Comma list of what to measure (gguf:f16, gguf:q8_0, gguf:q4_k_m, onnx:fp32, onnx:int8,
-    encoder:onnx:fp32, encoder:onnx:int8); None: all."""
+    encoder:onnx:fp32, encoder:onnx:int8, encoder:gguf:f16, encoder:gguf:q8_0); None: all."""
     budget_s: float = 600
     """Time budget in seconds (at least 60)."""
     threads: Optional[int] = None
@@ -471,7 +472,6 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
     was right)."""
     from dataclasses import replace as _replace
 
-
     if k < 2:
         raise CalibrationError(f"--verify {k}: ranking needs at least 2 candidates.",
                                "use e.g. --verify 6")
@@ -481,9 +481,6 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
     here = local_profile(threads)
     encoder = pl.teacher.shape.is_encoder
     fmt, quant = pl.format, pl.quant
-    if encoder and fmt != "onnx":
-        raise CalibrationError(f"--verify times encoders in onnxruntime; the plan deploys "
-                               f"{fmt}:{quant}.", "use --deploy onnx:int8 with --verify")
     lt = pl.profile.latency_targets
     # a prompt the model's context holds with the decoded tokens after it (tiny test models)
     max_pos = int(pl.teacher.config.get("max_position_embeddings", 1 << 20))

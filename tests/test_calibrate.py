@@ -243,3 +243,19 @@ def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, t
                         "--target", "local", "--speedup", "1", "--verify", "1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "at least 2 candidates" in r.stderr
+
+
+def test_encoders_calibrate_in_gguf_through_llama_cpp(tmp_path):
+    """encoder:gguf:* is a calibration format: a random-weight bert of the design, written as
+    GGUF, times a batch of exactly encoder_seq_len tokens through llama.cpp's embed()."""
+    from edgedistill.calibrate import _artifact, _hf_folder, _measure
+
+    assert parse_formats("encoder:gguf:f16,encoder:gguf:q8_0") == [
+        ("bert", "gguf", "f16"), ("bert", "gguf", "q8_0")]
+    cfg = min(design("bert", 8), key=lambda c: c["hidden_size"] * c["num_hidden_layers"])
+    hf = _hf_folder(tmp_path, "bert", cfg, "b0")
+    art = _artifact(tmp_path, hf, "gguf", "q8_0", 2)
+    assert art.suffix == ".gguf"
+    short = _measure(art, "gguf", True, 2, 0, 16, 4, 2)["encoder"]
+    long = _measure(art, "gguf", True, 2, 0, 128, 4, 2)["encoder"]
+    assert 0 < short < long  # 8x the tokens: more time

@@ -260,8 +260,21 @@ def _encoder_run(task):
 
 
 def _encoder_ids(task):
-    """An ONNX encoder on a fixed (batch, seq_len) of token ids: the calibration workload,
-    whose length does not depend on text."""
+    """An encoder on a fixed (batch, seq_len) of tokens: the calibration workload, whose
+    length does not depend on text. ONNX: token ids; a GGUF in llama.cpp (whose embed() takes
+    text): ``batch`` copies of a text of one-token words, ``seq_len`` tokens with the
+    special tokens."""
+    if task.get("runtime") == "llama.cpp":
+        from llama_cpp import Llama
+
+        n = max(512, task["batch"] * task["seq_len"])
+        llm = Llama(task["model"], embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
+                    n_threads=task["threads"], n_threads_batch=task["threads"], verbose=False)
+        texts = [" ".join(["the"] * (task["seq_len"] - 2))] * task["batch"]
+        got = len(llm.tokenize(texts[0].encode(), add_bos=True))
+        if got != task["seq_len"]:
+            raise RuntimeError(f"the calibration text is {got} tokens, not {task['seq_len']}")
+        return _in_turn([lambda: llm.embed(texts)], task["repeats"])[0]
 
     sess = ort_session(Path(task["model"]), task["threads"])
     shape = (task["batch"], task["seq_len"])
