@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgedistill.bench import BenchConfig, artifacts_of_run, bench
-from edgedistill.calibrate import verify_plan
+from edgedistill.calibrate.verify import verify_plan
 from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
 from edgedistill.distill.teachers import primary_index, teacher_list
@@ -51,7 +51,7 @@ class RunConfig:
     """Export and measure the teacher too, the same way (--no-baselines turns it off)."""
     verify_plan: int = 0
     """Check the planner's choice by measurement (--verify-plan K): the K candidates around
-    it are timed here (``calibrate.verify_plan``); written to plan_verify.json and reported.
+    it are timed here (``calibrate.verify.verify_plan``); written to plan_verify.json and reported.
     0: not checked."""
 
     def __post_init__(self):

@@ -211,7 +211,7 @@ def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
 def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, tmp_path):
     """plan --verify K builds the K candidates around the choice (random weights, the plan's
     format), times them in llama.cpp here and states prediction quality and regret."""
-    from edgedistill.calibrate import verify_plan
+    from edgedistill.calibrate.verify import verify_plan
     from edgedistill.plan import PlanConfig
 
     teacher = teacher_dir("llama")

@@ -52,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _verify(args, cfg) -> int:
-    from edgedistill.calibrate import verify_plan
+    from edgedistill.calibrate.verify import verify_plan
     from edgedistill.cli import emit_json
     from edgedistill.report import verify_lines, verify_rows
 

@@ -2,13 +2,15 @@
 
 - :mod:`.costmodel`: the roofline cost model (bytes, FLOPs, overheads) of a shape on a profile;
 - :mod:`.predictor`: that model calibrated by measurement on this machine (``calibrate``);
-- :mod:`.planner`: candidate students of the teacher's family, ranked and explained.
+- :mod:`.planner`: candidate students of the teacher's family, ranked and explained;
+- :mod:`.progressive`: the chain of students of a progressive distillation.
 
 Pure Python: planning needs no torch and no weights.
 """
-from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, MAX_STAGE_DROP, Plan,
-                                      PlanConfig, candidate_table, deployment,
-                                      enumerate_candidates, plan, progressive_chain)
+from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, Plan, PlanConfig,
+                                      candidate_table, deployment, enumerate_candidates,
+                                      failures, plan)
+from edgedistill.plan.progressive import MAX_STAGE_DROP, progressive_chain
 
 __all__ = ["DEFAULT_SPEEDUP", "Candidate", "Plan", "PlanConfig", "candidate_table", "deployment",
-           "enumerate_candidates", "plan", "MAX_STAGE_DROP", "progressive_chain"]
+           "enumerate_candidates", "failures", "plan", "MAX_STAGE_DROP", "progressive_chain"]

@@ -18,7 +18,7 @@ split at the last-level cache size: a model of tens of MB partly lives in the ca
 log-linear model over the same terms is fitted too; whichever generalises better in
 cross-validation on the calibration's own training shapes is used (``fit.chosen``).
 
-Pure Python: ``plan`` must not import numpy or torch. The fitting lives in calibrate.py.
+Pure Python: ``plan`` must not import numpy or torch. The fitting lives in calibrate/.
 """
 from __future__ import annotations
 
