@@ -106,7 +106,7 @@ def onnx_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         if quant.startswith("qdq_") and feeds is None:
             feeds = _calibration_feeds(ref, fp32, calib, threads)
         path = quantize_onnx(fp32, quant, block_size=block, calibration=feeds)
-        v = verify(path, "onnx", quant, ref, threads)
+        v = verify(path, "onnx", quant, ref, threads, float_graph=fp32)
         _report(log, ref.encoder, "onnx", quant, path, v, t0)
         arts.append(Artifact(path, "onnx", quant, v))
         _record(ledger, arts[-1])
@@ -124,8 +124,9 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
     fp32 = _onnx_model(ref, out_dir, ledger, log)
     t0 = time.time()
     schemes = ["fp32"] + [q for q in quants if q in qdq.SCHEMES]
-    kept = {q: a for q in schemes if (a := _kept(ledger, log, ref.encoder, 
-                                                 "onnx", q, npu.fixed_path(fp32, graphs[0], q), recorded_files=True)) is not None}
+    kept = {q: a for q in schemes
+            if (a := _kept(ledger, log, ref.encoder, "onnx", q,
+                           npu.fixed_path(fp32, graphs[0], q), recorded_files=True)) is not None}
     if len(kept) == len(schemes):
         return [kept[q] for q in schemes]
     items = ref.items[:eval_items]

@@ -18,12 +18,20 @@ from edgedistill.teacher import Pooling
 
 # -- torch (the reference) --------------------------------------------------------------------
 
-def torch_causal_logits(model_dir: Path, seqs: list[list[int]]) -> list[np.ndarray]:
+def torch_model(model_dir: Path, encoder: bool):
+    """The HF model in float32, in eval mode (AutoModel for encoders)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
+    cls = AutoModel if encoder else AutoModelForCausalLM
+    return cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def torch_causal_logits(model_dir: Path, seqs: list[list[int]], model=None) -> list[np.ndarray]:
+    """``model``: run this one (e.g. with other weights) instead of loading ``model_dir``'s."""
+    import torch
+
+    model = model or torch_model(model_dir, False)
     out = []
     with torch.inference_mode():
         for ids in seqs:
@@ -45,13 +53,12 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
 
 
 def torch_sentence_embeddings(model_dir: Path, texts: list[str], pooling: Pooling,
-                              max_len: int = 128, batch: int = 32) -> np.ndarray:
+                              max_len: int = 128, batch: int = 32, model=None) -> np.ndarray:
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
+    model = model or torch_model(model_dir, True)
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch):

@@ -119,13 +119,17 @@ CONFIDENT_MARGIN = 0.1
 """Nats between torch's top-1 and top-2 logits above which a token counts as 'confident'."""
 
 
-def logit_figures(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
+def logit_figures(ref: list[np.ndarray], got: list[np.ndarray],
+                  seqs: list[list[int]] | None = None) -> dict:
     """Compare per-sequence logits (T, V) from torch (``ref``) and an artifact (``got``).
     Besides the thresholded figures, ``top1_agreement_confident`` counts only tokens whose
     torch top-2 margin is at least CONFIDENT_MARGIN: flips there are real, flips between
-    near-tied tokens are rounding."""
+    near-tied tokens are rounding. ``kl_p999``: the 99.9th percentile of the per-token KL;
+    with ``seqs`` (the token ids the logits were computed on), ``rms_dp``: the RMS change of
+    the probability of each actual next token (llama.cpp's KL-divergence statistics)."""
     diffs, agree, kls, n, conf, conf_agree, scale = [], 0, 0.0, 0, 0, 0, 0.0
-    for r, g in zip(ref, got):
+    per_token, dps = [], []
+    for i, (r, g) in enumerate(zip(ref, got)):
         if r.shape != g.shape:
             raise ValueError(f"logit shapes differ: torch {r.shape} vs artifact {g.shape}")
         diffs.append(float(np.abs(r.astype(np.float64) - g).max()))
@@ -137,12 +141,23 @@ def logit_figures(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
         conf += int(sure.sum())
         conf_agree += int((same & sure).sum())
         lr, lg = _log_softmax(r), _log_softmax(g)
-        kls += float((np.exp(lr) * (lr - lg)).sum())
+        tok_kl = (np.exp(lr) * (lr - lg)).sum(-1)
+        per_token.append(tok_kl)
+        kls += float(tok_kl.sum())
         n += r.shape[0]
-    return {"max_abs_diff": max(diffs), "max_rel_diff": max(diffs) / max(scale, 1e-12),
-            "max_abs_logit": scale, "top1_agreement": agree / n, "kl": kls / n,
-            "top1_agreement_confident": conf_agree / conf if conf else None,
-            "confident_share": conf / n, "tokens": n}
+        if seqs is not None:
+            nxt = np.asarray(seqs[i][1:r.shape[0]], dtype=np.int64)
+            rows = np.arange(len(nxt))
+            dps.append(np.exp(lg[rows, nxt]) - np.exp(lr[rows, nxt]))
+    out = {"max_abs_diff": max(diffs), "max_rel_diff": max(diffs) / max(scale, 1e-12),
+           "max_abs_logit": scale, "top1_agreement": agree / n, "kl": kls / n,
+           "kl_p999": float(np.percentile(np.concatenate(per_token), 99.9)),
+           "top1_agreement_confident": conf_agree / conf if conf else None,
+           "confident_share": conf / n, "tokens": n}
+    if dps:
+        dp = np.concatenate(dps)
+        out["rms_dp"] = float(np.sqrt((dp ** 2).mean())) if len(dp) else 0.0
+    return out
 
 
 def embedding_figures(ref: np.ndarray, got: np.ndarray) -> dict:

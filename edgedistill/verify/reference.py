@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.arch import ModelShape, shape_from_config
+from edgedistill.formats import quant_type
 from edgedistill.records import Verdict
 from edgedistill.runtimes import outputs as rt
 from edgedistill.runtimes.child import RuntimeFailure
 from edgedistill.teacher import Pooling, sentence_pooling
+from edgedistill.verify import own
 from edgedistill.verify.parity import (embedding_figures, failed_to_run, judge, logit_figures,
                                        threshold_for)
 
@@ -95,15 +97,67 @@ def figures(ref: Reference, got) -> dict:
     return embedding_figures(ref.outputs, got) if ref.encoder else logit_figures(ref.outputs, got)
 
 
-def verify(path: str | Path, fmt: str, quant: str, ref: Reference, threads: int = 2) -> Verdict:
-    """Run ``path`` in its runtime on ``ref``'s items and judge it against torch with the
-    table's limits for ``fmt:quant``. A file the runtime cannot run is ``failed`` with
-    ``error`` set."""
+def verify(path: str | Path, fmt: str, quant: str, ref: Reference, threads: int = 2,
+           float_graph: str | Path | None = None) -> Verdict:
+    """Run ``path`` in its runtime on ``ref``'s items and judge it. Float files, and
+    quantizations whose weights cannot be decoded (static QDQ, dynamic int8): against torch,
+    with the table's limits for ``fmt:quant``. Quantized GGUF files and MatMulNBits ONNX
+    files: against their own decoded weights (verify/own.py); ``float_graph``: the ONNX
+    file's float graph (default: ``model.onnx`` beside it). A file the runtime cannot run is
+    ``failed`` with ``error`` set."""
+    path = Path(path)
     th = threshold_for(fmt, quant, ref.encoder)
     try:
-        got = outputs(Path(path), fmt, ref, threads)
+        got = outputs(path, fmt, ref, threads)
+        if not quant_type(fmt, quant).is_float:
+            if fmt == "gguf":
+                return _judge_gguf_own(path, ref, got)
+            float_graph = Path(float_graph or path.with_name("model.onnx"))
+            if float_graph.is_file() and own.is_nbits(path):
+                return _judge_onnx_own(path, float_graph, ref, got, threads)
     except (RuntimeFailure, OSError, ValueError) as e:
         return failed_to_run(f"{type(e).__name__}: {e}", th)
     except Exception as e:  # onnxruntime raises its own exception types on bad models
         return failed_to_run(f"{type(e).__name__}: {str(e)[:300]}", th)
     return judge(figures(ref, got), th)
+
+
+def _judge(ref: Reference, got, mine, rows: list[dict]) -> Verdict:
+    """A quantized file's outputs ``got`` and its own weights' ``mine``: the verdict."""
+    if ref.encoder:
+        return own.judge_own(True, embedding_figures(ref.outputs, got),
+                             embedding_figures(ref.outputs, mine),
+                             embedding_figures(mine, got), rows)
+    return own.judge_own(False, logit_figures(ref.outputs, got, ref.items),
+                         logit_figures(ref.outputs, mine, ref.items),
+                         logit_figures(mine, got), rows, own.centred_rel_rms(mine, got))
+
+
+def _judge_gguf_own(path: Path, ref: Reference, got) -> Verdict:
+    """torch with the GGUF file's decoded tensors is the file's own-weights reference."""
+    import torch
+
+    model = rt.torch_model(ref.model_dir, ref.encoder)
+    state, rows = own.gguf_own_state(path, model, ref.shape)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in state:
+                p.copy_(torch.from_numpy(state[name]))
+    if ref.encoder:
+        mine = rt.torch_sentence_embeddings(ref.model_dir, ref.items, ref.pooling, model=model)
+    else:
+        mine = rt.torch_causal_logits(ref.model_dir, ref.items, model=model)
+    return _judge(ref, got, mine, rows)
+
+
+def _judge_onnx_own(path: Path, float_graph: Path, ref: Reference, got,
+                    threads: int) -> Verdict:
+    """The float graph with the file's decoded MatMulNBits weights, in onnxruntime, is the
+    file's own-weights reference (the float graph itself is verified against torch)."""
+    decoded = path.with_name(f".{path.stem}.own.onnx")
+    try:
+        rows = own.onnx_own_graph(path, float_graph, decoded)
+        mine = outputs(decoded, "onnx", ref, threads)
+    finally:
+        decoded.unlink(missing_ok=True)
+    return _judge(ref, got, mine, rows)
