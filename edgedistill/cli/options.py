@@ -62,6 +62,13 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--route", type=route, action="append", default=None, metavar="GLOB=N",
                    help="several teachers: data files matching GLOB learn teacher N's "
                    "distribution alone (N from 1, in --teacher order); repeatable")
+    p.add_argument("--quant-aware", default=None, metavar="FMT:QUANT",
+                   help="quant-aware distillation: train the last part of the steps through "
+                   "the exact grid of FMT:QUANT (gguf:q4_0, gguf:q8_0); the student holds "
+                   "the rounded weights")
+    p.add_argument("--quant-aware-share", type=fraction, default=None, metavar="F",
+                   help="--quant-aware: the share of the steps, at the end, trained through "
+                   "the grid (default 0.25)")
     p.add_argument("--teacher-dtype", default=None,
                    help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
                    "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")
@@ -127,4 +134,6 @@ def distill_config(args, student: str | None = None):
                          **_given(args, init="init", teacher_dtype="teacher_dtype",
                                   stages="stages", progressive_teacher="progressive_teacher",
                                   final_share="final_share", max_stage_drop="max_stage_drop",
-                                  teacher_weights="teacher_weights", routes="route"))
+                                  teacher_weights="teacher_weights", routes="route",
+                                  quant_aware="quant_aware",
+                                  quant_aware_share="quant_aware_share"))

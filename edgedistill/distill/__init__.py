@@ -19,6 +19,7 @@ from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, pla
                               stdlib_source)
 from edgedistill.distill.config import (DataConfig, DistillConfig, DistillResult, KDConfig,
                                         TRAIN_DEFAULTS, TrainConfig, auto_teacher_dtype)
+from edgedistill.distill import quant_aware
 from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.progressive import distill_progressive
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
@@ -216,7 +217,9 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         files_id(x.path) for x in pn.text_only]
     run_key = fingerprint(t.config, files_id(t.path), others, student_cfg,
                           str(student), data_hash, asdict(kd), asdict(data_cfg), init,
-                          asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0})
+                          asdict(train) | {"steps": 0, "eval_every": 0, "save_every": 0},
+                          *([config.quant_aware, config.quant_aware_share]
+                            if config.quant_aware else []))
     log(f"data: {data_desc}")
 
     from accelerate import PartialState
@@ -294,11 +297,15 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                if not encoder else {}))
 
     t0 = time.time()
+    qad = quant_aware.phase(config.quant_aware, config.quant_aware_share,
+                            recipe.train_cfg.steps)
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
                            recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,
-                           policy_fn=recipe.policy_fn)
+                           policy_fn=recipe.policy_fn, qad=qad)
     trained = metrics.pop("unwrapped")
     student_dir = run_dir / "student"
+    if qad is not None:  # the saved student is the fake-quant model the file will hold
+        metrics["quant_aware"] = qad.record(qad.bake(trained.student))
     if metrics.pop("is_main"):
         _save_student(trained.student, init_dir, student_dir)
         if pn is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from edgedistill.arch import shape_from_config
+from edgedistill.distill.quant_aware import parse as parse_quant_aware
 from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.plan import MAX_STAGE_DROP
 
@@ -222,6 +223,12 @@ class DistillConfig:
     teacher_weights: Optional[tuple] = None
     """Several teachers: each one's weight in the mixture of their distributions, in the
     order given (normalized; default equal)."""
+    quant_aware: Optional[str] = None
+    """Quant-aware distillation: ``FMT:QUANT`` (``gguf:q4_0``, ``gguf:q8_0``) whose exact grid
+    the student's layer matrices are trained through in the last ``quant_aware_share`` of the
+    steps; the saved student holds the rounded weights (distill/quant_aware.py)."""
+    quant_aware_share: float = 0.25
+    """The share of the steps, at the end of the run, that train through the grid."""
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """The frozen teacher's dtype. auto: bf16 on a GPU that has it (else fp16), and on a CPU
     with native bf16 instructions (AVX512-BF16, AMX, ARM BF16; 3.1-3.2x faster forward than
@@ -254,6 +261,13 @@ class DistillConfig:
                      f"--teacher-weights must be positive numbers, not {list(ws)}.",
                      "write e.g. --teacher-weights 0.6,0.4")
             object.__setattr__(self, "teacher_weights", ws)
+        _require(0 < self.quant_aware_share <= 1, f"--quant-aware-share must lie in (0, 1], "
+                 f"not {self.quant_aware_share}.", "use e.g. --quant-aware-share 0.25")
+        if self.quant_aware is not None:
+            parse_quant_aware(self.quant_aware)
+            _require(self.stages == 1, "--quant-aware trains one student; a progressive "
+                     "chain trains several.", "drop --progressive / --stages, or "
+                     "--quant-aware")
         _require(self.teacher_dtype in TEACHER_DTYPES,
                  f"unknown --teacher-dtype {self.teacher_dtype!r}.",
                  f"use one of {', '.join(TEACHER_DTYPES)}")

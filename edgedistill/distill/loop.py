@@ -171,13 +171,15 @@ def on_policy_step(step: int, share: float, seed: int) -> bool:
 
 def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg: TrainConfig,
           run_dir: Path, fingerprint: str, resume: bool = False, log=None,
-          policy_fn=None) -> dict:
+          policy_fn=None, qad=None) -> dict:
     """Train ``module`` for ``cfg.steps`` optimizer steps.
 
     teacher_fn(batch) -> teacher outputs (no grad); batch_fn(indices) -> batch dict;
     val_fn(module) -> dict of validation figures; policy_fn(student, batch, seed) -> the
     batch rewritten by the student (on-policy steps, a share ``module.kd.on_policy`` of
-    them). Returns the metrics dict (also written to run_dir/train_log.jsonl as it goes)."""
+    them); ``qad``: a :class:`~edgedistill.distill.quant_aware.QuantAware` phase, switched on
+    at its start step (also after a resume past it). Returns the metrics dict (also written
+    to run_dir/train_log.jsonl as it goes)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -213,6 +215,11 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
     share = module.kd.on_policy if policy_fn else 0.0
     for step in range(start, cfg.steps):
         model.train()
+        if qad is not None and step >= qad.start and not qad.modules:
+            n = qad.enable(acc.unwrap_model(model).student)
+            if log and acc.is_main_process:
+                log(f"step {step}: quant-aware phase on: {n} matrices trained through the "
+                    f"{qad.spec} grid for the last {cfg.steps - qad.start} steps")
         step_loss = 0.0
         policy = on_policy_step(step, share, cfg.seed)
         for m in range(cfg.grad_accum):

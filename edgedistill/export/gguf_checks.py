@@ -2,12 +2,14 @@
 matrix where it helps), and the tokenizer as llama.cpp runs it, each checked against torch."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from edgedistill.convert.gguf import FLOAT_TYPES, export_gguf
+from edgedistill.distill.quant_aware import trained_grid
 from edgedistill.convert.gguf_vocab import unicode_normalization
 from edgedistill.export.checks import _kept, _record, _report
 from edgedistill.formats import quant_type
@@ -117,8 +119,12 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
                 ledger.put("gguf:tokenizer_parity", [], tp)
         return path
 
+    trained = trained_grid(json.loads((ref.model_dir / "config.json").read_text()))
+
     def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
         v = verify(path, "gguf", quant, ref, threads)
+        if trained:
+            quantization = dict(quantization or {}, quant_aware=trained)
         if not tp["passed"]:
             v.fail(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} probe texts "
                    "tokenize differently in llama.cpp")
@@ -126,9 +132,11 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         note = _fallback_note(quant, types)
         if tp.get("normalization"):
             note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
-        if quantization:
+        if quantization and quantization.get("importance_matrix"):
             note = "; ".join(filter(None, [note, _importance_note(
                 quantization["importance_matrix"])]))
+        if trained:
+            note = "; ".join(filter(None, [note, _quant_aware_note(trained, quant, v)]))
         _report(log, ref.encoder, "gguf", quant, path, v, t0)
         arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
         _record(ledger, arts[-1])
@@ -153,7 +161,9 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         src = source("f32")
         if "f32" not in floats:
             scratch.append(src)
-        weigh = bool(calib) and q in IMPORTANCE_QUANTS
+        # a student trained on this file's grid is written as it is: an importance matrix
+        # would move its weights off the grid they were trained on
+        weigh = bool(calib) and q in IMPORTANCE_QUANTS and trained != f"gguf:{q}"
         if weigh and tokens is None:  # measured once, for the first quantization using it
             tokens = ledger.get("gguf:importance", [npz])
             if tokens is None:
@@ -236,6 +246,21 @@ def _importance_note(imp: dict) -> str:
         what += (f" (calibration {cal['metric']} on {cal['items']} items: weighted "
                  f"{fig['weighted']}, plain llama.cpp {fig['plain']})")
     return what
+
+
+def _quant_aware_note(trained: str, quant: str, v) -> str:
+    """Say what quant-aware training the file's model had, and whether the file holds
+    exactly the trained weights."""
+    if trained != f"gguf:{quant}":
+        return f"the model was trained quant-aware for {trained}, not for this file"
+    w = v.figures.get("weights") or {}
+    if not w:
+        return f"trained quant-aware for {trained}"
+    exact, quantized = w.get("exact", 0), w.get("quantized", 0)
+    return (f"trained quant-aware for {trained}: {exact} of its {quantized} quantized "
+            "matrices hold exactly the trained weights"
+            + (" (the others are in a type with no training grid yet: Q6_K)"
+               if exact < quantized else ""))
 
 
 def _fallback_note(quant: str, types: dict | None) -> str:

@@ -1,0 +1,89 @@
+"""Quant-aware distillation: the last steps train through the file's exact grid, the saved
+student holds the rounded weights, and llama.cpp's file holds exactly those."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgedistill import quantgrid
+from edgedistill.distill import DataConfig, DistillConfig, TrainConfig, distill
+from edgedistill.distill.quant_aware import CONFIG_KEY, phase
+from edgedistill.errors import EdgeDistillError
+from edgedistill.export import ExportConfig, export
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from edgedistill.data import stdlib_source
+
+    p = tmp_path_factory.mktemp("data") / "code.txt"
+    p.write_text(stdlib_source(60_000))
+    return p
+
+
+def test_the_phase_is_the_last_share_of_the_steps():
+    assert phase(None, 0.25, 100) is None
+    p = phase("gguf:q4_0", 0.25, 100)
+    assert (p.start, p.fmt, p.quant) == (75, "gguf", "q4_0")
+    assert phase("gguf:q8_0", 0.01, 10).start == 9  # at least one step
+    assert phase("gguf:q8_0", 1.0, 10).start == 0
+    for bad, hint in (("q4_0", "gguf:q4_0"), ("gguf:q4_k_m", "gguf:q4_0"),
+                      ("onnx:int4", "gguf:q8_0")):
+        with pytest.raises(EdgeDistillError) as e:
+            DistillConfig(quant_aware=bad)
+        assert hint in (e.value.hint or "")
+    with pytest.raises(EdgeDistillError, match="--quant-aware-share"):
+        DistillConfig(quant_aware="gguf:q4_0", quant_aware_share=0)
+    with pytest.raises(EdgeDistillError, match="progressive"):
+        DistillConfig(quant_aware="gguf:q4_0", stages=2)
+
+
+@pytest.mark.slow
+def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file, tmp_path):
+    """distill --teacher M --student M --quant-aware gguf:q4_0: the layers' matrices end on
+    the Q4_0 grid, the config says so, the last steps trained through the grid, and the Q4_0
+    file holds exactly the trained weights (no importance matrix moves them)."""
+    res = distill(trained_llama, "laptop", text_file, tmp_path / "run",
+                  DistillConfig(student=str(trained_llama), quant_aware="gguf:q4_0",
+                                train=TrainConfig(steps=8, batch_size=2, lr=1e-3, eval_every=4,
+                                                  save_every=0),
+                                data=DataConfig(seq_len=32)))
+    qa = res.metrics["quant_aware"]
+    assert qa["format"] == "gguf:q4_0" and qa["start_step"] == 6 and qa["steps"] == 2
+    # q, k, v, o, gate, up, down x 2 layers; the untied embedding (Q4_0) and head (hidden 64
+    # does not divide into Q6_K's blocks: llama.cpp falls back on Q8_0)
+    assert qa["tensors"] == 16
+    cfg = json.loads((res.student_dir / "config.json").read_text())
+    assert cfg[CONFIG_KEY] == "gguf:q4_0"
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(res.student_dir)
+    on_grid = [n for n, p in m.named_parameters()
+               if p.dim() == 2 and ".layers." in n and torch.equal(quantgrid.q4_0(p), p)]
+    assert len(on_grid) == 14
+    assert torch.equal(quantgrid.q4_0(m.model.embed_tokens.weight), m.model.embed_tokens.weight)
+    assert torch.equal(quantgrid.q8_0(m.lm_head.weight), m.lm_head.weight)
+    log = (res.run_dir / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 8
+
+    out = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",), quants=("q4_0",)),
+                 tmp_path / "export")
+    art = out.artifacts[0]
+    assert art.status != "failed", art.verdict.failures
+    assert art.quantization["quant_aware"] == "gguf:q4_0"
+    assert "importance_matrix" not in art.quantization
+    assert art.verdict.figures["weights"]["exact"] == 16
+    assert "16 of its 16 quantized matrices hold exactly the trained weights" in art.note
+
+
+def test_cli_refuses_a_format_without_a_grid(trained_llama, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgedistill", "distill", "--teacher",
+                        str(trained_llama), "--quant-aware", "gguf:q4_k_m", "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "no fake-quant grid for gguf:q4_k_m" in r.stderr and "gguf:q4_0" in r.stderr
+    assert not (tmp_path / "run").exists()
