@@ -15,10 +15,12 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from edgedistill.arch import shape_from_config
 from edgedistill.bench import BenchConfig, artifacts_of_run, bench
 from edgedistill.calibrate.verify import verify_plan
 from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
+from edgedistill.distill.quant_aware import default_for
 from edgedistill.distill.teachers import primary_index, teacher_list
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export import ExportConfig, export, resolve_formats
@@ -49,6 +51,10 @@ class RunConfig:
     """How the files are measured (--new-tokens, --repeats, ...)."""
     baselines: bool = True
     """Export and measure the teacher too, the same way (--no-baselines turns it off)."""
+    quant_aware: bool = True
+    """Train quant-aware where the profile's deployment file loses measurably (4-bit
+    weights with a training grid; ``distill.quant_aware.default_for``) unless
+    ``distill.quant_aware`` names a file; False (--no-quant-aware): never."""
     verify_plan: int = 0
     """Check the planner's choice by measurement (--verify-plan K): the K candidates around
     it are timed here (``calibrate.verify.verify_plan``); written to plan_verify.json and reported.
@@ -58,6 +64,10 @@ class RunConfig:
         if self.verify_plan and self.verify_plan < 2:
             raise EdgeDistillError(f"--verify-plan {self.verify_plan}: ranking needs at least "
                                    "2 candidates.", "use e.g. --verify-plan 6, or 0 for none")
+        if not self.quant_aware and self.distill.quant_aware:
+            raise EdgeDistillError(f"--quant-aware {self.distill.quant_aware} and "
+                                   "--no-quant-aware contradict each other.",
+                                   "keep one of them")
         if self.distill.student is not None:
             raise EdgeDistillError("the whole chain plans and builds its own student.",
                                    "drop DistillConfig.student, or run 'edgedistill distill "
@@ -100,7 +110,15 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     step = iter(range(1, total + 1))
 
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
-    key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(config.distill))
+    dcfg = config.distill
+    if not config.quant_aware:
+        dcfg = replace(dcfg, quant_aware=None)
+    elif dcfg.quant_aware is None:
+        spec, why = default_for(prof, shape_from_config(t.config, "teacher").is_encoder)
+        log(f"quant-aware distillation: {'on, for ' + spec if spec else 'off'} ({why}"
+            + ("; --no-quant-aware turns it off)" if spec else ")"))
+        dcfg = replace(dcfg, quant_aware=spec)
+    key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(dcfg))
     student_dir = run_dir / "student"
     if stages.get("distill", key=key) is not None and (student_dir / "config.json").is_file():
         log(f"[{next(step)}/{total}] distill: inputs unchanged, kept {student_dir}")
@@ -114,7 +132,7 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
             stages.put("distill_started", [], {}, key=key)
         log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
         distill(teachers if len(teachers) > 1 else (t.path if t.path else teachers[0]), prof,
-                data, run_dir, config.distill,
+                data, run_dir, dcfg,
                 plan_config=plan_config, resume=resume)
         stages.put("distill", folder_files(student_dir), {}, key=key)
 

@@ -180,6 +180,14 @@ def test_internal_error_exit_1_traceback_only_in_debug(monkeypatch, capsys):
      "--verify-plan only apply to the whole chain"),
     (["export", "--teacher", "t", "--verify-plan", "1"], "--verify-plan 1: ranking needs"),
     (["distill", "--final-share", "1"], "--final-share must lie in [0, 1)"),
+    (["distill", "--quant-aware", "gguf:q5_k_m"], "no fake-quant grid for gguf:q5_k_m"),
+    (["distill", "--quant-aware", "q4_0"], "--quant-aware takes FMT:QUANT"),
+    (["distill", "--quant-aware", "gguf:q4_0", "--quant-aware-share", "0"],
+     "--quant-aware-share must lie in (0, 1]"),
+    (["export", "--teacher", "t", "--quant-aware", "gguf:q4_0", "--no-quant-aware"],
+     "--quant-aware gguf:q4_0 and --no-quant-aware contradict"),
+    (["export", "--student", "s", "--no-quant-aware"],
+     "--no-quant-aware only apply to the whole chain"),
 ])
 def test_configs_catch_bad_inputs_before_any_work(argv, words, tmp_path, capsys):
     neox = write_config(tmp_path / "neox", {"model_type": "gpt_neox", "hidden_size": 64,

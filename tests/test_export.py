@@ -74,6 +74,15 @@ def test_qwen2_onnx_quantizations_and_gguf(trained_qwen2, tmp_path):
     int4 = _nbits_of(arts[("onnx", "int4")].path)
     assert all(b == "8" for n, b in int4.items() if "down_proj" in n or "v_proj" in n)
     assert all(b == "4" for n, b in int4.items() if "q_proj" in n or "up_proj" in n)
+    # int4: the tied head is its own 8-bit weight, the table 4-bit blocks; no float copy left
+    import onnx
+
+    g = onnx.load(str(arts[("onnx", "int4")].path)).graph
+    assert {n.op_type for n in g.node} >= {"GatherBlockQuantized"}
+    assert not [t.name for t in g.initializer if t.data_type == 1
+                and sorted(t.dims) == [64, 320]], "a float embedding table is left in int4"
+    assert arts[("onnx", "int4")].path.stat().st_size < arts[("onnx", "int8")].path.stat().st_size
+    assert arts[("onnx", "int4")].verdict.figures["weights"]["beyond"] == 0
     assert arts[("gguf", "f16")].status == "passed"  # tied embeddings + QKV bias
     assert arts[("gguf", "q8_0")].status == "passed"
 

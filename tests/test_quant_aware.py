@@ -31,7 +31,8 @@ def test_the_phase_is_the_last_share_of_the_steps():
     assert (p.start, p.fmt, p.quant) == (75, "gguf", "q4_0")
     assert phase("gguf:q8_0", 0.01, 10).start == 9  # at least one step
     assert phase("gguf:q8_0", 1.0, 10).start == 0
-    for bad, hint in (("q4_0", "gguf:q4_0"), ("gguf:q4_k_m", "gguf:q4_0"),
+    assert phase("gguf:q4_k_m", 0.5, 10).start == 5
+    for bad, hint in (("q4_0", "gguf:q4_k_m"), ("gguf:q5_k_m", "gguf:q4_0"),
                       ("onnx:int4", "gguf:q8_0")):
         with pytest.raises(EdgeDistillError) as e:
             DistillConfig(quant_aware=bad)
@@ -40,6 +41,26 @@ def test_the_phase_is_the_last_share_of_the_steps():
         DistillConfig(quant_aware="gguf:q4_0", quant_aware_share=0)
     with pytest.raises(EdgeDistillError, match="progressive"):
         DistillConfig(quant_aware="gguf:q4_0", stages=2)
+
+
+def test_the_whole_chains_default_and_the_deployed_file_check():
+    """On by default where the deployment file has 4-bit weights with a grid (the laptop's
+    Q4_K_M, causal LMs only); off for encoders, 8-bit files and QDQ; a file the profile
+    does not deploy is refused."""
+    from edgedistill.distill.quant_aware import check_deployed, default_for
+    from edgedistill.profiles import load_profile
+
+    laptop, npu = load_profile("laptop"), load_profile("phone-npu")
+    assert default_for(laptop, False)[0] == "gguf:q4_k_m"
+    spec, why = default_for(laptop, True)
+    assert spec is None and "encoders" in why
+    spec, why = default_for(npu, False)
+    assert spec is None and "qdq" in why
+    check_deployed("gguf:q4_0", laptop)
+    with pytest.raises(EdgeDistillError) as e:
+        check_deployed("gguf:q4_0", npu)
+    assert "phone-npu profile does not deploy" in str(e.value) and "onnx:qdq_a16w8" in str(
+        e.value)
 
 
 @pytest.mark.slow
@@ -56,7 +77,7 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
     assert qa["format"] == "gguf:q4_0" and qa["start_step"] == 6 and qa["steps"] == 2
     # q, k, v, o, gate, up, down x 2 layers; the untied embedding (Q4_0) and head (hidden 64
     # does not divide into Q6_K's blocks: llama.cpp falls back on Q8_0)
-    assert qa["tensors"] == 16
+    assert qa["tensors"] == 16 and qa["trained_types"] == {"Q4_0": 15, "Q8_0": 1}
     cfg = json.loads((res.student_dir / "config.json").read_text())
     assert cfg[CONFIG_KEY] == "gguf:q4_0"
     from transformers import AutoModelForCausalLM
@@ -82,8 +103,8 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
 
 def test_cli_refuses_a_format_without_a_grid(trained_llama, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgedistill", "distill", "--teacher",
-                        str(trained_llama), "--quant-aware", "gguf:q4_k_m", "--out",
+                        str(trained_llama), "--quant-aware", "gguf:q5_k_m", "--out",
                         str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "no fake-quant grid for gguf:q4_k_m" in r.stderr and "gguf:q4_0" in r.stderr
+    assert "no fake-quant grid for gguf:q5_k_m" in r.stderr and "gguf:q4_k_m" in r.stderr
     assert not (tmp_path / "run").exists()

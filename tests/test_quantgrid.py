@@ -25,67 +25,94 @@ def _awkward(rows: int = 16, cols: int = 128) -> torch.Tensor:
     return w
 
 
-@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
-def test_grids_equal_ggml_reference_quantizers(quant):
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+def test_grids_equal_ggml_reference_quantizers(kind):
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
     w = _awkward()
-    kind = getattr(GGMLQuantizationType, quant.upper())
-    want = dequantize(quantize(w.numpy(), kind), kind)
-    got = quantgrid.grid("gguf", quant)(w).numpy()
+    t = getattr(GGMLQuantizationType, kind)
+    want = dequantize(quantize(w.numpy(), t), t)
+    got = quantgrid.GGML_GRIDS[kind](w).numpy()
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind, rtn", [("Q4_K", 0.12), ("Q6_K", 0.03)])
+def test_k_quant_grids_are_idempotent_and_close(kind, rtn):
+    """A k-quant grid's values are on the grid (rounding them again changes nothing), and
+    round about as tightly as a plain rounding in the same bits."""
+    w = _awkward(16, 512)
+    y = quantgrid.GGML_GRIDS[kind](w)
+    assert torch.equal(quantgrid.GGML_GRIDS[kind](y), y)
+    assert float((y - w).norm() / w.norm()) < rtn
+    assert torch.equal(y[0, :32], torch.zeros(32))
 
 
 def test_fake_quant_passes_gradients_straight_through():
     w = _awkward().requires_grad_()
-    y = quantgrid.fake_quant(w, "gguf", "q4_0")
+    y = quantgrid.fake_quant(w, "Q4_0")
     assert torch.equal(y.detach(), quantgrid.q4_0(w.detach()))
     (y * 3).sum().backward()
     assert torch.equal(w.grad, torch.full_like(w, 3.0))
 
 
 def test_a_format_without_a_grid_is_a_clear_error():
-    with pytest.raises(EdgeDistillError) as e:
-        quantgrid.grid("gguf", "q4_k_m")
-    assert "gguf:q4_0" in e.value.hint
+    assert quantgrid.file_types("gguf", "q4_k_m") == {"Q4_K", "Q6_K"}
+    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int4"), ("gguf", "f16")):
+        with pytest.raises(EdgeDistillError) as e:
+            quantgrid.file_types(fmt, quant)
+        assert "gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0" in e.value.hint
     with pytest.raises(ValueError):
         quantgrid.q4_0(torch.zeros(4, 40))
+    with pytest.raises(ValueError):
+        quantgrid.q4_k(torch.zeros(4, 288))
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
+@pytest.fixture(scope="module")
+def llama256(tmp_path_factory):
+    """Rows of 256 and 512, which k-quant blocks divide; an untied head."""
+    from edgedistill.toy import make_causal_lm
+
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "llama256", hidden=256, layers=2,
+                          heads=4, kv_heads=2, ffn=512, vocab=320, steps=20, seq_len=64,
+                          chars=100_000, lr=1e-2)
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0", "q4_k_m", "q6_k"])
 def test_llama_cpp_writes_weights_on_the_grid_bit_for_bit(
-        trained_llama, trained_qwen2, tmp_path, quant, family):
-    """Every matrix the quant-aware targets put on a grid (an untied llama: layers,
-    embedding, head; a tied qwen2: layers and the shared embedding) is stored by llama.cpp
-    in that grid's type and decodes to exactly the baked weights (the F32 file of the same
-    model holds them): requantizing changes nothing, the exact export of a quant-aware
-    student."""
+        llama256, trained_qwen2, tmp_path, quant):
+    """Every matrix of the file's types with a grid (here all: Q4_K_M's Q4_K and Q6_K, Q4_0's
+    Q6_K output, ...), put on its grid, is stored by llama.cpp in that type and decodes to
+    exactly the baked weights (the F32 file of the same model holds them): requantizing
+    changes nothing, the exact export of a quant-aware student. Q4_0 and Q8_0 also on a
+    tied qwen2 whose rows k-quants do not divide (its Q6_K output falls back on Q8_0)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from transformers import AutoModelForCausalLM
 
     from edgedistill.convert.gguf import export_gguf
-    from edgedistill.distill.quant_aware import targets
+    from edgedistill.distill.quant_aware import ggml_types, targets
     from edgedistill.quantize.gguf import quantize_gguf
 
-    src_dir = trained_llama if family == "llama" else trained_qwen2
-    model = tmp_path / "on-grid"
-    shutil.copytree(src_dir, model)
-    m = AutoModelForCausalLM.from_pretrained(src_dir)
-    baked = {}
-    with torch.no_grad():
-        for mod, q in targets(m, quant):
-            mod.weight.copy_(quantgrid.grid("gguf", q)(mod.weight))
-            baked[id(mod.weight)] = q
-    m.save_pretrained(model)
-    f32 = export_gguf(model, tmp_path / "m.f32.gguf", "f32")
-    qfile, _ = quantize_gguf(f32, quant, tmp_path / f"m.{quant}.gguf")
-    src = {t.name: np.asarray(t.data) for t in GGUFReader(str(f32)).tensors}
-    stored = [t for t in GGUFReader(str(qfile)).tensors if t.tensor_type.name not in ("F32",)]
-    for t in stored:
-        dec = dequantize(np.asarray(t.data), t.tensor_type).reshape(src[t.name].shape)
-        assert np.array_equal(dec, src[t.name]), (t.name, t.tensor_type.name)
-    # the layers' 14 matrices, with the embedding and the head (llama) or the shared one
-    assert len(stored) == len(baked) == (16 if family == "llama" else 15)
+    for src_dir, family in ((llama256, "llama"), (trained_qwen2, "qwen2")):
+        if family == "qwen2" and quant not in ("q8_0", "q4_0"):
+            continue
+        types = ggml_types(src_dir, quant)
+        model = tmp_path / f"{family}-on-grid"
+        shutil.copytree(src_dir, model)
+        m = AutoModelForCausalLM.from_pretrained(src_dir)
+        with torch.no_grad():
+            baked = {id(mod.weight): mod.weight.copy_(quantgrid.GGML_GRIDS[k](mod.weight))
+                     for mod, k in targets(m, family, types)}
+        m.save_pretrained(model)
+        f32 = export_gguf(model, tmp_path / f"{family}.f32.gguf", "f32")
+        qfile, _ = quantize_gguf(f32, quant, tmp_path / f"{family}.{quant}.gguf")
+        src = {t.name: np.asarray(t.data) for t in GGUFReader(str(f32)).tensors}
+        stored = [t for t in GGUFReader(str(qfile)).tensors if t.tensor_type.name != "F32"]
+        assert {t.name: t.tensor_type.name for t in stored} == {
+            n: k for n, k in types.items() if k != "F32"}
+        for t in stored:
+            dec = dequantize(np.asarray(t.data), t.tensor_type).reshape(src[t.name].shape)
+            assert np.array_equal(dec, src[t.name]), (family, t.name, t.tensor_type.name)
+        # the layers' 14 matrices, with the embedding and the head (llama) or the shared one
+        assert len(stored) == len(baked) == (16 if family == "llama" else 15)

@@ -39,6 +39,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "3 for causal LMs)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not export and measure the teacher too")
+    p.add_argument("--no-quant-aware", action="store_const", const=True, default=None,
+                   help="never train quant-aware (default: on where the target's deployment "
+                   "file has 4-bit weights with a training grid, e.g. the laptop's Q4_K_M "
+                   "for causal LMs)")
     p.add_argument("--verify-plan", type=count(), default=None, metavar="K",
                    help="check the planner's choice by timing the K candidates around it on "
                    "this machine (plan --verify); the report shows it")
@@ -90,7 +94,7 @@ def run_config(args):
                      bench=BenchConfig(**_given(args, threads="threads",
                                                 new_tokens="new_tokens", repeats="repeats",
                                                 data="data")),
-                     baselines=not args.no_baselines,
+                     baselines=not args.no_baselines, quant_aware=not args.no_quant_aware,
                      **_given(args, verify_plan="verify_plan"))
 
 
@@ -158,7 +162,7 @@ def _no_training_flags(args) -> None:
     """``--student`` exports a folder: a training or planning flag would be silently ignored."""
     from edgedistill.errors import EdgeDistillError
 
-    chain_only = ["new_tokens", "repeats", "verify_plan"]
+    chain_only = ["new_tokens", "repeats", "verify_plan", "no_quant_aware"]
     given = [f"--{k.replace('_', '-')}" for k in training_dests() + chain_only
              if getattr(args, k) is not None]
     if args.teacher is not None:

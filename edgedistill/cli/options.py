@@ -64,8 +64,8 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
                    "distribution alone (N from 1, in --teacher order); repeatable")
     p.add_argument("--quant-aware", default=None, metavar="FMT:QUANT",
                    help="quant-aware distillation: train the last part of the steps through "
-                   "the exact grid of FMT:QUANT (gguf:q4_0, gguf:q8_0); the student holds "
-                   "the rounded weights")
+                   "the exact grids of FMT:QUANT (gguf:q4_k_m, gguf:q4_0, gguf:q6_k, "
+                   "gguf:q8_0); the student holds the rounded weights")
     p.add_argument("--quant-aware-share", type=fraction, default=None, metavar="F",
                    help="--quant-aware: the share of the steps, at the end, trained through "
                    "the grid (default 0.25)")

@@ -31,7 +31,7 @@ from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.logs import get_logger
 from edgedistill.machine import machine_info
 from edgedistill.plan import PlanConfig, plan, progressive_chain
-from edgedistill.profiles import DeviceProfile
+from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.runstate import files_id, fingerprint
 from edgedistill.student import build_student, copy_tokenizer
 from edgedistill.teacher import check_model_files, load_teacher
@@ -119,6 +119,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     tok = AutoTokenizer.from_pretrained(t.path)
 
     # -- the student's shape --------------------------------------------------------------
+    if config.quant_aware:  # a file the device runs, before any work
+        quant_aware.check_deployed(config.quant_aware, resolve_profile(target))
     if student is not None:
         check_model_files(student, "student", "--student")
         check_same_tokenizer(t.path, student)
@@ -298,7 +300,11 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
 
     t0 = time.time()
     qad = quant_aware.phase(config.quant_aware, config.quant_aware_share,
-                            recipe.train_cfg.steps)
+                            recipe.train_cfg.steps, init_dir)
+    if qad is not None:
+        log(f"quant-aware: the {qad.spec} file stores "
+            + ", ".join(f"{n} in {k}" for k, n in qad.record({})["file_types"].items())
+            + f"; those with a grid train through it from step {qad.start}")
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
                            recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,
                            policy_fn=recipe.policy_fn, qad=qad)

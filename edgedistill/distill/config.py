@@ -224,9 +224,10 @@ class DistillConfig:
     """Several teachers: each one's weight in the mixture of their distributions, in the
     order given (normalized; default equal)."""
     quant_aware: Optional[str] = None
-    """Quant-aware distillation: ``FMT:QUANT`` (``gguf:q4_0``, ``gguf:q8_0``) whose exact grid
-    the student's layer matrices are trained through in the last ``quant_aware_share`` of the
-    steps; the saved student holds the rounded weights (distill/quant_aware.py)."""
+    """Quant-aware distillation: ``FMT:QUANT`` (``gguf:q4_k_m``, ``gguf:q4_0``, ``gguf:q6_k``,
+    ``gguf:q8_0``) whose exact grids the student's matrices are trained through in the last
+    ``quant_aware_share`` of the steps; the saved student holds the rounded weights
+    (distill/quant_aware.py)."""
     quant_aware_share: float = 0.25
     """The share of the steps, at the end of the run, that train through the grid."""
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

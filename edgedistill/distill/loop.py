@@ -218,8 +218,8 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
         if qad is not None and step >= qad.start and not qad.modules:
             n = qad.enable(acc.unwrap_model(model).student)
             if log and acc.is_main_process:
-                log(f"step {step}: quant-aware phase on: {n} matrices trained through the "
-                    f"{qad.spec} grid for the last {cfg.steps - qad.start} steps")
+                log(f"step {step}: quant-aware phase on: {n} matrices trained through "
+                    f"the {qad.spec} file's grids for the last {cfg.steps - qad.start} steps")
         step_loss = 0.0
         policy = on_policy_step(step, share, cfg.seed)
         for m in range(cfg.grad_accum):

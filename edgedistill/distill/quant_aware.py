@@ -1,28 +1,39 @@
 """Quant-aware distillation (QAD): the last part of the run trains the student through the
-exact grid of the file it ships as (edgedistill/quantgrid.py).
+exact grids of the file it ships as (edgedistill/quantgrid.py).
 
-From step ``start`` on, every matrix the file stores in a grid there is (:func:`targets`:
-the layers' matrices, and the embedding and head where llama.cpp stores them in Q4_0 or
-Q8_0) is rounded to its grid in the forward pass, with
-the gradient passed straight through to the float weights the optimizer keeps. Scales are
-recomputed from the weights at every step, as the format's quantizer computes them, so the
-trained weights are exactly what the quantizer writes. At the end the weights are replaced
-by their rounded values (:meth:`QuantAware.bake`): the saved student is the fake-quant model,
-and the file made from it holds the same numbers (tests/test_quantgrid.py).
+Which matrix a GGUF file stores in which ggml type is llama.cpp's choice (its
+``llama_tensor_get_type``: Q4_K_M keeps some attention value and FFN down projections and the
+output in Q6_K; rows that do not divide into a type's blocks fall back on another). So
+before training, the student's shape is written as an F32 GGUF and quantized by llama.cpp
+itself (:func:`ggml_types`): the types it picks are the ones trained.
 
-An output tensor llama.cpp stores in Q6_K (the head, or a tied embedding, of a Q4_0 file
-whose hidden size divides by 256) is left to its quantizer: Q6_K has no grid here yet.
+From step ``start`` on, every matrix stored in a type with a grid is rounded to that grid in
+the forward pass, the gradient passed straight through to the float weights the optimizer
+keeps. Scales are recomputed from the weights at every step, as the quantizer computes them.
+At the end the weights are replaced by their rounded values (:meth:`QuantAware.bake`): the
+saved student is the fake-quant model, and since weights on these grids are a fixed point of
+llama.cpp's quantizer, the file made from it holds the same numbers (tests/test_quantgrid.py).
+Matrices in a type with no grid (Q5_0 fallbacks, say) are left to the quantizer.
 """
 from __future__ import annotations
 
-import types
+import json
+import os
+import shutil
+import tempfile
+import types as pytypes
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgedistill import quantgrid
+from edgedistill.arch import shape_from_config
+from edgedistill.convert.gguf import export_gguf, gguf_name
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtimes.child import RuntimeFailure, llama_worker
 
 CONFIG_KEY = "edgedistill_quant_aware"
-"""The key of the student's config.json naming the grid it was trained on (``gguf:q4_0``)."""
+"""The key of the student's config.json naming the file it was trained for (``gguf:q4_0``)."""
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -30,41 +41,85 @@ def parse(spec: str) -> tuple[str, str]:
     fmt, sep, quant = str(spec).partition(":")
     if not sep:
         raise EdgeDistillError(f"--quant-aware takes FMT:QUANT, not {spec!r}.",
-                               "write e.g. --quant-aware gguf:q4_0")
-    quantgrid.grid(fmt, quant)
+                               "write e.g. --quant-aware gguf:q4_k_m")
+    quantgrid.file_types(fmt, quant)
     return fmt, quant
 
 
-def _layer_linears(student) -> list:
-    """The linear layers inside the transformer blocks whose rows divide into the grid's
-    blocks (the others llama.cpp stores in another type)."""
+def check_deployed(spec: str, prof) -> None:
+    """EdgeDistillError when the device profile ``prof`` does not deploy the file
+    ``spec`` names (a student trained for a file the device never runs)."""
+    fmt, quant = parse(spec)
+    if quant not in prof.formats.get(fmt, []):
+        have = ", ".join(f"{f}:{q}" for f, qs in prof.formats.items() for q in qs) or "none"
+        raise EdgeDistillError(f"--quant-aware {spec}: the {prof.name} profile does not deploy "
+                               f"that file (it deploys {have}).",
+                               "pick one of its files, or another --target")
+
+
+def default_for(prof, encoder: bool) -> tuple[str | None, str]:
+    """The whole chain's default: (``FMT:QUANT`` or None, why). On where the profile's
+    deployment file (its first runtime's format, first quantization) has 4-bit weights with
+    a grid here; off for sentence encoders (their deployment, dynamic int8 ONNX, is nearly
+    lossless) and where the file has no grid (8-bit weights lose little; the NPUs' static QDQ
+    has no grid yet)."""
+    from edgedistill.formats import RUNTIMES, quant_type
+
+    if encoder:
+        return None, "sentence encoders are deployed in near-lossless 8-bit files"
+    fmt = RUNTIMES[prof.runtimes[0]].format if prof.runtimes else None
+    quants = prof.formats.get(fmt) or []
+    if not quants:
+        return None, f"the {prof.name} profile deploys no {fmt} file"
+    spec, qt = f"{fmt}:{quants[0]}", quant_type(fmt, quants[0])
+    if qt.weight_bits != 4:
+        return None, f"its deployment file {spec} loses little to quantization"
+    try:
+        quantgrid.file_types(fmt, quants[0])
+    except EdgeDistillError:
+        return None, f"its deployment file {spec} has no training grid yet"
+    return spec, f"the {prof.name} profile deploys {spec}: 4-bit weights lose measurably"
+
+
+def ggml_types(model_dir: str | Path, quant: str, threads: int = 2) -> dict[str, str]:
+    """{GGUF tensor name: ggml type} of the ``quant`` file llama.cpp makes of a model of
+    ``model_dir``'s shape (its weights do not change the choice)."""
+    from gguf import GGUFReader
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgedistill-qad-"))
+    try:
+        f32 = export_gguf(model_dir, tmp / "model.f32.gguf", "f32")
+        out = tmp / f"model.{quant}.gguf"
+        try:
+            llama_worker({"op": "quantize", "src": str(f32), "dst": str(out), "quant": quant,
+                          "threads": threads, "importance": None})
+        except RuntimeFailure as e:
+            raise EdgeDistillError(f"llama.cpp could not quantize the student to {quant}: "
+                                   f"{e}.", "check that the float GGUF export works "
+                                   "(edgedistill export --quant f16)") from None
+        return {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def targets(student, family: str, types: dict[str, str]) -> list[tuple]:
+    """(module, ggml type) for every linear or embedding module whose weight the file stores
+    in a type with a grid. A tied head shares the embedding's tensor (``token_embd``)."""
     import torch
 
-    return [mod for name, mod in student.named_modules()
-            if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".layer." in name)
-            and mod.weight.shape[-1] % quantgrid.BLOCK == 0]
-
-
-def targets(student, quant: str) -> list[tuple]:
-    """(module, grid quantization) for every matrix llama.cpp stores in a grid there is, in
-    a file of ``quant`` (its llama_tensor_get_type rules): the layers' matrices in
-    ``quant``; the token embedding in ``quant`` too when a separate output head exists; the
-    output (the head, or the tied embedding) in Q8_0 in a Q8_0 file, and in a Q4_0 file when
-    its rows do not divide into Q6_K's 256-blocks (llama.cpp's fallback), else Q6_K, which
-    has no grid here."""
-    out = [(m, quant) for m in _layer_linears(student)]
-    emb = student.get_input_embeddings()
-    head = student.get_output_embeddings() if hasattr(student, "lm_head") else None
-    hidden = emb.weight.shape[-1]
-    if hidden % quantgrid.BLOCK:
-        return out
-    output = "q8_0" if quant == "q8_0" or hidden % 256 else None
-    if head is None or head.weight is emb.weight:  # the embedding is the output tensor
-        out += [(m, output) for m in (emb, head) if m is not None and output]
-    else:
-        out.append((emb, quant))
-        if output:
-            out.append((head, output))
+    out = []
+    for name, mod in student.named_modules():
+        if not isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
+            continue
+        try:
+            gname = gguf_name(f"{name}.weight", family)
+        except EdgeDistillError:
+            continue
+        kind = types.get(gname) if gname else None
+        if kind is None and gname == "output.weight":
+            kind = types.get("token_embd.weight")  # tied: one tensor in the file
+        if kind in quantgrid.GGML_GRIDS and mod.weight.dim() == 2:
+            out.append((mod, kind))
     return out
 
 
@@ -72,14 +127,14 @@ def _linear(self, x):
     import torch
 
     return torch.nn.functional.linear(
-        x, quantgrid.fake_quant(self.weight, *self._edgedistill_grid), self.bias)
+        x, quantgrid.fake_quant(self.weight, self._edgedistill_grid), self.bias)
 
 
 def _embedding(self, ids):
     import torch
 
     return torch.nn.functional.embedding(
-        ids, quantgrid.fake_quant(self.weight, *self._edgedistill_grid), self.padding_idx,
+        ids, quantgrid.fake_quant(self.weight, self._edgedistill_grid), self.padding_idx,
         self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
 
 
@@ -88,9 +143,12 @@ class QuantAware:
     fmt: str
     quant: str
     start: int
-    """The optimizer step from which the grid is on (0-based)."""
+    """The optimizer step from which the grids are on (0-based)."""
     steps: int
     """The run's total steps."""
+    types: dict = field(default_factory=dict)
+    """{GGUF tensor name: ggml type} of the file (:func:`ggml_types`)."""
+    family: str = "llama"
     modules: list = field(default_factory=list)
 
     @property
@@ -98,46 +156,62 @@ class QuantAware:
         return f"{self.fmt}:{self.quant}"
 
     def enable(self, student) -> int:
-        """Route the matrices through their grids; returns how many. Idempotent."""
+        """Route the matrices through their grids; returns how many tensors. Idempotent."""
         import torch
 
         if not self.modules:
-            for mod, quant in targets(student, self.quant):
-                mod._edgedistill_grid = (self.fmt, quant)
+            for mod, kind in targets(student, self.family, self.types):
+                mod._edgedistill_grid = kind
                 fwd = _embedding if isinstance(mod, torch.nn.Embedding) else _linear
-                mod.forward = types.MethodType(fwd, mod)
+                mod.forward = pytypes.MethodType(fwd, mod)
                 self.modules.append(mod)
         return len({id(m.weight) for m in self.modules})
 
-    def bake(self, student) -> int:
+    def bake(self, student) -> dict:
         """Replace each matrix by its rounded value and restore the plain forward; mark the
-        config. Returns the number of matrices."""
+        config. Returns {ggml type: tensors}."""
         import torch
 
-        n = self.enable(student)
+        self.enable(student)
+        kinds = Counter()
+        seen = set()
         with torch.no_grad():
             for mod in self.modules:
-                mod.weight.copy_(quantgrid.grid(*mod._edgedistill_grid)(mod.weight))
+                kind = mod._edgedistill_grid
+                if id(mod.weight) not in seen:
+                    seen.add(id(mod.weight))
+                    kinds[kind] += 1
+                    mod.weight.copy_(quantgrid.GGML_GRIDS[kind](mod.weight))
                 del mod.forward, mod._edgedistill_grid
         self.modules = []
         setattr(student.config, CONFIG_KEY, self.spec)
-        return n
+        return dict(sorted(kinds.items()))
 
-    def record(self, tensors: int) -> dict:
-        return {"format": self.spec, "start_step": self.start, "steps": self.steps - self.start,
-                "tensors": tensors, "scales": "recomputed from the weights at every step, "
-                "as the format's quantizer does", "gradient": "straight-through"}
+    def record(self, kinds: dict) -> dict:
+        matrices = Counter(t for t in self.types.values() if t != "F32")
+        return {"format": self.spec, "start_step": self.start,
+                "steps": self.steps - self.start, "tensors": sum(kinds.values()),
+                "trained_types": kinds, "file_types": dict(sorted(matrices.items())),
+                "scales": "recomputed from the weights at every step, as the format's "
+                          "quantizer does", "gradient": "straight-through"}
 
 
-def phase(spec: str | None, share: float, steps: int) -> QuantAware | None:
-    """The QAD phase of a run of ``steps`` steps: its last ``share`` (at least one step)."""
+def phase(spec: str | None, share: float, steps: int, model_dir: str | Path | None = None,
+          threads: int | None = None) -> QuantAware | None:
+    """The QAD phase of a run of ``steps`` steps: its last ``share`` (at least one step);
+    with ``model_dir`` (the student's folder), the file's ggml types are found."""
     if not spec:
         return None
     fmt, quant = parse(spec)
     start = min(steps - 1, max(0, round(steps * (1 - share))))
-    return QuantAware(fmt, quant, start, steps)
+    qa = QuantAware(fmt, quant, start, steps)
+    if model_dir is not None:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        qa.family = shape_from_config(cfg, str(model_dir)).family
+        qa.types = ggml_types(model_dir, quant, threads or min(4, os.cpu_count() or 1))
+    return qa
 
 
-def trained_grid(config: dict) -> str | None:
-    """The ``FMT:QUANT`` a student's config.json says it was trained on, if any."""
+def trained_for(config: dict) -> str | None:
+    """The ``FMT:QUANT`` a student's config.json says it was trained for, if any."""
     return config.get(CONFIG_KEY)

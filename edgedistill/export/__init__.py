@@ -21,6 +21,7 @@ from pathlib import Path
 from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf import check_writable, sliding_window, window_note
 from edgedistill.data import eval_data
+from edgedistill.distill.quant_aware import trained_for
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export.checks import npu_artifacts, onnx_artifacts
 from edgedistill.export.gguf_checks import gguf_artifacts
@@ -148,6 +149,12 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
                 a.note = "; ".join(filter(None, [a.note, note]))
         result.artifacts += arts
         result.tokenizer_parity = tp
+    if trained := trained_for(cfg):  # every file says whether it was trained quant-aware
+        for a in result.artifacts:
+            if not (a.quantization or {}).get("quant_aware"):
+                a.quantization = dict(a.quantization or {}, quant_aware=trained)
+                a.note = "; ".join(filter(None, [a.note, f"the model was trained quant-aware "
+                                                 f"for {trained}, not for this file"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "export.json", result.to_dict())
     return result

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.convert.gguf import FLOAT_TYPES, export_gguf
-from edgedistill.distill.quant_aware import trained_grid
+from edgedistill.distill.quant_aware import trained_for
 from edgedistill.convert.gguf_vocab import unicode_normalization
 from edgedistill.export.checks import _kept, _record, _report
 from edgedistill.formats import quant_type
@@ -119,7 +119,7 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
                 ledger.put("gguf:tokenizer_parity", [], tp)
         return path
 
-    trained = trained_grid(json.loads((ref.model_dir / "config.json").read_text()))
+    trained = trained_for(json.loads((ref.model_dir / "config.json").read_text()))
 
     def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
         v = verify(path, "gguf", quant, ref, threads)
@@ -259,7 +259,7 @@ def _quant_aware_note(trained: str, quant: str, v) -> str:
     exact, quantized = w.get("exact", 0), w.get("quantized", 0)
     return (f"trained quant-aware for {trained}: {exact} of its {quantized} quantized "
             "matrices hold exactly the trained weights"
-            + (" (the others are in a type with no training grid yet: Q6_K)"
+            + (" (the others are in types with no training grid)"
                if exact < quantized else ""))
 
 

@@ -6,7 +6,7 @@
   down projections kept float: see :func:`_dynamic_int8`);
 - ``int4``: 4-bit weights in blocks (size from the profile), activations likewise at run time;
   the output head, the attention value and the FFN down projections at 8 bits (as llama.cpp's
-  Q4_K_M gives those more bits);
+  Q4_K_M gives those more bits); the embedding tables in 4-bit blocks (GatherBlockQuantized);
 - ``qdq_a8w8`` / ``qdq_a16w8`` / ``qdq_a16w4``: static QDQ with activation ranges calibrated on
   the user's data (what NPUs run).
 
@@ -18,6 +18,8 @@ import logging
 import re
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from edgedistill.convert.onnx import atomic_onnx, quiet_root_logger
 from edgedistill.errors import EdgeDistillError
@@ -128,6 +130,8 @@ def _nbits(src: Path, dst: Path, plan: dict, block: int, large: bool) -> None:
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     model = onnx.load(str(src))
+    if 4 in plan:  # a tied head, transposed at run time, becomes a weight to quantize
+        fold_constant_transposes(model)
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     left = set(matmuls)
     for bits, pick in plan.items():
@@ -135,13 +139,53 @@ def _nbits(src: Path, dst: Path, plan: dict, block: int, large: bool) -> None:
         left -= names
         if not names:
             continue
+        # 4 bits: the embedding tables too (GatherBlockQuantized, blocks along the hidden
+        # axis), which otherwise stay float and make the file larger than its int8 one
+        gathers = {"op_types_to_quantize": ("MatMul", "Gather"),
+                   "quant_axes": (("MatMul", 0), ("Gather", 1))} if bits == 4 else {}
         q = MatMulNBitsQuantizer(model, bits=bits, block_size=block if bits == 4 else 32,
                                  is_symmetric=bits == 8, accuracy_level=4,
-                                 nodes_to_exclude=[n for n in matmuls if n not in names])
+                                 nodes_to_exclude=[n for n in matmuls if n not in names],
+                                 **gathers)
         q.process()
         model = q.model.model
     onnx.save_model(model, str(dst), save_as_external_data=large,
                     location=f"{dst.name}.data" if large else None)
+
+
+def fold_constant_transposes(model) -> int:
+    """Replace each Transpose of an initializer that feeds only MatMul weights (a tied LM
+    head: the embedding table, transposed) by a transposed initializer
+    (``<name>_transposed``), so that MatMulNBits can quantize the head, and the embedding
+    table, left to its Gather, can be quantized on its own. In place; returns how many."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            users.setdefault(name, []).append((n, i))
+    folded = 0
+    for node in list(g.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits:
+            continue
+        out = node.output[0]
+        if any(u.op_type != "MatMul" or i != 1 for u, i in users.get(out, [])) or \
+                out in {o.name for o in g.output}:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        arr = numpy_helper.to_array(inits[node.input[0]])
+        name = f"{node.input[0]}_transposed"
+        if name not in inits:
+            t = numpy_helper.from_array(np.ascontiguousarray(arr.transpose(perm)), name)
+            g.initializer.append(t)
+            inits[name] = t
+        for u, i in users.get(out, []):
+            u.input[i] = name
+        g.node.remove(node)
+        folded += 1
+    return folded
 
 
 def sensitive_nodes(model) -> list[str]:

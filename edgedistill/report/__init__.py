@@ -214,12 +214,22 @@ def build_report(run_dir: str | Path) -> dict:
         elif "cosine" in v:
             notes.append(f"Distillation: {dist['steps']} steps; held-out embedding cosine to "
                          f"the teacher {v['cosine']:.4f} (torch).")
+        if qa := dist.get("quant_aware"):
+            notes.append(f"Distillation was quant-aware for {qa['format']}: the last "
+                         f"{qa['steps']} steps trained {qa['tensors']} matrices through that "
+                         "file's exact grids, and the student holds the rounded weights; each "
+                         "file's note says whether it holds exactly the trained weights.")
+        else:
+            notes.append("Distillation was not quant-aware: every file is the float student "
+                         "quantized afterwards.")
     checks: dict[str, list[str]] = {}
     for r in records:
         checks.setdefault(r.status, []).append(f"{r.role} {r.name}")
     notes.append("'check' is each file's verification against the torch model it came from "
-                 "(verify/parity.py): passed meets the quality targets, below-target runs but "
-                 "loses more than they allow, failed is broken and must not be deployed." +
+                 "(float files: verify/parity.py; quantized GGUF and MatMulNBits files against "
+                 "their own decoded weights: verify/own.py): passed meets the quality targets, "
+                 "below-target runs but loses more than they allow, failed is broken and must "
+                 "not be deployed." +
                  "".join(f" {label}: {', '.join(checks[k])}." for k, label in
                          (("below-target", "Below target"), ("failed", "FAILED"),
                           ("error", "Could not run")) if checks.get(k)))

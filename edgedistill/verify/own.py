@@ -12,7 +12,8 @@ bits, whatever the exporter does. So a quantized file is judged in three parts:
    quantizers search scales and do at least as well; a scaled tensor, a negated slice or a
    wrong block layout does far worse.
 2. **Its graph.** The model with the file's own decoded weights (torch for GGUF; onnxruntime
-   on the float graph with the decoded weights for ONNX) is the reference. The file must match
+   on the float graph with the decoded MatMulNBits and GatherBlockQuantized weights for
+   ONNX) is the reference. The file must match
    it as closely as the runtime's arithmetic allows: llama.cpp and MatMulNBits (accuracy level
    4) round activations to 8 bits in quantized matmuls. A layout, tokenizer or graph fault
    misses that by far, whatever the model.
@@ -36,6 +37,7 @@ import numpy as np
 from edgedistill.arch import ModelShape
 from edgedistill.convert.gguf import gguf_name, permute_qk
 from edgedistill.errors import EdgeDistillError
+from edgedistill.quantize.onnx import fold_constant_transposes
 from edgedistill.records import Verdict
 
 WEIGHT_RATIO = 2.0
@@ -190,6 +192,25 @@ def matmulnbits_weight(node, inits: dict) -> np.ndarray:
     return np.ascontiguousarray(w.T, dtype=np.float32)
 
 
+def gather_block_weight(node, inits: dict) -> np.ndarray:
+    """The float table a GatherBlockQuantized node gathers from: each block's values (along
+    ``quantize_axis``) minus its zero point (8 for 4 bits when the node has none), times its
+    scale."""
+    from onnx import helper, numpy_helper
+
+    attr = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axis, block = attr.get("quantize_axis", 1), attr.get("block_size", 128)
+    q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+    if axis != q.ndim - 1:
+        raise EdgeDistillError(f"GatherBlockQuantized {node.name}: blocks along axis {axis}.",
+                               "only blocks along the last axis are decoded")
+    scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+    zp = (numpy_helper.to_array(inits[node.input[3]]).astype(np.float64)
+          if len(node.input) > 3 and node.input[3] else np.full_like(scales, 8.0))
+    rep = lambda a: np.repeat(a, block, axis=-1)[..., :q.shape[-1]]  # noqa: E731
+    return ((q - rep(zp)) * rep(scales)).astype(np.float32)
+
+
 def onnx_own_graph(path: str | Path, fp32_path: str | Path, dst: str | Path) -> list[dict]:
     """Write at ``dst`` the float graph ``fp32_path`` with every weight the quantized graph
     ``path`` stores in MatMulNBits blocks replaced by the decoded blocks (what the file
@@ -200,10 +221,22 @@ def onnx_own_graph(path: str | Path, fp32_path: str | Path, dst: str | Path) -> 
 
     qmodel = onnx.load(str(path))
     qinits = {i.name: i for i in qmodel.graph.initializer}
-    decoded, rows = {}, []
+    decoded, gathered, rows = {}, {}, []
     base = onnx.load(str(fp32_path))
+    fold_constant_transposes(base)  # as the quantizer did: the names of the weights match
     inits = {i.name: i for i in base.graph.initializer}
     for node in qmodel.graph.node:
+        if node.op_type == "GatherBlockQuantized" and node.input[0] in qinits:
+            name = node.input[0].rsplit("_Q", 1)[0]
+            if name in inits:
+                block = next((a.i for a in node.attribute if a.name == "block_size"), 128)
+                src = numpy_helper.to_array(inits[name]).astype(np.float32)
+                dec = gather_block_weight(node, qinits)
+                asym = len(node.input) > 3 and bool(node.input[3])
+                rows.append(weight_row(name, "GatherBlockQuantized4", src, dec,
+                                       (4, block, asym)))
+                gathered[name] = dec
+            continue
         if node.op_type != "MatMulNBits":
             continue
         bits = next(a.i for a in node.attribute if a.name == "bits")
@@ -226,6 +259,11 @@ def onnx_own_graph(path: str | Path, fp32_path: str | Path, dst: str | Path) -> 
     for i in base.graph.initializer:
         if i.name in decoded:
             i.CopyFrom(numpy_helper.from_array(decoded[i.name], i.name))
+    for name, dec in gathered.items():  # the table, for its Gathers only
+        base.graph.initializer.append(numpy_helper.from_array(dec, f"{name}__decoded"))
+        for n in base.graph.node:
+            if n.op_type == "Gather" and n.input[0] == name:
+                n.input[0] = f"{name}__decoded"
     tmp = Path(dst).with_name(f".{Path(dst).name}.tmp-{os.getpid()}")
     try:
         onnx.save(base, str(tmp))
