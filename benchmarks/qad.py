@@ -79,6 +79,7 @@ def main() -> int:
                     help="one QAD arm per file, trained through its grids and shipped as it")
     ap.add_argument("--eval-sequences", type=int, default=32)
     ap.add_argument("--teacher-dtype", default="fp32")
+    ap.add_argument("--loss", default="fkl", help="the KD divergence: fkl, rkl or jsd")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/qad")
     ap.add_argument("--out", help="default: benchmarks/results/qad_<teacher>.json")
@@ -87,7 +88,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from edgedistill.data import eval_data, stdlib_source, stdlib_source_split
-    from edgedistill.distill import DataConfig, DistillConfig, TrainConfig, distill
+    from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig, distill
     from edgedistill.export import ExportConfig, export
     from edgedistill.plan import PlanConfig
     from edgedistill.quantize.gguf import tensor_types
@@ -146,7 +147,7 @@ def main() -> int:
                         train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
                                           lr=args.self_lr if use == "self" else args.lr,
                                           eval_every=0, save_every=0, seed=seed),
-                        data=DataConfig(seq_len=args.seq_len),
+                        data=DataConfig(seq_len=args.seq_len), kd=KDConfig(loss=args.loss),
                         teacher_dtype=args.teacher_dtype, **qa)
                     res = distill(teacher, "laptop", data, work / name, cfg,
                                   plan_config=PlanConfig())
@@ -202,7 +203,7 @@ def main() -> int:
                        "(stdlib_source_split)"},
            "settings": {k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr",
                                                       "self_lr", "share", "grids",
-                                                      "teacher_dtype")},
+                                                      "teacher_dtype", "loss")},
            "summary": summary, "runs": runs, "seconds": round(time.time() - t_start, 1)}
     out = Path(args.out or ROOT / "results" / f"qad_{teacher.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
