@@ -30,6 +30,7 @@ from edgedistill import quantgrid
 from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf import export_gguf, gguf_name
 from edgedistill.errors import EdgeDistillError
+from edgedistill.formats import RUNTIMES, quant_type
 from edgedistill.runtimes.child import RuntimeFailure, llama_worker
 
 CONFIG_KEY = "edgedistill_quant_aware"
@@ -63,8 +64,6 @@ def default_for(prof, encoder: bool) -> tuple[str | None, str]:
     a grid here; off for sentence encoders (their deployment, dynamic int8 ONNX, is nearly
     lossless) and where the file has no grid (8-bit weights lose little; the NPUs' static QDQ
     has no grid yet)."""
-    from edgedistill.formats import RUNTIMES, quant_type
-
     if encoder:
         return None, "sentence encoders are deployed in near-lossless 8-bit files"
     fmt = RUNTIMES[prof.runtimes[0]].format if prof.runtimes else None
