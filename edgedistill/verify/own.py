@@ -207,6 +207,7 @@ def gather_block_weight(node, inits: dict) -> np.ndarray:
     scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
     zp = (numpy_helper.to_array(inits[node.input[3]]).astype(np.float64)
           if len(node.input) > 3 and node.input[3] else np.full_like(scales, 8.0))
+
     def per_value(a):
         return np.repeat(a, block, axis=-1)[..., :q.shape[-1]]
     return ((q - per_value(zp)) * per_value(scales)).astype(np.float32)
