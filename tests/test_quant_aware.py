@@ -108,3 +108,28 @@ def test_cli_refuses_a_format_without_a_grid(trained_llama, tmp_path):
     assert r.returncode == 2
     assert "no fake-quant grid for gguf:q5_k_m" in r.stderr and "gguf:q4_k_m" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_sentence_encoder_trains_quant_aware_into_an_exact_gguf(tmp_path):
+    """BERT's GGUF names too: its layers' matrices and the word embedding (the output-role
+    table in Q8_0 here) train through the grid, and the Q8_0 file holds them exactly."""
+    from conftest import tiny_sentence_bert
+    from edgedistill.data import stdlib_sentences
+
+    teacher = tiny_sentence_bert(tmp_path / "bert")
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("\n".join(stdlib_sentences()[:400]))
+    res = distill(teacher, "laptop", sentences, tmp_path / "run",
+                  DistillConfig(student=str(teacher), quant_aware="gguf:q8_0",
+                                train=TrainConfig(steps=4, batch_size=8, save_every=0,
+                                                  eval_every=4),
+                                data=DataConfig(seq_len=32)))
+    qa = res.metrics["quant_aware"]
+    assert qa["trained_types"] == {"Q8_0": qa["tensors"]} and qa["tensors"] >= 13
+    out = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",), quants=("q8_0",)),
+                 tmp_path / "export")
+    art = out.artifacts[0]
+    assert art.status != "failed", art.verdict.failures
+    w = art.verdict.figures["weights"]
+    assert w["exact"] == w["quantized"] == qa["tensors"], w
