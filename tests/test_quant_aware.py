@@ -126,7 +126,7 @@ def test_a_sentence_encoder_trains_quant_aware_into_an_exact_gguf(tmp_path):
                                                   eval_every=4),
                                 data=DataConfig(seq_len=32)))
     qa = res.metrics["quant_aware"]
-    assert qa["trained_types"] == {"Q8_0": qa["tensors"]} and qa["tensors"] >= 13
+    assert qa["trained_types"] == {"Q8_0": qa["tensors"]} and qa["tensors"] >= 13, qa
     out = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",), quants=("q8_0",)),
                  tmp_path / "export")
     art = out.artifacts[0]
