@@ -15,7 +15,6 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from edgedistill.arch import shape_from_config
 from edgedistill.bench import BenchConfig, artifacts_of_run, bench
 from edgedistill.calibrate.verify import verify_plan
 from edgedistill.convert.gguf import check_writable
@@ -110,11 +109,9 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     step = iter(range(1, total + 1))
 
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
-    dcfg = config.distill
-    if not config.quant_aware:
-        dcfg = replace(dcfg, quant_aware=None)
-    elif dcfg.quant_aware is None:
-        spec, why = default_for(prof, shape_from_config(t.config, "teacher").is_encoder)
+    dcfg = config.distill  # --quant-aware with --no-quant-aware is refused by RunConfig
+    if config.quant_aware and dcfg.quant_aware is None:
+        spec, why = default_for(prof, t.shape.is_encoder)
         log(f"quant-aware distillation: {'on, for ' + spec if spec else 'off'} ({why}"
             + ("; --no-quant-aware turns it off)" if spec else ")"))
         dcfg = replace(dcfg, quant_aware=spec)

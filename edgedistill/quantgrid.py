@@ -31,14 +31,22 @@ from edgedistill.formats import QUANT_TYPES
 BLOCK = 32
 
 
-def _blocks(w):
-    """``w`` (rows, cols) as (rows, cols / 32, 32) float32; cols must divide by 32."""
+def _blocks(w, size: int = BLOCK):
+    """``w`` (rows, cols) as (rows, cols / size, size) float32; cols must divide by size."""
     import torch
 
-    if w.dim() != 2 or w.shape[-1] % BLOCK:
-        raise ValueError(f"a GGUF block grid needs a matrix whose rows divide by {BLOCK}, "
+    if w.dim() != 2 or w.shape[-1] % size:
+        raise ValueError(f"a GGUF block grid needs a matrix whose rows divide by {size}, "
                          f"not {tuple(w.shape)}")
-    return w.to(torch.float32).reshape(w.shape[0], -1, BLOCK)
+    return w.to(torch.float32).reshape(w.shape[0], -1, size)
+
+
+def _div(x, d):
+    """x / d, and 0 where d is 0 (an all-zero block)."""
+    import torch
+
+    nonzero = d != 0
+    return torch.where(nonzero, x / torch.where(nonzero, d, torch.ones_like(d)), 0.0)
 
 
 def _fp16(x):
@@ -53,8 +61,7 @@ def q8_0(w):
 
     x = _blocks(w)
     d = x.abs().amax(-1, keepdim=True) / 127
-    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-    v = x * inv
+    v = x * _div(torch.ones_like(d), d)
     q = torch.sign(v) * torch.floor(v.abs() + 0.5)  # C roundf: half away from zero
     return (q * _fp16(d)).reshape(w.shape)
 
@@ -67,8 +74,7 @@ def q4_0(w):
     first = x.abs().argmax(-1, keepdim=True)  # the first of equal magnitudes, as ggml keeps
     m = x.gather(-1, first)
     d = m / -8
-    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-    q = torch.clamp(torch.trunc(x * inv + 8.5), max=15)
+    q = torch.clamp(torch.trunc(x * _div(torch.ones_like(d), d) + 8.5), max=15)
     return ((q - 8) * _fp16(d)).reshape(w.shape)
 
 
@@ -97,22 +103,16 @@ def q4_k(w):
     llama.cpp's quantizer, given these values, finds exactly this grid again."""
     import torch
 
-    if w.dim() != 2 or w.shape[-1] % 256:
-        raise ValueError(f"a k-quant grid needs a matrix whose rows divide by 256, not "
-                         f"{tuple(w.shape)}")
-    x = w.to(torch.float32).reshape(w.shape[0], -1, 8, 32)
+    x = _blocks(w, 256).reshape(w.shape[0], -1, 8, 32)
     lo = x.amin(-1, keepdim=True).clamp(max=0)
     s = (x.amax(-1, keepdim=True) - lo) / 15
     m = -lo
     d = _fp16(s.amax(-2, keepdim=True) / 63)
     dmin = _fp16(m.amax(-2, keepdim=True) / 63)
-    zero = torch.zeros_like(s)
-    sc = torch.where(d > 0, torch.clamp(_round(s / torch.where(d > 0, d, 1)), max=63), zero)
-    mm = torch.where(dmin > 0, torch.clamp(_round(m / torch.where(dmin > 0, dmin, 1)), max=63),
-                     zero)
+    sc = torch.clamp(_round(_div(s, d)), max=63)
+    mm = torch.clamp(_round(_div(m, dmin)), max=63)
     ds, dm = d * sc, dmin * mm
-    q = torch.where(ds > 0, torch.clamp(_round((x + dm) / torch.where(ds > 0, ds, 1)), 0, 15),
-                    torch.zeros_like(x))
+    q = torch.clamp(_round(_div(x + dm, ds)), 0, 15)
     q = _force(q, x, 0, (mm > 0) & (ds > 0))
     q = _force(q, x, 15, ds > 0)
     return (ds * q - dm).reshape(w.shape)
@@ -126,19 +126,13 @@ def q6_k(w):
     at -32, so that llama.cpp's quantizer finds exactly this grid again."""
     import torch
 
-    if w.dim() != 2 or w.shape[-1] % 256:
-        raise ValueError(f"a k-quant grid needs a matrix whose rows divide by 256, not "
-                         f"{tuple(w.shape)}")
-    x = w.to(torch.float32).reshape(w.shape[0], -1, 16, 16)
+    x = _blocks(w, 256).reshape(w.shape[0], -1, 16, 16)
     first = x.abs().argmax(-1, keepdim=True)
     s = x.gather(-1, first) / -32                                  # (rows, sb, 16, 1)
     big = s.abs().argmax(-2, keepdim=True)
     d = _fp16(s.gather(-2, big) / -128)                            # (rows, sb, 1, 1)
-    sc = torch.where(d != 0, torch.clamp(_round(s / torch.where(d != 0, d, 1)), -128, 127),
-                     torch.zeros_like(s))
-    ds = d * sc
-    q = torch.where(ds != 0, torch.clamp(_round(x / torch.where(ds != 0, ds, 1)), -32, 31),
-                    torch.zeros_like(x))
+    ds = d * torch.clamp(_round(_div(s, d)), -128, 127)
+    q = torch.clamp(_round(_div(x, ds)), -32, 31)
     q = q.scatter(-1, first, torch.where(ds != 0, torch.full_like(s, -32), q.gather(-1, first)))
     return (ds * q).reshape(w.shape)
 
@@ -150,10 +144,12 @@ GGML_GRIDS = {"Q4_0": q4_0, "Q8_0": q8_0, "Q4_K": q4_k, "Q6_K": q6_k}
 def file_types(fmt: str, quant: str) -> frozenset:
     """The ggml types a ``fmt:quant`` file stores its matrices in, each with a grid here;
     EdgeDistillError naming the files there are grids for otherwise."""
-    ok = sorted(f"{f}:{q}" for (f, q), t in QUANT_TYPES.items()
-                if t.ggml_types and t.ggml_types <= GGML_GRIDS.keys())
+    def covered(t) -> bool:
+        return t is not None and bool(t.ggml_types) and t.ggml_types <= GGML_GRIDS.keys()
+
     t = QUANT_TYPES.get((fmt, quant))
-    if t is None or not t.ggml_types or not t.ggml_types <= GGML_GRIDS.keys():
+    if not covered(t):
+        ok = sorted(f"{f}:{q}" for (f, q), x in QUANT_TYPES.items() if covered(x))
         raise EdgeDistillError(f"no fake-quant grid for {fmt}:{quant} yet.",
                                f"quant-aware training supports {', '.join(ok)}")
     return t.ggml_types

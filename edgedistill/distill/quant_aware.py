@@ -186,11 +186,15 @@ class QuantAware:
         setattr(student.config, CONFIG_KEY, self.spec)
         return dict(sorted(kinds.items()))
 
+    @property
+    def file_types(self) -> dict[str, int]:
+        """{ggml type: matrices} of the file (F32 norms left out)."""
+        return dict(sorted(Counter(t for t in self.types.values() if t != "F32").items()))
+
     def record(self, kinds: dict) -> dict:
-        matrices = Counter(t for t in self.types.values() if t != "F32")
         return {"format": self.spec, "start_step": self.start,
                 "steps": self.steps - self.start, "tensors": sum(kinds.values()),
-                "trained_types": kinds, "file_types": dict(sorted(matrices.items())),
+                "trained_types": kinds, "file_types": self.file_types,
                 "scales": "recomputed from the weights at every step, as the format's "
                           "quantizer does", "gradient": "straight-through"}
 
@@ -209,6 +213,22 @@ def phase(spec: str | None, share: float, steps: int, model_dir: str | Path | No
         qa.family = shape_from_config(cfg, str(model_dir)).family
         qa.types = ggml_types(model_dir, quant, threads or min(4, os.cpu_count() or 1))
     return qa
+
+
+def file_note(trained: str, spec: str, figures: dict) -> str:
+    """What a file of a student trained quant-aware for ``trained`` says: whether it is the
+    file trained for, and how many of its quantized matrices hold exactly the trained
+    weights (``figures``: its verdict's, with the ``weights`` summary of verify/own.py)."""
+    if trained != spec:
+        return f"the model was trained quant-aware for {trained}, not for this file"
+    w = figures.get("weights") or {}
+    if not w:
+        return f"trained quant-aware for {trained}"
+    exact, quantized = w.get("exact", 0), w.get("quantized", 0)
+    return (f"trained quant-aware for {trained}: {exact} of its {quantized} quantized "
+            "matrices hold exactly the trained weights"
+            + (" (the others are in types with no training grid)"
+               if exact < quantized else ""))
 
 
 def trained_for(config: dict) -> str | None:

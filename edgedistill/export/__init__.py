@@ -21,7 +21,7 @@ from pathlib import Path
 from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf import check_writable, sliding_window, window_note
 from edgedistill.data import eval_data
-from edgedistill.distill.quant_aware import trained_for
+from edgedistill.distill.quant_aware import file_note, trained_for
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export.checks import npu_artifacts, onnx_artifacts
 from edgedistill.export.gguf_checks import gguf_artifacts
@@ -115,6 +115,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     prof = resolve_profile(target)
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
+    trained = trained_for(cfg)  # the file a quant-aware student was trained for, if any
     check_model_files(model_dir, "student", "--student")
     plan = resolve_formats(prof, config)
     if "gguf" in plan:
@@ -140,7 +141,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
                                            prof.constraints.int4_block_size, **steps)
     if "gguf" in plan:
         arts, tp = gguf_artifacts(ref, out_dir / "gguf", plan["gguf"],
-                                  calib if config.importance else None, **steps)
+                                  calib if config.importance else None, trained, **steps)
         if not shape.is_encoder and (window := sliding_window(model_dir)):
             note = window_note(window, prof.context_length)
             _logger.info(f"gguf: {note}")
@@ -149,12 +150,11 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
                 a.note = "; ".join(filter(None, [a.note, note]))
         result.artifacts += arts
         result.tokenizer_parity = tp
-    if trained := trained_for(cfg):  # every file says whether it was trained quant-aware
+    if trained:  # every file says whether it was trained quant-aware, and for which file
         for a in result.artifacts:
-            if not (a.quantization or {}).get("quant_aware"):
-                a.quantization = dict(a.quantization or {}, quant_aware=trained)
-                a.note = "; ".join(filter(None, [a.note, f"the model was trained quant-aware "
-                                                 f"for {trained}, not for this file"]))
+            a.quantization = dict(a.quantization or {}, quant_aware=trained)
+            a.note = "; ".join(filter(None, [a.note, file_note(
+                trained, f"{a.format}:{a.quant}", a.verdict.figures)]))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "export.json", result.to_dict())
     return result

@@ -2,14 +2,12 @@
 matrix where it helps), and the tokenizer as llama.cpp runs it, each checked against torch."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from edgedistill.convert.gguf import FLOAT_TYPES, export_gguf
-from edgedistill.distill.quant_aware import trained_for
 from edgedistill.convert.gguf_vocab import unicode_normalization
 from edgedistill.export.checks import _kept, _record, _report
 from edgedistill.formats import quant_type
@@ -80,9 +78,11 @@ def tokenizer_parity(ref: Reference, gguf_path: Path) -> dict:
 
 
 def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list | None = None,
-                   *, ledger, log, threads: int):
+                   trained: str | None = None, *, ledger, log, threads: int):
     """Float GGUF files, then each quantization. ``calib``: calibration items; when given,
-    the quantizations that can use it get an importance matrix measured on them."""
+    the quantizations that can use it get an importance matrix measured on them, except the
+    one a quant-aware student was ``trained`` for (``gguf:q4_k_m``): its weights are on that
+    file's grid already, and an importance matrix would move them off it."""
 
     out_dir.mkdir(parents=True, exist_ok=True)
     floats = [q for q in quants if q in FLOAT_TYPES]
@@ -119,12 +119,8 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
                 ledger.put("gguf:tokenizer_parity", [], tp)
         return path
 
-    trained = trained_for(json.loads((ref.model_dir / "config.json").read_text()))
-
     def check(path: Path, quant: str, t0: float, quantization: dict | None = None):
         v = verify(path, "gguf", quant, ref, threads)
-        if trained:
-            quantization = dict(quantization or {}, quant_aware=trained)
         if not tp["passed"]:
             v.fail(f"tokenizer parity: {tp['mismatches']} of {tp['cases']} probe texts "
                    "tokenize differently in llama.cpp")
@@ -132,11 +128,9 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         note = _fallback_note(quant, types)
         if tp.get("normalization"):
             note = "; ".join(filter(None, [note, tp["normalization"]["note"]]))
-        if quantization and quantization.get("importance_matrix"):
+        if quantization:
             note = "; ".join(filter(None, [note, _importance_note(
                 quantization["importance_matrix"])]))
-        if trained:
-            note = "; ".join(filter(None, [note, _quant_aware_note(trained, quant, v)]))
         _report(log, ref.encoder, "gguf", quant, path, v, t0)
         arts.append(Artifact(path, "gguf", quant, v, types, note, quantization))
         _record(ledger, arts[-1])
@@ -161,8 +155,6 @@ def gguf_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
         src = source("f32")
         if "f32" not in floats:
             scratch.append(src)
-        # a student trained on this file's grid is written as it is: an importance matrix
-        # would move its weights off the grid they were trained on
         weigh = bool(calib) and q in IMPORTANCE_QUANTS and trained != f"gguf:{q}"
         if weigh and tokens is None:  # measured once, for the first quantization using it
             tokens = ledger.get("gguf:importance", [npz])
@@ -246,21 +238,6 @@ def _importance_note(imp: dict) -> str:
         what += (f" (calibration {cal['metric']} on {cal['items']} items: weighted "
                  f"{fig['weighted']}, plain llama.cpp {fig['plain']})")
     return what
-
-
-def _quant_aware_note(trained: str, quant: str, v) -> str:
-    """Say what quant-aware training the file's model had, and whether the file holds
-    exactly the trained weights."""
-    if trained != f"gguf:{quant}":
-        return f"the model was trained quant-aware for {trained}, not for this file"
-    w = v.figures.get("weights") or {}
-    if not w:
-        return f"trained quant-aware for {trained}"
-    exact, quantized = w.get("exact", 0), w.get("quantized", 0)
-    return (f"trained quant-aware for {trained}: {exact} of its {quantized} quantized "
-            "matrices hold exactly the trained weights"
-            + (" (the others are in types with no training grid)"
-               if exact < quantized else ""))
 
 
 def _fallback_note(quant: str, types: dict | None) -> str:
