@@ -1,7 +1,7 @@
 """Quant-aware distillation against distil-then-quantize, measured in llama.cpp.
 
     .venv/bin/python benchmarks/qad.py [--teacher DIR] [--uses self,planned] [--steps 300]
-        [--seeds 0,1] [--grids gguf:q4_0,gguf:q4_k_m]
+        [--seeds 0,1] [--grids gguf:q4_0,gguf:q4_k_m,onnx:qdq_a8w8]
 
 Two uses, each with the same total steps per arm:
 
@@ -17,7 +17,9 @@ through that file's grids.
 
 Each arm's student is exported by edgedistill's own export (``export --student``: an
 importance matrix where it helps the plain student; the quant-aware one is written as it
-is) and its file run in llama.cpp (CPU, F32 KV cache) on held-out standard-library text, then
+is) and its file run in llama.cpp (CPU, F32 KV cache) on held-out standard-library text (an
+``onnx:qdq_*`` file: the phone NPU's fixed prefill graph, on onnxruntime's CPU provider;
+``--uses self`` only), then
 compared with the float teacher in torch: KL, top-1 agreement, held-out loss (cross-entropy of
 the next token). The recovered share of the quantization gap is
 1 - (KL_qad - KL_float) / (KL_ptq - KL_float), KL_float being arm (a)'s float student (0 for
@@ -61,6 +63,10 @@ def compare(teacher: list, got: list, seqs: list) -> dict:
     return {"kl": kl / n, "top1_agreement": agree / n, "heldout_loss": ce / m}
 
 
+def qdq_quants_of(grids: list) -> tuple:
+    return tuple(g.split(":", 1)[1] for g in grids if g.startswith("onnx:"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", help="a causal-LM HF folder (default: the 4.2M llama)")
@@ -73,11 +79,13 @@ def main() -> int:
     ap.add_argument("--self-lr", type=float, default=1e-4,
                     help="self: the QAT checkpoint's lr (at 5e-4 the 4.2M llama's Q4_0 KL "
                     "rose from 0.0115 to 0.0156; at 1e-4 and 2e-5 it fell to 0.0045)")
-    ap.add_argument("--share", type=float, default=0.25, help="planned: the QAD phase's share")
+    ap.add_argument("--share", type=float, default=0.5, help="planned: the QAD phase's share")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--grids", default="gguf:q4_0,gguf:q4_k_m",
                     help="one QAD arm per file, trained through its grids and shipped as it")
     ap.add_argument("--eval-sequences", type=int, default=32)
+    ap.add_argument("--npu-context", type=int, default=256,
+                    help="onnx:qdq_* files: the fixed graphs' context")
     ap.add_argument("--teacher-dtype", default="fp32")
     ap.add_argument("--loss", default="fkl", help="the KD divergence: fkl, rkl or jsd")
     ap.add_argument("--threads", type=int, default=2)
@@ -90,9 +98,13 @@ def main() -> int:
     from edgedistill.data import eval_data, stdlib_source, stdlib_source_split
     from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig, distill
     from edgedistill.export import ExportConfig, export
+    from edgedistill.convert import npu
     from edgedistill.plan import PlanConfig
+    from edgedistill.profiles import load_profile
     from edgedistill.quantize.gguf import tensor_types
-    from edgedistill.runtimes.outputs import gguf_causal_logits, torch_causal_logits
+    from edgedistill.runtimes import qnn
+    from edgedistill.runtimes.outputs import (gguf_causal_logits, ort_session,
+                                              torch_causal_logits)
     from edgedistill.toy import make_causal_lm
 
     work = Path(args.work)
@@ -115,21 +127,43 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(teacher)
     held, _ = eval_data(tok, False, str(heldout), sequences=args.eval_sequences)
     ref = torch_causal_logits(teacher, held)
-    quants = [g.split(":", 1)[1] for g in args.grids.split(",") if g.strip()]
+    grids = [g.strip() for g in args.grids.split(",") if g.strip()]
+    quants = [g.split(":", 1)[1] for g in grids]
     seeds = [int(s) for s in args.seeds.split(",")]
 
+    if qdq_quants_of(grids) and args.uses != "self":
+        raise SystemExit("onnx:qdq_* grids: --uses self only (a planned student for the "
+                         "phone NPU is another plan than the laptop's PTQ arm)")
+    gguf_quants = tuple(q for g, q in zip(grids, quants) if g.startswith("gguf:"))
+    qdq_quants = qdq_quants_of(grids)
+    npu_graphs = npu.graph_shapes(False, load_profile("phone-npu"), args.npu_context)
+
     def evaluate(student: Path, name: str) -> dict:
-        out = export(student, "laptop", ExportConfig(formats=("gguf",), quants=tuple(quants)),
-                     work / name / "export")
         row = {"float": compare(ref, torch_causal_logits(student, held), held)}
-        for a in out.artifacts:
-            got = gguf_causal_logits(a.path, held, args.threads, kv_f32=True)
-            row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
-                            "tensor_types": tensor_types(a.path), "note": a.note}
+        if gguf_quants:
+            out = export(student, "laptop", ExportConfig(formats=("gguf",), quants=gguf_quants),
+                         work / name / "export")
+            for a in out.artifacts:
+                got = gguf_causal_logits(a.path, held, args.threads, kv_f32=True)
+                row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
+                                "tensor_types": tensor_types(a.path), "note": a.note}
+        if qdq_quants:  # the HTP's QDQ graphs, run by onnxruntime's CPU provider
+            out = export(student, "phone-npu",
+                         ExportConfig(quants=qdq_quants, context=args.npu_context,
+                                      eval_sequences=2, npu_eval_items=2),
+                         work / name / "export-npu")
+            for a in out.artifacts:
+                if a.quant not in qdq_quants:
+                    continue
+                sessions = [ort_session(npu.fixed_path(a.path.parent / "model.onnx", g,
+                                                       a.quant), args.threads, basic=True)
+                            for g in npu_graphs]
+                got, _ = qnn.run_causal(*sessions, held, [0] * len(held), npu_graphs)
+                row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
+                                "note": a.note}
         return row
 
     runs = []
-    grids = [g.strip() for g in args.grids.split(",") if g.strip()]
     for use in [u.strip() for u in args.uses.split(",") if u.strip()]:
         for seed in seeds:
             for arm in ["ptq"] + [f"qad:{g}" for g in grids]:
@@ -149,7 +183,8 @@ def main() -> int:
                                           eval_every=0, save_every=0, seed=seed),
                         data=DataConfig(seq_len=args.seq_len), kd=KDConfig(loss=args.loss),
                         teacher_dtype=args.teacher_dtype, **qa)
-                    res = distill(teacher, "laptop", data, work / name, cfg,
+                    target = "phone-npu" if arm.startswith("qad:onnx:") else "laptop"
+                    res = distill(teacher, target, data, work / name, cfg,
                                   plan_config=PlanConfig())
                     student, metrics = res.student_dir, res.metrics
                 row = {"use": use, "arm": arm, "seed": seed, "steps": metrics.get("steps"),
@@ -195,7 +230,9 @@ def main() -> int:
     doc = {"benchmark": "qad", "measured": True,
            "device": f"{platform.processor() or platform.machine()}, {args.threads} threads",
            "runtime": "llama.cpp CPU (llama-cpp-python), F32 KV cache; files from "
-                      "edgedistill export (importance matrix where it helps plain students)",
+                      "edgedistill export (importance matrix where it helps plain students)"
+                      + ("; onnx:qdq files: the phone NPU's fixed prefill graph on "
+                         "onnxruntime's CPU provider" if qdq_quants else ""),
            "teacher": {"path": str(teacher), "family": cfg.get("model_type"),
                        "hidden": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
                        "vocab": cfg.get("vocab_size")},

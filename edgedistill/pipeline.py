@@ -54,6 +54,10 @@ class RunConfig:
     """Train quant-aware where the profile's deployment file loses measurably (4-bit
     weights with a training grid; ``distill.quant_aware.default_for``) unless
     ``distill.quant_aware`` names a file; False (--no-quant-aware): never."""
+    compare_ptq: bool = False
+    """With quant-aware distillation on: also distil the same student for the same steps
+    without it, into RUN_DIR/ptq, and export and measure it beside the quant-aware one (role
+    ``student-ptq``); the report sets the two side by side (--compare-ptq)."""
     verify_plan: int = 0
     """Check the planner's choice by measurement (--verify-plan K): the K candidates around
     it are timed here (``calibrate.verify.verify_plan``); written to plan_verify.json and reported.
@@ -67,6 +71,10 @@ class RunConfig:
             raise EdgeDistillError(f"--quant-aware {self.distill.quant_aware} and "
                                    "--no-quant-aware contradict each other.",
                                    "keep one of them")
+        if not self.quant_aware and self.compare_ptq:
+            raise EdgeDistillError("--compare-ptq compares quant-aware distillation with "
+                                   "plain distillation, and --no-quant-aware turns the first "
+                                   "off.", "keep one of them")
         if self.distill.student is not None:
             raise EdgeDistillError("the whole chain plans and builds its own student.",
                                    "drop DistillConfig.student, or run 'edgedistill distill "
@@ -106,32 +114,29 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     t_id = [t.config, files_id(t.path) if t.path else None, others]
     data_id = files_id(Path(data)) if data else "stdlib"
     total = 5 if baselines else 4
-    step = iter(range(1, total + 1))
 
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
     dcfg = config.distill  # --quant-aware with --no-quant-aware is refused by RunConfig
     if config.quant_aware and dcfg.quant_aware is None:
-        spec, why = default_for(prof, t.shape.is_encoder)
+        spec, why = default_for(prof, t.shape.is_encoder, tuple(export_config.quants or ()))
         log(f"quant-aware distillation: {'on, for ' + spec if spec else 'off'} ({why}"
             + ("; --no-quant-aware turns it off)" if spec else ")"))
         dcfg = replace(dcfg, quant_aware=spec)
-    key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(dcfg))
-    student_dir = run_dir / "student"
-    if stages.get("distill", key=key) is not None and (student_dir / "config.json").is_file():
-        log(f"[{next(step)}/{total}] distill: inputs unchanged, kept {student_dir}")
-    else:
-        started = stages.key_of("distill_started") == key
-        resume = started and ((run_dir / "checkpoints" / "latest").is_file()
-                              or (run_dir / "stages").is_dir())  # a progressive chain
-        if not started:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            shutil.rmtree(run_dir / "stages", ignore_errors=True)
-            stages.put("distill_started", [], {}, key=key)
-        log(f"[{next(step)}/{total}] distill{' (resuming)' if resume else ''}")
-        distill(teachers if len(teachers) > 1 else (t.path if t.path else teachers[0]), prof,
-                data, run_dir, dcfg,
-                plan_config=plan_config, resume=resume)
-        stages.put("distill", folder_files(student_dir), {}, key=key)
+    ptq = config.compare_ptq and bool(dcfg.quant_aware)
+    if config.compare_ptq and not ptq:
+        log("compare-ptq: distillation is not quant-aware here, so there is nothing to compare")
+    total += 2 * ptq
+    step = iter(range(1, total + 1))
+    runs = [("distill", run_dir, dcfg)] + (
+        [("distill_ptq", run_dir / "ptq", replace(dcfg, quant_aware=None))] if ptq else [])
+    dirs = []
+    for name, folder, cfg in runs:  # with --compare-ptq, the same student without QAD too
+        key = _hash(t_id, asdict(prof), data_id, asdict(plan_config), asdict(cfg))
+        dirs.append(_distill_stage(
+            name, folder, key, stages, f"[{next(step)}/{total}]", log,
+            teacher=teachers if len(teachers) > 1 else (t.path if t.path else teachers[0]),
+            target=prof, data=data, config=cfg, plan_config=plan_config))
+    student_dir = dirs[0]
 
     # the planner's choice, checked by measurement (optional)
     if config.verify_plan:
@@ -148,7 +153,8 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
             stages.put("verify_plan", [vpath], {}, key=vkey)
 
     # 3. export, quantize and verify the student, then the teacher (the baseline)
-    roles = [("student", student_dir)] + ([("teacher", t.path)] if baselines else [])
+    roles = ([("student", student_dir)] + [("student-ptq", d) for d in dirs[1:]]
+             + ([("teacher", t.path)] if baselines else []))
     for role, model_dir in roles:
         _export_stage(role, model_dir, prof, export_config, run_dir, stages, next(step), total,
                       log)
@@ -166,6 +172,29 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
         atomic_write(bench_path, [r.to_dict() for r in records])
         stages.put("bench", [bench_path], {}, key=bkey)
     return report(run_dir)
+
+
+def _distill_stage(name: str, folder: Path, key: str, stages: Ledger, n: str, log,
+                   **kw) -> Path:
+    """Distil into ``folder`` (its student/, checkpoints/, stages/) unless the ledger's stage
+    ``name`` holds ``key`` and the student is there; an interrupted run of the same inputs
+    resumes from its last checkpoint. Returns the student's folder."""
+    student_dir = folder / "student"
+    label = "distill" if name == "distill" else "distill without quant-aware (--compare-ptq)"
+    if stages.get(name, key=key) is not None and (student_dir / "config.json").is_file():
+        log(f"{n} {label}: inputs unchanged, kept {student_dir}")
+        return student_dir
+    started = stages.key_of(f"{name}_started") == key
+    resume = started and ((folder / "checkpoints" / "latest").is_file()
+                          or (folder / "stages").is_dir())  # a progressive chain
+    if not started:
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        shutil.rmtree(folder / "stages", ignore_errors=True)
+        stages.put(f"{name}_started", [], {}, key=key)
+    log(f"{n} {label}{' (resuming)' if resume else ''}")
+    distill(out=folder, resume=resume, **kw)
+    stages.put(name, folder_files(student_dir), {}, key=key)
+    return student_dir
 
 
 def _check_exportable(t, prof, cfg: ExportConfig) -> None:

@@ -16,6 +16,14 @@ them (not learned):
 - ``Q6_K``: super-blocks of 256 with fp16 d, sub-blocks of 16 with int8 scales; x' = d sc
   (q - 32).
 
+And for the NPUs' static QDQ files (onnxruntime's QDQ quantizer, as quantize/qdq.py calls it):
+
+- ``U8`` / ``U16``: one scale and zero point per tensor, unsigned 8 or 16 bits (8-bit matrices,
+  and the embedding tables, which take the activations' width): the range widened to hold 0,
+  s = (max - min) / (2^b - 1), z = round(-min / s), x' = (q - z) s;
+- activations (``fake_quant_act``): the same, per tensor, over a running min/max (the
+  exporter's MinMax calibration).
+
 Q8_0 and Q4_0 are ggml's reference quantizers, bit for bit. The k-quant grids are the ones
 ggml's quantizer finds again: each sub-block keeps an element at each end of its range, so
 the quantizer's first guess fits it exactly. Weights on any of these grids are a fixed point
@@ -141,22 +149,82 @@ GGML_GRIDS = {"Q4_0": q4_0, "Q8_0": q8_0, "Q4_K": q4_k, "Q6_K": q6_k}
 """ggml tensor type -> its exact grid."""
 
 
-def file_types(fmt: str, quant: str) -> frozenset:
-    """The ggml types a ``fmt:quant`` file stores its matrices in, each with a grid here;
-    EdgeDistillError naming the files there are grids for otherwise."""
-    def covered(t) -> bool:
-        return t is not None and bool(t.ggml_types) and t.ggml_types <= GGML_GRIDS.keys()
+def _snap(s, bits: int):
+    """``s`` rounded to ``bits`` significant bits."""
+    import torch
 
-    t = QUANT_TYPES.get((fmt, quant))
-    if not covered(t):
-        ok = sorted(f"{f}:{q}" for (f, q), x in QUANT_TYPES.items() if covered(x))
+    m, e = torch.frexp(s)
+    return torch.ldexp(torch.round(m * 2.0 ** bits) / 2.0 ** bits, e)
+
+
+def affine(w, bits: int):
+    """``w`` rounded to a per-tensor unsigned ``bits``-bit grid, as onnxruntime's QDQ
+    quantizer stores a weight (quant_utils.compute_scale_zp: the range widened to hold 0,
+    s = (max - min) / (2^bits - 1), z = round(-min / s); q = round(x / s) + z, clipped).
+    The scale keeps 24 - bits significant bits, so every (q - z) s is exact in float32, and
+    the tensor's smallest element is put at q = 0 (when below 0) and its largest at the top
+    (when above 0): given these values the quantizer finds exactly this scale, zero point
+    and q again, and the file holds exactly the trained weights. The snap moves the two ends
+    by at most 2^(bits - 24) of the range (0.2% at 16 bits)."""
+    import torch
+
+    top = 2 ** bits - 1
+    x = w.to(torch.float32)
+    lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
+    if hi - lo < 1e-4:  # the QNN config's MinimumRealRange
+        hi = lo + 1e-4
+    s = _snap((hi - lo) / top, 24 - bits)
+    z = torch.clamp(torch.round(-lo / s), 0, top)
+    q = torch.clamp(torch.round(x / s) + z, 0, top).reshape(-1)
+    if z > 0:
+        q[x.reshape(-1).argmin()] = 0
+    if z < top:
+        q[x.reshape(-1).argmax()] = top
+    return ((q - z) * s).reshape(w.shape)
+
+
+QDQ_GRIDS = {"U8": lambda w: affine(w, 8), "U16": lambda w: affine(w, 16)}
+"""Static QDQ weight type -> its exact grid."""
+
+GRIDS = GGML_GRIDS | QDQ_GRIDS
+
+QDQ_TYPES = {"qdq_a8w8": frozenset({"U8"}), "qdq_a16w8": frozenset({"U8", "U16"})}
+"""ONNX static QDQ quantization -> the weight types its files store, all with a grid here
+(8-bit matrices; the embedding tables at the activations' width)."""
+
+
+def fake_quant_act(x, lo, hi, bits: int = 8):
+    """Activations ``x`` rounded per tensor as a static QDQ file does, with the range [lo, hi]
+    its calibration found (an asymmetric unsigned grid holding 0); straight through
+    backwards."""
+    import torch
+
+    top = 2 ** bits - 1
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    s = max(hi - lo, 1e-4) / top
+    z = round(-lo / s)
+    q = torch.clamp(torch.round(x.detach() / s) + z, 0, top)
+    return x + ((q - z) * s - x.detach()).to(x.dtype)
+
+
+def file_types(fmt: str, quant: str) -> frozenset:
+    """The weight types (ggml, or QDQ) a ``fmt:quant`` file stores its matrices in, each with
+    a grid here; EdgeDistillError naming the files there are grids for otherwise."""
+    def types(f, q) -> frozenset:
+        t = QUANT_TYPES.get((f, q))
+        return (QDQ_TYPES.get(q, frozenset()) if f == "onnx" else
+                t.ggml_types if t is not None and t.ggml_types <= GGML_GRIDS.keys() else
+                frozenset())
+
+    if not types(fmt, quant):
+        ok = sorted(f"{f}:{q}" for (f, q) in QUANT_TYPES if types(f, q))
         raise EdgeDistillError(f"no fake-quant grid for {fmt}:{quant} yet.",
                                f"quant-aware training supports {', '.join(ok)}")
-    return t.ggml_types
+    return types(fmt, quant)
 
 
-def fake_quant(w, ggml_type: str):
-    """``w`` on the grid of ``ggml_type`` in the forward pass, the identity in the backward
-    one (a straight-through estimator)."""
-    q = GGML_GRIDS[ggml_type](w.detach()).to(w.dtype)
+def fake_quant(w, kind: str):
+    """``w`` on the grid of ``kind`` (a ggml tensor type, or a QDQ weight type) in the forward
+    pass, the identity in the backward one (a straight-through estimator)."""
+    q = GRIDS[kind](w.detach()).to(w.dtype)
     return w + (q - w).detach()

@@ -131,7 +131,9 @@ class ExportResult:
                 "artifacts": [a.to_dict() for a in self.artifacts]}
 
 
-ROLES = ("student", "teacher")
+ROLES = ("student", "student-ptq", "teacher")
+"""The student; with --compare-ptq the same student distilled without quant-aware training;
+the teacher (the baseline)."""
 
 TIMING_KEYS: dict[str, str] = {
     "runtime": "the runtime that ran the file (llama.cpp, onnxruntime-cpu, torch, ...)",

@@ -188,6 +188,9 @@ def test_internal_error_exit_1_traceback_only_in_debug(monkeypatch, capsys):
      "--quant-aware gguf:q4_0 and --no-quant-aware contradict"),
     (["export", "--student", "s", "--no-quant-aware"],
      "--no-quant-aware only apply to the whole chain"),
+    (["export", "--teacher", "t", "--compare-ptq", "--no-quant-aware"],
+     "--compare-ptq compares quant-aware distillation with plain"),
+    (["export", "--student", "s", "--compare-ptq"], "--compare-ptq only apply to the whole"),
 ])
 def test_configs_catch_bad_inputs_before_any_work(argv, words, tmp_path, capsys):
     neox = write_config(tmp_path / "neox", {"model_type": "gpt_neox", "hidden_size": 64,

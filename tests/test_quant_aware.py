@@ -44,9 +44,10 @@ def test_the_phase_is_the_last_share_of_the_steps():
 
 
 def test_the_whole_chains_default_and_the_deployed_file_check():
-    """On by default where the deployment file has 4-bit weights with a grid (the laptop's
-    Q4_K_M, causal LMs only); off for encoders, 8-bit files and QDQ; a file the profile
-    does not deploy is refused."""
+    """On by default for the first deployed file that loses measurably and has a grid (the
+    laptop's Q4_K_M; the phone NPU's a8w8, static 8-bit activations; causal LMs only); off
+    for encoders and for near-lossless files; a file the profile does not deploy is
+    refused."""
     from edgedistill.distill.quant_aware import check_deployed, default_for
     from edgedistill.profiles import load_profile
 
@@ -55,7 +56,12 @@ def test_the_whole_chains_default_and_the_deployed_file_check():
     spec, why = default_for(laptop, True)
     assert spec is None and "encoders" in why
     spec, why = default_for(npu, False)
-    assert spec is None and "qdq" in why
+    assert spec == "onnx:qdq_a8w8" and "static 8-bit activations" in why
+    spec, why = default_for(npu, False, ("qdq_a16w8",))  # --quant qdq_a16w8
+    assert spec is None and "onnx:qdq_a16w8 loses little" in why
+    spec, why = default_for(npu, False, ("qdq_a16w4",))  # 4-bit weights, no grid yet
+    assert spec is None and "no training grid" in why
+    assert default_for(laptop, False, ("q8_0",))[0] is None
     check_deployed("gguf:q4_0", laptop)
     with pytest.raises(EdgeDistillError) as e:
         check_deployed("gguf:q4_0", npu)
@@ -74,7 +80,7 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
                                                   save_every=0),
                                 data=DataConfig(seq_len=32)))
     qa = res.metrics["quant_aware"]
-    assert qa["format"] == "gguf:q4_0" and qa["start_step"] == 6 and qa["steps"] == 2
+    assert qa["format"] == "gguf:q4_0" and qa["start_step"] == 4 and qa["steps"] == 4
     # q, k, v, o, gate, up, down x 2 layers; the untied embedding (Q4_0) and head (hidden 64
     # does not divide into Q6_K's blocks: llama.cpp falls back on Q8_0)
     assert qa["tensors"] == 16 and qa["trained_types"] == {"Q4_0": 15, "Q8_0": 1}
@@ -101,6 +107,37 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
     assert "16 of its 16 quantized matrices hold exactly the trained weights" in art.note
 
 
+@pytest.mark.slow
+def test_compare_ptq_sets_the_same_student_with_and_without_qad_side_by_side(trained_llama,
+                                                                            tmp_path):
+    """export --compare-ptq: the chain also distils the planned student without QAD, for the
+    same steps, exports and measures it; the report's table pairs the two files."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgedistill", "export", "--teacher", str(trained_llama),
+           "--target", "laptop", "--out", str(out), "--steps", "4", "--seq-len", "32",
+           "--batch-size", "2", "--quant", "q4_0", "--new-tokens", "8", "--repeats", "1",
+           "--speedup", "1", "--no-baselines", "--compare-ptq"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "quant-aware distillation: on, for gguf:q4_0" in r.stderr
+    assert "distill without quant-aware (--compare-ptq)" in r.stderr
+    assert CONFIG_KEY in json.loads((out / "student" / "config.json").read_text())
+    assert CONFIG_KEY not in json.loads((out / "ptq" / "student" / "config.json").read_text())
+    doc = json.loads((out / "report.json").read_text())
+    assert {a["role"] for a in doc["artifacts"]} == {"student", "student-ptq"}
+    rows = {c["file"]: c for c in doc["compare_ptq"]}
+    assert set(rows) == {"gguf:q4_0", "hf:fp32"}
+    for c in rows.values():
+        for side in ("quant_aware", "ptq"):
+            assert c[side]["kl_to_teacher"] >= 0 and c[side]["decode_tokens_per_s"] > 0
+    assert doc["recommendation"]["headline"]
+    assert (doc["recommendation"].get("file") or doc["recommendation"]["closest"])[
+        "role"] == "student"
+    md = (out / "report.md").read_text()
+    assert "## Quant-aware against distil-then-quantize" in md and "| gguf:q4_0 |" in md
+    assert "id='compare-ptq'" in (out / "report.html").read_text()
+
+
 def test_cli_refuses_a_format_without_a_grid(trained_llama, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgedistill", "distill", "--teacher",
                         str(trained_llama), "--quant-aware", "gguf:q5_k_m", "--out",
@@ -108,6 +145,30 @@ def test_cli_refuses_a_format_without_a_grid(trained_llama, tmp_path):
     assert r.returncode == 2
     assert "no fake-quant grid for gguf:q5_k_m" in r.stderr and "gguf:q4_k_m" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_phone_npu_student_trains_for_its_a8w8_file_exactly(trained_llama, text_file,
+                                                              tmp_path):
+    """--quant-aware onnx:qdq_a8w8: matrices and embedding tables on the QDQ file's per-tensor
+    grids, the linear layers' activations rounded to 8 bits; the QDQ files onnxruntime writes
+    for the HTP decode to exactly the trained weights, and the model still agrees with its
+    teacher."""
+    res = distill(trained_llama, "phone-npu", text_file, tmp_path / "run",
+                  DistillConfig(student=str(trained_llama), quant_aware="onnx:qdq_a8w8",
+                                train=TrainConfig(steps=8, batch_size=2, lr=1e-3, eval_every=4,
+                                                  save_every=0),
+                                data=DataConfig(seq_len=32)))
+    qa = res.metrics["quant_aware"]
+    assert qa["trained_types"] == {"U8": 16} and "8 bits per tensor" in qa["activations"]
+    assert res.metrics["validation"]["kl"] < 0.05, res.metrics["validation"]
+    out = export(res.student_dir, "phone-npu",
+                 ExportConfig(quants=("qdq_a8w8",), context=160, eval_sequences=2,
+                              npu_eval_items=2), tmp_path / "export")
+    art = next(a for a in out.artifacts if a.quant == "qdq_a8w8")
+    assert art.status == "passed", art.verdict.failures
+    assert art.verdict.figures["weights"] == {"tensors": 16, "quantized": 16, "exact": 16}
+    assert "16 of its 16 quantized matrices hold exactly the trained weights" in art.note
 
 
 @pytest.mark.slow

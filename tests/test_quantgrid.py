@@ -37,6 +37,41 @@ def test_grids_equal_ggml_reference_quantizers(kind):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("case", ["awkward", "positive", "negative", "constant"])
+def test_qdq_grids_are_a_fixed_point_of_onnxruntimes_quantizer(bits, case):
+    """Weights on a U8/U16 grid, quantized as onnxruntime's QDQ quantizer quantizes a weight
+    (the QNN config's MinimumRealRange included) and decoded as DequantizeLinear decodes it,
+    come back bit for bit; the grid is close to a plain rounding of the weights."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    w = {"awkward": _awkward(), "positive": _awkward().abs() + 0.01,
+         "negative": -_awkward().abs(), "constant": torch.full((4, 32), 0.02)}[case]
+    g = quantgrid.affine(w, bits)
+    assert torch.equal(quantgrid.affine(g, bits), g)
+    a = g.numpy().T.copy()  # as the MatMul initializer holds it
+    zp, scale, q = quantize_data(a.ravel(), TensorProto.UINT8 if bits == 8 else
+                                 TensorProto.UINT16, False, min_real_range=1e-4)
+    back = (q.astype(np.float32) - np.float32(zp)) * np.float32(scale)
+    assert np.array_equal(back.reshape(a.shape), a)
+    span = max(float(w.max().clamp(min=0) - w.min().clamp(max=0)), 1e-4)
+    err = (g - w).abs().flatten().sort().values
+    assert float(err[-3]) <= span / (2 ** bits - 1) * 0.51  # all but the two ends: rounding
+    assert float(err[-1]) <= span * (0.51 / (2 ** bits - 1) + 2.0 ** -(24 - bits))  # + snap
+
+
+def test_activation_rounding_is_static_and_straight_through():
+    x = torch.linspace(-1, 3, 101, requires_grad=True)
+    y = quantgrid.fake_quant_act(x, -1.0, 3.0, 8)
+    assert len(torch.unique(y.detach())) <= 256
+    assert float((y - x).detach().abs().max()) <= 4 / 255 / 2 + 1e-6
+    clipped = quantgrid.fake_quant_act(torch.tensor([9.0]), -1.0, 3.0)
+    assert float(clipped) == pytest.approx(3, abs=0.02)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
 @pytest.mark.parametrize("kind, rtn", [("Q4_K", 0.12), ("Q6_K", 0.03)])
 def test_k_quant_grids_are_idempotent_and_close(kind, rtn):
     """A k-quant grid's values are on the grid (rounding them again changes nothing), and
@@ -58,10 +93,13 @@ def test_fake_quant_passes_gradients_straight_through():
 
 def test_a_format_without_a_grid_is_a_clear_error():
     assert quantgrid.file_types("gguf", "q4_k_m") == {"Q4_K", "Q6_K"}
-    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int4"), ("gguf", "f16")):
+    assert quantgrid.file_types("onnx", "qdq_a16w8") == {"U8", "U16"}
+    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int4"), ("gguf", "f16"),
+                       ("onnx", "qdq_a16w4")):
         with pytest.raises(EdgeDistillError) as e:
             quantgrid.file_types(fmt, quant)
-        assert "gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0" in e.value.hint
+        assert ("gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0, onnx:qdq_a16w8, onnx:qdq_a8w8"
+                in e.value.hint)
     with pytest.raises(ValueError):
         quantgrid.q4_0(torch.zeros(4, 40))
     with pytest.raises(ValueError):

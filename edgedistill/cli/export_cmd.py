@@ -40,9 +40,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true",
                    help="do not export and measure the teacher too")
     p.add_argument("--no-quant-aware", action="store_const", const=True, default=None,
-                   help="never train quant-aware (default: on where the target's deployment "
-                   "file has 4-bit weights with a training grid, e.g. the laptop's Q4_K_M "
-                   "for causal LMs)")
+                   help="never train quant-aware (default: on where a deployed file loses "
+                   "measurably and has a training grid: the laptop's Q4_K_M, the phone NPU's "
+                   "a8w8, for causal LMs)")
+    p.add_argument("--compare-ptq", action="store_const", const=True, default=None,
+                   help="also distil the same student for the same steps without quant-aware "
+                   "training, export and measure it (role student-ptq); the report sets the "
+                   "two side by side")
     p.add_argument("--verify-plan", type=count(), default=None, metavar="K",
                    help="check the planner's choice by timing the K candidates around it on "
                    "this machine (plan --verify); the report shows it")
@@ -95,7 +99,7 @@ def run_config(args):
                                                 new_tokens="new_tokens", repeats="repeats",
                                                 data="data")),
                      baselines=not args.no_baselines, quant_aware=not args.no_quant_aware,
-                     **_given(args, verify_plan="verify_plan"))
+                     compare_ptq=bool(args.compare_ptq), **_given(args, verify_plan="verify_plan"))
 
 
 def run(args) -> int:
@@ -162,7 +166,7 @@ def _no_training_flags(args) -> None:
     """``--student`` exports a folder: a training or planning flag would be silently ignored."""
     from edgedistill.errors import EdgeDistillError
 
-    chain_only = ["new_tokens", "repeats", "verify_plan", "no_quant_aware"]
+    chain_only = ["new_tokens", "repeats", "verify_plan", "no_quant_aware", "compare_ptq"]
     given = [f"--{k.replace('_', '-')}" for k in training_dests() + chain_only
              if getattr(args, k) is not None]
     if args.teacher is not None:

@@ -65,10 +65,11 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant-aware", default=None, metavar="FMT:QUANT",
                    help="quant-aware distillation: train the last part of the steps through "
                    "the exact grids of FMT:QUANT (gguf:q4_k_m, gguf:q4_0, gguf:q6_k, "
-                   "gguf:q8_0); the student holds the rounded weights")
+                   "gguf:q8_0, onnx:qdq_a8w8, onnx:qdq_a16w8); the student holds the rounded "
+                   "weights")
     p.add_argument("--quant-aware-share", type=fraction, default=None, metavar="F",
                    help="--quant-aware: the share of the steps, at the end, trained through "
-                   "the grid (default 0.25)")
+                   "the grid (default 0.5)")
     p.add_argument("--teacher-dtype", default=None,
                    help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
                    "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")

@@ -303,8 +303,10 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                             recipe.train_cfg.steps, init_dir)
     if qad is not None:
         log(f"quant-aware: the {qad.spec} file stores "
-            + ", ".join(f"{n} in {k}" for k, n in qad.file_types.items())
-            + f"; those with a grid train through it from step {qad.start}")
+            + (", ".join(f"{n} in {k}" for k, n in qad.file_types.items())
+               + "; those with a grid" if qad.types else "its matrices and embedding tables "
+               "on per-tensor grids; they")
+            + f" train through it from step {qad.start}")
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
                            recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,
                            policy_fn=recipe.policy_fn, qad=qad)

@@ -228,7 +228,7 @@ class DistillConfig:
     ``gguf:q8_0``) whose exact grids the student's matrices are trained through in the last
     ``quant_aware_share`` of the steps; the saved student holds the rounded weights
     (distill/quant_aware.py)."""
-    quant_aware_share: float = 0.25
+    quant_aware_share: float = 0.5
     """The share of the steps, at the end of the run, that train through the grid."""
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """The frozen teacher's dtype. auto: bf16 on a GPU that has it (else fp16), and on a CPU
@@ -263,7 +263,7 @@ class DistillConfig:
                      "write e.g. --teacher-weights 0.6,0.4")
             object.__setattr__(self, "teacher_weights", ws)
         _require(0 < self.quant_aware_share <= 1, f"--quant-aware-share must lie in (0, 1], "
-                 f"not {self.quant_aware_share}.", "use e.g. --quant-aware-share 0.25")
+                 f"not {self.quant_aware_share}.", "use e.g. --quant-aware-share 0.5")
         if self.quant_aware is not None:
             parse_quant_aware(self.quant_aware)
             _require(self.stages == 1, "--quant-aware trains one student; a progressive "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from edgedistill.distill import quant_aware
 from edgedistill.distill.config import KDConfig, TrainConfig
 from edgedistill.distill.losses import (HiddenStateLoss, chunked_kd_loss, embedding_loss,
                                         topk_kd_loss)
@@ -58,8 +59,8 @@ class DistillModule(torch.nn.Module):
                                 teacher_out["topk_ids"][:, :-1].reshape(-1, k), labels, kd,
                                 teacher_out.get("weights"))
         out = self.student.model(input_ids=ids, output_hidden_states=want_states)
-        h = out.last_hidden_state[:, :-1]
-        head = self.student.get_output_embeddings().weight
+        h, head = quant_aware.head(self.student.get_output_embeddings(),
+                                   out.last_hidden_state[:, :-1])
         t_h, t_head = teacher_out["last_hidden"], teacher_out["head"]
         flat = ([x.reshape(-1, x.shape[-1]) for x in t_h] if isinstance(t_h, list)
                 else t_h.reshape(-1, t_h.shape[-1]))

@@ -14,6 +14,14 @@ At the end the weights are replaced by their rounded values (:meth:`QuantAware.b
 saved student is the fake-quant model, and since weights on these grids are a fixed point of
 llama.cpp's quantizer, the file made from it holds the same numbers (tests/test_quantgrid.py).
 Matrices in a type with no grid (Q5_0 fallbacks, say) are left to the quantizer.
+
+The NPUs' static QDQ files (``onnx:qdq_a8w8``, ``onnx:qdq_a16w8``) store every matrix in one
+8-bit scale and zero point per tensor, and the embedding tables at the activations' width
+(quantize/qdq.py); weights on those grids are a fixed point of onnxruntime's quantizer too.
+With 8-bit activations, each linear layer's input and output are also rounded to 8 bits per
+tensor, over the running min/max of the phase's batches, as the exporter's MinMax
+calibration ranges them. The file rounds every other intermediate tensor as well (the
+normalisations' steps, the attention's): those are not simulated.
 """
 from __future__ import annotations
 
@@ -58,26 +66,40 @@ def check_deployed(spec: str, prof) -> None:
                                "pick one of its files, or another --target")
 
 
-def default_for(prof, encoder: bool) -> tuple[str | None, str]:
-    """The whole chain's default: (``FMT:QUANT`` or None, why). On where the profile's
-    deployment file (its first runtime's format, first quantization) has 4-bit weights with
-    a grid here; off for sentence encoders (their deployment, dynamic int8 ONNX, is nearly
-    lossless) and where the file has no grid (8-bit weights lose little; the NPUs' static QDQ
-    has no grid yet)."""
+def lossy(fmt: str, quant: str) -> bool:
+    """Whether a file loses measurably to its quantization: 4-bit weights, or static 8-bit
+    activations (8-bit weight-only and dynamic int8 files lose little)."""
+    qt = quant_type(fmt, quant)
+    return qt.weight_bits == 4 or (qt.static and qt.activation_bits == 8)
+
+
+def default_for(prof, encoder: bool, quants: tuple = ()) -> tuple[str | None, str]:
+    """The whole chain's default: (``FMT:QUANT`` or None, why). The profile's deployment
+    format is its first runtime's; the file is the first of its quantizations (of
+    ``quants``, when the user named some) that loses measurably (:func:`lossy`) and has a
+    grid here. Off for sentence encoders (their deployment, dynamic int8 ONNX, is nearly
+    lossless) and where no deployed file loses measurably or has a grid."""
     if encoder:
         return None, "sentence encoders are deployed in near-lossless 8-bit files"
     fmt = RUNTIMES[prof.runtimes[0]].format if prof.runtimes else None
-    quants = prof.formats.get(fmt) or []
-    if not quants:
-        return None, f"the {prof.name} profile deploys no {fmt} file"
-    spec, qt = f"{fmt}:{quants[0]}", quant_type(fmt, quants[0])
-    if qt.weight_bits != 4:
-        return None, f"its deployment file {spec} loses little to quantization"
-    try:
-        quantgrid.file_types(fmt, quants[0])
-    except EdgeDistillError:
-        return None, f"its deployment file {spec} has no training grid yet"
-    return spec, f"the {prof.name} profile deploys {spec}: 4-bit weights lose measurably"
+    deployed = [q for q in prof.formats.get(fmt) or [] if not quants or q in quants]
+    if not deployed:
+        return None, f"the {prof.name} profile deploys no {fmt} file" + (
+            " of those asked for" if quants else "")
+    for q in deployed:
+        if lossy(fmt, q):
+            try:
+                quantgrid.file_types(fmt, q)
+            except EdgeDistillError:
+                continue
+            why = "4-bit weights" if quant_type(fmt, q).weight_bits == 4 else \
+                "static 8-bit activations"
+            return f"{fmt}:{q}", f"the {prof.name} profile deploys {fmt}:{q}: {why} lose " \
+                                 "measurably"
+    spec = f"{fmt}:{deployed[0]}"
+    if any(lossy(fmt, q) for q in deployed):
+        return None, "its deployed files that lose measurably have no training grid yet"
+    return None, f"its deployment file {spec} loses little to quantization"
 
 
 def ggml_types(model_dir: str | Path, quant: str, threads: int = 2) -> dict[str, str]:
@@ -122,11 +144,48 @@ def targets(student, family: str, types: dict[str, str]) -> list[tuple]:
     return out
 
 
+def qdq_targets(student, quant: str) -> list[tuple]:
+    """(module, QDQ type) for a static QDQ file: every linear layer's matrix in ``U8``, every
+    embedding table at the activations' width (``U8`` or ``U16``)."""
+    import torch
+
+    table = "U8" if quant_type("onnx", quant).activation_bits == 8 else "U16"
+    return [(mod, "U8" if isinstance(mod, torch.nn.Linear) else table)
+            for mod in student.modules()
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) and mod.weight.dim() == 2]
+
+
+def _act(self, key: str, x):
+    """``x`` rounded to 8 bits per tensor over the running range of this module's ``key``
+    (input or output), widened by each training batch; left as it is where training has
+    not ranged it yet."""
+    ranges = self._edgedistill_ranges
+    if self.training:
+        d = x.detach()
+        lo, hi = ranges.get(key, (0.0, 0.0))
+        ranges[key] = (min(lo, float(d.min())), max(hi, float(d.max())))
+    return quantgrid.fake_quant_act(x, *ranges[key], 8) if key in ranges else x
+
+
+def head(mod, hidden):
+    """(hidden, weight) of the output head ``mod`` for a loss that applies the head itself
+    (distill/loop.py's chunked KD): through the head's grid, and its input's 8-bit rounding,
+    while the phase is on; as they are otherwise."""
+    if not hasattr(mod, "_edgedistill_grid"):
+        return hidden, mod.weight
+    if getattr(mod, "_edgedistill_ranges", None) is not None:
+        hidden = _act(mod, "in", hidden)
+    return hidden, quantgrid.fake_quant(mod.weight, mod._edgedistill_grid)
+
+
 def _linear(self, x):
     import torch
 
-    return torch.nn.functional.linear(
-        x, quantgrid.fake_quant(self.weight, self._edgedistill_grid), self.bias)
+    act = getattr(self, "_edgedistill_ranges", None) is not None
+    y = torch.nn.functional.linear(_act(self, "in", x) if act else x,
+                                   quantgrid.fake_quant(self.weight, self._edgedistill_grid),
+                                   self.bias)
+    return _act(self, "out", y) if act else y
 
 
 def _embedding(self, ids):
@@ -146,7 +205,7 @@ class QuantAware:
     steps: int
     """The run's total steps."""
     types: dict = field(default_factory=dict)
-    """{GGUF tensor name: ggml type} of the file (:func:`ggml_types`)."""
+    """GGUF: {tensor name: ggml type} of the file (:func:`ggml_types`)."""
     family: str = "llama"
     modules: list = field(default_factory=list)
 
@@ -159,10 +218,14 @@ class QuantAware:
         import torch
 
         if not self.modules:
-            for mod, kind in targets(student, self.family, self.types):
+            act = self.fmt == "onnx" and quant_type(self.fmt, self.quant).activation_bits == 8
+            for mod, kind in (qdq_targets(student, self.quant) if self.fmt == "onnx" else
+                              targets(student, self.family, self.types)):
                 mod._edgedistill_grid = kind
-                fwd = _embedding if isinstance(mod, torch.nn.Embedding) else _linear
-                mod.forward = pytypes.MethodType(fwd, mod)
+                linear = isinstance(mod, torch.nn.Linear)
+                if act and linear:
+                    mod._edgedistill_ranges = {}
+                mod.forward = pytypes.MethodType(_linear if linear else _embedding, mod)
                 self.modules.append(mod)
         return len({id(m.weight) for m in self.modules})
 
@@ -180,8 +243,9 @@ class QuantAware:
                 if id(mod.weight) not in seen:
                     seen.add(id(mod.weight))
                     kinds[kind] += 1
-                    mod.weight.copy_(quantgrid.GGML_GRIDS[kind](mod.weight))
+                    mod.weight.copy_(quantgrid.GRIDS[kind](mod.weight))
                 del mod.forward, mod._edgedistill_grid
+                mod.__dict__.pop("_edgedistill_ranges", None)
         self.modules = []
         setattr(student.config, CONFIG_KEY, self.spec)
         return dict(sorted(kinds.items()))
@@ -192,23 +256,27 @@ class QuantAware:
         return dict(sorted(Counter(t for t in self.types.values() if t != "F32").items()))
 
     def record(self, kinds: dict) -> dict:
+        act = self.fmt == "onnx" and quant_type(self.fmt, self.quant).activation_bits == 8
         return {"format": self.spec, "start_step": self.start,
                 "steps": self.steps - self.start, "tensors": sum(kinds.values()),
-                "trained_types": kinds, "file_types": self.file_types,
+                "trained_types": kinds, "file_types": self.file_types or kinds,
                 "scales": "recomputed from the weights at every step, as the format's "
-                          "quantizer does", "gradient": "straight-through"}
+                          "quantizer does", "gradient": "straight-through",
+                **({"activations": "8 bits per tensor at each linear layer's input and output, "
+                                   "over the running min/max of the phase's batches"}
+                   if act else {})}
 
 
 def phase(spec: str | None, share: float, steps: int, model_dir: str | Path | None = None,
           threads: int | None = None) -> QuantAware | None:
     """The QAD phase of a run of ``steps`` steps: its last ``share`` (at least one step);
-    with ``model_dir`` (the student's folder), the file's ggml types are found."""
+    with ``model_dir`` (the student's folder), a GGUF file's ggml types are found."""
     if not spec:
         return None
     fmt, quant = parse(spec)
     start = min(steps - 1, max(0, round(steps * (1 - share))))
     qa = QuantAware(fmt, quant, start, steps)
-    if model_dir is not None:
+    if model_dir is not None and fmt == "gguf":
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
         qa.family = shape_from_config(cfg, str(model_dir)).family
         qa.types = ggml_types(model_dir, quant, threads or min(4, os.cpu_count() or 1))

@@ -23,6 +23,7 @@ from edgedistill.convert.gguf import check_writable, sliding_window, window_note
 from edgedistill.data import eval_data
 from edgedistill.distill.quant_aware import file_note, trained_for
 from edgedistill.errors import EdgeDistillError, writable_dir
+from edgedistill.formats import quant_type
 from edgedistill.export.checks import npu_artifacts, onnx_artifacts
 from edgedistill.export.gguf_checks import gguf_artifacts
 from edgedistill.logs import get_logger
@@ -31,6 +32,7 @@ from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.records import Artifact, ExportResult, Verdict
 from edgedistill.runstate import Ledger, atomic_write, files_id
 from edgedistill.teacher import check_model_files
+from edgedistill.verify.own import qdq_weights
 from edgedistill.verify.parity import ENCODER_THRESHOLDS, THRESHOLDS
 from edgedistill.verify.reference import reference, verify
 from edgedistill.version import ARTIFACTS_VERSION, __version__
@@ -153,6 +155,9 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     if trained:  # every file says whether it was trained quant-aware, and for which file
         for a in result.artifacts:
             a.quantization = dict(a.quantization or {}, quant_aware=trained)
+            if quant_type(a.format, a.quant).static and a.verdict is not None:
+                a.verdict.figures.setdefault("weights", qdq_weights(
+                    a.path, a.path.with_name(a.path.name.replace(f".{a.quant}.", ".fp32."))))
             a.note = "; ".join(filter(None, [a.note, file_note(
                 trained, f"{a.format}:{a.quant}", a.verdict.figures)]))
     out_dir.mkdir(parents=True, exist_ok=True)

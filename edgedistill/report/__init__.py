@@ -160,6 +160,65 @@ def _plan_section(plan: dict, rows: list[dict], kind: str, measured_on: str) -> 
     return sec
 
 
+def ptq_comparison(rows: list[dict], kind: str) -> list[dict]:
+    """--compare-ptq: for each file of the quant-aware student (role ``student``) and the same
+    student distilled without QAD (``student-ptq``), their quality against the teacher and
+    speed, measured the same way; for causal LMs the recovered share of the quantization gap,
+    1 - (KL_qad - KL_float) / (KL_ptq - KL_float), KL_float being the plain student's torch
+    model (reported where the gap is positive)."""
+    keys = (("cosine_to_teacher", "neighbour_overlap") if kind == "encoder" else
+            ("kl_to_teacher", "top1_agreement", "loss"))
+    speed = "sentences_per_s" if kind == "encoder" else "decode_tokens_per_s"
+
+    def figs(a):
+        q, b = a.get("quality") or {}, a.get("bench") or {}
+        return {k: q.get(k) for k in keys} | {speed: b.get(speed)}
+
+    ptq = {(a["format"], a["quant"], a.get("runtime")): a for a in rows
+           if a["role"] == "student-ptq"}
+    flt = next((a for a in ptq.values() if a["format"] == "hf"), None)
+    kl_float = ((flt or {}).get("quality") or {}).get("kl_to_teacher")
+    out = []
+    for a in rows:
+        b = ptq.get((a["format"], a["quant"], a.get("runtime")))
+        if a["role"] != "student" or b is None:
+            continue
+        row = {"file": f"{a['format']}:{a['quant']}", "quant_aware": figs(a), "ptq": figs(b)}
+        kq, kp = row["quant_aware"].get("kl_to_teacher"), row["ptq"].get("kl_to_teacher")
+        if a["format"] != "hf" and None not in (kq, kp, kl_float) and kp > kl_float:
+            row["recovered"] = 1 - (kq - kl_float) / (kp - kl_float)
+        out.append(row)
+    return out
+
+
+def _ptq_rows(cmp: list[dict], kind: str) -> tuple[list[str], list[list[str]]]:
+    if kind == "encoder":
+        cols = [("cosine→teacher", "cosine_to_teacher", ".4f"),
+                ("top-10 overlap", "neighbour_overlap", ".3f"), ("sent/s", "sentences_per_s",
+                                                                 ".0f")]
+    else:
+        cols = [("KL→teacher", "kl_to_teacher", ".4f"), ("top-1→teacher", "top1_agreement",
+                                                         ".3f"),
+                ("held-out loss", "loss", ".4f"), ("decode tok/s", "decode_tokens_per_s", ".1f")]
+    head = ["file"] + [f"{c} {w}" for c, _, _ in cols for w in ("QAD", "PTQ")]
+    if kind != "encoder":
+        head.insert(3, "gap recovered")
+    rows = []
+    for r in cmp:
+        cells = [r["file"]] + [_fmt(r[w].get(k), f) for _, k, f in cols
+                               for w in ("quant_aware", "ptq")]
+        if kind != "encoder":
+            cells.insert(3, f"{r['recovered']:.0%}" if "recovered" in r else "")
+        rows.append(cells)
+    return head, rows
+
+
+PTQ_TEXT = ("The same student distilled for the same steps with quant-aware training (QAD) "
+            "and without it, then quantized (PTQ), each file measured the same way here. "
+            "'gap recovered': 1 - (KL_QAD - KL_float) / (KL_PTQ - KL_float), KL_float being "
+            "the plain student's float model.")
+
+
 def build_report(run_dir: str | Path) -> dict:
     """The report document of a run folder (report.json's content), from its bench.json
     (rows checked as :class:`BenchRecord`), plan.json, distill.json, train_log.jsonl and
@@ -249,7 +308,8 @@ def build_report(run_dir: str | Path) -> dict:
             "judged": {k: {"meets": j["meets"], "misses": j["misses"]} for k, j in judged.items()},
             "plan": _plan_section(plan, rows, kind, measured_on)
             | ({"verify": verified} if verified else {}),
-            "training": training, "artifacts": rows, "notes": notes}
+            "training": training, "artifacts": rows, "notes": notes,
+            **({"compare_ptq": cmp} if (cmp := ptq_comparison(rows, kind)) else {})}
 
 
 def recommendation_lines(doc: dict) -> list[str]:
@@ -394,6 +454,9 @@ def write_report(run_dir: str | Path, doc: dict) -> dict:
         md += ["## Training", "", _training_text(tr), ""]
         if tr.get("stages"):
             md += ["Progressive chain:", "", markdown_table(*_stage_rows(tr)), ""]
+    if doc.get("compare_ptq"):
+        md += ["## Quant-aware against distil-then-quantize", "", PTQ_TEXT, "",
+               markdown_table(*_ptq_rows(doc["compare_ptq"], kind)), ""]
     md += ["## Notes", ""] + [f"- {n}" for n in notes]
     paths = {"json": run_dir / "report.json", "md": run_dir / "report.md",
              "html": run_dir / "report.html"}
@@ -483,6 +546,10 @@ def _html(doc, title, where, headline, more, head, rows, kind) -> str:
     if pred is not None:
         parts.append("<section id='predicted'><h2>Predicted against measured, this machine"
                      "</h2>" + _img(pred, "predicted against measured") + "</section>")
+    if doc.get("compare_ptq"):
+        parts.append("<section id='compare-ptq'><h2>Quant-aware against distil-then-quantize"
+                     f"</h2><p>{e(PTQ_TEXT)}</p>"
+                     + _table_html(*_ptq_rows(doc["compare_ptq"], kind)) + "</section>")
     parts.append("<section id='notes'><h2>Notes</h2><ul>"
                  + "".join(f"<li>{e(n)}</li>" for n in doc.get("notes", [])) + "</ul></section>")
     style = ("body{font-family:sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em}"

@@ -275,6 +275,43 @@ def onnx_own_graph(path: str | Path, fp32_path: str | Path, dst: str | Path) -> 
     return rows
 
 
+def qdq_weights(path: str | Path, float_path: str | Path) -> dict:
+    """A static QDQ file's matrices and tables (2-D weights behind a DequantizeLinear),
+    decoded as the runtime decodes them ((q - zero point) x scale, per tensor or per channel,
+    in float32) and compared bit for bit with the float file's: {tensors, quantized, exact}
+    (the ``weights`` summary :func:`~edgedistill.distill.quant_aware.file_note` reads)."""
+    import onnx
+    from onnx import numpy_helper
+
+    def arrays(p):
+        return {t.name: t for t in onnx.load(str(p)).graph.initializer}
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    source = arrays(float_path)
+    n = exact = 0
+    for node in model.graph.node:
+        name = node.input[0]
+        base = name.removesuffix("_quantized")
+        if node.op_type != "DequantizeLinear" or name not in inits or base not in source:
+            continue
+        src = numpy_helper.to_array(source[base])
+        if src.ndim != 2:
+            continue
+        q = numpy_helper.to_array(inits[name]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zp = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+              if len(node.input) > 2 and node.input[2] in inits else np.zeros_like(scale))
+        if scale.ndim:  # per channel along ``axis``
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        n += 1
+        exact += bool(np.array_equal((q - zp) * scale, src))
+    return {"tensors": n, "quantized": n, "exact": exact}
+
+
 def is_nbits(path: str | Path) -> bool:
     """True when the ONNX file holds MatMulNBits weights (causal int8/int4, encoder int4)."""
     import onnx
