@@ -152,6 +152,11 @@ def quant_names(fmt: str, *, floats: bool = True, static: bool | None = None) ->
 
 SENTENCE_EMBEDDING = "sentence_embedding"
 
+ONNX_INT4_AT_8_BITS = (r"down_proj|/v_proj/|/mlp/c_proj/|/layer\.\d+/output/dense/|"
+                       r"/attention/self/value/")
+"""An ONNX int4 file keeps the MatMuls whose node name matches this (and the output head) at
+8 bits (quantize/onnx.py: sensitive_nodes); torch module ``a.b.c`` is node ``/a/b/c/MatMul``."""
+
 
 # ggml types whose quantizer weighs the error of each column by an importance vector
 IMPORTANCE_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",

@@ -24,6 +24,13 @@ And for the NPUs' static QDQ files (onnxruntime's QDQ quantizer, as quantize/qdq
 - activations (``fake_quant_act``): the same, per tensor, over a running min/max (the
   exporter's MinMax calibration).
 
+And for onnxruntime's MatMulNBits files (``onnx:int4``, quantize/onnx.py), blocks of 32 along
+a row (the MatMul's K axis), fp32 scales:
+
+- ``MNB4``: 4 bits with a zero point per block: the block's range widened to hold 0,
+  s = (max - min) / 15, z = round(-min / s); also the embedding tables (GatherBlockQuantized);
+- ``MNB8``: 8 bits, symmetric: s = m / -128, m the block's value of largest magnitude.
+
 Q8_0 and Q4_0 are ggml's reference quantizers, bit for bit. The k-quant grids are the ones
 ggml's quantizer finds again: each sub-block keeps an element at each end of its range, so
 the quantizer's first guess fits it exactly. Weights on any of these grids are a fixed point
@@ -186,11 +193,49 @@ def affine(w, bits: int):
 QDQ_GRIDS = {"U8": lambda w: affine(w, 8), "U16": lambda w: affine(w, 16)}
 """Static QDQ weight type -> its exact grid."""
 
-GRIDS = GGML_GRIDS | QDQ_GRIDS
 
-QDQ_TYPES = {"qdq_a8w8": frozenset({"U8"}), "qdq_a16w8": frozenset({"U8", "U16"})}
-"""ONNX static QDQ quantization -> the weight types its files store, all with a grid here
-(8-bit matrices; the embedding tables at the activations' width)."""
+def mnb4(w):
+    """``w`` rounded to MatMulNBits 4-bit blocks of 32 with zero points, as onnxruntime's
+    quantizer computes them; the scale snapped to 20 significant bits and each block's
+    ends on the grid's ends (as :func:`affine` per tensor), so that the quantizer finds
+    exactly this grid again."""
+    import torch
+
+    x = _blocks(w)
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    s = _snap((hi - lo) / 15, 20)
+    z = torch.clamp(torch.round(_div(-lo, s)), 0, 15)
+    q = torch.clamp(torch.round(_div(x, s)) + z, 0, 15)
+    q = _force(q, x, 0, (z > 0) & (s > 0))
+    q = _force(q, x, 15, (z < 15) & (s > 0))
+    return ((q - z) * s).reshape(w.shape)
+
+
+def mnb8(w):
+    """``w`` rounded to MatMulNBits 8-bit symmetric blocks of 32, as onnxruntime's quantizer
+    computes them (s = m / -128, m the block's value of largest magnitude, the first of
+    equal ones; q = round(x / s) in [-128, 127]); the scale snapped to 16 significant bits
+    and m kept at q = -128, so that the quantizer finds exactly this grid again."""
+    import torch
+
+    x = _blocks(w)
+    first = x.abs().argmax(-1, keepdim=True)
+    s = _snap(x.gather(-1, first) / -128, 16)
+    q = torch.clamp(torch.round(_div(x, s)), -128, 127)
+    q = q.scatter(-1, first, torch.where(s != 0, torch.full_like(s, -128), q.gather(-1, first)))
+    return (q * s).reshape(w.shape)
+
+
+NBITS_GRIDS = {"MNB4": mnb4, "MNB8": mnb8}
+"""MatMulNBits weight type -> its exact grid."""
+
+GRIDS = GGML_GRIDS | QDQ_GRIDS | NBITS_GRIDS
+
+ONNX_TYPES = {"qdq_a8w8": frozenset({"U8"}), "qdq_a16w8": frozenset({"U8", "U16"}),
+              "int4": frozenset({"MNB4", "MNB8"})}
+"""ONNX quantization -> the weight types its files store, all with a grid here (QDQ: 8-bit
+matrices, the embedding tables at the activations' width; int4: 4-bit blocks, 8-bit ones for
+the output head, value and FFN down projections)."""
 
 
 def fake_quant_act(x, lo, hi, bits: int = 8):
@@ -212,7 +257,7 @@ def file_types(fmt: str, quant: str) -> frozenset:
     a grid here; EdgeDistillError naming the files there are grids for otherwise."""
     def types(f, q) -> frozenset:
         t = QUANT_TYPES.get((f, q))
-        return (QDQ_TYPES.get(q, frozenset()) if f == "onnx" else
+        return (ONNX_TYPES.get(q, frozenset()) if f == "onnx" else
                 t.ggml_types if t is not None and t.ggml_types <= GGML_GRIDS.keys() else
                 frozenset())
 

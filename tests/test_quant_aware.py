@@ -108,8 +108,36 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
 
 
 @pytest.mark.slow
-def test_compare_ptq_sets_the_same_student_with_and_without_qad_side_by_side(trained_llama,
-                                                                            tmp_path):
+@pytest.mark.parametrize("model, exact", [("trained_llama", 16), ("trained_qwen2", 15)])
+def test_an_onnx_int4_student_holds_exactly_its_trained_blocks(model, exact, text_file,
+                                                               tmp_path, request):
+    """--quant-aware onnx:int4: 4-bit blocks with zero points, 8-bit blocks for the head, the
+    value and the FFN down projections, the embedding table in 4-bit blocks; the int4 file's
+    MatMulNBits and GatherBlockQuantized weights decode to exactly the trained ones. A tied
+    head (qwen2) trains on the table's 4-bit grid, and the file's 8-bit copy of it is the
+    one matrix that is not exact."""
+    teacher = request.getfixturevalue(model)
+    res = distill(teacher, "laptop", text_file, tmp_path / "run",
+                  DistillConfig(student=str(teacher), quant_aware="onnx:int4",
+                                train=TrainConfig(steps=4, batch_size=2, lr=1e-3, eval_every=4,
+                                                  save_every=0),
+                                data=DataConfig(seq_len=32)))
+    qa = res.metrics["quant_aware"]
+    # q, k, o, gate, up at 4 bits and v, down at 8 per layer; the table; an untied head at 8
+    want = {"MNB4": 11, "MNB8": 5} if model == "trained_llama" else {"MNB4": 11, "MNB8": 4}
+    assert qa["trained_types"] == want, qa
+    out = export(res.student_dir, "laptop", ExportConfig(formats=("onnx",), quants=("int4",)),
+                 tmp_path / "export")
+    art = next(a for a in out.artifacts if a.quant == "int4")
+    assert art.status != "failed", art.verdict.failures
+    w = art.verdict.figures["weights"]
+    assert (w["quantized"], w["exact"]) == (16, exact), w
+    assert f"{exact} of its 16 quantized matrices hold exactly the trained weights" in art.note
+
+
+@pytest.mark.slow
+def test_compare_ptq_sets_the_same_student_with_and_without_qad_side_by_side(
+        trained_llama, tmp_path):
     """export --compare-ptq: the chain also distils the planned student without QAD, for the
     same steps, exports and measures it; the report's table pairs the two files."""
     out = tmp_path / "run"

@@ -61,6 +61,43 @@ def test_qdq_grids_are_a_fixed_point_of_onnxruntimes_quantizer(bits, case):
     assert float(err[-1]) <= span * (0.51 / (2 ** bits - 1) + 2.0 ** -(24 - bits))  # + snap
 
 
+def test_matmulnbits_grids_are_a_fixed_point_of_onnxruntimes_quantizer(tmp_path):
+    """A MatMul weight and a Gather table on the MNB4 grid, and a weight on MNB8, quantized
+    by the export's own onnxruntime call (quantize/onnx.py) and decoded as the runtime
+    decodes MatMulNBits and GatherBlockQuantized, come back bit for bit."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgedistill.quantize.onnx import _nbits
+    from edgedistill.verify.own import gather_block_weight, matmulnbits_weight
+
+    w, table = _awkward(16, 128), _awkward(40, 64) * 2
+    for kind, bits in (("MNB4", 4), ("MNB8", 8)):
+        gw, gt = quantgrid.GRIDS[kind](w), quantgrid.mnb4(table)
+        assert torch.equal(quantgrid.GRIDS[kind](gw), gw)
+        inits = [numpy_helper.from_array(gw.numpy().T.copy(), "W"),
+                 numpy_helper.from_array(gt.numpy(), "T")]
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul"),
+             helper.make_node("Gather", ["T", "ids"], ["e"], name="/embed/Gather")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128]),
+             helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16]),
+             helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 3, 64])], inits)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                    ir_version=10), tmp_path / "m.onnx")
+        _nbits(tmp_path / "m.onnx", tmp_path / "q.onnx", {bits: None}, 32, False)
+        q = onnx.load(tmp_path / "q.onnx")
+        by = {i.name: i for i in q.graph.initializer}
+        ops = {n.op_type: n for n in q.graph.node}
+        assert np.array_equal(matmulnbits_weight(ops["MatMulNBits"], by), gw.numpy().T)
+        if bits == 4:
+            assert np.array_equal(gather_block_weight(ops["GatherBlockQuantized"], by),
+                                  gt.numpy())
+        rtn = 0.09 if bits == 4 else 0.01  # a plain rounding: 0.078 and 0.0086
+        assert float((gw - w).norm() / w.norm()) < rtn
+
+
 def test_activation_rounding_is_static_and_straight_through():
     x = torch.linspace(-1, 3, 101, requires_grad=True)
     y = quantgrid.fake_quant_act(x, -1.0, 3.0, 8)
@@ -94,12 +131,13 @@ def test_fake_quant_passes_gradients_straight_through():
 def test_a_format_without_a_grid_is_a_clear_error():
     assert quantgrid.file_types("gguf", "q4_k_m") == {"Q4_K", "Q6_K"}
     assert quantgrid.file_types("onnx", "qdq_a16w8") == {"U8", "U16"}
-    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int4"), ("gguf", "f16"),
+    assert quantgrid.file_types("onnx", "int4") == {"MNB4", "MNB8"}
+    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int8"), ("gguf", "f16"),
                        ("onnx", "qdq_a16w4")):
         with pytest.raises(EdgeDistillError) as e:
             quantgrid.file_types(fmt, quant)
-        assert ("gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0, onnx:qdq_a16w8, onnx:qdq_a8w8"
-                in e.value.hint)
+        assert ("gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0, onnx:int4, onnx:qdq_a16w8, "
+                "onnx:qdq_a8w8" in e.value.hint)
     with pytest.raises(ValueError):
         quantgrid.q4_0(torch.zeros(4, 40))
     with pytest.raises(ValueError):

@@ -65,8 +65,8 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant-aware", default=None, metavar="FMT:QUANT",
                    help="quant-aware distillation: train the last part of the steps through "
                    "the exact grids of FMT:QUANT (gguf:q4_k_m, gguf:q4_0, gguf:q6_k, "
-                   "gguf:q8_0, onnx:qdq_a8w8, onnx:qdq_a16w8); the student holds the rounded "
-                   "weights")
+                   "gguf:q8_0, onnx:int4, onnx:qdq_a8w8, onnx:qdq_a16w8); the student holds "
+                   "the rounded weights")
     p.add_argument("--quant-aware-share", type=fraction, default=None, metavar="F",
                    help="--quant-aware: the share of the steps, at the end, trained through "
                    "the grid (default 0.5)")

@@ -305,7 +305,7 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         log(f"quant-aware: the {qad.spec} file stores "
             + (", ".join(f"{n} in {k}" for k, n in qad.file_types.items())
                + "; those with a grid" if qad.types else "its matrices and embedding tables "
-               "on per-tensor grids; they")
+               "on onnxruntime's grids; they")
             + f" train through it from step {qad.start}")
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
                            recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import types as pytypes
@@ -38,7 +39,7 @@ from edgedistill import quantgrid
 from edgedistill.arch import shape_from_config
 from edgedistill.convert.gguf import export_gguf, gguf_name
 from edgedistill.errors import EdgeDistillError
-from edgedistill.formats import RUNTIMES, quant_type
+from edgedistill.formats import ONNX_INT4_AT_8_BITS, RUNTIMES, quant_type
 from edgedistill.runtimes.child import RuntimeFailure, llama_worker
 
 CONFIG_KEY = "edgedistill_quant_aware"
@@ -144,15 +145,39 @@ def targets(student, family: str, types: dict[str, str]) -> list[tuple]:
     return out
 
 
-def qdq_targets(student, quant: str) -> list[tuple]:
-    """(module, QDQ type) for a static QDQ file: every linear layer's matrix in ``U8``, every
-    embedding table at the activations' width (``U8`` or ``U16``)."""
+def onnx_node(module_name: str) -> str:
+    """The ONNX node name torch's exporter gives a linear module's MatMul
+    (``model.layers.0.mlp.down_proj`` -> ``/model/layers.0/mlp/down_proj/MatMul``)."""
+    path = "".join(("." if p.isdigit() else "/") + p for p in module_name.split("."))
+    return f"{path}/MatMul"
+
+
+def onnx_targets(student, quant: str) -> list[tuple]:
+    """(module, weight type) for an ONNX file. Static QDQ: every linear layer's matrix in
+    ``U8``, every embedding table at the activations' width (``U8`` or ``U16``). int4: 4-bit
+    blocks (``MNB4``), 8-bit ones (``MNB8``) for the output head and the layers
+    formats.ONNX_INT4_AT_8_BITS names; the tables in 4-bit blocks, a tied head with them;
+    matrices whose rows do not divide into blocks of 32 are left to the quantizer."""
     import torch
 
-    table = "U8" if quant_type("onnx", quant).activation_bits == 8 else "U16"
-    return [(mod, "U8" if isinstance(mod, torch.nn.Linear) else table)
-            for mod in student.modules()
-            if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) and mod.weight.dim() == 2]
+    if quant != "int4":
+        table = "U8" if quant_type("onnx", quant).activation_bits == 8 else "U16"
+        return [(mod, "U8" if isinstance(mod, torch.nn.Linear) else table)
+                for mod in student.modules() if isinstance(mod, (torch.nn.Linear,
+                                                                 torch.nn.Embedding))
+                and mod.weight.dim() == 2]
+    get_head = getattr(student, "get_output_embeddings", None)
+    head = get_head() if get_head else None
+    tables = {id(m.weight) for m in student.modules() if isinstance(m, torch.nn.Embedding)}
+    out = []
+    for name, mod in student.named_modules():
+        if not isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) or \
+                mod.weight.dim() != 2 or mod.weight.shape[1] % quantgrid.BLOCK:
+            continue
+        wide = isinstance(mod, torch.nn.Linear) and id(mod.weight) not in tables and (
+            mod is head or re.search(ONNX_INT4_AT_8_BITS, onnx_node(name)))
+        out.append((mod, "MNB8" if wide else "MNB4"))
+    return out
 
 
 def _act(self, key: str, x):
@@ -219,7 +244,7 @@ class QuantAware:
 
         if not self.modules:
             act = self.fmt == "onnx" and quant_type(self.fmt, self.quant).activation_bits == 8
-            for mod, kind in (qdq_targets(student, self.quant) if self.fmt == "onnx" else
+            for mod, kind in (onnx_targets(student, self.quant) if self.fmt == "onnx" else
                               targets(student, self.family, self.types)):
                 mod._edgedistill_grid = kind
                 linear = isinstance(mod, torch.nn.Linear)
@@ -295,7 +320,8 @@ def file_note(trained: str, spec: str, figures: dict) -> str:
     exact, quantized = w.get("exact", 0), w.get("quantized", 0)
     return (f"trained quant-aware for {trained}: {exact} of its {quantized} quantized "
             "matrices hold exactly the trained weights"
-            + (" (the others are in types with no training grid)"
+            + (" (the others were not trained on their file's grid: a type with no grid, or a "
+               "tied table the file also stores at another width)"
                if exact < quantized else ""))
 
 

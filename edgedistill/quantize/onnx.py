@@ -23,7 +23,7 @@ import numpy as np
 
 from edgedistill.convert.onnx import atomic_onnx, quiet_root_logger
 from edgedistill.errors import EdgeDistillError
-from edgedistill.formats import quant_names
+from edgedistill.formats import ONNX_INT4_AT_8_BITS, quant_names
 
 # Static QDQ covers the weight-carrying ops. Elementwise ops of a causal LM see its attention
 # mask (-3.4e38 where masked): calibrating their ranges on it flattens every other value to 0.
@@ -197,9 +197,7 @@ def sensitive_nodes(model) -> list[str]:
     from 95.3% to 96.0%."""
     names = set(output_head_nodes(model))
     for n in model.graph.node:
-        if n.op_type == "MatMul" and re.search(
-                r"down_proj|/v_proj/|/mlp/c_proj/|/layer\.\d+/output/dense/|"
-                r"/attention/self/value/", n.name):
+        if n.op_type == "MatMul" and re.search(ONNX_INT4_AT_8_BITS, n.name):
             names.add(n.name)
     return sorted(names)
 
