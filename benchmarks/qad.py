@@ -1,7 +1,7 @@
 """Quant-aware distillation against distil-then-quantize, measured in llama.cpp.
 
     .venv/bin/python benchmarks/qad.py [--teacher DIR] [--uses self,planned] [--steps 300]
-        [--seeds 0,1] [--grids gguf:q4_0,gguf:q4_k_m,onnx:qdq_a8w8]
+        [--seeds 0,1] [--grids gguf:q4_0,gguf:q4_k_m,onnx:int4,onnx:qdq_a8w8]
 
 Two uses, each with the same total steps per arm:
 
@@ -18,8 +18,8 @@ through that file's grids.
 Each arm's student is exported by edgedistill's own export (``export --student``: an
 importance matrix where it helps the plain student; the quant-aware one is written as it
 is) and its file run in llama.cpp (CPU, F32 KV cache) on held-out standard-library text (an
-``onnx:qdq_*`` file: the phone NPU's fixed prefill graph, on onnxruntime's CPU provider;
-``--uses self`` only), then
+``onnx:int4`` file in onnxruntime; an ``onnx:qdq_*`` file: the phone NPU's fixed prefill
+graph, on onnxruntime's CPU provider, ``--uses self`` only), then
 compared with the float teacher in torch: KL, top-1 agreement, held-out loss (cross-entropy of
 the next token). The recovered share of the quantization gap is
 1 - (KL_qad - KL_float) / (KL_ptq - KL_float), KL_float being arm (a)'s float student (0 for
@@ -64,7 +64,7 @@ def compare(teacher: list, got: list, seqs: list) -> dict:
 
 
 def qdq_quants_of(grids: list) -> tuple:
-    return tuple(g.split(":", 1)[1] for g in grids if g.startswith("onnx:"))
+    return tuple(g.split(":", 1)[1] for g in grids if g.startswith("onnx:qdq"))
 
 
 def main() -> int:
@@ -103,8 +103,8 @@ def main() -> int:
     from edgedistill.profiles import load_profile
     from edgedistill.quantize.gguf import tensor_types
     from edgedistill.runtimes import qnn
-    from edgedistill.runtimes.outputs import (gguf_causal_logits, ort_session,
-                                              torch_causal_logits)
+    from edgedistill.runtimes.outputs import (gguf_causal_logits, onnx_causal_logits,
+                                              ort_session, torch_causal_logits)
     from edgedistill.toy import make_causal_lm
 
     work = Path(args.work)
@@ -135,6 +135,8 @@ def main() -> int:
         raise SystemExit("onnx:qdq_* grids: --uses self only (a planned student for the "
                          "phone NPU is another plan than the laptop's PTQ arm)")
     gguf_quants = tuple(q for g, q in zip(grids, quants) if g.startswith("gguf:"))
+    onnx_quants = tuple(q for g, q in zip(grids, quants) if g.startswith("onnx:")
+                        and q not in qdq_quants_of(grids))
     qdq_quants = qdq_quants_of(grids)
     npu_graphs = npu.graph_shapes(False, load_profile("phone-npu"), args.npu_context)
 
@@ -147,6 +149,14 @@ def main() -> int:
                 got = gguf_causal_logits(a.path, held, args.threads, kv_f32=True)
                 row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
                                 "tensor_types": tensor_types(a.path), "note": a.note}
+        if onnx_quants:
+            out = export(student, "laptop", ExportConfig(formats=("onnx",), quants=onnx_quants),
+                         work / name / "export-onnx")
+            for a in out.artifacts:
+                if a.quant in onnx_quants:
+                    got = onnx_causal_logits(a.path, held, args.threads)
+                    row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
+                                    "note": a.note}
         if qdq_quants:  # the HTP's QDQ graphs, run by onnxruntime's CPU provider
             out = export(student, "phone-npu",
                          ExportConfig(quants=qdq_quants, context=args.npu_context,
@@ -183,7 +193,7 @@ def main() -> int:
                                           eval_every=0, save_every=0, seed=seed),
                         data=DataConfig(seq_len=args.seq_len), kd=KDConfig(loss=args.loss),
                         teacher_dtype=args.teacher_dtype, **qa)
-                    target = "phone-npu" if arm.startswith("qad:onnx:") else "laptop"
+                    target = "phone-npu" if arm.startswith("qad:onnx:qdq") else "laptop"
                     res = distill(teacher, target, data, work / name, cfg,
                                   plan_config=PlanConfig())
                     student, metrics = res.student_dir, res.metrics
@@ -231,6 +241,7 @@ def main() -> int:
            "device": f"{platform.processor() or platform.machine()}, {args.threads} threads",
            "runtime": "llama.cpp CPU (llama-cpp-python), F32 KV cache; files from "
                       "edgedistill export (importance matrix where it helps plain students)"
+                      + ("; onnx:int4 files: onnxruntime CPU" if onnx_quants else "")
                       + ("; onnx:qdq files: the phone NPU's fixed prefill graph on "
                          "onnxruntime's CPU provider" if qdq_quants else ""),
            "teacher": {"path": str(teacher), "family": cfg.get("model_type"),
