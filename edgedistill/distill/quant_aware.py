@@ -22,6 +22,11 @@ With 8-bit activations, each linear layer's input and output are also rounded to
 tensor, over the running min/max of the phase's batches, as the exporter's MinMax
 calibration ranges them. The file rounds every other intermediate tensor as well (the
 normalisations' steps, the attention's): those are not simulated.
+
+ONNX int4 files (onnxruntime's MatMulNBits) store blocks of 32 along each row: 4 bits with a
+zero point, 8 bits for the output head, the value and the FFN down projections
+(formats.ONNX_INT4_AT_8_BITS), the embedding tables in 4-bit blocks; again a fixed point of
+onnxruntime's quantizer.
 """
 from __future__ import annotations
 
@@ -160,19 +165,17 @@ def onnx_targets(student, quant: str) -> list[tuple]:
     matrices whose rows do not divide into blocks of 32 are left to the quantizer."""
     import torch
 
+    mods = [(name, mod) for name, mod in student.named_modules()
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) and mod.weight.dim() == 2]
     if quant != "int4":
         table = "U8" if quant_type("onnx", quant).activation_bits == 8 else "U16"
-        return [(mod, "U8" if isinstance(mod, torch.nn.Linear) else table)
-                for mod in student.modules() if isinstance(mod, (torch.nn.Linear,
-                                                                 torch.nn.Embedding))
-                and mod.weight.dim() == 2]
+        return [(mod, "U8" if isinstance(mod, torch.nn.Linear) else table) for _, mod in mods]
     get_head = getattr(student, "get_output_embeddings", None)
     head = get_head() if get_head else None
-    tables = {id(m.weight) for m in student.modules() if isinstance(m, torch.nn.Embedding)}
+    tables = {id(m.weight) for _, m in mods if isinstance(m, torch.nn.Embedding)}
     out = []
-    for name, mod in student.named_modules():
-        if not isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) or \
-                mod.weight.dim() != 2 or mod.weight.shape[1] % quantgrid.BLOCK:
+    for name, mod in mods:
+        if mod.weight.shape[1] % quantgrid.BLOCK:
             continue
         wide = isinstance(mod, torch.nn.Linear) and id(mod.weight) not in tables and (
             mod is head or re.search(ONNX_INT4_AT_8_BITS, onnx_node(name)))
@@ -238,17 +241,22 @@ class QuantAware:
     def spec(self) -> str:
         return f"{self.fmt}:{self.quant}"
 
+    @property
+    def rounds_activations(self) -> bool:
+        """Whether the file has static 8-bit activations (rounded in training too)."""
+        qt = quant_type(self.fmt, self.quant)
+        return qt.static and qt.activation_bits == 8
+
     def enable(self, student) -> int:
         """Route the matrices through their grids; returns how many tensors. Idempotent."""
         import torch
 
         if not self.modules:
-            act = self.fmt == "onnx" and quant_type(self.fmt, self.quant).activation_bits == 8
             for mod, kind in (onnx_targets(student, self.quant) if self.fmt == "onnx" else
                               targets(student, self.family, self.types)):
                 mod._edgedistill_grid = kind
                 linear = isinstance(mod, torch.nn.Linear)
-                if act and linear:
+                if self.rounds_activations and linear:
                     mod._edgedistill_ranges = {}
                 mod.forward = pytypes.MethodType(_linear if linear else _embedding, mod)
                 self.modules.append(mod)
@@ -281,7 +289,6 @@ class QuantAware:
         return dict(sorted(Counter(t for t in self.types.values() if t != "F32").items()))
 
     def record(self, kinds: dict) -> dict:
-        act = self.fmt == "onnx" and quant_type(self.fmt, self.quant).activation_bits == 8
         return {"format": self.spec, "start_step": self.start,
                 "steps": self.steps - self.start, "tensors": sum(kinds.values()),
                 "trained_types": kinds, "file_types": self.file_types or kinds,
@@ -289,7 +296,7 @@ class QuantAware:
                           "quantizer does", "gradient": "straight-through",
                 **({"activations": "8 bits per tensor at each linear layer's input and output, "
                                    "over the running min/max of the phase's batches"}
-                   if act else {})}
+                   if self.rounds_activations else {})}
 
 
 def phase(spec: str | None, share: float, steps: int, model_dir: str | Path | None = None,
