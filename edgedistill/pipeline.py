@@ -51,9 +51,10 @@ class RunConfig:
     baselines: bool = True
     """Export and measure the teacher too, the same way (--no-baselines turns it off)."""
     quant_aware: bool = True
-    """Train quant-aware where the profile's deployment file loses measurably (4-bit
-    weights with a training grid; ``distill.quant_aware.default_for``) unless
-    ``distill.quant_aware`` names a file; False (--no-quant-aware): never."""
+    """Train quant-aware for the first deployed file (of ``export.quants``, when given) that
+    loses measurably (4-bit weights, static 8-bit activations) and has a training grid
+    (``distill.quant_aware.default_for``) unless ``distill.quant_aware`` names a file; False
+    (--no-quant-aware): never."""
     compare_ptq: bool = False
     """With quant-aware distillation on: also distil the same student for the same steps
     without it, into RUN_DIR/ptq, and export and measure it beside the quant-aware one (role

@@ -25,6 +25,15 @@ def text_file(tmp_path_factory):
     return p
 
 
+def _qat(model, target, data, spec, out, steps=8, batch_size=2, lr=1e-3):
+    """distill --teacher MODEL --student MODEL --quant-aware SPEC: a QAT checkpoint of it."""
+    return distill(model, target, data, out,
+                   DistillConfig(student=str(model), quant_aware=spec,
+                                 train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
+                                                   eval_every=4, save_every=0),
+                                 data=DataConfig(seq_len=32)))
+
+
 def test_the_phase_is_the_last_share_of_the_steps():
     assert phase(None, 0.25, 100) is None
     p = phase("gguf:q4_0", 0.25, 100)
@@ -33,7 +42,7 @@ def test_the_phase_is_the_last_share_of_the_steps():
     assert phase("gguf:q8_0", 1.0, 10).start == 0
     assert phase("gguf:q4_k_m", 0.5, 10).start == 5
     for bad, hint in (("q4_0", "gguf:q4_k_m"), ("gguf:q5_k_m", "gguf:q4_0"),
-                      ("onnx:int4", "gguf:q8_0")):
+                      ("onnx:int8", "onnx:int4")):
         with pytest.raises(EdgeDistillError) as e:
             DistillConfig(quant_aware=bad)
         assert hint in (e.value.hint or "")
@@ -74,11 +83,7 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
     """distill --teacher M --student M --quant-aware gguf:q4_0: the layers' matrices end on
     the Q4_0 grid, the config says so, the last steps trained through the grid, and the Q4_0
     file holds exactly the trained weights (no importance matrix moves them)."""
-    res = distill(trained_llama, "laptop", text_file, tmp_path / "run",
-                  DistillConfig(student=str(trained_llama), quant_aware="gguf:q4_0",
-                                train=TrainConfig(steps=8, batch_size=2, lr=1e-3, eval_every=4,
-                                                  save_every=0),
-                                data=DataConfig(seq_len=32)))
+    res = _qat(trained_llama, "laptop", text_file, "gguf:q4_0", tmp_path / "run")
     qa = res.metrics["quant_aware"]
     assert qa["format"] == "gguf:q4_0" and qa["start_step"] == 4 and qa["steps"] == 4
     # q, k, v, o, gate, up, down x 2 layers; the untied embedding (Q4_0) and head (hidden 64
@@ -117,11 +122,7 @@ def test_an_onnx_int4_student_holds_exactly_its_trained_blocks(model, exact, tex
     head (qwen2) trains on the table's 4-bit grid, and the file's 8-bit copy of it is the
     one matrix that is not exact."""
     teacher = request.getfixturevalue(model)
-    res = distill(teacher, "laptop", text_file, tmp_path / "run",
-                  DistillConfig(student=str(teacher), quant_aware="onnx:int4",
-                                train=TrainConfig(steps=4, batch_size=2, lr=1e-3, eval_every=4,
-                                                  save_every=0),
-                                data=DataConfig(seq_len=32)))
+    res = _qat(teacher, "laptop", text_file, "onnx:int4", tmp_path / "run", steps=4)
     qa = res.metrics["quant_aware"]
     # q, k, o, gate, up at 4 bits and v, down at 8 per layer; the table; an untied head at 8
     want = {"MNB4": 11, "MNB8": 5} if model == "trained_llama" else {"MNB4": 11, "MNB8": 4}
@@ -182,11 +183,7 @@ def test_a_phone_npu_student_trains_for_its_a8w8_file_exactly(trained_llama, tex
     grids, the linear layers' activations rounded to 8 bits; the QDQ files onnxruntime writes
     for the HTP decode to exactly the trained weights, and the model still agrees with its
     teacher."""
-    res = distill(trained_llama, "phone-npu", text_file, tmp_path / "run",
-                  DistillConfig(student=str(trained_llama), quant_aware="onnx:qdq_a8w8",
-                                train=TrainConfig(steps=8, batch_size=2, lr=1e-3, eval_every=4,
-                                                  save_every=0),
-                                data=DataConfig(seq_len=32)))
+    res = _qat(trained_llama, "phone-npu", text_file, "onnx:qdq_a8w8", tmp_path / "run")
     qa = res.metrics["quant_aware"]
     assert qa["trained_types"] == {"U8": 16} and "8 bits per tensor" in qa["activations"]
     assert res.metrics["validation"]["kl"] < 0.05, res.metrics["validation"]
@@ -209,11 +206,8 @@ def test_a_sentence_encoder_trains_quant_aware_into_an_exact_gguf(tmp_path):
     teacher = tiny_sentence_bert(tmp_path / "bert")
     sentences = tmp_path / "s.txt"
     sentences.write_text("\n".join(stdlib_sentences()[:400]))
-    res = distill(teacher, "laptop", sentences, tmp_path / "run",
-                  DistillConfig(student=str(teacher), quant_aware="gguf:q8_0",
-                                train=TrainConfig(steps=4, batch_size=8, save_every=0,
-                                                  eval_every=4),
-                                data=DataConfig(seq_len=32)))
+    res = _qat(teacher, "laptop", sentences, "gguf:q8_0", tmp_path / "run", steps=4,
+               batch_size=8, lr=5e-4)
     qa = res.metrics["quant_aware"]
     assert qa["trained_types"] == {"Q8_0": qa["tensors"]} and qa["tensors"] >= 13, qa
     out = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",), quants=("q8_0",)),

@@ -283,12 +283,9 @@ def qdq_weights(path: str | Path, float_path: str | Path) -> dict:
     import onnx
     from onnx import numpy_helper
 
-    def arrays(p):
-        return {t.name: t for t in onnx.load(str(p)).graph.initializer}
-
     model = onnx.load(str(path))
     inits = {t.name: t for t in model.graph.initializer}
-    source = arrays(float_path)
+    source = {t.name: t for t in onnx.load(str(float_path)).graph.initializer}
     n = exact = 0
     for node in model.graph.node:
         name = node.input[0]
