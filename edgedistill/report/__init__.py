@@ -192,14 +192,14 @@ def ptq_comparison(rows: list[dict], kind: str) -> list[dict]:
 
 
 def _ptq_rows(cmp: list[dict], kind: str) -> tuple[list[str], list[list[str]]]:
-    if kind == "encoder":
-        cols = [("cosine→teacher", "cosine_to_teacher", ".4f"),
-                ("top-10 overlap", "neighbour_overlap", ".3f"), ("sent/s", "sentences_per_s",
-                                                                 ".0f")]
-    else:
-        cols = [("KL→teacher", "kl_to_teacher", ".4f"), ("top-1→teacher", "top1_agreement",
-                                                         ".3f"),
-                ("held-out loss", "loss", ".4f"), ("decode tok/s", "decode_tokens_per_s", ".1f")]
+    """--compare-ptq's table for people: each figure for QAD, then PTQ."""
+    cols = ([("cosine→teacher", "cosine_to_teacher", ".4f"),
+             ("top-10 overlap", "neighbour_overlap", ".3f"),
+             ("sent/s", "sentences_per_s", ".0f")] if kind == "encoder" else
+            [("KL→teacher", "kl_to_teacher", ".4f"),
+             ("top-1→teacher", "top1_agreement", ".3f"),
+             ("held-out loss", "loss", ".4f"),
+             ("decode tok/s", "decode_tokens_per_s", ".1f")])
     head = ["file"] + [f"{c} {w}" for c, _, _ in cols for w in ("QAD", "PTQ")]
     if kind != "encoder":
         head.insert(3, "gap recovered")
