@@ -140,37 +140,30 @@ def main() -> int:
     qdq_quants = qdq_quants_of(grids)
     npu_graphs = npu.graph_shapes(False, load_profile("phone-npu"), args.npu_context)
 
+    def npu_logits(a):  # the HTP's QDQ prefill graph, run by onnxruntime's CPU provider
+        sessions = [ort_session(npu.fixed_path(a.path.parent / "model.onnx", g, a.quant),
+                                args.threads, basic=True) for g in npu_graphs]
+        return qnn.run_causal(*sessions, held, [0] * len(held), npu_graphs)[0]
+
+    files = [  # (quantizations, target, export settings, folder, the file's logits)
+        (gguf_quants, "laptop", ExportConfig(formats=("gguf",), quants=gguf_quants), "export",
+         lambda a: gguf_causal_logits(a.path, held, args.threads, kv_f32=True)),
+        (onnx_quants, "laptop", ExportConfig(formats=("onnx",), quants=onnx_quants),
+         "export-onnx", lambda a: onnx_causal_logits(a.path, held, args.threads)),
+        (qdq_quants, "phone-npu", ExportConfig(quants=qdq_quants, context=args.npu_context,
+                                               eval_sequences=2, npu_eval_items=2),
+         "export-npu", npu_logits)]
+
     def evaluate(student: Path, name: str) -> dict:
         row = {"float": compare(ref, torch_causal_logits(student, held), held)}
-        if gguf_quants:
-            out = export(student, "laptop", ExportConfig(formats=("gguf",), quants=gguf_quants),
-                         work / name / "export")
-            for a in out.artifacts:
-                got = gguf_causal_logits(a.path, held, args.threads, kv_f32=True)
-                row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
-                                "tensor_types": tensor_types(a.path), "note": a.note}
-        if onnx_quants:
-            out = export(student, "laptop", ExportConfig(formats=("onnx",), quants=onnx_quants),
-                         work / name / "export-onnx")
-            for a in out.artifacts:
-                if a.quant in onnx_quants:
-                    got = onnx_causal_logits(a.path, held, args.threads)
-                    row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
-                                    "note": a.note}
-        if qdq_quants:  # the HTP's QDQ graphs, run by onnxruntime's CPU provider
-            out = export(student, "phone-npu",
-                         ExportConfig(quants=qdq_quants, context=args.npu_context,
-                                      eval_sequences=2, npu_eval_items=2),
-                         work / name / "export-npu")
-            for a in out.artifacts:
-                if a.quant not in qdq_quants:
-                    continue
-                sessions = [ort_session(npu.fixed_path(a.path.parent / "model.onnx", g,
-                                                       a.quant), args.threads, basic=True)
-                            for g in npu_graphs]
-                got, _ = qnn.run_causal(*sessions, held, [0] * len(held), npu_graphs)
-                row[a.quant] = {**compare(ref, got, held), "verdict": a.status,
-                                "note": a.note}
+        for qs, target, cfg, folder, logits in files:
+            if not qs:
+                continue
+            for a in export(student, target, cfg, work / name / folder).artifacts:
+                if a.quant in qs:
+                    row[a.quant] = {**compare(ref, logits(a), held), "verdict": a.status,
+                                    "note": a.note} | (
+                        {"tensor_types": tensor_types(a.path)} if a.format == "gguf" else {})
         return row
 
     runs = []

@@ -302,11 +302,11 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     qad = quant_aware.phase(config.quant_aware, config.quant_aware_share,
                             recipe.train_cfg.steps, init_dir)
     if qad is not None:
-        log(f"quant-aware: the {qad.spec} file stores "
-            + (", ".join(f"{n} in {k}" for k, n in qad.file_types.items())
-               + "; those with a grid" if qad.types else "its matrices and embedding tables "
-               "on onnxruntime's grids; they")
-            + f" train through it from step {qad.start}")
+        stored = (", ".join(f"{n} in {k}" for k, n in qad.file_types.items())
+                  + "; those with a grid" if qad.types else
+                  "its matrices and embedding tables on onnxruntime's grids; they")
+        log(f"quant-aware: the {qad.spec} file stores {stored} train through it from step "
+            f"{qad.start}")
     metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
                            recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,
                            policy_fn=recipe.policy_fn, qad=qad)
