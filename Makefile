@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	@$(BIN)/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '0.3.36')" 2>/dev/null || \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --no-cache-dir llama-cpp-python==0.3.36
 	$(BIN)/python -m pip install -q -e '.[ml,dev]'
+	@# Held-out general English (news from gensim's test data; nothing else of gensim).
+	$(BIN)/python -m edgedistill.english --install
 	@# Debian's chromium renders report.html in a test (skipped where it cannot be installed).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \

@@ -1,67 +1,165 @@
 """The main job's figures: the bundled all-MiniLM-L6-v2 distilled for the laptop profile.
 
-    .venv/bin/python benchmarks/demo_minilm.py [--run-dir runs/demo]
+    .venv/bin/python benchmarks/demo_minilm.py [--run-dir runs/demo-bench] [--sources]
 
-Runs ``edgedistill export --target laptop --out RUN_DIR`` (what ``make demo`` runs; finished
-stages of an existing RUN_DIR are reused) and records, from its report.json, every artifact's
-batch time and quality, and the issue's goals: the student's ONNX int8 embeddings at mean
-cosine >= 0.90 to the teacher's on held-out sentences (onnxruntime), and the student at least
-2x faster than the teacher in the same runtime and quantization. Writes
+Runs what ``make demo`` runs (the command is read from the Makefile; a fresh RUN_DIR, so the
+wall time is the main job's after set-up) and records, from its report.json, every file's
+batch time and quality. The goals (issue 23) are judged on the student's ONNX int8 against
+the teacher's ONNX int8, both measured by the run's own bench in onnxruntime with 2 threads,
+alternated, 15 timed runs each of 4 batches of 32 sentences (held-out training-domain
+sentences and general English in turn, each batch padded to its longest sentence), medians:
+
+- general-English cosine >= 0.93 and top-10 neighbour overlap >= 0.80 (ABC news, the Lee
+  corpus, which no training source shares), with the in-domain figures beside them;
+- >= 2.5x the teacher int8's sentences/s (moonshot: 3x at cosine 0.93);
+- <= 5 minutes for the whole job after set-up.
+
+``--sources`` also distils the planned student on each training source alone and on both
+(same steps, same seed), and records the float student's cosine to the teacher on the general
+English and on held-out docstrings: what each source buys. Writes
 benchmarks/results/demo_minilm.json. Everything is measured on this machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+GOALS = {"general_cosine": 0.93, "general_overlap": 0.80, "speedup": 2.5, "wall_s": 300}
+
+
+def demo_args() -> list[str]:
+    """The edgedistill arguments of the Makefile's demo target."""
+    text = (ROOT.parent / "Makefile").read_text()
+    line = re.search(r"^demo:.*\n\t\$\(BIN\)/edgedistill (.*)$", text, re.M).group(1)
+    return line.replace("$(DEMO_OUT)", "{out}").split()
+
+
+def figures(row: dict) -> dict:
+    b, q = row.get("bench") or {}, row.get("quality") or {}
+    g = q.get("general_english") or {}
+    return {"runtime": b.get("runtime"), "batch_ms": b.get("batch_ms"),
+            "sentences_per_s": b.get("sentences_per_s"), "p95_ms": b.get("p95_ms"),
+            "spread_ms": (b.get("spread") or {}).get("batch_ms"), "repeats": b.get("repeats"),
+            "batches": b.get("batches"), "seq_len": b.get("seq_len"),
+            "peak_rss_mb": b.get("peak_rss_mb"), "size_bytes": row.get("size_bytes"),
+            "cosine_in_domain": q.get("cosine_to_teacher"),
+            "top10_in_domain": q.get("neighbour_overlap"),
+            "cosine_general": g.get("cosine_to_teacher"),
+            "top10_general": g.get("neighbour_overlap"),
+            "min_cosine_general": g.get("min_cosine"),
+            "check": (row.get("parity") or {}).get("status", "reference")}
+
+
+def run_demo(run_dir: Path) -> tuple[float, list[str], dict]:
+    """Runs the demo into a fresh ``run_dir``: (wall seconds, its arguments, seconds from
+    each of the pipeline's stage lines to the next)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "edgedistill"] + [a.format(out=run_dir) for a in demo_args()]
+    t0 = time.time()
+    marks = []
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as p:
+        for line in p.stderr:
+            m = re.match(r"\[pipeline\] \[\d+/\d+\] (\w+(?: \w+)?)", line)
+            if m:
+                marks.append((m.group(1), time.time() - t0))
+    wall = time.time() - t0
+    if p.returncode not in (0, 3):  # 3: an artifact failed its check; still recorded
+        raise SystemExit(f"the demo failed (exit {p.returncode})")
+    ends = [t for _, t in marks[1:]] + [wall]
+    stages = {name: round(end - t, 1) for (name, t), end in zip(marks, ends)}
+    return wall, cmd[2:], stages
+
+
+def sources(plan_dir: Path, work: Path, steps: int) -> dict:
+    """The planned student distilled on each source alone and on both; the float student's
+    cosine to the teacher on general English and on held-out docstrings (torch)."""
+    import numpy as np
+
+    from edgedistill.data import split_holdout, stdlib_sentences
+    from edgedistill.english import general_sentences, heldout_sentences
+    from edgedistill.runtimes.outputs import torch_sentence_embeddings
+    from edgedistill.teacher import sentence_pooling
+
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    teacher = Path(plan["teacher"]["path"])
+    work.mkdir(parents=True, exist_ok=True)
+    doc_train, doc_held = split_holdout(list(stdlib_sentences()))
+    files = {"docstrings": work / "docstrings.txt", "general": work / "general.txt"}
+    files["docstrings"].write_text("\n".join(doc_train))
+    files["general"].write_text("\n".join(general_sentences()))
+    evals = {"general_english": list(heldout_sentences()[:256]),
+             "docstrings_held_out": doc_held[:256]}
+    pooling = sentence_pooling(teacher)
+    ref = {k: torch_sentence_embeddings(teacher, v, pooling) for k, v in evals.items()}
+    out = {}
+    for arm, data in (("docstrings", files["docstrings"]), ("general", files["general"]),
+                      ("both", None)):
+        d = work / arm
+        cmd = [sys.executable, "-m", "edgedistill", "distill", "--teacher", str(teacher),
+               "--target", "laptop", "--steps", str(steps), "--out", str(d)]
+        cmd += ["--data", str(data)] if data else []
+        t0 = time.time()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        res = {"seconds": round(time.time() - t0, 1), "data": arm}
+        for k, texts in evals.items():
+            e = torch_sentence_embeddings(d / "student", texts, pooling)
+            r = ref[k]
+            cos = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
+            res[f"cosine_{k}"] = float(cos.mean())
+        out[arm] = res
+        print(arm, json.dumps(res), flush=True)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run-dir", default="runs/demo")
+    ap.add_argument("--run-dir", default="runs/demo-bench")
     ap.add_argument("--out", default=str(ROOT / "results" / "demo_minilm.json"))
-    args = ap.parse_args()
-    t0 = time.time()
-    cmd = [sys.executable, "-m", "edgedistill", "export", "--target", "laptop", "--out",
-           args.run_dir]
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL)
-    if r.returncode not in (0, 3):  # 3: an artifact failed its check; still recorded
-        return r.returncode
-    wall = time.time() - t0
-    run = Path(args.run_dir)
+    ap.add_argument("--sources", action="store_true", help="also measure each training source")
+    ap.add_argument("--source-steps", type=int, default=800)
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    wall, cmd, stages = run_demo(run)
     doc = json.loads((run / "report.json").read_text())
     dist = json.loads((run / "distill.json").read_text())
     plan = json.loads((run / "plan.json").read_text())
-    rows = {}
-    for a in doc["artifacts"]:
-        b, q = a.get("bench") or {}, a.get("quality") or {}
-        rows[f"{a['role']} {a['format']}:{a['quant']}"] = {
-            "runtime": b.get("runtime"), "batch_ms": b.get("batch_ms"),
-            "sentences_per_s": b.get("sentences_per_s"), "p95_ms": b.get("p95_ms"),
-            "peak_rss_mb": b.get("peak_rss_mb"), "size_bytes": a.get("size_bytes"),
-            "cosine_to_teacher": q.get("cosine_to_teacher"),
-            "top10_neighbour_overlap": q.get("neighbour_overlap"),
-            "check": (a.get("parity") or {}).get("status", "reference")}
+    rows = {f"{r['role']} {r['format']}:{r['quant']}": figures(r) for r in doc["artifacts"]}
     s8, t8 = rows["student onnx:int8"], rows["teacher onnx:int8"]
-    speedup = t8["batch_ms"] / s8["batch_ms"]
+    speedup = s8["sentences_per_s"] / t8["sentences_per_s"]
+    goals = {
+        "general-English cosine >= 0.93": (s8["cosine_general"], GOALS["general_cosine"]),
+        "general-English top-10 overlap >= 0.80": (s8["top10_general"],
+                                                   GOALS["general_overlap"]),
+        "speedup onnx:int8 >= 2.5": (speedup, GOALS["speedup"]),
+        "moonshot: speedup >= 3 at cosine 0.93": (
+            speedup if (s8["cosine_general"] or 0) >= 0.93 else 0.0, 3.0)}
     out = {"benchmark": "demo_minilm", "date": time.strftime("%Y-%m-%d"),
-           "measured_on": doc.get("measured_on"), "command": " ".join(cmd[2:]),
-           "wall_seconds_this_call": wall,
+           "measured_on": doc.get("measured_on") or platform.processor(),
+           "command": "edgedistill " + " ".join(cmd), "wall_seconds": round(wall, 1),
+           "stage_seconds": stages,
            "student": plan["student"]["shape"], "student_params": plan["student"]["params"],
            "distill": {k: dist.get(k) for k in ("steps", "seconds", "validation", "data")},
-           "goals": {"student onnx:int8 cosine >= 0.90": {"value": s8["cosine_to_teacher"],
-                                                          "met": s8["cosine_to_teacher"] >= 0.90},
-                     "speedup onnx:int8 >= 2": {"value": speedup, "met": speedup >= 2}},
+           "speedup_onnx_int8": speedup,
+           "goals": {k: {"value": v, "goal": g, "met": v is not None and v >= g}
+                     for k, (v, g) in goals.items()}
+           | {"wall <= 5 min": {"value": wall, "goal": 300, "met": wall <= 300}},
+           "recommendation": (doc.get("recommendation") or {}).get("headline"),
            "artifacts": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps({"cosine_int8": s8["cosine_to_teacher"], "speedup_int8": speedup,
-                      "out": args.out}))
+    if a.sources:
+        out["sources"] = sources(run, Path(a.run_dir + "-sources"), a.source_steps)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v["value"] for k, v in out["goals"].items()} | {"out": a.out}))
     return 0
 
 

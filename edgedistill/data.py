@@ -2,14 +2,16 @@
 files and datasets read into texts, chat rendering, and the held-out splits that distill,
 export and bench share.
 
-Default corpora, deterministic, from the standard library of the running interpreter:
+Default corpora, deterministic, from the standard library of the running interpreter and the
+text the package ships:
 
-- :func:`stdlib_sentences`: English prose, the docstrings of the standard library, extracted
-  with ``ast``, split into sentences and deduplicated (for sentence embedders);
+- :func:`default_sentences` (sentence embedders): :func:`stdlib_sentences`, English prose from
+  the docstrings of the standard library, extracted with ``ast``, split into sentences and
+  deduplicated; then the bundled general English (:mod:`edgedistill.english`);
 - :func:`stdlib_source`: Python source files as text (for causal LMs: code and comments).
 
-Both are sorted by module path so the same interpreter gives the same text, and
-:func:`split_holdout` takes a fixed share out for evaluation by a stable hash, not by order.
+The standard library's files are sorted by module path so the same interpreter gives the same
+text, and :func:`split_holdout` takes a fixed share out for evaluation by a stable hash, not by order.
 
 The user's text (:func:`load_texts`): plain text files, JSONL, a JSON list, a folder of text
 and JSONL files, or a ``datasets`` folder saved with ``save_to_disk``. A record (a JSONL line,
@@ -33,11 +35,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from edgedistill.english import SENT_END, general_sentences, split_sentences
 from edgedistill.errors import EdgeDistillError
 
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip",
               "__pycache__", "tkinter", "pydoc_data", "encodings"}
-_SENT_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
 
 
 def stdlib_dir() -> Path:
@@ -84,12 +86,18 @@ def stdlib_sentences() -> tuple[str, ...]:
             if not doc:
                 continue
             for para in re.split(r"\n\s*\n", doc):
-                for sent in _SENT_END.split(para):
+                for sent in SENT_END.split(para):
                     s = _clean_sentence(sent)
                     if s and s.lower() not in seen:
                         seen.add(s.lower())
                         out.append(s)
     return tuple(out)
+
+
+def default_sentences() -> tuple[str, ...]:
+    """The sentence encoders' default text: the standard library's docstrings, then the
+    bundled general English (:func:`edgedistill.english.general_sentences`)."""
+    return tuple(dict.fromkeys(stdlib_sentences() + general_sentences()))
 
 
 def stdlib_source(max_chars: int | None = None) -> str:
@@ -131,6 +139,14 @@ def is_holdout(text: str, fraction: float = 0.05) -> bool:
     """Stable split: a text is held out when its hash falls in the first ``fraction``."""
     h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
     return h / 2**64 < fraction
+
+
+def spread(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spaced, so that every source of a list made of
+    several, one after another, is sampled."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 def split_holdout(items, fraction: float = 0.05) -> tuple[list, list]:
@@ -390,11 +406,7 @@ def pack(texts: list[str], tok, seq_len: int):
 def sentences_of(texts: list[str]) -> list[str]:
     """Encoder data: one sentence (or line) per item, deduplicated, order kept."""
     
-    out = []
-    for t in texts:
-        for line in t.splitlines():
-            out.extend(s.strip() for s in _SENT_END.split(line))
-    return list(dict.fromkeys(s for s in out if len(s) >= 3))
+    return list(dict.fromkeys(s for t in texts for s in split_sentences(t)))
 
 
 # -- held-out items for verification and bench --------------------------------------------------
@@ -410,10 +422,10 @@ def eval_data(tok, encoder: bool, data: str | None = None, *, sequences: int = 8
                      for ln in t.splitlines()]
             items = list(dict.fromkeys(ln for ln in lines if len(ln) > 3))
         else:
-            items = list(stdlib_sentences())
+            items = list(default_sentences())
         train, held = split_holdout(items)
         held = held or items[-sentences:]
-        return held[:sentences], train[:64]
+        return spread(held, sentences), train[:64]
     text = ("\n\n".join(load_texts(data, chat_renderer(tok))) if data
             else stdlib_source(400_000))
     ids = tok(text)["input_ids"]

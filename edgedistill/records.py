@@ -145,7 +145,7 @@ TIMING_KEYS: dict[str, str] = {
     "ttft_ms": "causal LMs: time to first token, ms (median)",
     "p50_ms": "median per-token (encoders: per-batch) latency, ms",
     "p95_ms": "95th percentile per-token (encoders: per-batch) latency, ms",
-    "batch_ms": "encoders: time of one batch, ms (median)",
+    "batch_ms": "encoders: time of one batch, ms (median of runs over `batches` batches)",
     "sentences_per_s": "encoders: sentences per second at that batch",
     "peak_rss_mb": "peak resident memory of the runtime's process, MB",
     "roofline_fraction": "share of this machine's memory-bandwidth roofline that decode reaches",
@@ -154,7 +154,7 @@ TIMING_KEYS: dict[str, str] = {
     "error": "why the runtime could not run the file (the row is kept, measured false)",
     "note": "what the reader must know about the row (e.g. not timed, and why)",}
 """Keys of a record's ``bench`` dict (docs/report-format.md). Runs add a few of their own
-(prompt_tokens, new_tokens, batch, seq_len, greedy_tokens, warmup_s, tokens_match_eager, htp,
+(prompt_tokens, new_tokens, batch, batches, seq_len, greedy_tokens, warmup_s, tokens_match_eager, htp,
 cudagraph_skips, compiled_graphs), documented there too."""
 
 
@@ -192,7 +192,8 @@ class BenchRecord:
     quality: dict = field(default_factory=dict)
     """Quality of the deployed file from the runtime's own outputs on held-out text:
     perplexity, loss, kl_to_teacher, top1_agreement (causal LMs); cosine_to_teacher,
-    neighbour_overlap (encoders); ``measured``; ``error`` when it could not be computed."""
+    neighbour_overlap (encoders) and ``general_english`` (the same on held-out general
+    English); ``measured``; ``error`` when it could not be computed."""
     predicted: dict = field(default_factory=dict)
     """Predictions beside the measurement: ``this_machine`` and ``target``, each with its
     figures, ``label`` (uncalibrated, calibrated, predicted), ``extrapolated`` (a calibrated

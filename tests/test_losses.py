@@ -87,3 +87,18 @@ def test_hidden_state_and_embedding_losses():
     e = torch.randn(4, 8)
     assert embedding_loss(e, e) < 1e-6 and embedding_loss(e, -e) > 1.9
     assert embedding_loss(e, e, "mse") == 0
+
+
+def test_the_similarity_loss_compares_neighbourhoods_not_lengths():
+    from edgedistill.distill.losses import similarity_loss
+
+    torch.manual_seed(0)
+    t = torch.randn(8, 16)
+    assert similarity_loss(t * 3, t).item() < 1e-10  # cosines: a scaled copy loses nothing
+    rot = torch.linalg.qr(torch.randn(16, 16))[0]
+    assert similarity_loss(t @ rot, t).item() < 1e-10  # nor does a rotated one
+    assert similarity_loss(torch.randn(8, 16), t).item() > 0.01
+    assert similarity_loss(t[:1], t[:1]).item() == 0  # one sentence has no neighbours
+    s = torch.randn(8, 16, requires_grad=True)
+    similarity_loss(s, t).backward()
+    assert s.grad.abs().sum() > 0

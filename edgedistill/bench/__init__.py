@@ -17,6 +17,7 @@ from edgedistill.arch import shape_from_config
 from edgedistill.bench.quality import causal_quality, encoder_quality, runtime_logits
 from edgedistill.bench.timing import roofline_fraction, summarize_causal, summarize_encoder
 from edgedistill.data import eval_data
+from edgedistill.english import HELDOUT_NAME, heldout_available, heldout_sentences
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import CPU_RUNTIME, RUNTIMES
 from edgedistill.logs import get_logger
@@ -30,6 +31,21 @@ from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MOD
 from edgedistill.runtimes.outputs import torch_causal_logits, torch_sentence_embeddings
 from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, time_artifact
 from edgedistill.teacher import sentence_pooling, weight_files
+
+
+GENERAL_SENTENCES = 256  # held-out news sentences an encoder's quality is also judged on
+TIMED_BATCHES = 4  # an encoder's timed run: this many of the profile's batches
+
+
+def length_mix(domain: list[str], general: list[str], n: int) -> list[str]:
+    """``n`` sentences for timing, the data's held-out sentences and general English taken in
+    turn (repeated when short), so the batches carry the lengths of both."""
+    pools = [p for p in (list(domain), list(general)) if p]
+    out, i = [], 0
+    while len(out) < n and pools:
+        out.append(pools[i % len(pools)][(i // len(pools)) % len(pools[i % len(pools)])])
+        i += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -95,15 +111,25 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     held, _ = eval_data(tok, encoder, config.data, sequences=8, seq_len=128)
     lt = prof.latency_targets
+    n_domain = len(held)  # encoders: quality in the data's domain, then on general English
     if encoder:
+        if heldout_available():
+            held = list(held) + list(heldout_sentences()[:GENERAL_SENTENCES])
+        else:
+            log("general-English quality skipped: the held-out news is not installed (run "
+                "'python -m edgedistill.english --install')")
         pooling = sentence_pooling(teacher_dir)
         teacher_ref = torch_sentence_embeddings(teacher_dir, held, pooling)
-        batch_texts = (held * (lt.encoder_batch // max(1, len(held)) + 1))[: lt.encoder_batch]
+        batch_texts = length_mix(held[:n_domain], held[n_domain:],
+                                 lt.encoder_batch * TIMED_BATCHES)
+        n_batches = -(-len(batch_texts) // lt.encoder_batch)
         lens = [len(x) for x in tok(batch_texts, truncation=True,
                                     max_length=lt.encoder_seq_len)["input_ids"]]
-        # onnxruntime and torch pad the batch to its longest sentence; llama.cpp's embed()
+        # onnxruntime and torch pad each batch to its longest sentence; llama.cpp's embed()
         # runs each sentence at its own length (no padding): the mean stands for it
-        run_len = {"padded": max(lens), "unpadded": -(-sum(lens) // len(lens))}
+        cut = [lens[i:i + lt.encoder_batch] for i in range(0, len(lens), lt.encoder_batch)]
+        run_len = {"padded": round(sum(max(c) for c in cut) / len(cut)),
+                   "unpadded": -(-sum(lens) // len(lens))}
     else:
         teacher_ref = torch_causal_logits(teacher_dir, held)
         cfg = json.loads((teacher_dir / "config.json").read_text())
@@ -120,7 +146,7 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
         timed = [i for i in order if not (prof.constraints.static_shapes
                                           and artifacts[i]["format"] == "onnx")]
         enc_raw = _time_encoders(artifacts, timed, threads, repeats, batch_texts,
-                                 lt.encoder_seq_len, config.timeout_s)
+                                 lt.encoder_seq_len, lt.encoder_batch, config.timeout_s)
     out: list = [None] * len(artifacts)
     for k in order:
         art = artifacts[k]
@@ -141,11 +167,13 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
                 if isinstance(raw, RuntimeFailure):
                     raise raw
                 kind = "unpadded" if fmt == "gguf" else "padded"
-                b |= summarize_encoder(raw["batch_s"], lt.encoder_batch, run_len[kind])
+                b |= summarize_encoder([x / n_batches for x in raw["batch_s"]],
+                                       lt.encoder_batch, run_len[kind])
+                b["batches"] = n_batches
                 b |= {"seq_len_cap": lt.encoder_seq_len,
                       "seq_len_basis": ("mean tokens per sentence (llama.cpp does not pad)"
                                         if kind == "unpadded" else
-                                        "the batch's longest sentence (padding)")}
+                                        "the mean of each batch's longest sentence (padding)")}
             else:
                 raw = time_artifact(path, fmt, threads=threads, prompt=prompt,
                                     new_tokens=config.new_tokens, repeats=repeats,
@@ -189,7 +217,8 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
             rec["quality"] = {"measured": False, "note": "same weights as the eager row; "
                               "greedy tokens compared in bench.tokens_match_eager"}
         else:
-            rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log)
+            rec["quality"] = _quality(path, fmt, encoder, held, teacher_ref, threads, art, log,
+                                      n_domain)
             if on_gpu:
                 rec["quality"]["note"] = "from the CPU runtime on the same file"
         shown = (f"{b.get('decode_tokens_per_s', 0):.1f} tok/s decode" if not encoder
@@ -348,7 +377,8 @@ def _agreement(records: list[dict]) -> None:
             r["bench"]["tokens_match_eager"] = sum(a == b for a, b in zip(ref, got)) / len(ref)
 
 
-def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) -> dict:
+def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, batch,
+                   timeout) -> dict:
     """{index: {"batch_s", "peak_rss_mb"} or RuntimeFailure}. Each artifact runs alone once
     (its own peak RSS, and its failure if it fails); then all of one runtime are timed in one
     process in turn (runtimes/bench_worker.py, encoder_paired), so student and teacher share the
@@ -359,7 +389,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
         art = artifacts[k]
         try:
             out[k] = time_artifact(Path(art["path"]), art["format"], threads=threads, repeats=1,
-                                   texts=texts, seq_len=seq_len,
+                                   texts=texts, seq_len=seq_len, batch=batch,
                                    tokenizer=Path(art["model_dir"]), timeout=timeout,
                                    runtime=art.get("runtime"), options=art.get("options"))
         except RuntimeFailure as e:
@@ -372,7 +402,7 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, timeout) 
                                   []).append(k)
     for runtime, ks in by_runtime.items():
         task = {"kind": "encoder_paired", "runtime": RUNTIMES[runtime].worker, "threads": threads,
-                "repeats": repeats, "texts": texts, "seq_len": seq_len,
+                "repeats": repeats, "texts": texts, "seq_len": seq_len, "batch": batch,
                 "models": [str(artifacts[k]["path"]) for k in ks],
                 "tokenizers": [str(artifacts[k]["model_dir"]) for k in ks]}
         task |= GPU_RUNTIME_TASK.get(runtime, {})  # a GPU runtime: its worker and device
@@ -409,8 +439,10 @@ def _pred(p, where: str) -> dict:
                 "basis": p.basis}
 
 
-def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:
-    """Quality from the runtime's own outputs; an error record when the runtime fails."""
+def _quality(path, fmt, encoder, held, ref, threads, art, log, n_domain) -> dict:
+    """Quality from the runtime's own outputs; an error record when the runtime fails. An
+    encoder's ``held`` is the data's held-out sentences (the first ``n_domain``), then general
+    English: the figures are the first's, with the second's under ``general_english``."""
 
     try:
         if encoder:
@@ -425,7 +457,11 @@ def _quality(path, fmt, encoder, held, ref, threads, art, log) -> dict:
                                                        held, threads=threads)
             else:
                 emb = outputs.torch_sentence_embeddings(path, held, pooling)
-            return encoder_quality(emb, ref) | {"measured": True}
+            q = encoder_quality(emb[:n_domain], ref[:n_domain]) | {"measured": True}
+            if len(held) > n_domain:
+                q["general_english"] = encoder_quality(emb[n_domain:], ref[n_domain:]) | {
+                    "source": HELDOUT_NAME}
+            return q
         return causal_quality(runtime_logits(path, fmt, held, threads), held, ref) \
             | {"measured": True}
     except (RuntimeFailure, OSError, ValueError) as e:

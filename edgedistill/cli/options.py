@@ -41,6 +41,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
                    "(default 0)")
     p.add_argument("--hidden-weight", type=non_negative, default=None,
                    help="weight of the hidden-state loss (default 0; encoders use 1 at 0)")
+    p.add_argument("--similarity-weight", type=non_negative, default=None,
+                   help="encoders: weight of the in-batch similarity loss, which matches the "
+                   "student's sentence-to-sentence cosines to the teacher's (default 0)")
     p.add_argument("--init", default=None, help="teacher (default) | random")
     p.add_argument("--progressive", action="store_const", const=0, dest="stages",
                    default=None, help="distil through a chain of students, each step removing "
@@ -125,6 +128,7 @@ def distill_config(args, student: str | None = None):
                            kd_weight="kd_weight", jsd_beta="jsd_beta", on_policy="on_policy"))
     train = TrainConfig(**_given(args, steps="steps", batch_size="batch_size",
                                  grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
+                                 similarity_weight="similarity_weight",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
                                cache_topk="cache_topk", num_responses="num_responses",

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, plain_render,
-                              sentences_of, split_documents, split_holdout, stdlib_sentences,
+                              sentences_of, split_documents, split_holdout, default_sentences,
                               stdlib_source)
 from edgedistill.distill.config import (DataConfig, DistillConfig, DistillResult, KDConfig,
                                         TRAIN_DEFAULTS, TrainConfig, auto_teacher_dtype)
@@ -181,7 +181,7 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                 + ("with the teacher's chat template" if render is not plain_render else
                    "as their contents joined by blank lines (the teacher has no chat template)"))
     elif encoder:
-        texts = list(stdlib_sentences())
+        texts = list(default_sentences())
     else:
         texts = [stdlib_source(DEFAULT_CAUSAL_CHARS)]
     if prompts is not None:

@@ -102,6 +102,8 @@ class TrainConfig:
     clip: float = 1.0
     hidden_weight: float = 0.0
     """Weight of the hidden-state loss (causal LMs; encoders use 1.0 when 0 is given)."""
+    similarity_weight: float = 0.0
+    """Encoders: weight of the in-batch similarity loss (losses.similarity_loss)."""
     eval_every: Optional[int] = None
     """Validate every N steps (0: never); None: a quarter of the steps."""
     save_every: Optional[int] = None
@@ -123,6 +125,8 @@ class TrainConfig:
         _require(self.lr > 0, f"--lr must be above 0, not {self.lr}.", "use e.g. --lr 5e-4")
         _require(0 <= self.warmup < 1, f"warmup is a share of the steps in [0, 1), not "
                  f"{self.warmup}.", "use e.g. 0.05")
+        _require(self.similarity_weight >= 0, f"--similarity-weight must be 0 or more, not "
+                 f"{self.similarity_weight}.", "use 0 (off) or e.g. 10")
         _require(self.hidden_weight >= 0, f"--hidden-weight must be 0 or more, not "
                  f"{self.hidden_weight}.", "use 0 (off) or e.g. 1")
 

@@ -22,7 +22,7 @@ import torch
 from edgedistill.distill import quant_aware
 from edgedistill.distill.config import KDConfig, TrainConfig
 from edgedistill.distill.losses import (HiddenStateLoss, chunked_kd_loss, embedding_loss,
-                                        topk_kd_loss)
+                                        similarity_loss, topk_kd_loss)
 from edgedistill.errors import EdgeDistillError
 
 
@@ -31,9 +31,10 @@ class DistillModule(torch.nn.Module):
     so DDP sees every parameter that the loss touches."""
 
     def __init__(self, student, encoder: bool, kd: KDConfig, hidden: HiddenStateLoss | None,
-                 hidden_weight: float, vocab: int, pooling=None):
+                 hidden_weight: float, vocab: int, pooling=None, similarity_weight: float = 0.0):
         super().__init__()
         self.student, self.hidden, self.hidden_weight = student, hidden, hidden_weight
+        self.similarity_weight = similarity_weight
         self.encoder, self.kd, self.vocab, self.pooling = encoder, kd, vocab, pooling
 
     def forward(self, batch: dict, teacher_out: dict) -> torch.Tensor:
@@ -42,6 +43,9 @@ class DistillModule(torch.nn.Module):
             out = self.student(**batch, output_hidden_states=want_states)
             s_emb = pool_embeddings(out.last_hidden_state, batch["attention_mask"], self.pooling)
             loss = embedding_loss(s_emb, teacher_out["embedding"])
+            if self.similarity_weight:
+                loss = loss + self.similarity_weight * similarity_loss(
+                    s_emb, teacher_out["embedding"])
             if want_states:
                 loss = loss + self.hidden_weight * self.hidden(
                     out.hidden_states, teacher_out["states"], batch["attention_mask"])

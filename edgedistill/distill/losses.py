@@ -206,6 +206,19 @@ def embedding_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, kind: str = "cosine
     raise ValueError(f"unknown embedding loss {kind!r}; use cosine or mse")
 
 
+def similarity_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    """In-batch relational KD for encoders: the mean squared difference between the student's
+    and the teacher's cosine-similarity matrices of the batch's sentences (diagonal left out).
+    It trains what search and clustering read, which sentences lie near which."""
+    s = F.normalize(s_emb.float(), dim=-1)
+    t = F.normalize(t_emb.float().detach(), dim=-1)
+    n = s.shape[0]
+    if n < 2:
+        return s.new_zeros(())
+    off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+    return ((s @ s.T - t @ t.T)[off] ** 2).mean()
+
+
 def layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     """Student layer i matched to teacher layer round(i * (Lt/Ls)), by hidden-state index
     (0 = embeddings, L = last layer), so the last maps to the last."""

@@ -13,6 +13,8 @@ from edgedistill.distill.losses import (HiddenStateLoss, KDConfig, layer_map, mi
 from edgedistill.distill.on_policy import student_batch
 from edgedistill.distill.teacher_data import (cache_topk, end_tokens, generate_continuations,
                                               label_logp)
+from edgedistill.data import spread
+from edgedistill.english import heldout_available, heldout_sentences
 from edgedistill.runstate import files_id, fingerprint
 from edgedistill.teacher import sentence_pooling
 
@@ -275,7 +277,8 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
     if cfg.hidden_weight <= 0:
         cfg = replace(cfg, hidden_weight=1.0)
     hidden = _hidden_loss(student, teacher, cfg.hidden_weight)
-    module = DistillModule(student, True, kd, hidden, cfg.hidden_weight, len(tok), pooling)
+    module = DistillModule(student, True, kd, hidden, cfg.hidden_weight, len(tok), pooling,
+                           cfg.similarity_weight)
 
     def encode(texts):
         enc = tok(texts, padding=True, truncation=True, max_length=data_cfg.seq_len,
@@ -300,16 +303,25 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
                                              pooling),
                 "states": out.hidden_states}
 
-    held = sorted(val_items[:cfg.eval_batches * 32], key=len)  # little padding; same mean
+    n = cfg.eval_batches * 32
+    held = sorted(spread(val_items, n), key=len)  # every source
+    # general English no training source shares (english.py), when installed
+    general = sorted(heldout_sentences()[:n], key=len) if heldout_available() else []
 
-    def val_fn(module):
+    def cosine(module, texts):
         sims = []
-        for i in range(0, len(held), 32):
-            b = {k: v.to(device) for k, v in encode(held[i:i + 32]).items()}
+        for i in range(0, len(texts), 32):
+            b = {k: v.to(device) for k, v in encode(texts[i:i + 32]).items()}
             s = pool_embeddings(module.student(**b).last_hidden_state, b["attention_mask"],
                                 pooling)
             te = teacher_fn(b)["embedding"]  # bf16 when the teacher is: compare in fp32
             sims.append(torch.nn.functional.cosine_similarity(s.float(), te.float(), dim=-1))
-        return {"cosine": torch.cat(sims).mean().item()}
+        return torch.cat(sims).mean().item()
+
+    def val_fn(module):
+        out = {"cosine": cosine(module, held)}
+        if general:
+            out["cosine_general_english"] = cosine(module, general)
+        return out
 
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, {"pooling": pooling.mode})

@@ -20,7 +20,8 @@ def main_table(arts: list[BenchRecord | dict], front: list[str] | None = None,
     enc = kind_of(arts) == "encoder"
     if enc:
         head = ["role", "artifact", "runtime", "MiB", "check", "ms/batch", "sent/s",
-                "p95 ms", "RSS MB", "cosine→teacher", "top-10 overlap", "pred. target ms"]
+                "p95 ms", "RSS MB", "cosine→teacher", "top-10 overlap", "general cosine",
+                "general top-10", "pred. target ms"]
     else:
         head = ["role", "artifact", "runtime", "MiB", "check", "decode tok/s", "prefill tok/s",
                 "TTFT ms", "p50/p95 ms", "RSS MB", "roofline", "ppl", "KL→teacher",
@@ -44,6 +45,8 @@ def main_table(arts: list[BenchRecord | dict], front: list[str] | None = None,
                          fmt(b.get("peak_rss_mb"), ".0f"),
                          fmt(q.get("cosine_to_teacher"), ".4f"),
                          fmt(q.get("neighbour_overlap"), ".3f"),
+                         fmt((q.get("general_english") or {}).get("cosine_to_teacher"), ".4f"),
+                         fmt((q.get("general_english") or {}).get("neighbour_overlap"), ".3f"),
                          fmt(pred.get("encoder_batch_ms"))])
         else:
             rows.append([a["role"], name, b.get("runtime", ""),

@@ -214,9 +214,18 @@ def _encoder_paired(task):
 
 
 def _encoder_run(task):
-    """A function that embeds the task's texts once. GPU fields as for the causal runners:
+    """A function that embeds the task's texts once, in batches of ``batch`` (default: all
+    at once), each padded to its own longest sentence. GPU fields as for the causal runners:
     ``gpu_layers`` (llama.cpp), ``providers`` (onnxruntime), ``device``/``dtype`` (torch)."""
-    texts, runtime = task["texts"], task["runtime"]
+    one = _encoder_batch_run(task)
+    size = task.get("batch") or len(task["texts"])
+    batches = [task["texts"][i:i + size] for i in range(0, len(task["texts"]), size)]
+    return lambda: [one(b) for b in batches][-1]
+
+
+def _encoder_batch_run(task):
+    """A function that embeds one batch of texts."""
+    runtime = task["runtime"]
     if runtime == "llama.cpp":
         import llama_cpp
         from llama_cpp import Llama
@@ -227,7 +236,7 @@ def _encoder_run(task):
         llm = Llama(task["model"], embedding=True, n_ctx=4096, n_batch=4096, n_ubatch=4096,
                     n_threads=task["threads"], n_threads_batch=task["threads"],
                     n_gpu_layers=gpu_layers, verbose=False)
-        run = lambda: llm.embed(texts)  # noqa: E731
+        run = lambda texts: llm.embed(texts)  # noqa: E731
     elif runtime == "onnxruntime":
         from transformers import AutoTokenizer
 
@@ -236,7 +245,7 @@ def _encoder_run(task):
         sess = _ort_session(task, spin=not task.get("paired"))
         names = {i.name for i in sess.get_inputs()}
 
-        def run():  # tokenizing is part of the work, as in llama.cpp's embed()
+        def run(texts):  # tokenizing is part of the work, as in llama.cpp's embed()
             enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
                       return_tensors="np")
             return sess.run([SENTENCE_EMBEDDING], {k: v.astype(np.int64) for k, v in enc.items()
@@ -251,7 +260,7 @@ def _encoder_run(task):
         model = AutoModel.from_pretrained(
             task["model"], dtype=getattr(torch, task.get("dtype", "float32"))).to(device).eval()
 
-        def run():
+        def run(texts):
             with torch.inference_mode():
                 enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
                           return_tensors="pt").to(device)

@@ -17,11 +17,12 @@ def available(runtime: str) -> bool:
 
 def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | None = None,
                   new_tokens: int = 64, repeats: int = 3, texts: list[str] | None = None,
-                  seq_len: int = 128, tokenizer: Path | None = None,
+                  seq_len: int = 128, tokenizer: Path | None = None, batch: int | None = None,
                   timeout: float = 900, runtime: str | None = None,
                   options: dict | None = None) -> dict:
     """Raw timings of one artifact: {"runs": [...]} (causal) or {"batch_s": [...]} (encoder),
-    plus peak_rss_mb. ``runtime``: one of formats.RUNTIMES (default: the format's CPU
+    plus peak_rss_mb; an encoder's run embeds ``texts`` in batches of ``batch`` (default: one).
+    ``runtime``: one of formats.RUNTIMES (default: the format's CPU
     runtime); ``options``: worker options (torch: mode, dtype). Raises RuntimeFailure with
     the reason when the runtime cannot run it."""
     if runtime not in GPU_RUNTIME_TASK:
@@ -38,7 +39,7 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
         raise RuntimeFailure(f"{name} is not installed (pip install {RUNTIMES[name].pip})")
     task |= options or {}
     if texts is not None:
-        task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len,
+        task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len, "batch": batch,
                  "tokenizer": str(tokenizer or path.parent)}
     else:
         task |= {"kind": "causal", "prompt": prompt, "new_tokens": new_tokens}
