@@ -4,8 +4,8 @@
 
 Takes a finished demo run's float ONNX files (student and teacher) and makes, for both:
 
-- ``int8``: the file export writes (onnxruntime dynamic int8, per channel, the FFN's output
-  projection kept float for its activation outliers);
+- ``int8``: as export writes it (onnxruntime dynamic int8, per channel, the FFN's output
+  projection kept float for its activation outliers; re-made here, the same settings);
 - ``int8-all``: every MatMul in int8, the output projections included;
 - ``fused+int8``: onnxruntime's transformer optimizer first (Attention, SkipLayerNorm, BiasGelu
   fusions for BERT), then the same int8 as ``int8``;
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -35,7 +36,6 @@ def make_variants(src: Path, out: Path, heads: int, hidden: int) -> tuple[dict, 
     from onnxruntime.transformers.optimizer import optimize_model
 
     import onnx
-    from edgedistill.quantize.onnx import _dynamic_int8
 
     out.mkdir(parents=True, exist_ok=True)
     fused = out / "fused.onnx"
@@ -44,14 +44,17 @@ def make_variants(src: Path, out: Path, heads: int, hidden: int) -> tuple[dict, 
         m.save_model_to_file(str(fused))
     files = {}
     for base, name in ((src, "int8"), (fused, "fused+int8")):
-        dst = out / f"{name}.onnx"
-        if not dst.exists():
-            _dynamic_int8(base, dst, False)
-        files[name] = dst
-        dst = out / f"{name}-all.onnx"
-        if not dst.exists():
-            quantize_dynamic(base, dst, weight_type=QuantType.QInt8, per_channel=True)
-        files[f"{name}-all"] = dst
+        graph = onnx.load(str(base), load_external_data=False).graph
+        # as quantize/onnx.py's _dynamic_int8: the FFN's output projections stay float
+        down = [n.name for n in graph.node if n.op_type == "MatMul"
+                and re.search(r"/layer\.\d+/output/dense/", n.name)]
+        for suffix, exclude in (("", down), ("-all", [])):
+            dst = out / f"{name}{suffix}.onnx"
+            if not dst.exists():
+                quantize_dynamic(base, dst, weight_type=QuantType.QInt8, per_channel=True,
+                                 nodes_to_exclude=exclude,
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            files[f"{name}{suffix}"] = dst
     ops = {k: sorted({n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node
                       if n.op_type in ("Attention", "QAttention", "SkipLayerNormalization",
                                        "BiasGelu", "MatMulInteger", "DynamicQuantizeMatMul")})

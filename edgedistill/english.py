@@ -34,6 +34,9 @@ HELDOUT_FILES = {
     "lee.cor": "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e",
 }
 HELDOUT_NAME = "ABC news (the Lee corpus, from gensim 4.4.0's test data)"
+EVAL_SENTENCES = 256
+"""Held-out news sentences that quality is judged on (bench) and validated on (distill): the
+first of :func:`heldout_sentences`, the same everywhere."""
 INSTALL_HINT = "run 'make setup', or 'python -m edgedistill.english --install'"
 
 

@@ -145,7 +145,7 @@ TIMING_KEYS: dict[str, str] = {
     "ttft_ms": "causal LMs: time to first token, ms (median)",
     "p50_ms": "median per-token (encoders: per-batch) latency, ms",
     "p95_ms": "95th percentile per-token (encoders: per-batch) latency, ms",
-    "batch_ms": "encoders: time of one batch, ms (median of runs over `batches` batches)",
+    "batch_ms": "encoders: time of one batch, ms (median of runs cycling through `batches`)",
     "sentences_per_s": "encoders: sentences per second at that batch",
     "peak_rss_mb": "peak resident memory of the runtime's process, MB",
     "roofline_fraction": "share of this machine's memory-bandwidth roofline that decode reaches",
@@ -154,8 +154,8 @@ TIMING_KEYS: dict[str, str] = {
     "error": "why the runtime could not run the file (the row is kept, measured false)",
     "note": "what the reader must know about the row (e.g. not timed, and why)",}
 """Keys of a record's ``bench`` dict (docs/report-format.md). Runs add a few of their own
-(prompt_tokens, new_tokens, batch, batches, seq_len, greedy_tokens, warmup_s, tokens_match_eager, htp,
-cudagraph_skips, compiled_graphs), documented there too."""
+(prompt_tokens, new_tokens, batch, batches, seq_len, greedy_tokens, warmup_s,
+tokens_match_eager, htp, cudagraph_skips, compiled_graphs), documented there too."""
 
 
 @dataclass

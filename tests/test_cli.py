@@ -238,3 +238,11 @@ def test_the_cli_and_the_api_resolve_the_same_config():
     assert TrainConfig().resolved(encoder=False) == TrainConfig(
         steps=300, batch_size=8, eval_every=75, save_every=37)
     assert TrainConfig(steps=10, eval_every=0).resolved(False).eval_every == 0  # 0 = never
+    rc = run_config(_parse(["export", "--teacher", "t", "--similarity-weight", "2",
+                            "--mixed-precision", "no"]))
+    assert (rc.distill.train.similarity_weight, rc.distill.train.mixed_precision) == (2.0, "no")
+    from edgedistill.errors import EdgeDistillError
+    with pytest.raises(EdgeDistillError, match="--mixed-precision"):
+        TrainConfig(mixed_precision="fp8")
+    from edgedistill.distill.loop import _mixed_precision
+    assert [_mixed_precision("auto", c) for c in (False, True)] == ["no", "bf16"]

@@ -17,7 +17,8 @@ from edgedistill.arch import shape_from_config
 from edgedistill.bench.quality import causal_quality, encoder_quality, runtime_logits
 from edgedistill.bench.timing import roofline_fraction, summarize_causal, summarize_encoder
 from edgedistill.data import eval_data
-from edgedistill.english import HELDOUT_NAME, heldout_available, heldout_sentences
+from edgedistill.english import (EVAL_SENTENCES, HELDOUT_NAME, heldout_available,
+                                 heldout_sentences)
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import CPU_RUNTIME, RUNTIMES
 from edgedistill.logs import get_logger
@@ -33,8 +34,9 @@ from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, time_artifact
 from edgedistill.teacher import sentence_pooling, weight_files
 
 
-GENERAL_SENTENCES = 256  # held-out news sentences an encoder's quality is also judged on
-TIMED_BATCHES = 4  # an encoder's timed run: this many of the profile's batches
+TIMED_BATCHES = 5
+"""An encoder's timed runs cycle through this many batches of the profile's size (15 runs:
+each batch 3 times after the warm-up's), so the median spans the real length mix."""
 
 
 def length_mix(domain: list[str], general: list[str], n: int) -> list[str]:
@@ -114,7 +116,7 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
     n_domain = len(held)  # encoders: quality in the data's domain, then on general English
     if encoder:
         if heldout_available():
-            held = list(held) + list(heldout_sentences()[:GENERAL_SENTENCES])
+            held = list(held) + list(heldout_sentences()[:EVAL_SENTENCES])
         else:
             log("general-English quality skipped: the held-out news is not installed (run "
                 "'python -m edgedistill.english --install')")
@@ -167,8 +169,7 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
                 if isinstance(raw, RuntimeFailure):
                     raise raw
                 kind = "unpadded" if fmt == "gguf" else "padded"
-                b |= summarize_encoder([x / n_batches for x in raw["batch_s"]],
-                                       lt.encoder_batch, run_len[kind])
+                b |= summarize_encoder(raw["batch_s"], lt.encoder_batch, run_len[kind])
                 b["batches"] = n_batches
                 b |= {"seq_len_cap": lt.encoder_seq_len,
                       "seq_len_basis": ("mean tokens per sentence (llama.cpp does not pad)"

@@ -76,6 +76,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-dtype", default=None,
                    help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
                    "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")
+    p.add_argument("--mixed-precision", default=None, choices=("auto", "no", "bf16"),
+                   help="the student's forward and backward under bf16 autocast: auto "
+                   "(default: on a GPU, or on a CPU with native bf16) | no | bf16")
     p.add_argument("--eval-every", type=count(0), default=None,
                    help="validate every N steps (0: never; default: a quarter of the steps)")
     p.add_argument("--save-every", type=count(0), default=None,
@@ -129,6 +132,7 @@ def distill_config(args, student: str | None = None):
     train = TrainConfig(**_given(args, steps="steps", batch_size="batch_size",
                                  grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
                                  similarity_weight="similarity_weight",
+                                 mixed_precision="mixed_precision",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
                                cache_topk="cache_topk", num_responses="num_responses",

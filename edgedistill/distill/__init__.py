@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, plain_render,
@@ -191,8 +191,11 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         items = sentences_of(texts)
         train_items, val_items = split_holdout(items, data_cfg.val_fraction)
         if not train_items or not val_items:
-            raise EdgeDistillError(f"the data has {len(items)} sentences; need at least 20.",
-                                   "pass more text with --data")
+            raise EdgeDistillError(f"the data's {len(items)} sentences leave "
+                                   f"{len(train_items)} to train on and {len(val_items)} to "
+                                   "validate on (a stable hash holds out "
+                                   f"{data_cfg.val_fraction:.0%}); both need some.",
+                                   "pass more (or other) text with --data")
         data_desc = {"sentences": len(items), "train": len(train_items), "val": len(val_items)}
     else:
         groups = {}
@@ -238,6 +241,12 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                                         device.startswith("cuda")
                                         and torch.cuda.is_bf16_supported())
     log(f"teacher frozen in {dtype} ({why})")
+    if train.mixed_precision == "auto":  # the teacher's test: bf16 where it is native
+        cpu_bf16 = auto_teacher_dtype("cpu", machine_info().flags)[0] == "bf16"
+        mp = "bf16" if device.startswith("cuda") or cpu_bf16 else "no"
+        train = replace(train, mixed_precision=mp)
+        log("student trained " + ("with bf16 autocast" if mp == "bf16" else "in fp32")
+            + " (--mixed-precision auto)")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
     def load_model(path):

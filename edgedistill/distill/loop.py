@@ -174,6 +174,14 @@ def on_policy_step(step: int, share: float, seed: int) -> bool:
     return share > 0 and random.Random(seed * 1_000_003 + step).random() < share
 
 
+def _mixed_precision(asked: str, cuda: bool) -> str:
+    """accelerate's mixed_precision for TrainConfig.mixed_precision (auto, unresolved by the
+    caller: bf16 on a GPU only)."""
+    if asked == "auto":
+        return "bf16" if cuda else "no"
+    return asked
+
+
 def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg: TrainConfig,
           run_dir: Path, fingerprint: str, resume: bool = False, log=None,
           policy_fn=None, qad=None) -> dict:
@@ -191,7 +199,7 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
     cuda = torch.cuda.is_available()
     # cpu=True lets torchrun / accelerate launch start gloo process groups on CPU machines
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
-                      mixed_precision="bf16" if cuda else "no")
+                      mixed_precision=_mixed_precision(cfg.mixed_precision, cuda))
     torch.manual_seed(cfg.seed)
     decay = [p for n, p in module.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in module.named_parameters() if p.ndim < 2]

@@ -14,7 +14,7 @@ from edgedistill.distill.on_policy import student_batch
 from edgedistill.distill.teacher_data import (cache_topk, end_tokens, generate_continuations,
                                               label_logp)
 from edgedistill.data import spread
-from edgedistill.english import heldout_available, heldout_sentences
+from edgedistill.english import EVAL_SENTENCES, heldout_available, heldout_sentences
 from edgedistill.runstate import files_id, fingerprint
 from edgedistill.teacher import sentence_pooling
 
@@ -270,6 +270,16 @@ def _cache_in_turns(t, teacher, teacher_weight: float, more, load_model, blocks,
                         "mixture_val_loss": float(-mix[kept].sum() / kept.sum().clamp(min=1))}
 
 
+def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
+    """Mean share of each row's ``k`` nearest rows (cosine) that two embeddings agree on."""
+    def knn(x):
+        x = torch.nn.functional.normalize(x.double(), dim=-1)
+        sim = x @ x.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.topk(min(k, len(x) - 1), dim=-1).indices.tolist()
+    return sum(len(set(p) & set(q)) / k for p, q in zip(knn(a), knn(b))) / len(a)
+
+
 def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: TrainConfig,
                    data_cfg, run_dir, device, log) -> Recipe:
 
@@ -306,22 +316,26 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
     n = cfg.eval_batches * 32
     held = sorted(spread(val_items, n), key=len)  # every source
     # general English no training source shares (english.py), when installed
-    general = sorted(heldout_sentences()[:n], key=len) if heldout_available() else []
+    general = (sorted(heldout_sentences()[:EVAL_SENTENCES], key=len) if heldout_available()
+               else [])
 
-    def cosine(module, texts):
-        sims = []
+    def embed(module, texts):
+        ss, ts = [], []
         for i in range(0, len(texts), 32):
             b = {k: v.to(device) for k, v in encode(texts[i:i + 32]).items()}
-            s = pool_embeddings(module.student(**b).last_hidden_state, b["attention_mask"],
-                                pooling)
-            te = teacher_fn(b)["embedding"]  # bf16 when the teacher is: compare in fp32
-            sims.append(torch.nn.functional.cosine_similarity(s.float(), te.float(), dim=-1))
-        return torch.cat(sims).mean().item()
+            ss.append(pool_embeddings(module.student(**b).last_hidden_state,
+                                      b["attention_mask"], pooling).float())
+            ts.append(teacher_fn(b)["embedding"].float())  # bf16 teacher: compare in fp32
+        return torch.cat(ss), torch.cat(ts)
 
     def val_fn(module):
-        out = {"cosine": cosine(module, held)}
+        s, te = embed(module, held)
+        out = {"cosine": torch.nn.functional.cosine_similarity(s, te, dim=-1).mean().item()}
         if general:
-            out["cosine_general_english"] = cosine(module, general)
+            s, te = embed(module, general)
+            out["cosine_general_english"] = torch.nn.functional.cosine_similarity(
+                s, te, dim=-1).mean().item()
+            out["top10_general_english"] = top_k_overlap(s, te)
         return out
 
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, {"pooling": pooling.mode})

@@ -214,13 +214,16 @@ def _encoder_paired(task):
 
 
 def _encoder_run(task):
-    """A function that embeds the task's texts once, in batches of ``batch`` (default: all
-    at once), each padded to its own longest sentence. GPU fields as for the causal runners:
-    ``gpu_layers`` (llama.cpp), ``providers`` (onnxruntime), ``device``/``dtype`` (torch)."""
+    """A function that embeds the next batch of the task's texts (cut in batches of ``batch``,
+    default: all in one), padded to its own longest sentence: successive calls cycle through
+    the batches, so every model timed in turn sees the same batches in the same order. GPU
+    fields as for the causal runners: ``gpu_layers`` (llama.cpp), ``providers``
+    (onnxruntime), ``device``/``dtype`` (torch)."""
     one = _encoder_batch_run(task)
     size = task.get("batch") or len(task["texts"])
     batches = [task["texts"][i:i + size] for i in range(0, len(task["texts"]), size)]
-    return lambda: [one(b) for b in batches][-1]
+    calls = iter(range(1 << 62))
+    return lambda: one(batches[next(calls) % len(batches)])
 
 
 def _encoder_batch_run(task):

@@ -21,7 +21,8 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
                   timeout: float = 900, runtime: str | None = None,
                   options: dict | None = None) -> dict:
     """Raw timings of one artifact: {"runs": [...]} (causal) or {"batch_s": [...]} (encoder),
-    plus peak_rss_mb; an encoder's run embeds ``texts`` in batches of ``batch`` (default: one).
+    plus peak_rss_mb; an encoder's runs embed ``texts`` cut in batches of ``batch`` (default:
+    one batch), one batch a run, in turn.
     ``runtime``: one of formats.RUNTIMES (default: the format's CPU
     runtime); ``options``: worker options (torch: mode, dtype). Raises RuntimeFailure with
     the reason when the runtime cannot run it."""
