@@ -11,7 +11,8 @@ text the package ships:
 - :func:`stdlib_source`: Python source files as text (for causal LMs: code and comments).
 
 The standard library's files are sorted by module path so the same interpreter gives the same
-text, and :func:`split_holdout` takes a fixed share out for evaluation by a stable hash, not by order.
+text, and :func:`split_holdout` takes a fixed share out for evaluation by a stable hash, not
+by order.
 
 The user's text (:func:`load_texts`): plain text files, JSONL, a JSON list, a folder of text
 and JSONL files, or a ``datasets`` folder saved with ``save_to_disk``. A record (a JSONL line,

@@ -243,7 +243,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     log(f"teacher frozen in {dtype} ({why})")
     if train.mixed_precision == "auto":  # the teacher's test: bf16 where it is native
         cpu_bf16 = auto_teacher_dtype("cpu", machine_info().flags)[0] == "bf16"
-        mp = "bf16" if device.startswith("cuda") or cpu_bf16 else "no"
+        # on a CPU only for encoders, where it was measured (same cosine, 1.25x faster)
+        mp = "bf16" if device.startswith("cuda") or (cpu_bf16 and encoder) else "no"
         train = replace(train, mixed_precision=mp)
         log("student trained " + ("with bf16 autocast" if mp == "bf16" else "in fp32")
             + " (--mixed-precision auto)")

@@ -106,8 +106,9 @@ class TrainConfig:
     """Encoders: weight of the in-batch similarity loss (losses.similarity_loss)."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """The student's forward and backward under bf16 autocast (weights and optimizer stay
-    fp32). auto: on a GPU, and on a CPU with native bf16 (as ``--teacher-dtype auto``); it
-    distilled the demo's MiniLM student 1.25x faster here at the same held-out cosine."""
+    fp32). auto: on a GPU; on a CPU with native bf16 (as ``--teacher-dtype auto``) for
+    sentence encoders, where it distilled the demo's MiniLM student 1.25x faster at the same
+    held-out cosine (causal LMs on a CPU stay fp32: not measured)."""
     eval_every: Optional[int] = None
     """Validate every N steps (0: never); None: a quarter of the steps."""
     save_every: Optional[int] = None
