@@ -77,8 +77,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
                    help="auto (default: bf16 on a GPU, or on a CPU with native bf16; else "
                    "fp32) | fp32 | bf16 | fp16: the frozen teacher's dtype")
     p.add_argument("--mixed-precision", default=None, choices=("auto", "no", "bf16"),
-                   help="the student's forward and backward under bf16 autocast: auto "
-                   "(default: on a GPU, and for encoders on a CPU with native bf16) | no | bf16")
+                   help="the student's forward and backward on a CPU under bf16 autocast: auto "
+                   "(default: for encoders, on a CPU with native bf16) | no | bf16 (on a GPU "
+                   "always bf16)")
     p.add_argument("--eval-every", type=count(0), default=None,
                    help="validate every N steps (0: never; default: a quarter of the steps)")
     p.add_argument("--save-every", type=count(0), default=None,

@@ -105,10 +105,11 @@ class TrainConfig:
     similarity_weight: float = 0.0
     """Encoders: weight of the in-batch similarity loss (losses.similarity_loss)."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """The student's forward and backward under bf16 autocast (weights and optimizer stay
-    fp32). auto: on a GPU; on a CPU with native bf16 (as ``--teacher-dtype auto``) for
-    sentence encoders, where it distilled the demo's MiniLM student 1.25x faster at the same
-    held-out cosine (causal LMs on a CPU stay fp32: not measured)."""
+    """The student's forward and backward on a CPU under bf16 autocast (weights and optimizer
+    stay fp32). auto: on a CPU with native bf16 (as ``--teacher-dtype auto``) for sentence
+    encoders, where it distilled the demo's MiniLM student 1.25x faster at the same held-out
+    cosine; causal LMs on a CPU stay fp32 (not measured). On a GPU the student always trains
+    under bf16 autocast (accelerate's), whatever this says."""
     eval_every: Optional[int] = None
     """Validate every N steps (0: never); None: a quarter of the steps."""
     save_every: Optional[int] = None

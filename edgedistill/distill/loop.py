@@ -174,14 +174,6 @@ def on_policy_step(step: int, share: float, seed: int) -> bool:
     return share > 0 and random.Random(seed * 1_000_003 + step).random() < share
 
 
-def _mixed_precision(asked: str, cuda: bool) -> str:
-    """accelerate's mixed_precision for TrainConfig.mixed_precision (auto, unresolved by the
-    caller: bf16 on a GPU only)."""
-    if asked == "auto":
-        return "bf16" if cuda else "no"
-    return asked
-
-
 def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg: TrainConfig,
           run_dir: Path, fingerprint: str, resume: bool = False, log=None,
           policy_fn=None, qad=None) -> dict:
@@ -199,7 +191,13 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
     cuda = torch.cuda.is_available()
     # cpu=True lets torchrun / accelerate launch start gloo process groups on CPU machines
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
-                      mixed_precision=_mixed_precision(cfg.mixed_precision, cuda))
+                      mixed_precision="bf16" if cuda else "no")
+    # bf16 on a CPU through torch.autocast, not accelerate: its state is one per process,
+    # and a second run in the process could not change it
+    bf16_cpu = not cuda and cfg.mixed_precision == "bf16"
+
+    def cpu_autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_cpu)
     torch.manual_seed(cfg.seed)
     decay = [p for n, p in module.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in module.named_parameters() if p.ndim < 2]
@@ -243,7 +241,7 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
             if policy:
                 batch = policy_fn(acc.unwrap_model(model).student, batch,
                                   (cfg.seed * 1_000_003 + j) * world + rank)
-            with acc.accumulate(model), acc.autocast():
+            with acc.accumulate(model), acc.autocast(), cpu_autocast():
                 with torch.no_grad():
                     t_out = teacher_fn(batch)
                 loss = model(batch, t_out)
