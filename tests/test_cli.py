@@ -244,4 +244,3 @@ def test_the_cli_and_the_api_resolve_the_same_config():
     from edgedistill.errors import EdgeDistillError
     with pytest.raises(EdgeDistillError, match="--mixed-precision"):
         TrainConfig(mixed_precision="fp8")
-
