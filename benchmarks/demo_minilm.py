@@ -83,8 +83,7 @@ def run_demo(run_dir: Path) -> tuple[float, list[str], dict]:
 def sources(plan_dir: Path, work: Path, steps: int) -> dict:
     """The planned student distilled on each source alone and on both; the float student's
     cosine to the teacher on general English and on held-out docstrings (torch)."""
-    import numpy as np
-
+    from edgedistill.bench.quality import encoder_quality
     from edgedistill.data import split_holdout, stdlib_sentences
     from edgedistill.english import general_sentences, heldout_sentences
     from edgedistill.runtimes.outputs import torch_sentence_embeddings
@@ -115,9 +114,7 @@ def sources(plan_dir: Path, work: Path, steps: int) -> dict:
         res = {"seconds": round(time.time() - t0, 1), "data": arm}
         for k, texts in evals.items():
             e = torch_sentence_embeddings(d / "student", texts, pooling)
-            r = ref[k]
-            cos = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
-            res[f"cosine_{k}"] = float(cos.mean())
+            res[f"cosine_{k}"] = encoder_quality(e, ref[k])["cosine_to_teacher"]
         out[arm] = res
         print(arm, json.dumps(res), flush=True)
     return out

@@ -72,6 +72,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from edgedistill.bench import TIMED_BATCHES, length_mix
+    from edgedistill.bench.quality import encoder_quality
     from edgedistill.data import eval_data
     from edgedistill.english import heldout_sentences
     from edgedistill.runtimes.outputs import ort_session, torch_sentence_embeddings
@@ -111,8 +112,7 @@ def main() -> int:
         quality = {}
         for r, fn in fns.items():
             e = np.concatenate([fn(general[i:i + 32]) for i in range(0, len(general), 32)])
-            quality[r] = float(((e * ref).sum(1) / (np.linalg.norm(e, axis=1)
-                                                    * np.linalg.norm(ref, axis=1))).mean())
+            quality[r] = encoder_quality(e, ref)["cosine_to_teacher"]
         times = {r: [] for r in fns}
         for fn in fns.values():
             [fn(b) for b in batches]  # warm-up

@@ -42,11 +42,11 @@ each batch 3 times after the warm-up's), so the median spans the real length mix
 def length_mix(domain: list[str], general: list[str], n: int) -> list[str]:
     """``n`` sentences for timing, the data's held-out sentences and general English taken in
     turn (repeated when short), so the batches carry the lengths of both."""
-    pools = [p for p in (list(domain), list(general)) if p]
-    out, i = [], 0
-    while len(out) < n and pools:
-        out.append(pools[i % len(pools)][(i // len(pools)) % len(pools[i % len(pools)])])
-        i += 1
+    pools = [p for p in (domain, general) if p]
+    out = []
+    for i in range(n if pools else 0):
+        pool = pools[i % len(pools)]
+        out.append(pool[(i // len(pools)) % len(pool)])
     return out
 
 

@@ -7,6 +7,7 @@ cache; encoders: embed fixed-size batches.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import sys
@@ -222,8 +223,8 @@ def _encoder_run(task):
     one = _encoder_batch_run(task)
     size = task.get("batch") or len(task["texts"])
     batches = [task["texts"][i:i + size] for i in range(0, len(task["texts"]), size)]
-    calls = iter(range(1 << 62))
-    return lambda: one(batches[next(calls) % len(batches)])
+    turn = itertools.cycle(batches)
+    return lambda: one(next(turn))
 
 
 def _encoder_batch_run(task):
