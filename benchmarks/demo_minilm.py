@@ -1,12 +1,13 @@
 """The main job's figures: the bundled all-MiniLM-L6-v2 distilled for the laptop profile.
 
     .venv/bin/python benchmarks/demo_minilm.py [--run-dir runs/demo-bench] [--sources]
+        [--steps-curve 1600,3200] [--into benchmarks/results/demo_minilm.json]
 
 Runs what ``make demo`` runs (the command is read from the Makefile; a fresh RUN_DIR, so the
 wall time is the main job's after set-up) and records, from its report.json, every file's
 batch time and quality. The goals (issue 23) are judged on the student's ONNX int8 against
 the teacher's ONNX int8, both measured by the run's own bench in onnxruntime with 2 threads,
-alternated, 15 timed runs each of 4 batches of 32 sentences (held-out training-domain
+alternated, 15 timed runs cycling through 5 batches of 32 sentences (held-out training-domain
 sentences and general English in turn, each batch padded to its longest sentence), medians:
 
 - general-English cosine >= 0.93 and top-10 neighbour overlap >= 0.80 (ABC news, the Lee
@@ -14,9 +15,13 @@ sentences and general English in turn, each batch padded to its longest sentence
 - >= 2.5x the teacher int8's sentences/s (moonshot: 3x at cosine 0.93);
 - <= 5 minutes for the whole job after set-up.
 
-``--sources`` also distils the planned student on each training source alone and on both
-(same steps, same seed), and records the float student's cosine to the teacher on the general
-English and on held-out docstrings: what each source buys. Writes
+``--sources`` also distils the planned student on each training source alone (docstrings,
+the small LM's general English, Wikipedia), on the default mix (a quarter of the docstrings
+and both others) and on all of all three (same steps, same seed), and records the float
+student's cosine and top-10 overlap to the teacher on the general English and on held-out
+docstrings: what each source buys. ``--steps-curve`` distils the
+default data for more steps than the main job's, to show where more training goes. ``--into``
+adds those to the JSON of an earlier run instead of running the demo again. Writes
 benchmarks/results/demo_minilm.json. Everything is measured on this machine.
 """
 from __future__ import annotations
@@ -80,44 +85,69 @@ def run_demo(run_dir: Path) -> tuple[float, list[str], dict]:
     return wall, cmd[2:], stages
 
 
-def sources(plan_dir: Path, work: Path, steps: int) -> dict:
-    """The planned student distilled on each source alone and on both; the float student's
-    cosine to the teacher on general English and on held-out docstrings (torch)."""
-    from edgedistill.bench.quality import encoder_quality
+def _evals() -> dict:
     from edgedistill.data import split_holdout, stdlib_sentences
-    from edgedistill.english import general_sentences, heldout_sentences
+    from edgedistill.english import heldout_sentences
+
+    # distill holds out the same stable-hash 5% of any text it is given: the held-out
+    # docstrings below are never trained on by any arm
+    _, doc_held = split_holdout(list(stdlib_sentences()))
+    return {"general_english": list(heldout_sentences()[:256]),
+            "docstrings_held_out": doc_held[:256]}
+
+
+def arms(plan_dir: Path, work: Path, runs: dict) -> dict:
+    """Distil the planned student once per arm ({name: (data file or None, steps)}); the float
+    student's cosine and top-10 overlap to the teacher on general English and on held-out
+    docstrings (torch), and the distillation's wall time."""
+    from edgedistill.bench.quality import encoder_quality
     from edgedistill.runtimes.outputs import torch_sentence_embeddings
     from edgedistill.teacher import sentence_pooling
 
     plan = json.loads((plan_dir / "plan.json").read_text())
     teacher = Path(plan["teacher"]["path"])
-    work.mkdir(parents=True, exist_ok=True)
-    # distill holds out the same stable-hash 5% of any text it is given: the held-out
-    # docstrings below are never trained on by any arm
-    _, doc_held = split_holdout(list(stdlib_sentences()))
-    files = {"docstrings": work / "docstrings.txt", "general": work / "general.txt"}
-    files["docstrings"].write_text("\n".join(stdlib_sentences()))
-    files["general"].write_text("\n".join(general_sentences()))
-    evals = {"general_english": list(heldout_sentences()[:256]),
-             "docstrings_held_out": doc_held[:256]}
+    evals = _evals()
     pooling = sentence_pooling(teacher)
     ref = {k: torch_sentence_embeddings(teacher, v, pooling) for k, v in evals.items()}
     out = {}
-    for arm, data in (("docstrings", files["docstrings"]), ("general", files["general"]),
-                      ("both", None)):
+    for arm, (data, steps) in runs.items():
         d = work / arm
         cmd = [sys.executable, "-m", "edgedistill", "distill", "--teacher", str(teacher),
                "--target", "laptop", "--steps", str(steps), "--out", str(d)]
         cmd += ["--data", str(data)] if data else []
         t0 = time.time()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        res = {"seconds": round(time.time() - t0, 1), "data": arm}
-        for k, texts in evals.items():
-            e = torch_sentence_embeddings(d / "student", texts, pooling)
-            res[f"cosine_{k}"] = encoder_quality(e, ref[k])["cosine_to_teacher"]
+        res = {"seconds": round(time.time() - t0, 1), "data": arm, "steps": steps}
+        for k, sents in evals.items():
+            q = encoder_quality(torch_sentence_embeddings(d / "student", sents, pooling), ref[k])
+            res[f"cosine_{k}"] = q["cosine_to_teacher"]
+            res[f"top10_{k}"] = q["neighbour_overlap"]
         out[arm] = res
         print(arm, json.dumps(res), flush=True)
     return out
+
+
+def sources(plan_dir: Path, work: Path, steps: int) -> dict:
+    """The planned student distilled on each training source alone, on the default mix and on
+    all of every source."""
+    from edgedistill.data import stdlib_sentences
+    from edgedistill.english import general_sentences, wiki_sentences
+
+    work.mkdir(parents=True, exist_ok=True)
+    texts = {"docstrings": stdlib_sentences(), "general": general_sentences(),
+             "wikipedia": wiki_sentences()}
+    texts["all"] = texts["docstrings"] + texts["general"] + texts["wikipedia"]
+    runs = {}
+    for arm, sents in texts.items():
+        (work / f"{arm}.txt").write_text("\n".join(sents))
+        runs[arm] = (work / f"{arm}.txt", steps)
+    return arms(plan_dir, work, runs | {"default": (None, steps)})
+
+
+def steps_curve(plan_dir: Path, work: Path, steps: list[int]) -> dict:
+    """The default data at more steps than the demo's: where the news figures go with more
+    training than 5 minutes here allow."""
+    return arms(plan_dir, work, {f"steps_{n}": (None, n) for n in steps})
 
 
 def main() -> int:
@@ -126,14 +156,20 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "demo_minilm.json"))
     ap.add_argument("--sources", action="store_true", help="also measure each training source")
     ap.add_argument("--source-steps", type=int, default=800)
-    ap.add_argument("--sources-into", metavar="JSON", help="only measure the sources, for the "
-                    "finished run of an earlier call, and add them to its JSON")
+    ap.add_argument("--steps-curve", metavar="N,N", help="also distil the default data for "
+                    "these step counts, e.g. 1600,3200")
+    ap.add_argument("--into", metavar="JSON", help="skip the demo: measure --sources and "
+                    "--steps-curve for the finished run of an earlier call, into its JSON")
     a = ap.parse_args()
     run = Path(a.run_dir)
-    if a.sources_into:
-        out = json.loads(Path(a.sources_into).read_text())
-        out["sources"] = sources(run, Path(a.run_dir + "-sources"), a.source_steps)
-        Path(a.sources_into).write_text(json.dumps(out, indent=1))
+    curve = [int(n) for n in a.steps_curve.split(",")] if a.steps_curve else []
+    if a.into:
+        out = json.loads(Path(a.into).read_text())
+        if a.sources:
+            out["sources"] = sources(run, Path(a.run_dir + "-sources"), a.source_steps)
+        if curve:
+            out["steps_curve"] = steps_curve(run, Path(a.run_dir + "-steps"), curve)
+        Path(a.into).write_text(json.dumps(out, indent=1))
         return 0
     wall, cmd, stages = run_demo(run)
     doc = json.loads((run / "report.json").read_text())
@@ -151,7 +187,7 @@ def main() -> int:
             speedup if (s8["cosine_general"] or 0) >= 0.93 else 0.0, 3.0)}
     out = {"benchmark": "demo_minilm", "date": time.strftime("%Y-%m-%d"),
            "measured_on": doc.get("measured_on") or platform.processor(),
-           "command": "edgedistill " + " ".join(cmd), "wall_seconds": round(wall, 1),
+           "command": " ".join(cmd), "wall_seconds": round(wall, 1),
            "stage_seconds": stages,
            "student": plan["student"]["shape"], "student_params": plan["student"]["params"],
            "distill": {k: dist.get(k) for k in ("steps", "seconds", "validation", "data")},
@@ -163,6 +199,8 @@ def main() -> int:
            "artifacts": rows}
     if a.sources:
         out["sources"] = sources(run, Path(a.run_dir + "-sources"), a.source_steps)
+    if curve:
+        out["steps_curve"] = steps_curve(run, Path(a.run_dir + "-steps"), curve)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v["value"] for k, v in out["goals"].items()} | {"out": a.out}))

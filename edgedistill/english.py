@@ -4,6 +4,10 @@
   wrote across everyday topics and kinds of text (news, e-mails, reviews, stories, advice);
   made once by ``benchmarks/general_corpus.py`` (recipe in :mod:`edgedistill.synthcorpus`)
   and committed. It trains sentence encoders beside the standard library's docstrings.
+- :func:`wiki_sentences`: ``corpora/wiki_en.txt``, prose sentences of 206 English Wikipedia
+  pages (May 2016) from gensim 4.4.0's test data, cleaned of markup by
+  :func:`wiki_dump_sentences` (``benchmarks/wiki_corpus.py``, CC BY-SA 3.0) and committed:
+  human-written text, which the small LM's is not.
 - :func:`heldout_sentences`: the Lee corpus (Lee, Pincombe & Welsh 2005): 349 news articles of
   the Australian Broadcasting Corporation, which gensim ships as test data
   (``lee_background.cor``, ``lee.cor``). ``make setup`` extracts the two files from gensim
@@ -33,6 +37,9 @@ HELDOUT_FILES = {
     "lee_background.cor": "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb",
     "lee.cor": "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e",
 }
+WIKI_CORPUS = CORPUS.with_name("wiki_en.txt")
+WIKI_FILE = {"enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2":
+             "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"}
 HELDOUT_NAME = "ABC news (the Lee corpus, from gensim 4.4.0's test data)"
 EVAL_SENTENCES = 256
 """Held-out news sentences that quality is judged on (bench) and validated on (distill): the
@@ -56,6 +63,80 @@ def general_sentences(path: str | None = None) -> tuple[str, ...]:
     sents = [s for k in sorted(recs) for s in split_sentences(recs[k]["text"])
              if len(s) >= 20 and len(s.split()) >= 4]
     return tuple(dict.fromkeys(sents))
+
+
+@lru_cache(maxsize=None)
+def wiki_sentences(path: str | None = None) -> tuple[str, ...]:
+    """Sentences of the bundled Wikipedia text (one per line, made by
+    ``benchmarks/wiki_corpus.py``); empty when the file is absent."""
+    p = Path(path) if path else WIKI_CORPUS
+    if not p.is_file():
+        return ()
+    return tuple(s for s in p.read_text(encoding="utf-8").splitlines() if s.strip())
+
+
+def _drop_nested(text: str, start: str, end: str) -> str:
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        if text.startswith(start, i):
+            depth, i = depth + 1, i + len(start)
+        elif depth and text.startswith(end, i):
+            depth, i = depth - 1, i + len(end)
+        else:
+            if not depth:
+                out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+_WIKI_SUBS = [
+    (re.compile(r"<!--.*?-->", re.S), ""),
+    (re.compile(r"<ref[^>/]*/>"), ""),
+    (re.compile(r"<ref.*?</ref>", re.S), ""),
+    (re.compile(r"\[\[(?:File|Image|Category|[a-z\-]{2,12}):[^\[\]]*"
+                r"(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]"), ""),  # media, categories, interwiki
+    (re.compile(r"\[\[([^\]|]*)\|([^\]]*)\]\]"), r"\2"),  # [[target|label]]
+    (re.compile(r"\[\[([^\]]*)\]\]"), r"\1"),
+    (re.compile(r"\[https?://\S+ ([^\]]*)\]"), r"\1"),
+    (re.compile(r"\[https?://\S+\]"), ""),
+    (re.compile(r"'{2,}"), ""),
+    (re.compile(r"<[^>]+>"), ""),
+]
+
+
+def wikitext_sentences(wikitext: str) -> list[str]:
+    """The prose sentences of one article's wikitext: templates, tables, references, media
+    and markup dropped, links kept as their text; headings, lists and table rows skipped;
+    sentences of 6-60 words that start with a capital and carry no leftover markup."""
+    import html
+
+    text = html.unescape(wikitext)
+    for pat, rep in _WIKI_SUBS[:3]:
+        text = pat.sub(rep, text)
+    text = _drop_nested(_drop_nested(text, "{{", "}}"), "{|", "|}")
+    for pat, rep in _WIKI_SUBS[3:]:
+        text = pat.sub(rep, text)
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or re.match(r"\s*[=*#:;|!{}]", line):
+            continue
+        out += [s for s in split_sentences(line) if 6 <= len(s.split()) <= 60
+                and s[0].isupper() and not re.search(r"[\[\]{}|=<>]", s)]
+    return out
+
+
+def wiki_dump_sentences(xml: str) -> list[str]:
+    """Sentences of every article (namespace 0, not a redirect) of a MediaWiki XML dump,
+    deduplicated, in dump order."""
+    sents = []
+    for page in re.findall(r"<page>(.*?)</page>", xml, re.S):
+        ns = re.search(r"<ns>(\d+)</ns>", page)
+        body = re.search(r"<text[^>]*>(.*?)</text>", page, re.S)
+        if (ns and ns.group(1) != "0") or not body or \
+                body.group(1).lstrip().upper().startswith("#REDIRECT"):
+            continue
+        sents += wikitext_sentences(body.group(1))
+    return list(dict.fromkeys(sents))
 
 
 def heldout_dir() -> Path:
@@ -86,17 +167,13 @@ def heldout_sentences(where: str | None = None) -> tuple[str, ...]:
     return tuple(sorted(uniq, key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
 
 
-def install_heldout(dest: Path | None = None) -> Path:
-    """Extract the held-out files from gensim's wheel (pip-downloaded, never installed) into
-    ``dest``; nothing to do when they are there. Checks each file's SHA-256."""
+def gensim_test_files(names: dict[str, str]) -> dict[str, bytes]:
+    """Files of gensim 4.4.0's test data, read from its wheel (pip-downloaded into a temporary
+    folder, never installed); ``names`` maps each file to its SHA-256, which is checked."""
     import subprocess
     import tempfile
     import zipfile
 
-    dest = Path(dest) if dest else heldout_dir()
-    if heldout_available(dest):
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
@@ -105,16 +182,28 @@ def install_heldout(dest: Path | None = None) -> Path:
             raise EdgeDistillError(f"could not download {HELDOUT_SOURCE}'s wheel from PyPI.",
                                    "check the network or pip's index settings, then retry")
         wheel = next(Path(tmp).glob("*.whl"))
+        out = {}
         with zipfile.ZipFile(wheel) as z:
-            for name, sha in HELDOUT_FILES.items():
-                data = z.read(f"gensim/test/test_data/{name}")
-                if hashlib.sha256(data).hexdigest() != sha:
+            for name, sha in names.items():
+                out[name] = z.read(f"gensim/test/test_data/{name}")
+                if hashlib.sha256(out[name]).hexdigest() != sha:
                     raise EdgeDistillError(f"{name} in {wheel.name} is not the file expected "
                                            "(SHA-256 differs).", "report this; nothing was "
                                            "installed")
-                part = dest / f".{name}.part"
-                part.write_bytes(data)
-                part.replace(dest / name)
+    return out
+
+
+def install_heldout(dest: Path | None = None) -> Path:
+    """Extract the held-out files from gensim's wheel into ``dest``; nothing to do when they
+    are there."""
+    dest = Path(dest) if dest else heldout_dir()
+    if heldout_available(dest):
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, data in gensim_test_files(HELDOUT_FILES).items():
+        part = dest / f".{name}.part"
+        part.write_bytes(data)
+        part.replace(dest / name)
     return dest
 
 

@@ -202,7 +202,7 @@ def _check_exportable(t, prof, cfg: ExportConfig) -> None:
     """Refuse before distilling what export would refuse after it: the student keeps the
     teacher's tokenizer and RoPE settings, so a teacher GGUF cannot carry fails the same way."""
 
-    if t.path is not None and "gguf" in resolve_formats(prof, cfg):
+    if t.path is not None and "gguf" in resolve_formats(prof, cfg, t.shape.is_encoder):
         check_writable(t.path, t.config)
 
 

@@ -122,6 +122,11 @@ class DeviceProfile:
     cost_model: CostModel
     quality_targets: QualityTargets = QualityTargets()
     """What the recommended file must keep of the teacher (report.json ``recommendation``)."""
+    encoder_formats: Optional[dict[str, list[str]]] = None
+    """What sentence encoders are exported to by default, when it is less than ``formats``
+    (each entry one of ``formats``'); None: ``formats``. An explicit ``--quant`` may still ask
+    for any of ``formats``."""
+    """What the recommended file must keep of the teacher (report.json ``recommendation``)."""
     source: str = field(default="", compare=False)
     """Where the profile came from (a file path, or ``measured``)."""
     measured: bool = False
@@ -141,6 +146,10 @@ class DeviceProfile:
     @property
     def primary_quant(self) -> str:
         return self.formats[self.primary_format][0]
+
+    def formats_for(self, encoder: bool) -> dict[str, list[str]]:
+        """The formats and quantizations written by default for this kind of model."""
+        return (self.encoder_formats or self.formats) if encoder else self.formats
 
     def peak_tflops(self, dtype: str) -> float:
         """Peak compute for ``dtype``; falls back to the nearest wider type the profile lists."""
@@ -281,6 +290,11 @@ def _check_semantics(p: DeviceProfile, ld: _Loader) -> None:
             if (fmt, q) not in QUANT_TYPES:
                 ld.fail(f"formats.{fmt}", f"lists unknown quantization {q!r}",
                         f"use one of {', '.join(quant_names(fmt))}")
+    for fmt, quants in (p.encoder_formats or {}).items():
+        extra = [q for q in quants if q not in p.formats.get(fmt, [])]
+        if extra:
+            ld.fail(f"encoder_formats.{fmt}", f"lists {extra}, which formats.{fmt} does not "
+                    "allow", f"list only some of formats.{fmt}, or add them there")
     fmt = p.primary_format
     if fmt not in p.formats:
         ld.fail("formats", f"has no entry for {fmt!r}, the format of runtime {p.runtimes[0]!r}",

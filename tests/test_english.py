@@ -132,7 +132,47 @@ def test_encoders_train_and_are_checked_on_docstrings_and_general_english():
 
     sents = default_sentences()
     general = set(english.general_sentences())
-    assert set(stdlib_sentences()) <= set(sents) and general <= set(sents)
+    assert general <= set(sents) and set(english.wiki_sentences()) <= set(sents)
+    docs = set(stdlib_sentences()) & set(sents)
+    assert 0.2 < len(docs) / len(stdlib_sentences()) < 0.3
+    from edgedistill.data import split_holdout
+    assert set(split_holdout(list(stdlib_sentences()))[1]) <= docs  # held-out docstrings kept
     held, calib = eval_data(None, True, sentences=256)
     assert len(held) == 256 and calib
     assert 0.2 < sum(s in general for s in held) / len(held) < 0.8  # both sources, not one
+
+
+WIKITEXT = """{{Infobox person|name=Ada|born={{birth date|1815|12|10}}}}
+'''Augusta Ada King''' was an English [[mathematician]] and [[Writer|writer]] of note.<ref>{{cite
+book|title=Ada}}</ref> She is chiefly known for her work on [[Charles Babbage]]'s engine.
+[[File:Ada.jpg|thumb|A [[portrait]] of Ada]]
+== Early life ==
+* Born in London, in a house on the corner.
+{| class="wikitable"
+| a table row that is not prose at all here
+|}
+Her father was the poet [https://example.org Lord Byron], who left England soon after.
+Too short here.
+[[Category:Mathematicians]]"""
+
+
+def test_wikitext_keeps_the_prose_and_drops_the_markup():
+    assert english.wikitext_sentences(WIKITEXT) == [
+        "Augusta Ada King was an English mathematician and writer of note.",
+        "She is chiefly known for her work on Charles Babbage's engine.",
+        "Her father was the poet Lord Byron, who left England soon after."]
+    dump = ("<mediawiki><page><title>Ada</title><ns>0</ns><revision><text xml:space="
+            f'"preserve">{WIKITEXT.replace("<", "&lt;")}</text></revision></page>'
+            "<page><title>Talk:Ada</title><ns>1</ns><text>Talk pages are not the article "
+            "text at all.</text></page><page><ns>0</ns><text>#REDIRECT [[Ada Lovelace]]"
+            "</text></page></mediawiki>")
+    assert english.wiki_dump_sentences(dump) == english.wikitext_sentences(WIKITEXT)
+
+
+def test_the_bundled_wikipedia_is_prose_and_not_the_held_out_news():
+    sents = english.wiki_sentences()
+    assert len(sents) > 15000 and len(set(sents)) == len(sents)
+    assert not any(c in s for s in sents for c in "[]{}|<>=")
+    assert english.wiki_sentences(str(english.WIKI_CORPUS.with_name("absent.txt"))) == ()
+    if english.heldout_available():
+        assert not set(sents) & set(english.heldout_sentences())

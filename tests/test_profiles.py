@@ -76,6 +76,8 @@ def test_user_yaml_via_path(tmp_path):
     (lambda d: d["formats"].update(gguf=["q3_xxs"]), "formats.gguf", "unknown quantization"),
     (lambda d: d["memory"].update(budget_gb=-1), "memory.budget_gb", "positive"),
     (lambda d: d.update(runtimes="llama.cpp"), "runtimes", "list"),
+    (lambda d: d["encoder_formats"].update(gguf=["f32"]), "encoder_formats.gguf",
+     "does not allow"),
 ])
 def test_strict_validation_names_file_field_and_fix(tmp_path, mutate, field, words):
     d = _laptop_dict()
@@ -86,6 +88,23 @@ def test_strict_validation_names_file_field_and_fix(tmp_path, mutate, field, wor
     msg = str(e.value)
     assert str(path) in msg and f"'{field}'" in msg and words in msg
     assert e.value.hint and e.value.exit_code == 2
+
+
+def test_encoders_get_the_profiles_encoder_formats_unless_asked_for_more():
+    from edgedistill.export import ExportConfig, resolve_formats
+
+    prof = load_profile("laptop")
+    enc = resolve_formats(prof, ExportConfig(), encoder=True)
+    assert enc == prof.encoder_formats and enc != prof.formats
+    assert resolve_formats(prof, ExportConfig()) == prof.formats  # causal LMs: all of them
+    asked = resolve_formats(prof, ExportConfig(quants=("q4_k_m", "int8")), encoder=True)
+    assert asked == {"gguf": ["q4_k_m"], "onnx": ["int8"]}
+    d = _laptop_dict()
+    d["encoder_formats"] = {"onnx": ["int8"]}  # a format it leaves out, asked for by name
+    mine = profile_from_dict(d, "mine.yaml")
+    assert resolve_formats(mine, ExportConfig(), encoder=True) == {"onnx": ["int8"]}
+    assert resolve_formats(mine, ExportConfig(formats=("gguf",)), encoder=True) == \
+        {"gguf": prof.formats["gguf"]}
 
 
 def test_static_shapes_need_a_prefill_chunk():

@@ -45,7 +45,8 @@ class ExportConfig:
     formats: tuple[str, ...] | None = None
     """Formats to write; default: those the profile allows (onnx, gguf)."""
     quants: tuple[str, ...] | None = None
-    """Quantizations; default: every one the profile allows for the chosen formats."""
+    """Quantizations; default: every one the profile allows for the chosen formats (for
+    sentence encoders, its ``encoder_formats`` where it has them)."""
     data: str | None = None
     """Text for held-out verification and static-QDQ calibration; default: stdlib text."""
     threads: int | None = None
@@ -77,8 +78,10 @@ class ExportConfig:
 _logger = get_logger("export")
 
 
-def resolve_formats(profile: DeviceProfile, config: ExportConfig) -> dict[str, list[str]]:
-    """{format: [quant, ...]} to write, checked against what the profile allows."""
+def resolve_formats(profile: DeviceProfile, config: ExportConfig,
+                    encoder: bool = False) -> dict[str, list[str]]:
+    """{format: [quant, ...]} to write, checked against what the profile allows. Without
+    ``--quant``: the profile's default for the model's kind (``formats_for``)."""
     allowed = {f: q for f, q in profile.formats.items() if f in EXPORT_FORMATS}
     formats = list(config.formats or allowed)
     for f in formats:
@@ -90,7 +93,9 @@ def resolve_formats(profile: DeviceProfile, config: ExportConfig) -> dict[str, l
                                    f"use --formats {','.join(allowed) or '(none)'}, or another "
                                    "--target")
     if config.quants is None:
-        return {f: list(allowed[f]) for f in formats}
+        default = profile.formats_for(encoder)  # a format asked for by name: all it allows
+        return {f: list(default.get(f) or allowed[f]) for f in formats
+                if default.get(f) or config.formats}
     out: dict[str, list[str]] = {f: [] for f in formats}
     for q in config.quants:
         homes = [f for f in formats if q in allowed[f]]
@@ -119,7 +124,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
     trained = trained_for(cfg)  # the file a quant-aware student was trained for, if any
     check_model_files(model_dir, "student", "--student")
-    plan = resolve_formats(prof, config)
+    plan = resolve_formats(prof, config, shape.is_encoder)
     if "gguf" in plan:
         check_writable(model_dir, cfg)  # before minutes of ONNX work, not after
     out_dir = writable_dir(Path(out) if out else model_dir.parent / "export")

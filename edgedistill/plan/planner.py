@@ -264,8 +264,8 @@ def deployment(profile: DeviceProfile, encoder: bool, deploy: str | None) -> tup
     if encoder:
         # Sentence embedders are deployed through onnxruntime where the device allows it.
         for r in profile.runtimes:
-            if RUNTIMES[r].format == "onnx" and "onnx" in profile.formats:
-                return r, "onnx", profile.formats["onnx"][0]
+            if RUNTIMES[r].format == "onnx" and "onnx" in profile.formats_for(True):
+                return r, "onnx", profile.formats_for(True)["onnx"][0]
     return profile.primary_runtime, profile.primary_format, profile.primary_quant
 
 
@@ -332,7 +332,8 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
     # next feasible ones (what else would fit).
     bigger = [c for c in cands if c.rank_key() > best.rank_key()][-(config.top // 2):]
     table = bigger + feasible[: config.top - len(bigger)]
-    by_quant = {q: predict_on(best.shape, fmt, q) for q in prof.formats[fmt]}
+    by_quant = {q: predict_on(best.shape, fmt, q)
+                for q in prof.formats_for(t.shape.is_encoder).get(fmt) or prof.formats[fmt]}
     result = Plan(t, prof, runtime, fmt, quant, req, t_pred, t_fail, best,
                   config_for_shape(t.config, best.shape), by_quant, table, len(cands),
                   len(feasible))
