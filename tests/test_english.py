@@ -176,3 +176,21 @@ def test_the_bundled_wikipedia_is_prose_and_not_the_held_out_news():
     assert english.wiki_sentences(str(english.WIKI_CORPUS.with_name("absent.txt"))) == ()
     if english.heldout_available():
         assert not set(sents) & set(english.heldout_sentences())
+
+
+def test_when_nothing_meets_the_targets_the_fastest_of_the_about_as_close_is_named():
+    from edgedistill.report.recommend import recommend
+
+    def row(fmt, quant, sps, cos, gcos):
+        r = _enc_row("student", fmt, cos, 0.64, gcos, 0.598)
+        return r | {"quant": quant, "bench": {"measured": True, "sentences_per_s": sps}}
+
+    targets = {"cosine_to_teacher": 0.9, "neighbour_overlap": 0.6}
+    # the demo's files: gguf f16 keeps 0.0016 more cosine at a fifth of int8's speed
+    rows = [row("gguf", "f16", 160.0, 0.8857, 0.8639), row("onnx", "int8", 777.0, 0.8843, 0.8623),
+            row("onnx", "int4", 900.0, 0.85, 0.80)]  # faster, clearly further off
+    rec = recommend(rows, "encoder", targets, None, "laptop", "here")
+    assert rec["file"] is None and rec["closest"]["id"] == "student onnx:int8"
+    rows[1] = row("onnx", "int8", 777.0, 0.86, 0.83)  # now clearly further off than f16
+    assert recommend(rows, "encoder", targets, None, "laptop",
+                     "here")["closest"]["id"] == "student gguf:f16"
