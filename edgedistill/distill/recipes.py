@@ -237,7 +237,6 @@ def _cache_in_turns(t, teacher, teacher_weight: float, more, load_model, blocks,
     a time). Returns (train caches, val caches, figures for distill.json)."""
     import numpy as np
 
-
     data_key = fingerprint(int(blocks.shape[0]), int(blocks.sum()), int(val_blocks.sum()),
                            None if val_labels is None else int((val_labels != -100).sum()))
     labels = val_labels[:len(val_blocks)] if val_labels is not None else val_blocks
@@ -319,20 +318,24 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
     general = (sorted(heldout_sentences()[:EVAL_SENTENCES], key=len) if heldout_available()
                else [])
 
-    def embed(module, texts):
+    refs: dict[str, torch.Tensor] = {}  # the frozen teacher's embeddings, once per set
+
+    def embed(module, texts, name):
         ss, ts = [], []
         for i in range(0, len(texts), 32):
             b = {k: v.to(device) for k, v in encode(texts[i:i + 32]).items()}
             ss.append(pool_embeddings(module.student(**b).last_hidden_state,
                                       b["attention_mask"], pooling).float())
-            ts.append(teacher_fn(b)["embedding"].float())  # bf16 teacher: compare in fp32
-        return torch.cat(ss), torch.cat(ts)
+            if name not in refs:
+                ts.append(teacher_fn(b)["embedding"].float())  # bf16 teacher: compare in fp32
+        refs.setdefault(name, torch.cat(ts) if ts else None)
+        return torch.cat(ss), refs[name]
 
     def val_fn(module):
-        s, te = embed(module, held)
+        s, te = embed(module, held, "held")
         out = {"cosine": torch.nn.functional.cosine_similarity(s, te, dim=-1).mean().item()}
         if general:
-            s, te = embed(module, general)
+            s, te = embed(module, general, "general")
             out["cosine_general_english"] = torch.nn.functional.cosine_similarity(
                 s, te, dim=-1).mean().item()
             out["top10_general_english"] = top_k_overlap(s, te)
