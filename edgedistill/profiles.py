@@ -123,10 +123,9 @@ class DeviceProfile:
     quality_targets: QualityTargets = QualityTargets()
     """What the recommended file must keep of the teacher (report.json ``recommendation``)."""
     encoder_formats: Optional[dict[str, list[str]]] = None
-    """What sentence encoders are exported to by default, when it is less than ``formats``
-    (each entry one of ``formats``'); None: ``formats``. An explicit ``--quant`` may still ask
-    for any of ``formats``."""
-    """What the recommended file must keep of the teacher (report.json ``recommendation``)."""
+    """What sentence encoders are exported to by default, when it is less than ``formats`` (a
+    subset of it); None: ``formats``. An explicit ``--quant`` may still ask for any of
+    ``formats``."""
     source: str = field(default="", compare=False)
     """Where the profile came from (a file path, or ``measured``)."""
     measured: bool = False
