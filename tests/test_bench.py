@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edgedistill.bench import BenchConfig, bench
-from edgedistill.bench.quality import causal_quality, neighbour_overlap
+from edgedistill.bench.quality import causal_quality
+from edgedistill.similarity import neighbour_overlap
 from edgedistill.bench.timing import percentile, roofline_fraction, summarize_causal
 from test_report import render
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.runtimes import outputs as rt
+from edgedistill.similarity import neighbour_overlap
 from edgedistill.verify.parity import _log_softmax
 
 
@@ -37,17 +38,6 @@ def causal_quality(logits: list[np.ndarray], seqs: list[list[int]],
     tokens = sum(len(x) for x in logits)
     return {"perplexity": math.exp(nll / n), "loss": nll / n, "kl_to_teacher": kl / tokens,
             "top1_agreement": agree / tokens, "tokens": tokens}
-
-
-def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    """Mean share of each item's k nearest neighbours (cosine) that two spaces agree on."""
-    def knn(x):
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sim = x @ x.T
-        np.fill_diagonal(sim, -np.inf)
-        return np.argsort(-sim, axis=1)[:, :k]
-    ka, kb = knn(a.astype(np.float64)), knn(b.astype(np.float64))
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ka, kb)]))
 
 
 def encoder_quality(emb: np.ndarray, teacher_emb: np.ndarray) -> dict:

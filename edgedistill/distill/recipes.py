@@ -16,6 +16,7 @@ from edgedistill.distill.teacher_data import (cache_topk, end_tokens, generate_c
 from edgedistill.data import spread
 from edgedistill.english import EVAL_SENTENCES, heldout_available, heldout_sentences
 from edgedistill.runstate import files_id, fingerprint
+from edgedistill.similarity import neighbour_overlap
 from edgedistill.teacher import sentence_pooling
 
 
@@ -269,16 +270,6 @@ def _cache_in_turns(t, teacher, teacher_weight: float, more, load_model, blocks,
                         "mixture_val_loss": float(-mix[kept].sum() / kept.sum().clamp(min=1))}
 
 
-def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
-    """Mean share of each row's ``k`` nearest rows (cosine) that two embeddings agree on."""
-    def knn(x):
-        x = torch.nn.functional.normalize(x.double(), dim=-1)
-        sim = x @ x.T
-        sim.fill_diagonal_(-float("inf"))
-        return sim.topk(min(k, len(x) - 1), dim=-1).indices.tolist()
-    return sum(len(set(p) & set(q)) / k for p, q in zip(knn(a), knn(b))) / len(a)
-
-
 def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: TrainConfig,
                    data_cfg, run_dir, device, log) -> Recipe:
 
@@ -320,25 +311,29 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
 
     refs: dict[str, torch.Tensor] = {}  # the frozen teacher's embeddings, once per set
 
-    def embed(module, texts, name):
-        ss, ts = [], []
+    def embed(model_fn, texts):
+        out = []
         for i in range(0, len(texts), 32):
             b = {k: v.to(device) for k, v in encode(texts[i:i + 32]).items()}
-            ss.append(pool_embeddings(module.student(**b).last_hidden_state,
-                                      b["attention_mask"], pooling).float())
-            if name not in refs:
-                ts.append(teacher_fn(b)["embedding"].float())  # bf16 teacher: compare in fp32
-        refs.setdefault(name, torch.cat(ts) if ts else None)
-        return torch.cat(ss), refs[name]
+            out.append(model_fn(b).float())  # bf16 teacher: compare in fp32
+        return torch.cat(out)
 
     def val_fn(module):
-        s, te = embed(module, held, "held")
-        out = {"cosine": torch.nn.functional.cosine_similarity(s, te, dim=-1).mean().item()}
-        if general:
-            s, te = embed(module, general, "general")
-            out["cosine_general_english"] = torch.nn.functional.cosine_similarity(
+        def student_emb(b):
+            return pool_embeddings(module.student(**b).last_hidden_state, b["attention_mask"],
+                                   pooling)
+
+        out = {}
+        for suffix, texts in (("", held), ("_general_english", general)):
+            if not texts:
+                continue
+            if suffix not in refs:
+                refs[suffix] = embed(lambda b: teacher_fn(b)["embedding"], texts)
+            s, te = embed(student_emb, texts), refs[suffix]
+            out[f"cosine{suffix}"] = torch.nn.functional.cosine_similarity(
                 s, te, dim=-1).mean().item()
-            out["top10_general_english"] = top_k_overlap(s, te)
+            if suffix:
+                out[f"top10{suffix}"] = neighbour_overlap(s.cpu().numpy(), te.cpu().numpy())
         return out
 
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, {"pooling": pooling.mode})
