@@ -222,6 +222,32 @@ def build_student(teacher_dir: str | Path, student_config: dict, out_dir: str | 
     return out_dir
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> dict[str, float]:
+    """Every dropout probability of ``model``'s config (its sub-configs included: any float field
+    named ``*dropout*`` or ``*_pdrop``) and every torch Dropout module set to ``p``, for
+    training. Returns {field: value before} of the config fields that changed."""
+    changed: dict[str, float] = {}
+
+    def walk(cfg, prefix=""):
+        for key, value in list(vars(cfg).items()):
+            if hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config
+                walk(value, f"{prefix}{key}.")
+            elif (("dropout" in key or key.endswith("_pdrop")) and isinstance(value, float)
+                  and value != p):
+                changed[prefix + key] = value
+                setattr(cfg, key, float(p))
+
+    walk(model.config)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = float(p)
+        # attention kernels that read a float attribute instead of a Dropout module
+        for attr in ("dropout_prob", "attention_dropout", "attn_dropout_p"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, float(p))
+    return changed
+
+
 def copy_tokenizer(src: Path, dst: Path) -> None:
     """Tokenizer files and sentence-transformers pooling files, unchanged."""
     for name in _COPY:

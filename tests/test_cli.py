@@ -84,6 +84,7 @@ def test_bad_inputs_from_the_issue(tmp_path):
     (["plan", "--speedup", "nan"], "--speedup: must be a number above zero"),
     (["calibrate", "--budget-s", "0"], "--budget-s: must be a number above zero"),
     (["bench", "runs/x", "--repeats", "0"], "--repeats: must be at least 1"),
+    (["distill", "--teacher", "t", "--dropout", "1"], "--dropout: must be in [0, 1)"),
 ])
 def test_numeric_options_out_of_range_are_usage_errors(args, words, capsys):
     """Before: --steps 0 or --threads -1 ran (and did nothing useful), --new-tokens 0 and
@@ -244,3 +245,10 @@ def test_the_cli_and_the_api_resolve_the_same_config():
     from edgedistill.errors import EdgeDistillError
     with pytest.raises(EdgeDistillError, match="--mixed-precision"):
         TrainConfig(mixed_precision="fp8")
+    # dropout: 0 unless given; "config" keeps the model config's; 1 or more is refused
+    assert TrainConfig().dropout == 0.0
+    for flag, want in (("0.1", 0.1), ("config", "config")):
+        assert run_config(_parse(["export", "--teacher", "t", "--dropout", flag])
+                          ).distill.train.dropout == want
+    with pytest.raises(EdgeDistillError, match="--dropout"):
+        TrainConfig(dropout=1.5)

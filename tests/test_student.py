@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgedistill.arch import config_for_shape, shape_from_config
-from edgedistill.student import build_student, select_layers
+from edgedistill.student import build_student, select_layers, set_dropout
 
 
 def test_layer_selection_spreads_and_keeps_ends():
@@ -13,6 +13,30 @@ def test_layer_selection_spreads_and_keeps_ends():
     assert select_layers(22, 10)[0] == 0 and select_layers(22, 10)[-1] == 21
     assert len(select_layers(22, 10)) == 10
     assert select_layers(4, 4) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_set_dropout_reaches_config_and_kernels(family):
+    import transformers as tf
+    small = dict(num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    model = {"bert": lambda: tf.BertModel(tf.BertConfig(hidden_size=32, intermediate_size=64,
+                                                        **small)),
+             "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(
+                 hidden_size=32, intermediate_size=64, attention_dropout=0.2, **small)),
+             "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=1, n_head=2,
+                                                              vocab_size=64))}[family]()
+    changed = set_dropout(model, 0.0)
+    assert changed and all(v > 0 for v in changed.values())  # what the config had
+    cfg = model.config.to_dict()
+    assert all(v == 0.0 for k, v in cfg.items()
+               if ("dropout" in k or k.endswith("_pdrop")) and isinstance(v, float))
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    # in train mode the model is now deterministic: no dropout left anywhere
+    model.train()
+    ids = torch.arange(1, 9)[None]
+    out = [model(ids)[0] for _ in range(2)]
+    assert torch.equal(out[0], out[1])
+    assert set_dropout(model, 0.0) == {}  # nothing left to change
 
 
 def _load(folder):

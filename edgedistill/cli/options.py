@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgedistill.cli.types import count, fraction, non_negative, positive, positives, route
+from edgedistill.cli.types import count, dropout, fraction, non_negative, positive, positives, route
 
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:
@@ -44,6 +44,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--similarity-weight", type=non_negative, default=None,
                    help="encoders: weight of the in-batch similarity loss, which matches the "
                    "student's sentence-to-sentence cosines to the teacher's (default 0)")
+    p.add_argument("--dropout", type=dropout, default=None, metavar="P",
+                   help="the student's dropout while it is distilled, every dropout "
+                   "probability of its config: default 0; 'config' keeps the config's")
     p.add_argument("--init", default=None, help="teacher (default) | random")
     p.add_argument("--progressive", action="store_const", const=0, dest="stages",
                    default=None, help="distil through a chain of students, each step removing "
@@ -133,7 +136,7 @@ def distill_config(args, student: str | None = None):
     train = TrainConfig(**_given(args, steps="steps", batch_size="batch_size",
                                  grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
                                  similarity_weight="similarity_weight",
-                                 mixed_precision="mixed_precision",
+                                 mixed_precision="mixed_precision", dropout="dropout",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
                                cache_topk="cache_topk", num_responses="num_responses",

@@ -44,6 +44,13 @@ def fraction(text: str) -> float:
     return _number(text, lambda v: 0 <= v <= 1, "between 0 and 1")
 
 
+def dropout(text: str) -> float | str:
+    """argparse type: a probability in [0, 1), or ``config`` (keep the model config's)."""
+    if text.strip().lower() == "config":
+        return "config"
+    return _number(text, lambda v: 0 <= v < 1, "in [0, 1) or 'config'")
+
+
 def positives(text: str) -> tuple[float, ...]:
     """argparse type: a comma list of numbers above zero, e.g. 0.6,0.4."""
     return tuple(positive(x.strip()) for x in text.split(","))

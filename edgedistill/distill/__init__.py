@@ -33,7 +33,7 @@ from edgedistill.machine import machine_info
 from edgedistill.plan import PlanConfig, plan, progressive_chain
 from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.runstate import files_id, fingerprint
-from edgedistill.student import build_student, copy_tokenizer
+from edgedistill.student import build_student, copy_tokenizer, set_dropout
 from edgedistill.teacher import check_model_files, load_teacher
 
 DEFAULT_CAUSAL_CHARS = 2_000_000
@@ -298,6 +298,12 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     student_model = auto.from_pretrained(init_dir, dtype=torch.float32)
     log(f"student from {init_dir} ({sum(p.numel() for p in student_model.parameters()):,} "
         f"params, init={init if student is None else 'given'})")
+    if train.dropout != "config":
+        changed = set_dropout(student_model, train.dropout)
+        if changed:
+            log(f"student dropout {train.dropout} while distilled (config had "
+                + ", ".join(f"{k}={v}" for k, v in changed.items()) + "; --dropout config "
+                "keeps it)")
 
     with state.main_process_first():  # generated data and the top-K cache are written once
         recipe = (encoder_recipe if encoder else causal_recipe)(

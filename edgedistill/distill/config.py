@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from edgedistill.arch import shape_from_config
 from edgedistill.distill.quant_aware import parse as parse_quant_aware
@@ -104,6 +104,12 @@ class TrainConfig:
     """Weight of the hidden-state loss (causal LMs; encoders use 1.0 when 0 is given)."""
     similarity_weight: float = 0.0
     """Encoders: weight of the in-batch similarity loss (losses.similarity_loss)."""
+    dropout: Union[float, Literal["config"]] = 0.0
+    """The student's dropout while it is distilled: every dropout probability of its config
+    (and every torch Dropout module) is set to this; ``"config"`` keeps the config's. 0 by default:
+    the student copies a teacher that runs without dropout, over less than an epoch of text,
+    and the demo's MiniLM student (whose config says 0.1) gained 0.01 cosine on held-out news
+    without it."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """The student's forward and backward on a CPU under bf16 autocast (weights and optimizer
     stay fp32). auto: on a CPU with native bf16 (as ``--teacher-dtype auto``) for sentence
@@ -135,6 +141,10 @@ class TrainConfig:
                  f"unknown --mixed-precision {self.mixed_precision!r}.", "use auto, no or bf16")
         _require(self.similarity_weight >= 0, f"--similarity-weight must be 0 or more, not "
                  f"{self.similarity_weight}.", "use 0 (off) or e.g. 10")
+        _require(self.dropout == "config" or (isinstance(self.dropout, (int, float))
+                                               and 0 <= self.dropout < 1),
+                 f"--dropout is a probability in [0, 1) or 'config', not {self.dropout!r}.",
+                 "use --dropout 0 (the default), e.g. 0.1, or config")
         _require(self.hidden_weight >= 0, f"--hidden-weight must be 0 or more, not "
                  f"{self.hidden_weight}.", "use 0 (off) or e.g. 1")
 
