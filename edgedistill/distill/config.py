@@ -141,8 +141,8 @@ class TrainConfig:
                  f"unknown --mixed-precision {self.mixed_precision!r}.", "use auto, no or bf16")
         _require(self.similarity_weight >= 0, f"--similarity-weight must be 0 or more, not "
                  f"{self.similarity_weight}.", "use 0 (off) or e.g. 10")
-        _require(self.dropout == "config" or (isinstance(self.dropout, (int, float))
-                                               and 0 <= self.dropout < 1),
+        numeric = isinstance(self.dropout, (int, float))
+        _require(self.dropout == "config" or (numeric and 0 <= self.dropout < 1),
                  f"--dropout is a probability in [0, 1) or 'config', not {self.dropout!r}.",
                  "use --dropout 0 (the default), e.g. 0.1, or config")
         _require(self.hidden_weight >= 0, f"--hidden-weight must be 0 or more, not "
