@@ -188,13 +188,34 @@ def test_nothing_meets_the_targets_names_the_closest_and_advises(tmp_path, teach
     assert "top-1 agreement 0.310 < 0.6" in rec["headline"]
     adv = " ".join(doc["advice"])
     assert "perplexity 89.0 against the teacher's 8.2 (10.9x)" in adv
-    assert "still falling" in adv and "more --steps (now 200)" in adv
+    assert "validation kl was still falling" in adv and "more --steps (now 200)" in adv
     assert "GPU" in adv
     flat = _causal_run(tmp_path / "flat", teacher_dir, rows, falling=False, speedup=2.5)
     report(flat)
     adv = " ".join(json.loads((flat / "report.json").read_text())["advice"])
-    assert "had flattened" in adv
+    assert "validation kl had flattened" in adv
     assert "#recommendation.miss" in (run / "report.html").read_text()
+
+
+def test_more_steps_advice_reads_validation_not_the_decayed_loss():
+    """The demo's encoder run: its training loss rose 5% over the last quarter (the learning
+    rate had decayed to its floor), which read as 'flattened', while its validation cosine
+    rose 0.026 over the second half, and doubling the steps did raise the news cosine."""
+    from edgedistill.report.recommend import _more_steps, val_trend
+    curve = [{"step": i, "loss": 0.20 + 0.01 * (i % 2)} for i in range(1, 801)]
+    for step, cos in ((200, 0.834), (400, 0.860), (600, 0.879), (800, 0.886)):
+        curve[step - 1] |= {"val_cosine": cos, "val_cosine_general_english": cos - 0.02}
+    assert val_trend(curve) == ("cosine", 400, 0.860, 800, 0.886)
+    adv = _more_steps(curve, {"steps": 800})[0]
+    assert "validation cosine was still rising" in adv and "more --steps (now 800)" in adv
+    for r in curve[400:]:
+        if "val_cosine" in r:
+            r["val_cosine"] = 0.862
+    assert "had flattened" in _more_steps(curve, {"steps": 800})[0]
+    # no validation records: the training loss's last quarter, as before
+    assert "training loss had flattened" in _more_steps(
+        [{"step": i, "loss": 1.0} for i in range(1, 101)], {})[0]
+    assert _more_steps([{"step": 1, "loss": 1.0}], {}) == []
 
 
 def test_a_plan_that_shrank_too_far_suggests_a_larger_student(tmp_path, teacher_dir):

@@ -301,7 +301,7 @@ def _headline(doc: dict, kind: str, target_name: str) -> str:
 def advice(rows: list[dict], kind: str, targets: dict, rec: dict, plan: dict, dist: dict,
            curve: list[dict], measured_on: str) -> list[str]:
     """What would bring the student closer to the teacher, when it is far from it: the gap,
-    then more steps (from the training curve's slope), a larger student (when this machine
+    then more steps (from the validation figures over the run's second half), a larger student (when this machine
     measured far more speedup than the plan asked), a GPU, or a higher-precision format
     (when the loss is in the quantization)."""
     float_student = next((a for a in rows if a["role"] == "student" and a["format"] == "hf"
@@ -329,16 +329,7 @@ def advice(rows: list[dict], kind: str, targets: dict, rec: dict, plan: dict, di
                    f"the quantization. Ship a higher-precision format (e.g. "
                    f"{_higher_precision(rows, shipped)}) or train quant-aware.")
         return out
-    trend = loss_trend(curve)
-    if trend is not None:
-        drop, span = trend
-        if drop > 0.03:
-            out.append(f"The training loss was still falling ({drop:.0%} over the last {span} "
-                       f"steps): more --steps (now {dist.get('steps', '?')}) should close part "
-                       "of the gap.")
-        else:
-            out.append(f"The training loss had flattened ({drop:.1%} over the last {span} "
-                       "steps): more steps alone will close little.")
+    out += _more_steps(curve, dist)
     asked = (plan.get("requirements") or {}).get("speedup")
     got = (shipped or {}).get("vs_teacher", {}).get("speedup")
     if asked and got and got > 1.25 * asked:
@@ -381,6 +372,55 @@ def _higher_precision(rows: list[dict], shipped: dict) -> str:
     have = {a["quant"] for a in rows if a["format"] == fmt}
     return next((f"{fmt}:{q}" for q in order if q in have and q != shipped["quant"]),
                 f"{fmt}:{order[0]}")
+
+
+VAL_GAIN = {"cosine": 0.005, "kl": 0.03, "loss": 0.03}
+"""Gain over a run's second half beyond which the report says more steps should help: the
+validation cosine's rise (absolute), or the validation KL's or loss's fall (relative)."""
+
+
+def val_trend(curve: list[dict]) -> tuple[str, int, float, int, float] | None:
+    """(validation figure, step at about half the run, its value there, last step, its value
+    there) from the training log's validation records; None with fewer than two. The figure is
+    the student's cosine to the teacher (encoders), else its KL to the teacher, else its loss.
+    Unlike the training loss, which flattens at the end of any run whose learning rate decays,
+    these show whether the run was still improving."""
+    for key in ("val_cosine", "val_kl", "val_loss"):
+        recs = [r for r in curve if isinstance(r.get(key), (int, float))
+                and math.isfinite(r[key])]
+        if len(recs) >= 2:
+            end = recs[-1]
+            mid = max((r for r in recs[:-1] if r["step"] <= end["step"] / 2),
+                      key=lambda r: r["step"], default=recs[0])
+            return key[4:], mid["step"], mid[key], end["step"], end[key]
+    return None
+
+
+def _more_steps(curve: list[dict], dist: dict) -> list[str]:
+    """Whether more steps should close part of the gap: from the validation figures over the
+    run's second half, else from the training loss's last quarter."""
+    steps = dist.get("steps", "?")
+    vt = val_trend(curve)
+    if vt is not None:
+        name, s0, v0, s1, v1 = vt
+        gain = (v1 - v0) if name == "cosine" else ((v0 - v1) / v0 if v0 else 0.0)
+        moved = f"{v0:.4g} at step {s0}, {v1:.4g} at step {s1}"
+        if gain > VAL_GAIN[name]:
+            way = "rising" if name == "cosine" else "falling"
+            return [f"The validation {name} was still {way} over the second half of the run "
+                    f"({moved}): more --steps (now {steps}) should close part of the gap. (The "
+                    "training loss flattens at the end either way: the learning rate decays.)"]
+        return [f"The validation {name} had flattened over the second half of the run "
+                f"({moved}): more steps alone will close little."]
+    trend = loss_trend(curve)
+    if trend is None:
+        return []
+    drop, span = trend
+    if drop > 0.03:
+        return [f"The training loss was still falling ({drop:.0%} over the last {span} steps): "
+                f"more --steps (now {steps}) should close part of the gap."]
+    return [f"The training loss had flattened ({drop:.1%} over the last {span} steps): more "
+            "steps alone will close little."]
 
 
 def loss_trend(curve: list[dict]) -> tuple[float, int] | None:
