@@ -301,9 +301,9 @@ def _headline(doc: dict, kind: str, target_name: str) -> str:
 def advice(rows: list[dict], kind: str, targets: dict, rec: dict, plan: dict, dist: dict,
            curve: list[dict], measured_on: str) -> list[str]:
     """What would bring the student closer to the teacher, when it is far from it: the gap,
-    then more steps (from the validation figures over the run's second half), a larger student (when this machine
-    measured far more speedup than the plan asked), a GPU, or a higher-precision format
-    (when the loss is in the quantization)."""
+    then more steps (from the validation figures over the run's second half), a larger
+    student (when this machine measured far more speedup than the plan asked), a GPU, or a
+    higher-precision format (when the loss is in the quantization)."""
     float_student = next((a for a in rows if a["role"] == "student" and a["format"] == "hf"
                           and (a.get("quality") or {})), None)
     if float_student is None:
