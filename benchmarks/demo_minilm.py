@@ -1,7 +1,8 @@
 """The main job's figures: the bundled all-MiniLM-L6-v2 distilled for the laptop profile.
 
     .venv/bin/python benchmarks/demo_minilm.py [--run-dir runs/demo-bench] [--sources]
-        [--steps-curve 1600,3200] [--into benchmarks/results/demo_minilm.json]
+        [--steps-curve 1600,3200] [--arm NAME=FLAGS ...]
+        [--into benchmarks/results/demo_minilm.json]
 
 Runs what ``make demo`` runs (the command is read from the Makefile; a fresh RUN_DIR, so the
 wall time is the main job's after set-up) and records, from its report.json, every file's
@@ -19,9 +20,11 @@ sentences and general English in turn, each batch padded to its longest sentence
 the small LM's general English, Wikipedia), on the default mix (a quarter of the docstrings
 and both others) and on all of all three (same steps, same seed), and records the float
 student's cosine and top-10 overlap to the teacher on the general English and on held-out
-docstrings: what each source buys. ``--steps-curve`` distils the
-default data for more steps than the main job's, to show where more training goes. ``--into``
-adds those to the JSON of an earlier run instead of running the demo again. Writes
+docstrings: what each source buys. ``--steps-curve`` distils the default data for more
+steps than the main job's, to show where more training goes. ``--arm NAME=FLAGS`` distils
+the default data with distill flags of its own (a loss weight, ``--dropout config``, another
+``--speedup``), same steps and seed. ``--into`` adds those to the JSON of an earlier run
+instead of running the demo again. Writes
 benchmarks/results/demo_minilm.json. Everything is measured on this machine.
 """
 from __future__ import annotations
@@ -110,14 +113,15 @@ def arms(plan_dir: Path, work: Path, runs: dict) -> dict:
     pooling = sentence_pooling(teacher)
     ref = {k: torch_sentence_embeddings(teacher, v, pooling) for k, v in evals.items()}
     out = {}
-    for arm, (data, steps) in runs.items():
+    for arm, (data, steps, *flags) in runs.items():
         d = work / arm
         cmd = [sys.executable, "-m", "edgedistill", "distill", "--teacher", str(teacher),
                "--target", "laptop", "--steps", str(steps), "--out", str(d)]
-        cmd += ["--data", str(data)] if data else []
+        cmd += (["--data", str(data)] if data else []) + (flags[0] if flags else [])
         t0 = time.time()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        res = {"seconds": round(time.time() - t0, 1), "data": arm, "steps": steps}
+        res = {"seconds": round(time.time() - t0, 1), "data": arm, "steps": steps,
+               "flags": " ".join(flags[0]) if flags else ""}
         for k, sents in evals.items():
             q = encoder_quality(torch_sentence_embeddings(d / "student", sents, pooling), ref[k])
             res[f"cosine_{k}"] = q["cosine_to_teacher"]
@@ -150,6 +154,16 @@ def steps_curve(plan_dir: Path, work: Path, steps: list[int]) -> dict:
     return arms(plan_dir, work, {f"steps_{n}": (None, n) for n in steps})
 
 
+def flag_arms(plan_dir: Path, work: Path, specs: list[str], steps: int) -> dict:
+    """Arms on the default data with distill flags of their own (``NAME=FLAGS``), e.g.
+    ``hidden_weight_1=--hidden-weight 1`` or ``ffn768=--speedup 2.8``."""
+    runs = {}
+    for spec in specs:
+        name, _, flags = spec.partition("=")
+        runs[name.strip()] = (None, steps, flags.split())
+    return arms(plan_dir, work, runs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", default="runs/demo-bench")
@@ -158,6 +172,9 @@ def main() -> int:
     ap.add_argument("--source-steps", type=int, default=800)
     ap.add_argument("--steps-curve", metavar="N,N", help="also distil the default data for "
                     "these step counts, e.g. 1600,3200")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME=FLAGS",
+                    help="also distil the default data with these distill flags (repeatable), "
+                    "e.g. 'hidden_weight_1=--hidden-weight 1'; same steps as --source-steps")
     ap.add_argument("--into", metavar="JSON", help="skip the demo: measure --sources and "
                     "--steps-curve for the finished run of an earlier call, into its JSON")
     a = ap.parse_args()
@@ -169,6 +186,9 @@ def main() -> int:
             out["sources"] = sources(run, Path(a.run_dir + "-sources"), a.source_steps)
         if curve:
             out["steps_curve"] = steps_curve(run, Path(a.run_dir + "-steps"), curve)
+        if a.arm:
+            out["arms"] = (out.get("arms") or {}) | flag_arms(
+                run, Path(a.run_dir + "-arms"), a.arm, a.source_steps)
         Path(a.into).write_text(json.dumps(out, indent=1))
         return 0
     wall, cmd, stages = run_demo(run)
@@ -201,6 +221,8 @@ def main() -> int:
         out["sources"] = sources(run, Path(a.run_dir + "-sources"), a.source_steps)
     if curve:
         out["steps_curve"] = steps_curve(run, Path(a.run_dir + "-steps"), curve)
+    if a.arm:
+        out["arms"] = flag_arms(run, Path(a.run_dir + "-arms"), a.arm, a.source_steps)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v["value"] for k, v in out["goals"].items()} | {"out": a.out}))

@@ -94,6 +94,14 @@ class CostModel:
     """Fixed cost per layer per forward call (kernel launches, graph walking), microseconds."""
     call_overhead_us: float
     """Fixed cost per forward call (sampling, graph set-up), microseconds."""
+    encoder_token_us: float = 0.0
+    """ONNX sentence encoders: time per token of a batch that the matrix and bandwidth terms
+    miss (tokenizing, the embedding stage, graph set-up), microseconds."""
+    encoder_layer_token_us: float = 0.0
+    """ONNX sentence encoders: the same per token and layer (onnxruntime's unfused attention:
+    reshapes, transposes, mask and softmax ops, a thread-pool round each), microseconds.
+    Without these two the model predicted the demo's 3-layer MiniLM student 2.57x faster than
+    its teacher, where it measured 2.28x (benchmarks/encoder_shapes.py)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +323,9 @@ def _check_semantics(p: DeviceProfile, ld: _Loader) -> None:
     for key in ("bandwidth_efficiency", "compute_efficiency"):
         if getattr(p.cost_model, key) > 1:
             ld.fail(f"cost_model.{key}", "must be a fraction in (0, 1]", "write e.g. 0.7")
+    for key in ("encoder_token_us", "encoder_layer_token_us"):
+        if getattr(p.cost_model, key) < 0:
+            ld.fail(f"cost_model.{key}", "must be 0 or more", "write 0 to leave it out")
 
 
 def profile_from_dict(data: Any, source: str = "<dict>") -> DeviceProfile:

@@ -232,12 +232,14 @@ def test_the_cli_and_the_api_resolve_the_same_config():
     assert (rc.distill.train.steps, rc.distill.train.grad_accum, rc.distill.train.hidden_weight,
             rc.distill.init) == (40, 2, 1.0, "random")
     assert (rc.plan.max_params, rc.plan.speedup, rc.baselines) == (5_000_000, 3.0, False)
-    # the per-kind defaults, the same for both: encoders 800 x 32, causal LMs 300 x 8,
-    # validation every quarter and a checkpoint every eighth of the steps
+    # the per-kind defaults, the same for both: encoders 800 x 32 with the hidden-state loss
+    # at 30, causal LMs 300 x 8 without it, validation every quarter and a checkpoint every
+    # eighth of the steps; a given weight (0 included: off) is kept
     assert TrainConfig().resolved(encoder=True) == TrainConfig(
-        steps=800, batch_size=32, eval_every=200, save_every=100)
+        steps=800, batch_size=32, hidden_weight=30.0, eval_every=200, save_every=100)
     assert TrainConfig().resolved(encoder=False) == TrainConfig(
-        steps=300, batch_size=8, eval_every=75, save_every=37)
+        steps=300, batch_size=8, hidden_weight=0.0, eval_every=75, save_every=37)
+    assert TrainConfig(hidden_weight=0).resolved(encoder=True).hidden_weight == 0
     assert TrainConfig(steps=10, eval_every=0).resolved(False).eval_every == 0  # 0 = never
     rc = run_config(_parse(["export", "--teacher", "t", "--similarity-weight", "2",
                             "--mixed-precision", "no"]))

@@ -51,3 +51,32 @@ def test_static_shape_prefill_runs_in_chunks():
     npu = load_profile("phone-npu")
     p = predict(LLAMA, npu, "onnx", "qdq_a16w8")
     assert p.prefill_ms > 0 and p.decode_tokens_per_s > 0 and p.label == "uncalibrated"
+
+
+def test_onnx_encoder_overheads_add_per_token_and_per_token_layer_time():
+    """The laptop's ONNX encoder terms (fitted by benchmarks/encoder_shapes.py) add
+    batch x seq x (token_us + layers x layer_token_us) to an ONNX encoder's batch, nothing to a
+    GGUF one, and so shrink the speedup a shallower student is predicted, as measured."""
+    cfg = {"model_type": "bert", "hidden_size": 384, "intermediate_size": 1536,
+           "num_hidden_layers": 6, "num_attention_heads": 12, "vocab_size": 30522,
+           "max_position_embeddings": 512, "type_vocab_size": 2}
+    teacher = shape_from_config(cfg)
+    student = shape_from_config(dict(cfg, num_hidden_layers=3, intermediate_size=1024))
+    c = LAPTOP.cost_model
+    assert c.encoder_token_us > 0 and c.encoder_layer_token_us > 0
+    bare = dataclasses.replace(LAPTOP, cost_model=dataclasses.replace(
+        c, encoder_token_us=0.0, encoder_layer_token_us=0.0))
+    lt = LAPTOP.latency_targets
+    tokens = lt.encoder_batch * lt.encoder_seq_len
+    for shape in (teacher, student):
+        extra = (predict(shape, LAPTOP, "onnx", "int8").encoder_batch_ms
+                 - predict(shape, bare, "onnx", "int8").encoder_batch_ms)
+        want = tokens * (c.encoder_token_us + shape.num_layers * c.encoder_layer_token_us) / 1e3
+        assert abs(extra - want) < 1e-6 * want
+        assert (predict(shape, LAPTOP, "gguf", "q8_0").encoder_batch_ms
+                == predict(shape, bare, "gguf", "q8_0").encoder_batch_ms)
+
+    def speedup(p):
+        return (predict(teacher, p, "onnx", "int8").encoder_batch_ms
+                / predict(student, p, "onnx", "int8").encoder_batch_ms)
+    assert speedup(LAPTOP) < speedup(bare)

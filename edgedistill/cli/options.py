@@ -40,7 +40,8 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
                    "own continuations of prompts from the data, scored by the teacher "
                    "(default 0)")
     p.add_argument("--hidden-weight", type=non_negative, default=None,
-                   help="weight of the hidden-state loss (default 0; encoders use 1 at 0)")
+                   help="weight of the hidden-state loss (default 0 for causal LMs, 30 for "
+                   "encoders; 0 turns it off)")
     p.add_argument("--similarity-weight", type=non_negative, default=None,
                    help="encoders: weight of the in-batch similarity loss, which matches the "
                    "student's sentence-to-sentence cosines to the teacher's (default 0)")

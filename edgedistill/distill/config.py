@@ -43,11 +43,13 @@ def auto_teacher_dtype(device: str, cpu_flags, cuda_bf16: bool = False) -> tuple
     return "fp32", "this CPU has no native bf16 instructions"
 
 
-TRAIN_DEFAULTS = {"causal": {"steps": 300, "batch_size": 8},
-                  "encoder": {"steps": 800, "batch_size": 32}}
-"""Steps and batch size when the user gives none. Encoders: 800 length-grouped batches of 32
-sentences take about 2.5 minutes on 2 cores and bring the demo's MiniLM student to cosine
-0.886 on its held-out text and 0.864 on held-out news (README, 'The main job')."""
+TRAIN_DEFAULTS = {"causal": {"steps": 300, "batch_size": 8, "hidden_weight": 0.0},
+                  "encoder": {"steps": 800, "batch_size": 32, "hidden_weight": 30.0}}
+"""Steps, batch size and hidden-state loss weight when the user gives none. Encoders: 800
+length-grouped batches of 32 sentences (about 2.5 minutes on 2 cores), the hidden-state MSE
+(every student layer against its teacher layer, every token) weighted 30 against the pooled
+embedding's cosine loss: on the demo's 3-layer student, 800 steps, held-out news cosine 0.874
+at weight 1, 0.878 at 3, 0.881 at 10, 0.883 at 30, 0.882 at 100 (README, 'The main job')."""
 
 
 def _require(ok: bool, message: str, hint: str) -> None:
@@ -100,8 +102,9 @@ class TrainConfig:
     """Share of the steps spent warming up the learning rate."""
     weight_decay: float = 0.01
     clip: float = 1.0
-    hidden_weight: float = 0.0
-    """Weight of the hidden-state loss (causal LMs; encoders use 1.0 when 0 is given)."""
+    hidden_weight: Optional[float] = None
+    """Weight of the hidden-state loss; None: TRAIN_DEFAULTS (0 for causal LMs, 30 for
+    encoders); 0 turns it off."""
     similarity_weight: float = 0.0
     """Encoders: weight of the in-batch similarity loss (losses.similarity_loss)."""
     dropout: Union[float, Literal["config"]] = 0.0
@@ -145,7 +148,8 @@ class TrainConfig:
         _require(self.dropout == "config" or (numeric and 0 <= self.dropout < 1),
                  f"--dropout is a probability in [0, 1) or 'config', not {self.dropout!r}.",
                  "use --dropout 0 (the default), e.g. 0.1, or config")
-        _require(self.hidden_weight >= 0, f"--hidden-weight must be 0 or more, not "
+        _require(self.hidden_weight is None or self.hidden_weight >= 0,
+                 f"--hidden-weight must be 0 or more, not "
                  f"{self.hidden_weight}.", "use 0 (off) or e.g. 1")
 
     def resolved(self, encoder: bool) -> "TrainConfig":
@@ -154,6 +158,8 @@ class TrainConfig:
         steps = self.steps or d["steps"]
         return dataclasses.replace(
             self, steps=steps, batch_size=self.batch_size or d["batch_size"],
+            hidden_weight=(d["hidden_weight"] if self.hidden_weight is None
+                           else self.hidden_weight),
             eval_every=max(1, steps // 4) if self.eval_every is None else self.eval_every,
             save_every=max(1, steps // 8) if self.save_every is None else self.save_every)
 

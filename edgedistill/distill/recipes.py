@@ -3,7 +3,7 @@ batch, how a batch is made from sample indices, and validation."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -274,8 +274,6 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
                    data_cfg, run_dir, device, log) -> Recipe:
 
     pooling = sentence_pooling(t.path)
-    if cfg.hidden_weight <= 0:
-        cfg = replace(cfg, hidden_weight=1.0)
     hidden = _hidden_loss(student, teacher, cfg.hidden_weight)
     module = DistillModule(student, True, kd, hidden, cfg.hidden_weight, len(tok), pooling,
                            cfg.similarity_weight)

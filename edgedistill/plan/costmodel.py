@@ -198,6 +198,9 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         memory = weights + act + scores + RUNTIME_BUFFER_BYTES
         flops = layer_flops(shape, seq, seq, causal=False) * batch
         t = encoder_compute_s(shape, q, seq, batch, peak, vec_peak, bw, streamed) + layer_s + call_s
+        if q.format == "onnx":  # what onnxruntime spends beyond the products and the traffic
+            t += batch * seq * (c.encoder_token_us
+                                + shape.num_layers * c.encoder_layer_token_us) * 1e-6
         return Prediction(fmt, quant, weights / 1e9, 0.0, memory / 1e9, None, None, None,
                           t * 1e3, batch / t, flops / (batch * seq), streamed, note)
 
