@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 # The main job: distil the bundled all-MiniLM-L6-v2 for the laptop profile, 2.5x faster, on
-# standard-library docstrings and the bundled general English, export and quantize it, verify
+# the bundled Wikipedia prose, general English and docstrings, export and quantize it, verify
 # every file, measure it here and write the report. Re-running reuses the finished stages.
 DEMO_OUT ?= runs/demo
 demo: $(STAMP)
