@@ -134,6 +134,9 @@ class DeviceProfile:
     """What sentence encoders are exported to by default, when it is less than ``formats`` (a
     subset of it); None: ``formats``. An explicit ``--quant`` may still ask for any of
     ``formats``."""
+    qai_hub_device: Optional[str] = None
+    """NPU profiles: the Qualcomm AI Hub device that stands for this profile's phone
+    (``bench --qai-hub`` profiles the graphs on it unless ``--device`` names another)."""
     source: str = field(default="", compare=False)
     """Where the profile came from (a file path, or ``measured``)."""
     measured: bool = False

@@ -138,7 +138,8 @@ the teacher (the baseline)."""
 TIMING_KEYS: dict[str, str] = {
     "runtime": "the runtime that ran the file (llama.cpp, onnxruntime-cpu, torch, ...)",
     "device": "the machine it ran on, with threads; absent on rows not run here",
-    "measured": "true when measured here; false for rows not timed (NPU graphs) or failed",
+    "measured": "true when measured here, or on a phone through Qualcomm AI Hub; false for "
+                "rows not timed (NPU graphs without --qai-hub) or failed",
     "threads": "runtime threads",
     "prefill_tokens_per_s": "causal LMs: prompt tokens per second (median of the repeats)",
     "decode_tokens_per_s": "causal LMs: generated tokens per second (median)",
@@ -152,7 +153,9 @@ TIMING_KEYS: dict[str, str] = {
     "spread": "[min, max] over the repeats of the headline figures",
     "repeats": "timed runs (after a warm-up)",
     "error": "why the runtime could not run the file (the row is kept, measured false)",
-    "note": "what the reader must know about the row (e.g. not timed, and why)",}
+    "note": "what the reader must know about the row (e.g. not timed, and why)",
+    "qai_hub": "NPU graphs profiled on a phone (bench --qai-hub): device, and per graph "
+               "latency_ms, peak_memory_mb, compute_units, npu_share, job ids; or error",}
 """Keys of a record's ``bench`` dict (docs/report-format.md). Runs add a few of their own
 (prompt_tokens, new_tokens, batch, batches, seq_len, greedy_tokens, warmup_s,
 tokens_match_eager, htp, cudagraph_skips, compiled_graphs), documented there too."""

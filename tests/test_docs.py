@@ -49,6 +49,12 @@ LEFT_OUT = {
     "edgedistill bench runs/r1 --target consumer-gpu$":
         "without a GPU it measures the same CPU rows as 'edgedistill bench runs/r1 --target "
         "laptop' (run here); its GPU rows need a CUDA GPU (tests/test_gpu.py)",
+    "pip install qai-hub": "installs the optional Qualcomm AI Hub client and stores an account's "
+                           "API token (network)",
+    "edgedistill bench runs/npu --target phone-npu --qai-hub":
+        "profiles on a real phone through Qualcomm AI Hub (an account's token and the network); "
+        "tests/test_qaihub.py and test_npu.py drive the same path with responses written from "
+        "the client's documented schemas",
     "accelerate launch": "two training processes; tests/test_distill.py runs the same "
                          "launch on 2 CPU processes (gloo)",
     ".venv/bin/python benchmarks/": "benchmark scripts record figures over minutes to hours "

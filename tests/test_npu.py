@@ -189,6 +189,39 @@ def test_bench_reports_npu_graphs_with_htp_figures_and_no_simulated_time(bert_a8
 
 
 @pytest.mark.slow
+def test_bench_qai_hub_measures_the_graphs_on_the_phone(bert_a8w8, tmp_path, monkeypatch):
+    """bench --qai-hub through bench(): the QDQ encoder graph goes to AI Hub (a client that
+    answers as qai-hub documents: the service cannot be reached from here), the row becomes
+    measured on the phone, and the phone-npu predictor is calibrated by it."""
+    from edgedistill.bench import BenchConfig, bench
+    from edgedistill.plan.predictor import load_phone_measurements
+    from edgedistill.records import BenchRecord
+    from edgedistill.report import main_table
+
+    from test_qaihub import FakeHubClient
+
+    monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
+    model, res = bert_a8w8
+    arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
+    client = FakeHubClient(latency_us={"encoder": 1_600})
+    recs = bench(arts, model, "phone-npu", BenchConfig(repeats=1, qai_hub=True),
+                 qai_hub_client=client)
+    q = [r for r in recs if r.quant == "qdq_a8w8"][0]
+    b = q.bench
+    assert b["measured"] is True and b["batch_ms"] == pytest.approx(1.6)
+    assert b["device"].startswith("Samsung Galaxy S24 (Family)")
+    assert b["htp"]["nodes_on_htp"] > 0  # the export's HTP figures stay
+    assert b["qai_hub"]["graphs"]["encoder"]["compute_units"]
+    assert client.profiled == [Path(q.path).name]  # the float graph is not sent
+    kept = load_phone_measurements("phone-npu")
+    assert [m["workload"] for m in kept] == ["encoder"] and kept[0]["latency_ms"] == 1.6
+    head, rows = main_table(recs)
+    row = [r for r in rows if r[1] == "onnx:qdq_a8w8"][0]
+    assert row[2] == "QNN context binary (Qualcomm AI Hub)"
+    assert float(row[head.index("ms/batch")]) == pytest.approx(1.6, abs=0.01)
+
+
+@pytest.mark.slow
 def test_phone_npu_whole_chain_writes_its_report(trained_llama, tmp_path):
     """The phone-NPU chain of a tiny model (2 steps, one QDQ scheme, a short context) through
     to report.html. It used to die after all its work with KeyError: 'device': its first bench

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgedistill.arch import shape_from_config
+from edgedistill.bench import phone
 from edgedistill.bench.quality import causal_quality, encoder_quality, runtime_logits
 from edgedistill.bench.timing import roofline_fraction, summarize_causal, summarize_encoder
 from edgedistill.data import eval_data
@@ -30,6 +31,7 @@ from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
                                        gpu_bandwidth_gbps, require)
 from edgedistill.runtimes.outputs import torch_causal_logits, torch_sentence_embeddings
+from edgedistill.runtimes.qaihub import QaiHubError
 from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, time_artifact
 from edgedistill.teacher import sentence_pooling, weight_files
 
@@ -69,6 +71,11 @@ class BenchConfig:
     the target profile); each must be usable here, else EdgeDistillError. Default: each
     format's CPU runtime, plus, on a GPU target, the profile's GPU runtimes this machine has
     (the others are skipped with a note)."""
+    qai_hub: bool = False
+    """NPU profiles: also compile and profile each QDQ graph on a real phone through
+    Qualcomm AI Hub (bench/phone.py); needs the qai-hub client and an API token."""
+    qai_hub_device: str | None = None
+    """The AI Hub device to profile on; default: the profile's ``qai_hub_device``."""
 
 
 ENCODER_REPEATS, CAUSAL_REPEATS = 15, 3
@@ -92,14 +99,18 @@ def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
 
 def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
           target: str | DeviceProfile, config: BenchConfig = BenchConfig(),
-          log=_logger.info) -> list[BenchRecord]:
+          log=_logger.info, qai_hub_client=None) -> list[BenchRecord]:
     """Time and score each artifact. ``artifacts``: records (or their dicts) naming role,
     path, format, quant and model_dir (the HF folder it was made from), e.g. those of
     :func:`artifacts_of_run`. Returns them with ``bench``, ``quality`` and ``predicted``
-    filled (a failed runtime gives ``bench.error``), plus one row per GPU runtime asked for."""
+    filled (a failed runtime gives ``bench.error``), plus one row per GPU runtime asked for.
+    ``qai_hub_client``: the Qualcomm AI Hub client for ``config.qai_hub`` (default: a
+    ``qai_hub.Client`` with the user's token)."""
     from transformers import AutoTokenizer
 
     prof = resolve_profile(target)
+    hub = phone.connect(prof, config.qai_hub_device, qai_hub_client) if config.qai_hub else None
+    phone_kept: list = []
     teacher_dir = Path(teacher_dir)
     t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))
     encoder = t_shape.is_encoder
@@ -158,6 +169,13 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
                                              .read_text()))
         if prof.constraints.static_shapes and fmt == "onnx":
             out[k] = _npu_record(rec, art, prof, shape, predict_there, log)
+            if hub is not None:
+                try:
+                    phone_kept += phone.measure(hub, out[k], art, prof, log)
+                except QaiHubError as e:  # e.g. the network went: the rest stays local
+                    out[k]["bench"]["qai_hub"] = {"error": str(e)}
+                    log(f"Qualcomm AI Hub: {e}; no more graphs are sent")
+                    hub = None
             continue
         on_gpu = art.get("runtime") in GPU_RUNTIMES
         runtime = _runtime_label(art) if on_gpu else CPU_RUNTIME[fmt]
@@ -228,6 +246,9 @@ def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
             f"{b['error'] if 'error' in b else shown}")
         out[k] = rec
     _agreement(out)
+    kept = phone.keep(prof.name, phone_kept)
+    if kept:
+        log(f"{len(phone_kept)} phone measurement(s) kept for the {prof.name} predictor: {kept}")
     return [BenchRecord.from_dict(r) for r in out]
 
 

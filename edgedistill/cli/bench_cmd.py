@@ -29,6 +29,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "target profile's GPU runtimes). A runtime that cannot run here is an "
                    "error. Default: CPU runtimes, plus on a GPU target those of its GPU "
                    "runtimes this machine has")
+    p.add_argument("--qai-hub", action="store_true",
+                   help="NPU targets: also compile and profile each QDQ graph on a real phone "
+                   "through Qualcomm AI Hub (needs 'pip install qai-hub' and an API token: "
+                   "QAI_HUB_API_TOKEN or 'qai-hub configure'); the latencies are recorded as "
+                   "measured and calibrate the target's NPU predictions")
+    p.add_argument("--device", default=None, metavar="NAME",
+                   help="with --qai-hub: the AI Hub device (default: the profile's "
+                   "qai_hub_device, e.g. \"Samsung Galaxy S24 (Family)\")")
     return p
 
 
@@ -42,14 +50,25 @@ def run(args) -> int:
 
     path = Path(args.path)
     cfg = BenchConfig(threads=args.threads, new_tokens=args.new_tokens, repeats=args.repeats,
-                      data=args.data, runtimes=tuple(args.runtime) if args.runtime else None)
+                      data=args.data, runtimes=tuple(args.runtime) if args.runtime else None,
+                      qai_hub=args.qai_hub, qai_hub_device=args.device)
+    if args.device and not args.qai_hub:
+        from edgedistill.errors import EdgeDistillError
+        raise EdgeDistillError("--device names an AI Hub device, used only with --qai-hub.",
+                               "add --qai-hub, or drop --device")
     if cfg.runtimes:  # fail before any work when a requested runtime is missing
         from edgedistill.bench import gpu_runtimes
         from edgedistill.profiles import load_profile
         gpu_runtimes(load_profile(args.target), cfg.runtimes, lambda m: None)
+    if args.qai_hub:  # no token, no client, no network or an unknown device: before any work
+        from edgedistill.bench import phone
+        from edgedistill.profiles import resolve_profile
+        client = phone.connect(resolve_profile(args.target), args.device).client
+    else:
+        client = None
     if path.is_dir():
         arts, teacher = artifacts_of_run(path)
-        records = bench(arts, teacher, args.target, cfg)
+        records = bench(arts, teacher, args.target, cfg, qai_hub_client=client)
         atomic_write(path / "bench.json", [r.to_dict() for r in records])
     else:
         if not path.is_file():
@@ -65,7 +84,8 @@ def run(args) -> int:
         quant = path.stem.split(".", 1)[1] if "." in path.stem else (
             "fp32" if fmt == "onnx" else "f16")
         records = bench([BenchRecord(role="student", path=str(path), format=fmt, quant=quant,
-                                     model_dir=str(model))], model, args.target, cfg)
+                                     model_dir=str(model))], model, args.target, cfg,
+                        qai_hub_client=client)
     if args.json:
         emit_json([r.to_dict() for r in records])
         return 0

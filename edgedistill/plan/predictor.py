@@ -1,7 +1,9 @@
 """The latency predictor that ``plan`` and ``predict`` share.
 
     predict(shape, profile, fmt, quant) -> Prediction labelled
-        calibrated    a fit to measurements of this machine (``edgedistill calibrate``)
+        calibrated    a fit to measurements of this machine (``edgedistill calibrate``), or
+                      for an NPU profile the roofline scaled to phone latencies measured
+                      through Qualcomm AI Hub (``bench --qai-hub``)
         predicted     that fit scaled to another CPU profile by bandwidth and compute
         uncalibrated  the roofline with the profile's default coefficients
 
@@ -27,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 from edgedistill.arch import ModelShape, shape_from_config
@@ -241,7 +244,13 @@ def outside_design(shape: ModelShape, calibration: dict, key: str) -> str:
 
 def predictor_for(profile: DeviceProfile, calibration: str | Path | None = None):
     """predict() bound to ``profile`` and the calibration that applies to it (``calibration``
-    given: that file, which must be this machine's; else this machine's cache entry)."""
+    given: that file, which must be this machine's; else this machine's cache entry). An NPU
+    profile with phone measurements (``bench --qai-hub``) gets its roofline corrected by them."""
+    if profile.kind == "npu" and calibration is None:
+        factors = phone_factors(profile)
+        if factors:
+            return lambda shape, fmt, quant: phone_corrected(
+                roofline(shape, profile, fmt, quant), shape, factors)
     if calibration is not None:
         cal = load_calibration(calibration)
     elif profile.name == "local":
@@ -249,6 +258,93 @@ def predictor_for(profile: DeviceProfile, calibration: str | Path | None = None)
     else:  # another CPU: this machine's newest calibration, scaled; GPUs and NPUs: none
         cal = _any_local_calibration() if profile.kind == "cpu" else None
     return lambda shape, fmt, quant: predict(shape, profile, fmt, quant, cal)
+
+
+# -- phones measured through Qualcomm AI Hub --------------------------------------------------
+
+PHONE_WORKLOADS = {"decode": "decode_tokens_per_s", "prefill": "prefill_ms",
+                   "encoder": "encoder_batch_ms"}
+
+
+def phone_measurements_path(profile_name: str) -> Path:
+    """Where ``bench --qai-hub`` keeps the phone latencies measured for ``profile_name``."""
+    return cache_dir() / "phone" / f"{profile_name}.json"
+
+
+def load_phone_measurements(profile_name: str) -> list[dict]:
+    """The measurements kept for a profile: dicts with ``device``, ``workload`` (decode,
+    prefill, encoder), ``quant``, ``config`` (the model's HF config), ``latency_ms``."""
+    p = phone_measurements_path(profile_name)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return []
+    return [m for m in doc.get("measurements", []) if isinstance(m, dict)
+            and m.get("workload") in PHONE_WORKLOADS and m.get("latency_ms")]
+
+
+def _roofline_ms(pred: Prediction, workload: str) -> float | None:
+    v = getattr(pred, PHONE_WORKLOADS[workload])
+    if not v:
+        return None
+    return 1e3 / v if workload == "decode" else v
+
+
+def phone_factors(profile: DeviceProfile) -> dict:
+    """Per workload: the median of measured / roofline latency over the phone measurements
+    kept for ``profile`` ({} when there are none), with the count, devices and the measured
+    shapes' parameter range."""
+    by: dict = {}
+    for m in load_phone_measurements(profile.name):
+        try:
+            shape = shape_from_config(m["config"])
+            pred = _roofline_ms(roofline(shape, profile, "onnx", m["quant"]), m["workload"])
+        except (KeyError, ValueError, TypeError, EdgeDistillError):
+            continue  # an entry this version cannot read is skipped, not fatal
+        if pred:
+            by.setdefault(m["workload"], []).append(
+                (m["latency_ms"] / pred, m.get("device", "?"), shape.total_params()))
+    out = {}
+    for w, rows in by.items():
+        ratios = sorted(r for r, _, _ in rows)
+        out[w] = {"factor": statistics.median(ratios),
+                  "n": len(rows), "devices": sorted({d for _, d, _ in rows}),
+                  "params": (min(p for *_, p in rows), max(p for *_, p in rows))}
+    return out
+
+
+def phone_corrected(base: Prediction, shape: ModelShape, factors: dict) -> Prediction:
+    """The NPU roofline ``base`` scaled by the measured/roofline ratio of each workload
+    (:func:`phone_factors`), labelled ``calibrated``; workloads never measured stay the
+    roofline's, and the basis says so."""
+    workloads = ["encoder"] if shape.is_encoder else ["decode", "prefill"]
+    have = [w for w in workloads if w in factors]
+    if not have:
+        return base
+    upd, said, outside = {}, [], []
+    for w in have:
+        f = factors[w]
+        said.append(f"{w} x{f['factor']:.2f} (median of {f['n']} measured/roofline, "
+                    f"{', '.join(f['devices'])})")
+        lo, hi = f["params"]
+        if not lo / 2 <= shape.total_params() <= hi * 2:
+            outside.append(f"{w}: params {shape.total_params() / 1e6:.1f}M beyond half to "
+                           f"twice the measured {lo / 1e6:.1f}-{hi / 1e6:.1f}M")
+        if w == "decode":
+            upd["decode_tokens_per_s"] = base.decode_tokens_per_s / f["factor"]
+        elif w == "prefill":
+            upd["prefill_ms"] = base.prefill_ms * f["factor"]
+            upd["prefill_tokens_per_s"] = base.prefill_tokens_per_s / f["factor"]
+        else:
+            upd["encoder_batch_ms"] = base.encoder_batch_ms * f["factor"]
+            upd["sentences_per_s"] = base.sentences_per_s / f["factor"]
+    basis = ("roofline scaled to Qualcomm AI Hub measurements: " + "; ".join(said))
+    if len(have) < len(workloads):
+        basis += "; " + ", ".join(w for w in workloads if w not in have) + " not measured"
+    if outside:
+        basis += "; EXTRAPOLATED: " + "; ".join(outside)
+    return dataclasses.replace(base, label="calibrated", basis=basis,
+                               extrapolated=bool(outside), **upd)
 
 
 def _any_local_calibration() -> dict | None:
