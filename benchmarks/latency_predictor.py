@@ -13,6 +13,11 @@ measurement it compares three predictions with the measured time:
 - the same fitted terms refitted without the cache split (a plain bytes/layers/constant fit,
   the "3-term linear" baseline of issue #8).
 
+With ``--deep`` it then builds held-out deep full-width shapes (hidden 1536-2048, 8-24 layers,
+0.5-1.3B parameters: beyond the calibration's depth and size, within its width) in the GGUF
+formats it fitted, times them, and compares the calibrated predictions: whether per-layer
+costs add up, so that predictions for such shapes need not be flagged extrapolated.
+
 Goal: MAPE <= 5% and every prediction within +-15%, per runtime x format x workload. The
 "re-measured" column is how far a second timing of the same held-out file lands from the
 first (the machine's own noise): no predictor can be more accurate than that.
@@ -68,6 +73,71 @@ def _three_term_errors(train: list[dict], held: list[dict], llc: int) -> list[fl
     return [sum(c * v for c, v in zip(coef, row(p))) / p["seconds"] - 1 for p in held]
 
 
+DEEP = ((2048, 8), (1536, 16), (2048, 16), (2048, 24))
+"""Held-out deep full-width llama shapes (vocabulary 32000): 0.51B, 0.53B, 0.89B and 1.26B
+parameters. The calibration times widths up to 2048 with at most 12 layers (2 at full width);
+if per-layer costs add up, the calibrated predictor gets these right without timing them."""
+
+
+def _deep(cal: dict, threads: int, repeats: int) -> dict:
+    """Build, time and predict the DEEP shapes in each GGUF format the calibration fitted."""
+    import shutil
+    import tempfile
+
+    from edgedistill.arch import shape_from_config
+    from edgedistill.calibrate import _artifact, _config, _hf_folder, _measure
+    from edgedistill.plan.predictor import predict
+    from edgedistill.profiles import load_profile
+
+    w = cal["workload"]
+    base = load_profile("laptop")
+    local = dataclasses.replace(base, name="local", threads=cal["fingerprint"]["threads"],
+                                latency_targets=dataclasses.replace(
+                                    base.latency_targets, prompt_tokens=w["prompt_tokens"]))
+    fmts = sorted({tuple(k.split(":")[:2]) for k in cal["fits"] if k.startswith("gguf:")})
+    rows, work = [], Path(tempfile.mkdtemp(prefix="latency-deep-"))
+    try:
+        for h, L in DEEP:
+            cfg = _config("llama", h, L, 2.75, 32000)
+            shape = shape_from_config(cfg)
+            hf = _hf_folder(work, "llama", cfg, f"deep-h{h}-L{L}")
+            for fmt, quant in fmts:
+                art = _artifact(work, hf, fmt, quant, threads)
+                got = _measure(art, fmt, False, threads, w["prompt_tokens"], 0, 0, repeats)
+                pred = predict(shape, local, fmt, quant, cal)
+                want = {"decode": 1 / pred.decode_tokens_per_s,
+                        "prefill": pred.prefill_ms / 1e3}
+                if pred.generate_tokens_per_s:
+                    want["generate"] = 1 / pred.generate_tokens_per_s
+                for wl, sec in got.items():
+                    if wl in want:
+                        rows.append({"hidden": h, "layers": L, "params": shape.total_params(),
+                                     "format": f"{fmt}:{quant}", "workload": wl,
+                                     "measured_s": sec, "predicted_s": want[wl],
+                                     "error": want[wl] / sec - 1,
+                                     "extrapolated": pred.extrapolated, "label": pred.label})
+                        print(f"deep h{h} L{L} {shape.total_params() / 1e9:.2f}B {fmt}:{quant} "
+                              f"{wl}: measured {sec * 1e3:.1f} ms, predicted "
+                              f"{want[wl] * 1e3:.1f} ms ({rows[-1]['error']:+.1%})"
+                              f"{' EXTRAPOLATED' if pred.extrapolated else ''}", flush=True)
+            shutil.rmtree(work / f"deep-h{h}-L{L}", ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    from edgedistill.calibrate import spearman
+    summary = {}
+    for key in sorted({(r["format"], r["workload"]) for r in rows}):
+        rs = [r for r in rows if (r["format"], r["workload"]) == key]
+        errs = [r["error"] for r in rs]
+        summary[":".join(key)] = {
+            "n": len(rs), "mape": statistics.mean(abs(e) for e in errs),
+            "worst": max(errs, key=abs),
+            "within_10pct": sum(abs(e) <= 0.1 for e in errs) / len(errs),
+            "spearman": spearman([r["predicted_s"] for r in rs], [r["measured_s"] for r in rs]),
+            "flagged_extrapolated": sum(r["extrapolated"] for r in rs)}
+    return {"shapes": [{"hidden": h, "layers": L} for h, L in DEEP], "rows": rows,
+            "summary": summary}
+
+
 def _stats(errs: list[float]) -> dict:
     return {"mape": statistics.mean(abs(e) for e in errs), "worst": max(errs, key=abs),
             "within_15pct": sum(abs(e) <= 0.15 for e in errs) / len(errs)} if errs else {}
@@ -80,6 +150,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--calibration", default=None,
                     help="evaluate this calibration JSON instead of making a new one")
+    ap.add_argument("--deep", action="store_true",
+                    help="also time held-out deep full-width shapes (0.5-1.3B parameters) in "
+                    "the calibrated GGUF formats: do per-layer costs add up?")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "results" / "latency_predictor.json"))
     args = ap.parse_args()
 
@@ -89,7 +163,8 @@ def main() -> int:
     if args.calibration:
         cal = json.loads(Path(args.calibration).read_text())
     else:
-        cal = calibrate(CalibrateConfig("local", args.formats, args.budget_s, args.threads))
+        cal = calibrate(CalibrateConfig("local", args.formats, args.budget_s, args.threads,
+                                        repeats=args.repeats))
     llc = cal["machine"]["llc_bytes"]
     rows = {}
     for key, fit in sorted(cal["fits"].items()):
@@ -125,6 +200,9 @@ def main() -> int:
            "results": rows, "points": cal["points"],
            "command": "python benchmarks/latency_predictor.py " + " ".join(sys.argv[1:]),
            "wall_seconds": time.time() - t0}
+    if args.deep:
+        doc["deep"] = _deep(cal, cal["fingerprint"]["threads"], args.repeats)
+        doc["wall_seconds"] = time.time() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
@@ -139,6 +217,10 @@ def main() -> int:
               f"{r['three_term_fit'].get('mape', 0):>7.1%} "
               f"{(r['repeatability'] or {}).get('mape', 0):>8.1%}  "
               f"{'met' if r['goal_met'] else 'NOT met'}")
+    for key, s in (doc.get("deep") or {}).get("summary", {}).items():
+        print(f"deep (held out, 0.5-1.3B) {key:<22} n {s['n']}  MAPE {s['mape']:.1%}  "
+              f"worst {s['worst']:+.1%}  within ±10% {s['within_10pct']:.0%}  "
+              f"rho {s['spearman'] or 0:.3f}  flagged extrapolated {s['flagged_extrapolated']}")
     print(f"wrote {out}")
     return 0
 

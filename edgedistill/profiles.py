@@ -94,6 +94,13 @@ class CostModel:
     """Fixed cost per layer per forward call (kernel launches, graph walking), microseconds."""
     call_overhead_us: float
     """Fixed cost per forward call (sampling, graph set-up), microseconds."""
+    generate_token_us: float = 0.0
+    """GGUF through llama-cpp-python: time per token of ``Llama.generate``'s loop beyond
+    llama.cpp's decode step (its sampler chain and Python), microseconds; the prediction's
+    ``generate_tokens_per_s``. A calibration measures it on its machine."""
+    generate_vocab_us: float = 0.0
+    """The same, per 1,000 vocabulary entries: the sampler chain and the logits copy walk the
+    whole vocabulary every token (benchmarks/generate_loop.py)."""
     encoder_token_us: float = 0.0
     """ONNX sentence encoders: time per token of a batch that the matrix and bandwidth terms
     miss (tokenizing, the embedding stage, graph set-up), microseconds."""

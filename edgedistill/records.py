@@ -142,7 +142,11 @@ TIMING_KEYS: dict[str, str] = {
                 "rows not timed (NPU graphs without --qai-hub) or failed",
     "threads": "runtime threads",
     "prefill_tokens_per_s": "causal LMs: prompt tokens per second (median of the repeats)",
-    "decode_tokens_per_s": "causal LMs: generated tokens per second (median)",
+    "decode_tokens_per_s": "causal LMs: generated tokens per second (median): one forward "
+                           "step per token and the greedy pick, llama.cpp's bare decode for "
+                           "GGUF (llama_decode through llama-cpp-python's eval)",
+    "generate_tokens_per_s": "GGUF: what a llama-cpp-python user sees, tokens per second of "
+                             "Llama.generate's loop (eval plus its sampler chain; median)",
     "ttft_ms": "causal LMs: time to first token, ms (median)",
     "p50_ms": "median per-token (encoders: per-batch) latency, ms",
     "p95_ms": "95th percentile per-token (encoders: per-batch) latency, ms",

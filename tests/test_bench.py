@@ -63,6 +63,11 @@ def test_a_crashing_or_missing_runtime_is_reported_and_the_rest_measured(trained
         assert b["p95_ms"] >= b["p50_ms"] > 0 and b["peak_rss_mb"] > 10
         assert 0 < b["roofline_fraction"] and r.quality["perplexity"] > 1
         assert r.predicted["target"]["label"] == "uncalibrated"
+        if r.format == "gguf":  # llama-cpp-python's generate loop beside the bare step
+            assert 0 < b["generate_tokens_per_s"] < 1.5 * b["decode_tokens_per_s"]
+            assert r.predicted["target"]["generate_tokens_per_s"] > 0
+        else:
+            assert "generate_tokens_per_s" not in b
     from edgedistill.runtimes import runners
     monkeypatch.setattr(runners, "available", lambda rt: rt != "onnxruntime-cpu")
     recs = bench(arts[:1], trained_llama, "laptop", BenchConfig(new_tokens=4, repeats=1))

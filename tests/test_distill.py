@@ -97,7 +97,12 @@ def test_two_processes_on_gloo_match_one_process(trained_llama, text_file, tmp_p
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "distill.json").read_text())["world_size"] == 2
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # the same training up to float reassociation: DDP averages two half-batch gradients where
+    # one process takes the mean of the whole batch. Adam divides by sqrt(v), so rows of the
+    # embedding whose gradients are nearly zero amplify that rounding: 1.3e-5 measured on an
+    # Intel Xeon (2 threads). Unsynchronised or unsharded training differs by ~lr a step.
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
 
 
 def test_topk_cache_and_generated_data(trained_llama, text_file, tmp_path):

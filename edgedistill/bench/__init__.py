@@ -456,7 +456,7 @@ def _at_seq_len(profile: DeviceProfile, n: int) -> DeviceProfile:
 def _pred(p, where: str) -> dict:
     d = {k: getattr(p, k) for k in ("memory_gb", "decode_tokens_per_s", "prefill_ms",
                                     "prefill_tokens_per_s", "encoder_batch_ms",
-                                    "sentences_per_s")}
+                                    "sentences_per_s", "generate_tokens_per_s")}
     return d | {"label": p.label, "extrapolated": p.extrapolated, "device": where,
                 "basis": p.basis}
 

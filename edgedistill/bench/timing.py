@@ -20,7 +20,10 @@ def summarize_causal(runs: list[dict], prompt_tokens: int, new_tokens: int) -> d
     decode_tps = [len(r["token_s"]) / sum(r["token_s"]) for r in runs]
     ttft = [1e3 * (r["prefill_s"] + r.get("first_sample_s", 0.0)) for r in runs]
     per_token = [1e3 * t for r in runs for t in r["token_s"]]
-    return {
+    gen = [len(r["generate_token_s"]) / sum(r["generate_token_s"]) for r in runs
+           if r.get("generate_token_s")]
+    extra = {"generate_tokens_per_s": statistics.median(gen)} if gen else {}
+    return extra | {
         "prefill_tokens_per_s": statistics.median(prefill_tps),
         "decode_tokens_per_s": statistics.median(decode_tps),
         "ttft_ms": statistics.median(ttft),

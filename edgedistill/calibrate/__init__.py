@@ -63,9 +63,28 @@ _logger = get_logger("calibrate")
 
 # -- the design -------------------------------------------------------------------------------
 
+WIDE = ((2048, 2), (1536, 2))
+"""Full-width llama shapes (hidden, layers) the design times early, with 2 layers and a small
+vocabulary so that they cost about what a mid-size shape does: decoders' time is a sum of
+per-layer costs (tested on held-out deep shapes by benchmarks/latency_predictor.py --deep),
+so these extend the calibrated widths to the 0.5-1.5B models users plan for, without timing
+a deep one."""
+WIDE_AT = (5, 9)
+"""Their places in the design: training places (every HOLDOUT_EVERY-th shape is held out)."""
+
+
 def design(family: str, n: int, seed: int = 0) -> list[dict]:
     """``n`` distinct shapes spread over the candidate space (stratified: each hidden size and
-    depth bucket is visited in turn, the rest drawn at random). Returns HF config dicts."""
+    depth bucket is visited in turn, the rest drawn at random; for llama the WIDE shapes at
+    WIDE_AT). Returns HF config dicts."""
+    out = _design(family, n, seed)
+    if family == "llama":
+        for (h, L), at in zip(WIDE, WIDE_AT):
+            out.insert(at, _config("llama", h, L, 2.75, 8192))
+    return out[:n]
+
+
+def _design(family: str, n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     if family == "llama":
         hiddens, depths = [256, 384, 512, 640, 768, 896, 1024], [2, 3, 4, 6, 8, 10, 12]
@@ -179,8 +198,12 @@ def _measure(path: Path, fmt: str, encoder: bool, threads: int, prompt: int, seq
     r = time_artifact(path, fmt, threads=threads, prompt=ids, new_tokens=DECODE_TOKENS,
                       repeats=repeats)
     runs = r["runs"]
-    return {"prefill": min(x["prefill_s"] for x in runs),
-            "decode": min(statistics.median(x["token_s"]) for x in runs)}
+    out = {"prefill": min(x["prefill_s"] for x in runs),
+           "decode": min(statistics.median(x["token_s"]) for x in runs)}
+    gen = [statistics.median(x["generate_token_s"]) for x in runs if x.get("generate_token_s")]
+    if gen:  # llama-cpp-python's generate loop (GGUF)
+        out["generate"] = min(gen)
+    return out
 
 
 # -- fitting ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from edgedistill.plan.predictor import CalibrationError, predictor_for
 from edgedistill.profiles import local_profile
 
 _WORKLOAD_OF = {"encoder_batch_ms": "encoder", "decode_tokens_per_s": "decode",
-                "prefill_ms": "prefill"}
+                "prefill_ms": "prefill", "generate_tokens_per_s": "generate"}
 """Each figure of a row and the calibration workload (``_measure``'s key) it is timed by."""
 
 
@@ -27,6 +27,8 @@ def _figures(workload_s: dict) -> dict:
     if "decode" in workload_s:
         out |= {"decode_tokens_per_s": 1 / workload_s["decode"],
                 "prefill_ms": 1e3 * workload_s["prefill"]}
+    if "generate" in workload_s:  # GGUF: llama-cpp-python's generate loop
+        out["generate_tokens_per_s"] = 1 / workload_s["generate"]
     return out
 
 
@@ -51,6 +53,8 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
     encoder = pl.teacher.shape.is_encoder
     keys = ["encoder_batch_ms"] if encoder else ["decode_tokens_per_s", "prefill_ms"]
     fmt, quant = pl.format, pl.quant
+    if fmt == "gguf" and not encoder:
+        keys.append("generate_tokens_per_s")
     lt = pl.profile.latency_targets
     # a prompt the model's context holds with the decoded tokens after it (tiny test models)
     max_pos = int(pl.teacher.config.get("max_position_embeddings", 1 << 20))

@@ -53,7 +53,6 @@ def run(args) -> int:
                       data=args.data, runtimes=tuple(args.runtime) if args.runtime else None,
                       qai_hub=args.qai_hub, qai_hub_device=args.device)
     if args.device and not args.qai_hub:
-        from edgedistill.errors import EdgeDistillError
         raise EdgeDistillError("--device names an AI Hub device, used only with --qai-hub.",
                                "add --qai-hub, or drop --device")
     if cfg.runtimes:  # fail before any work when a requested runtime is missing

@@ -9,7 +9,9 @@ from edgedistill.cli.table import table
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict speed and memory of a model shape on a device",
-                       description="Predict decode_tokens_per_s, prefill_tokens_per_s and "
+                       description="Predict decode_tokens_per_s (the runtime's decode "
+                       "step), generate_tokens_per_s (GGUF: llama-cpp-python's generate loop), "
+                       "prefill_tokens_per_s and "
                        "memory_gb (encoders: ms per batch) of the shape in an HF config.json, "
                        "deployed as FORMAT on the target. Labelled calibrated, predicted or "
                        "uncalibrated, as in 'plan'.")
@@ -30,13 +32,17 @@ def run(args) -> int:
     if args.json:
         emit_json(pred)
         return 0
-    rows = [[k, "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else v)]
+    rows = [[k + _WHAT.get(k, ""), "-" if v is None else
+             (f"{v:.4g}" if isinstance(v, float) else v)]
             for k, v in pred.items() if k in _SHOWN]
     print(table(["figure", "value"], rows))
     print(f"\n({pred['label']}: {pred['basis']})")
     return 0
 
 
-_SHOWN = ("model", "target", "format", "decode_tokens_per_s", "prefill_tokens_per_s",
+_WHAT = {"decode_tokens_per_s": " (the runtime's decode step)",
+         "generate_tokens_per_s": " (llama-cpp-python's generate loop)"}
+_SHOWN = ("model", "target", "format", "decode_tokens_per_s", "generate_tokens_per_s",
+          "prefill_tokens_per_s",
           "prefill_ms", "encoder_batch_ms", "sentences_per_s", "memory_gb", "weights_gb",
           "fallback_note")

@@ -56,6 +56,9 @@ class Prediction:
     memory_gb: float
     """Weights + KV cache at the profile's context + runtime buffers."""
     decode_tokens_per_s: float | None
+    """Causal LMs: one decode step per token at the end of the prompt. For GGUF this is
+    llama.cpp's bare decode (llama_decode, as llama-bench's tg times it), not what a Python
+    caller sees: that is ``generate_tokens_per_s``."""
     prefill_ms: float | None
     prefill_tokens_per_s: float | None
     encoder_batch_ms: float | None
@@ -70,6 +73,10 @@ class Prediction:
     extrapolated: bool = False
     """True when a calibrated (or scaled) figure is for a shape outside the calibration's
     measured design (parameters, layers or width beyond the shapes it timed)."""
+    generate_tokens_per_s: float | None = None
+    """GGUF: what a llama-cpp-python user sees, tokens/s of ``Llama.generate``'s loop (the
+    decode step plus its sampler chain and Python, ``cost_model.generate_token_us`` a token
+    until a calibration measures it); None for other formats."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,6 +177,11 @@ def encoder_compute_s(shape: ModelShape, q: QuantType, seq: int, batch: int, pea
     return max(compute, streamed / bw) + elementwise / bw
 
 
+def generate_overhead_s(c: CostModel, shape: ModelShape) -> float:
+    """Seconds a token that llama-cpp-python's generate loop adds to llama.cpp's step."""
+    return (c.generate_token_us + c.generate_vocab_us * shape.vocab_size / 1e3) * 1e-6
+
+
 def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
             coeffs: CostModel | None = None) -> Prediction:
     """Predict memory and latency of ``shape`` as ``fmt:quant`` on ``profile``."""
@@ -231,5 +243,7 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         calls = 1
         t_pre = weights_pass(p, p, True, 1)
     t_pre += calls * (layer_s + call_s)
+    gen = (1 / (t_tok + generate_overhead_s(c, shape)) if q.format == "gguf" else None)
     return Prediction(fmt, quant, weights / 1e9, kv_bytes / 1e9, memory / 1e9, 1 / t_tok,
-                      t_pre * 1e3, p / t_pre, None, None, flops_tok, streamed + kv_read, note)
+                      t_pre * 1e3, p / t_pre, None, None, flops_tok, streamed + kv_read, note,
+                      generate_tokens_per_s=gen)

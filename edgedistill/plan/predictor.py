@@ -37,13 +37,15 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import quant_type
 from edgedistill.machine import cpu_model, package_version
 from edgedistill.plan.costmodel import (Prediction, _weight_bytes, attention_flops,
-                                        encoder_elementwise_bytes, predict as roofline)
+                                        encoder_elementwise_bytes, generate_overhead_s,
+                                        predict as roofline)
 from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.runstate import cache_dir
 
 CALIBRATION_VERSION = 1
 FEATURES = {
     "decode": ["call", "layers", "cache_mb", "dram_mb", "attn_gflop", "vocab_k"],
+    "generate": ["call", "layers", "cache_mb", "dram_mb", "attn_gflop", "vocab_k"],
     "prefill": ["call", "layers", "matmul_gflop", "attn_gflop", "weight_mb"],
     "encoder": ["call", "layers", "matmul_gflop", "attn_gflop", "elementwise_mb"],
 }
@@ -111,7 +113,7 @@ def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_byte
     q = quant_type(fmt, quant)
     weights, streamed, _ = _weight_bytes(shape, q, block)
     L = shape.num_layers
-    if workload == "decode":
+    if workload in ("decode", "generate"):  # generate: llama-cpp-python's loop, same terms
         total = streamed + shape.kv_cache_elements(context) * q.kv_bytes
         cached = min(total, llc_bytes)
         return [1.0, L, cached / 1e6, (total - cached) / 1e6,
@@ -151,6 +153,7 @@ def _scale_physical(fit: dict, x: list[float], workload: str, cal: dict,
     comp = m["compute_tflops_fp32"] / prof.peak_tflops("fp32")
     per_thread = comp * prof.threads / max(1, m["threads"])
     kinds = {"decode": ["fixed", "fixed", "memory", "memory", "compute", "fixed"],
+             "generate": ["fixed", "fixed", "memory", "memory", "compute", "fixed"],
              "prefill": ["fixed", "fixed", "compute", "compute", "compute"],
              "encoder": ["fixed", "fixed", "compute", "compute", "memory"]}[workload]
     factor = {"fixed": per_thread, "memory": bw, "compute": comp}
@@ -173,6 +176,10 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
     if not here and profile.kind != "cpu":
         return base  # a CPU's calibration says nothing about a GPU or an NPU
     lt, llc = profile.latency_targets, calibration["machine"]["llc_bytes"]
+    gen_fit = None if shape.is_encoder else calibration["fits"].get(
+        fit_key(fmt, quant, "generate"))  # GGUF calibrations since llama-cpp-python's loop
+    if gen_fit is not None:
+        workloads, fits = workloads + ["generate"], fits + [gen_fit]
     times = {}
     for w, fit in zip(workloads, fits):
         x = features(w, shape, fmt, quant, llc_bytes=llc, context=lt.prompt_tokens,
@@ -198,9 +205,15 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         return dataclasses.replace(base, encoder_batch_ms=t * 1e3,
                                    sentences_per_s=lt.encoder_batch / t, label=label,
                                    basis=basis, extrapolated=bool(outside))
+    gen = None
+    if "generate" in times:
+        gen = 1 / max(times["generate"], times["decode"])  # the loop is the step and more
+    elif base.generate_tokens_per_s is not None:  # the profile's per-token term on the step
+        gen = 1 / (times["decode"] + generate_overhead_s(profile.cost_model, shape))
     return dataclasses.replace(base, decode_tokens_per_s=1 / times["decode"],
                                prefill_ms=times["prefill"] * 1e3,
                                prefill_tokens_per_s=lt.prompt_tokens / times["prefill"],
+                               generate_tokens_per_s=gen,
                                label=label, basis=basis, extrapolated=bool(outside))
 
 
@@ -225,14 +238,25 @@ def design_range(calibration: dict, key: str) -> dict | None:
     return _RANGES[memo]
 
 
+ADDITIVE = ("decode", "generate", "prefill")
+"""Decoder workloads whose physical fit is a sum of per-layer and per-byte terms: a deeper (so
+larger) model of a measured width is their sum, not an extrapolation (checked on held-out deep
+shapes by benchmarks/latency_predictor.py --deep)."""
+
+
 def outside_design(shape: ModelShape, calibration: dict, key: str) -> str:
     """Why ``shape`` lies outside the calibration's measured design for ``key`` ('' when it
-    lies inside, or when the calibration keeps no design to check against)."""
+    lies inside, or when the calibration keeps no design to check against). For a decoder
+    workload fitted by the physical (additive) model only the width counts: depth and size
+    beyond the measured ones add up layer by layer."""
     rng = design_range(calibration, key)
     if rng is None:
         return ""
     have = {"params": shape.total_params(), "layers": shape.num_layers,
             "hidden": shape.hidden_size}
+    fit = calibration.get("fits", {}).get(key) or {}
+    if key.rsplit(":", 1)[-1] in ADDITIVE and fit.get("chosen") == "physical":
+        have = {"hidden": shape.hidden_size}
     why = []
     for k, v in have.items():
         lo, hi = rng[k]

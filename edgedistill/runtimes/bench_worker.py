@@ -50,8 +50,20 @@ def _llama_causal(task):
             nxt = int(last_logits().argmax())
             token_s.append(time.perf_counter() - t0)
             tokens.append(nxt)
+        run = {"prefill_s": prefill, "token_s": token_s, "tokens": tokens}
+        # what a llama-cpp-python user sees: Llama.generate's loop (eval, then its sampler
+        # chain with the library's defaults), one yielded token after another
+        gen_s, t0 = [], time.perf_counter()
+        for i, _ in enumerate(llm.generate(prompt, reset=True)):
+            t1 = time.perf_counter()
+            if i:  # the first token comes after the prompt's prefill
+                gen_s.append(t1 - t0)
+            t0 = t1
+            if i >= n_new:
+                break
+        run["generate_token_s"] = gen_s
         if r:
-            runs.append({"prefill_s": prefill, "token_s": token_s, "tokens": tokens})
+            runs.append(run)
     return {"runs": runs}
 
 
