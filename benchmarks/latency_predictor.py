@@ -56,6 +56,7 @@ def _roofline_errors(cal: dict, points: list[dict]) -> list[float]:
     for p in points:
         pr = predict(shape_from_config(p["config"]), prof, p["format"], p["quant"])
         t = {"decode": lambda: 1 / pr.decode_tokens_per_s,
+             "generate": lambda: 1 / pr.generate_tokens_per_s,
              "prefill": lambda: pr.prefill_ms / 1e3,
              "encoder": lambda: pr.encoder_batch_ms / 1e3}[p["workload"]]()
         errs.append(t / p["seconds"] - 1)
@@ -68,7 +69,8 @@ def _three_term_errors(train: list[dict], held: list[dict], llc: int) -> list[fl
 
     def row(p):
         x = _x(p, llc)
-        return [x[0], x[1], x[2] + x[3]] if p["workload"] == "decode" else x[:3]
+        return ([x[0], x[1], x[2] + x[3]] if p["workload"] in ("decode", "generate")
+                else x[:3])
     coef = _nnls([row(p) for p in train], [p["seconds"] for p in train])
     return [sum(c * v for c, v in zip(coef, row(p))) / p["seconds"] - 1 for p in held]
 

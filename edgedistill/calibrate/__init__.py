@@ -65,10 +65,10 @@ _logger = get_logger("calibrate")
 
 WIDE = ((2048, 2), (1536, 2))
 """Full-width llama shapes (hidden, layers) the design times early, with 2 layers and a small
-vocabulary so that they cost about what a mid-size shape does: decoders' time is a sum of
-per-layer costs (tested on held-out deep shapes by benchmarks/latency_predictor.py --deep),
-so these extend the calibrated widths to the 0.5-1.5B models users plan for, without timing
-a deep one."""
+vocabulary so that they cost about what a mid-size shape does (9-14 s here): they extend the
+calibrated widths to those of 0.5-1.5B models. Depth and size they do not: per-layer costs
+were measured not to add up for decode once the weights leave the caches
+(benchmarks/latency_predictor.py --deep), so deeper shapes stay flagged extrapolated."""
 WIDE_AT = (5, 9)
 """Their places in the design: training places (every HOLDOUT_EVERY-th shape is held out)."""
 

@@ -180,16 +180,23 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         fit_key(fmt, quant, "generate"))  # GGUF calibrations since llama-cpp-python's loop
     if gen_fit is not None:
         workloads, fits = workloads + ["generate"], fits + [gen_fit]
-    times = {}
+    times, outside, physical = {}, "", []
     for w, fit in zip(workloads, fits):
         x = features(w, shape, fmt, quant, llc_bytes=llc, context=lt.prompt_tokens,
                      prompt=lt.prompt_tokens, seq=lt.encoder_seq_len, batch=lt.encoder_batch,
                      block=profile.constraints.int4_block_size)
-        times[w] = evaluate(fit, x) if here else _scale_physical(fit, x, w, calibration, profile)
+        out_w = outside_design(shape, calibration, fit_key(fmt, quant, w))
+        outside = outside or out_w
+        # a log-linear fit beyond its design runs away (powers of features it never saw
+        # vary: 0.5B F16 decode was predicted at 72,530 s a token); the physical sum is linear
+        model = "physical" if out_w and fit["chosen"] == "loglinear" else None
+        if model:
+            physical.append(w)
+        times[w] = (evaluate(fit, x, model) if here
+                    else _scale_physical(fit, x, w, calibration, profile))
         times[w] = max(times[w], 1e-7)
     err = ", ".join(f"{w} held-out MAPE {f['holdout']['mape']:.1%}"
                     for w, f in zip(workloads, fits) if f.get("holdout"))
-    outside = outside_design(shape, calibration, fit_key(fmt, quant, workloads[0]))
     if here:
         label, basis = "calibrated", (f"calibration {calibration['key']} of this machine "
                                       f"({err or 'no held-out shapes'})")
@@ -200,6 +207,9 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
             f"memory bandwidth and compute; uncertainty about ±{SCALED_UNCERTAINTY:.0%}")
     if outside:
         basis += f"; EXTRAPOLATED: {outside}"
+    if physical:
+        basis += (f" ({', '.join(physical)} from the physical fit: the log-linear one does "
+                  "not extrapolate)")
     if shape.is_encoder:
         t = times["encoder"]
         return dataclasses.replace(base, encoder_batch_ms=t * 1e3,
@@ -238,25 +248,17 @@ def design_range(calibration: dict, key: str) -> dict | None:
     return _RANGES[memo]
 
 
-ADDITIVE = ("decode", "generate", "prefill")
-"""Decoder workloads whose physical fit is a sum of per-layer and per-byte terms: a deeper (so
-larger) model of a measured width is their sum, not an extrapolation (checked on held-out deep
-shapes by benchmarks/latency_predictor.py --deep)."""
-
-
 def outside_design(shape: ModelShape, calibration: dict, key: str) -> str:
     """Why ``shape`` lies outside the calibration's measured design for ``key`` ('' when it
-    lies inside, or when the calibration keeps no design to check against). For a decoder
-    workload fitted by the physical (additive) model only the width counts: depth and size
-    beyond the measured ones add up layer by layer."""
+    lies inside, or when the calibration keeps no design to check against). Parameters,
+    layers and width each count: per-layer costs were measured not to add up for decode
+    beyond the shapes timed (benchmarks/latency_predictor.py --deep: 0.5-1.3B Q4_K_M decoded
+    42-58% slower than the sum predicted, once the weights left the caches)."""
     rng = design_range(calibration, key)
     if rng is None:
         return ""
     have = {"params": shape.total_params(), "layers": shape.num_layers,
             "hidden": shape.hidden_size}
-    fit = calibration.get("fits", {}).get(key) or {}
-    if key.rsplit(":", 1)[-1] in ADDITIVE and fit.get("chosen") == "physical":
-        have = {"hidden": shape.hidden_size}
     why = []
     for k, v in have.items():
         lo, hi = rng[k]
