@@ -203,9 +203,12 @@ def test_bench_qai_hub_measures_the_graphs_on_the_phone(bert_a8w8, tmp_path, mon
     monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
     model, res = bert_a8w8
     arts = [BenchRecord.from_export(a, model) for a in res.artifacts]
+    from edgedistill.bench import phone
+    from edgedistill.profiles import load_profile
+
     client = FakeHubClient(latency_us={"encoder": 1_600})
-    recs = bench(arts, model, "phone-npu", BenchConfig(repeats=1, qai_hub=True),
-                 qai_hub_client=client)
+    hub = phone.connect(load_profile("phone-npu"), None, client)
+    recs = bench(arts, model, "phone-npu", BenchConfig(repeats=1, qai_hub=True), qai_hub=hub)
     q = [r for r in recs if r.quant == "qdq_a8w8"][0]
     b = q.bench
     assert b["measured"] is True and b["batch_ms"] == pytest.approx(1.6)

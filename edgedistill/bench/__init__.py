@@ -31,7 +31,7 @@ from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
                                        gpu_bandwidth_gbps, require)
 from edgedistill.runtimes.outputs import torch_causal_logits, torch_sentence_embeddings
-from edgedistill.runtimes.qaihub import QaiHubError
+from edgedistill.runtimes.qaihub import Hub, QaiHubError
 from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, time_artifact
 from edgedistill.teacher import sentence_pooling, weight_files
 
@@ -99,17 +99,17 @@ def _this_machine(threads: int) -> tuple[str, DeviceProfile]:
 
 def bench(artifacts: list[BenchRecord | dict], teacher_dir: str | Path,
           target: str | DeviceProfile, config: BenchConfig = BenchConfig(),
-          log=_logger.info, qai_hub_client=None) -> list[BenchRecord]:
+          log=_logger.info, qai_hub: Hub | None = None) -> list[BenchRecord]:
     """Time and score each artifact. ``artifacts``: records (or their dicts) naming role,
     path, format, quant and model_dir (the HF folder it was made from), e.g. those of
     :func:`artifacts_of_run`. Returns them with ``bench``, ``quality`` and ``predicted``
     filled (a failed runtime gives ``bench.error``), plus one row per GPU runtime asked for.
-    ``qai_hub_client``: the Qualcomm AI Hub client for ``config.qai_hub`` (default: a
-    ``qai_hub.Client`` with the user's token)."""
+    ``qai_hub``: the Qualcomm AI Hub device for ``config.qai_hub``, already connected (the
+    CLI checks it before any work); default: connect with the user's token."""
     from transformers import AutoTokenizer
 
     prof = resolve_profile(target)
-    hub = phone.connect(prof, config.qai_hub_device, qai_hub_client) if config.qai_hub else None
+    hub = (qai_hub or phone.connect(prof, config.qai_hub_device)) if config.qai_hub else None
     phone_kept: list = []
     teacher_dir = Path(teacher_dir)
     t_shape = shape_from_config(json.loads((teacher_dir / "config.json").read_text()))

@@ -54,6 +54,7 @@ def measure(hub: Hub, rec: dict, art: dict, prof: DeviceProfile, log) -> list[di
         b["qai_hub"] = {"skipped": "float graphs are not what the phone's NPU runs"}
         return []
     graphs, kept = {}, []
+    config = json.loads((Path(art["model_dir"]) / "config.json").read_text())
     for role, path in graph_files(art).items():
         name = f"edgedistill {art['role']} {role} {art['quant']}"
         log(f"{art['role']:>7} onnx:{art['quant']:<8} {role}: compiling and profiling on "
@@ -61,8 +62,7 @@ def measure(hub: Hub, rec: dict, art: dict, prof: DeviceProfile, log) -> list[di
         graphs[role] = hub.profile_graph(path, name)
         if "error" not in graphs[role]:
             kept.append({"device": hub.device_name, "workload": role, "quant": art["quant"],
-                         "config": json.loads((Path(art["model_dir"]) / "config.json")
-                                              .read_text()),
+                         "config": config,
                          "latency_ms": graphs[role]["latency_ms"],
                          "profile_job": graphs[role].get("profile_job"),
                          "file": path.name})

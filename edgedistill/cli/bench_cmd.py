@@ -62,12 +62,12 @@ def run(args) -> int:
     if args.qai_hub:  # no token, no client, no network or an unknown device: before any work
         from edgedistill.bench import phone
         from edgedistill.profiles import resolve_profile
-        client = phone.connect(resolve_profile(args.target), args.device).client
+        hub = phone.connect(resolve_profile(args.target), args.device)
     else:
-        client = None
+        hub = None
     if path.is_dir():
         arts, teacher = artifacts_of_run(path)
-        records = bench(arts, teacher, args.target, cfg, qai_hub_client=client)
+        records = bench(arts, teacher, args.target, cfg, qai_hub=hub)
         atomic_write(path / "bench.json", [r.to_dict() for r in records])
     else:
         if not path.is_file():
@@ -84,7 +84,7 @@ def run(args) -> int:
             "fp32" if fmt == "onnx" else "f16")
         records = bench([BenchRecord(role="student", path=str(path), format=fmt, quant=quant,
                                      model_dir=str(model))], model, args.target, cfg,
-                        qai_hub_client=client)
+                        qai_hub=hub)
     if args.json:
         emit_json([r.to_dict() for r in records])
         return 0

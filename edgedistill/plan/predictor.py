@@ -45,10 +45,10 @@ from edgedistill.runstate import cache_dir
 CALIBRATION_VERSION = 1
 FEATURES = {
     "decode": ["call", "layers", "cache_mb", "dram_mb", "attn_gflop", "vocab_k"],
-    "generate": ["call", "layers", "cache_mb", "dram_mb", "attn_gflop", "vocab_k"],
     "prefill": ["call", "layers", "matmul_gflop", "attn_gflop", "weight_mb"],
     "encoder": ["call", "layers", "matmul_gflop", "attn_gflop", "elementwise_mb"],
 }
+FEATURES["generate"] = FEATURES["decode"]  # llama-cpp-python's loop: the step's terms
 SCALED_UNCERTAINTY = 0.5
 """Stated relative uncertainty of figures scaled from this machine to another CPU profile:
 the scaling by bandwidth and compute ratios is physics, not a measurement of that device."""
@@ -152,8 +152,8 @@ def _scale_physical(fit: dict, x: list[float], workload: str, cal: dict,
     bw = m["bandwidth_gbps"] / prof.memory.bandwidth_gbps
     comp = m["compute_tflops_fp32"] / prof.peak_tflops("fp32")
     per_thread = comp * prof.threads / max(1, m["threads"])
-    kinds = {"decode": ["fixed", "fixed", "memory", "memory", "compute", "fixed"],
-             "generate": ["fixed", "fixed", "memory", "memory", "compute", "fixed"],
+    decode = ["fixed", "fixed", "memory", "memory", "compute", "fixed"]
+    kinds = {"decode": decode, "generate": decode,
              "prefill": ["fixed", "fixed", "compute", "compute", "compute"],
              "encoder": ["fixed", "fixed", "compute", "compute", "memory"]}[workload]
     factor = {"fixed": per_thread, "memory": bw, "compute": comp}
@@ -332,8 +332,7 @@ def phone_factors(profile: DeviceProfile) -> dict:
                 (m["latency_ms"] / pred, m.get("device", "?"), shape.total_params()))
     out = {}
     for w, rows in by.items():
-        ratios = sorted(r for r, _, _ in rows)
-        out[w] = {"factor": statistics.median(ratios),
+        out[w] = {"factor": statistics.median(r for r, _, _ in rows),
                   "n": len(rows), "devices": sorted({d for _, d, _ in rows}),
                   "params": (min(p for *_, p in rows), max(p for *_, p in rows))}
     return out
