@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from edgedistill.errors import TeacherError
 
-CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3_text")
 ENCODER_FAMILIES = ("bert",)
 FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 
@@ -20,7 +20,10 @@ FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 @dataclass(frozen=True)
 class ModelShape:
     family: str
-    """HF ``model_type``: llama, qwen2, qwen3, mistral or bert."""
+    """HF ``model_type``: llama, qwen2, qwen3, mistral, phi3 (fused q/k/v and gate/up
+    projections: the same weights as llama's, in two matrices), gemma3_text (Gemma 3's text
+    models: q/k norms, a norm after attention and after the FFN too, embeddings scaled by
+    sqrt(hidden), sliding-window layers) or bert."""
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -35,7 +38,9 @@ class ModelShape:
     o_bias: bool = False
     """Bias on the output projection (llama with attention_bias)."""
     qk_norm: bool = False
-    """RMSNorm over each query and key head, weights of head_dim (qwen3)."""
+    """RMSNorm over each query and key head, weights of head_dim (qwen3, gemma3_text)."""
+    sandwich_norms: bool = False
+    """A norm after attention and after the FFN too: 4 per layer, not 2 (gemma3_text)."""
     max_position: int = 0
     """Encoders: learned position embeddings (bert); 0 for rotary models."""
     type_vocab_size: int = 0
@@ -70,7 +75,7 @@ class ModelShape:
         bias = (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
         bias += h if self.o_bias else 0
         qk = 2 * self.head_dim if self.qk_norm else 0
-        return 2 * h + bias + qk
+        return (4 if self.sandwich_norms else 2) * h + bias + qk
 
     def embedding_params(self) -> int:
         h = self.hidden_size
@@ -143,11 +148,13 @@ def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
                           type_vocab_size=int(cfg.get("type_vocab_size", 2)), **common)
     return ModelShape(
         num_kv_heads=int(cfg.get("num_key_value_heads") or nh),
-        # llama, qwen2, qwen3 and mistral configs all default to an untied head.
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        # llama, qwen2, qwen3, mistral and phi3 configs default to an untied head, gemma3's
+        # to a tied one
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", family == "gemma3_text")),
         qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
         o_bias=family != "qwen2" and bool(cfg.get("attention_bias", False)),
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "gemma3_text"),
+        sandwich_norms=family == "gemma3_text",
         **common,
     )
 

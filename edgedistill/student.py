@@ -173,6 +173,15 @@ def _slice_shared_param(name: str, w: torch.Tensor, hid: torch.Tensor, t: ModelS
 def _slice_layer_param(name, w, hid, q_idx, kv_idx, f_idx, t: ModelShape):
     hd = t.head_dim
     q_rows, kv_rows = _rows(q_idx, hd), _rows(kv_idx, hd)
+    if "q_norm" in name or "k_norm" in name:  # per-head norms (qwen3, gemma3): head_dim wide
+        return w
+    if "qkv_proj" in name:  # phi3: rows [q | k | v] in one matrix; whole heads kept in each
+        rows = torch.cat([q_rows, t.q_dim + kv_rows, t.q_dim + t.kv_dim + kv_rows])
+        w = w[rows]
+        return w[:, hid] if w.ndim == 2 else w
+    if "gate_up_proj" in name:  # phi3: rows [gate | up]; a neuron keeps its gate and up row
+        w = w[torch.cat([f_idx, t.intermediate_size + f_idx])]
+        return w[:, hid] if w.ndim == 2 else w
     if any(k in name for k in ("q_proj", "attention.self.query")):
         w = w[q_rows]
         return w[:, hid] if w.ndim == 2 else w

@@ -1,8 +1,8 @@
 """Small real models for tests, benchmarks and demos, made here from text that ships with Python.
 
 No weights can be downloaded on our machines, so a *trained* causal LM is made on the spot:
-a byte-level BPE tokenizer and a small llama/qwen2/qwen3 trained on standard-library source for a
-few hundred steps. Trained (not random) weights matter for checks like top-1 agreement,
+a byte-level BPE tokenizer and a small llama/qwen2/qwen3/mistral/phi3/gemma3_text trained on
+standard-library source for a few hundred steps. Trained (not random) weights matter for checks like top-1 agreement,
 which random logits make meaningless.
 """
 from __future__ import annotations
@@ -56,7 +56,9 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
     tok = train_bpe_tokenizer(text[:chars] if tokenizer_text is None else tokenizer_text, vocab)
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
     cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-               "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+               "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
+               "phi3": transformers.Phi3Config,
+               "gemma3_text": transformers.Gemma3TextConfig}[family]
     # qwen3: heads wider than hidden/heads, as in the real ones (Qwen3-0.6B: 16 x 128 > 1024)
     extra = {"head_dim": 2 * hidden // heads} if family == "qwen3" else {}
     values = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn,
@@ -64,6 +66,12 @@ def make_causal_lm(out_dir: str | Path, *, family: str = "llama", hidden: int = 
                   num_key_value_heads=kv_heads, max_position_embeddings=max(512, seq_len),
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   tie_word_embeddings=family in ("qwen2", "qwen3"), **extra)
+    if family == "phi3":  # its config defaults pad to id 32000, beyond a small vocabulary
+        values["pad_token_id"] = tok.eos_token_id
+    if family == "gemma3_text":  # heads of 2 hidden/heads as in Gemma 3 (270M: 4 x 256 > 640)
+        hd = 2 * hidden // heads
+        values |= {"head_dim": hd, "query_pre_attn_scalar": hd, "pad_token_id": tok.eos_token_id,
+                   "tie_word_embeddings": True}
     cfg = cfg_cls(**{**values, **(overrides or {})})
     model = transformers.AutoModelForCausalLM.from_config(cfg).to(device or "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)

@@ -32,6 +32,12 @@ REAL_CONFIGS = {
                    "vocab_size": 151936, "max_position_embeddings": 40960,
                    "tie_word_embeddings": True, "rope_theta": 1000000, "max_window_layers": 28,
                    "use_sliding_window": False, "attention_bias": False},
+    "phi-3.5-mini": {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"],
+                     "hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32,
+                     "num_hidden_layers": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+                     "max_position_embeddings": 131072, "tie_word_embeddings": False,
+                     "original_max_position_embeddings": 4096, "sliding_window": 262144,
+                     "pad_token_id": 32000},
     "mistral-7b": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
                    "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                    "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32768,
@@ -57,6 +63,13 @@ TINY_CONFIGS = {
     "mistral": {"model_type": "mistral", "hidden_size": 96, "intermediate_size": 256,
                 "num_attention_heads": 6, "num_hidden_layers": 2, "num_key_value_heads": 2,
                 "head_dim": 32, "vocab_size": 280, "max_position_embeddings": 128},
+    "phi3": {"model_type": "phi3", "hidden_size": 64, "intermediate_size": 160,
+             "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+             "vocab_size": 300, "max_position_embeddings": 128, "pad_token_id": 0},
+    "gemma3_text": {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 160,
+                    "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 1,
+                    "head_dim": 32, "vocab_size": 300, "max_position_embeddings": 128,
+                    "query_pre_attn_scalar": 32},
     "bert": {"model_type": "bert", "hidden_size": 64, "intermediate_size": 128,
              "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 250,
              "max_position_embeddings": 64, "type_vocab_size": 2},
@@ -87,6 +100,25 @@ def trained_llama(tmp_path_factory):
     return make_causal_lm(tmp_path_factory.mktemp("m") / "llama", hidden=64, layers=2, heads=4,
                           kv_heads=2, ffn=128, vocab=320, steps=100, seq_len=64, batch=8,
                           chars=150_000, lr=1e-2)
+
+
+@pytest.fixture(scope="session")
+def trained_phi3(tmp_path_factory):
+    """A tiny phi3 (fused q/k/v and gate/up projections)."""
+    from edgedistill.toy import make_causal_lm
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "phi3", family="phi3", hidden=64,
+                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=100,
+                          seq_len=64, batch=8, chars=150_000, lr=1e-2)
+
+
+@pytest.fixture(scope="session")
+def trained_gemma3_text(tmp_path_factory):
+    """A tiny Gemma 3 text model (q/k norms, sandwich norms, scaled embeddings, heads wider
+    than hidden/heads, tied embeddings)."""
+    from edgedistill.toy import make_causal_lm
+    return make_causal_lm(tmp_path_factory.mktemp("m") / "gemma3", family="gemma3_text",
+                          hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=320,
+                          steps=100, seq_len=64, batch=8, chars=150_000, lr=1e-2)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,27 @@ def test_api_distill_improves_on_the_initial_student(trained_llama, text_file, t
     doc = json.loads((res.run_dir / "distill.json").read_text())
     assert doc["validation"]["loss"] > 0 and doc["teacher_val_loss"] > 0
     assert (res.run_dir / "plan.json").is_file()
+    # every row has the training clock; tokens/s leaves out validating (every step here)
+    assert all(0 < a["seconds"] <= b["seconds"] for a, b in zip(log, log[1:]))
+    assert 0 < doc["aside_seconds"] < doc["seconds"]
+    assert doc["tokens_per_s"] == pytest.approx(doc["tokens"] / (doc["seconds"]
+                                                                 - doc["aside_seconds"]))
+
+
+def test_activation_checkpointing_trains_the_same_student(trained_llama, text_file, tmp_path):
+    runs = {}
+    for ckpt in (False, True):
+        runs[ckpt] = distill(trained_llama, "laptop", text_file, tmp_path / str(ckpt),
+                             DistillConfig(train=TrainConfig(
+                                 steps=3, batch_size=2, eval_every=0, save_every=0,
+                                 mixed_precision="no", activation_checkpointing=ckpt),
+                                 data=DataConfig(seq_len=32)),
+                             plan_config=PlanConfig(speedup=1.0), log=lambda m: None)
+    a, b = _weights(tmp_path / "False"), _weights(tmp_path / "True")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    from safetensors.torch import load_file
+    init = load_file(str(tmp_path / "True" / "student_init" / "model.safetensors"))
+    assert any(not torch.equal(b[k], init[k]) for k in b)  # it trained
 
 
 @pytest.mark.parametrize("recipe", [[], ["--on-policy", "0.5"]], ids=["off-policy", "on-policy"])

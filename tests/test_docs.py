@@ -64,6 +64,10 @@ LEFT_OUT = {
                                         "(network)",
     "benchmarks/offline_gpu_run.sh": "for a GPU machine: builds llama.cpp with CUDA and runs "
                                      "the GPU benchmark",
+    "benchmarks/offline_gpu_train.sh": "for a GPU machine: the distillation benchmarks "
+                                       "(minutes of GPU training)",
+    "pip install trl": "installs TRL, only for benchmarks/train_throughput.py's comparison "
+                       "(network)",
 }
 
 

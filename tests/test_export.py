@@ -161,7 +161,9 @@ def test_smollm_style_digit_split_tokenizer_gguf(tmp_path):
 
 
 # Shapes and checkpoints real hub models have that the fixtures above do not: biases on every
-# projection, heads wider than hidden/heads, mistral, rows that are not multiples of 32,
+# projection, heads wider than hidden/heads, mistral, phi3 (fused projections; Phi-4-mini's
+# partial rope), gemma3 (sandwich norms stored as 1 + w, its window), rows that are not
+# multiples of 32,
 # multi-query attention with tied embeddings, a padded vocabulary (Qwen), bf16 and sharded
 # checkpoints (safetensors and .bin), eos as a list (Llama 3).
 _VARIANTS = {
@@ -172,6 +174,13 @@ _VARIANTS = {
     "llama-hidden-72": ("llama", {"hidden_size": 72, "intermediate_size": 200}, None),
     "llama-mqa-tied": ("llama", {"num_key_value_heads": 1, "tie_word_embeddings": True}, None),
     "qwen2-padded-vocab": ("qwen2", {"vocab_size": 381}, None),
+    "phi3": ("phi3", {}, None),
+    # Phi-4-mini: rope on three quarters of each head, tied embeddings
+    "phi3-partial-rotary-tied": ("phi3", {"partial_rotary_factor": 0.5,
+                                          "tie_word_embeddings": True}, None),
+    "gemma3": ("gemma3_text", {}, None),
+    # Gemma 3's sliding-window layers (270M: 512 tokens), here shorter than the test's text
+    "gemma3-window-16": ("gemma3_text", {"sliding_window": 16}, None),
     "llama-bf16-sharded": ("llama", {}, {"dtype": "bfloat16", "max_shard_size": "100KB"}),
     "llama-bin-sharded-eos-list": ("llama", {"eos_token_id": [0, 5]},
                                    {"max_shard_size": "100KB", "safe_serialization": False}),
@@ -410,9 +419,24 @@ def test_export_input_errors(trained_llama, tmp_path):
     gpt2 = write_config(tmp_path / "gpt2", {"model_type": "gpt2", "n_embd": 64})
     with pytest.raises(TeacherError, match="unsupported architecture") as e:
         export(gpt2, "laptop", out=tmp_path / "o")
-    assert "llama, qwen2, qwen3, mistral, bert" in e.value.hint
+    assert "llama, qwen2, qwen3, mistral, phi3, gemma3_text, bert" in e.value.hint
     with pytest.raises(EdgeDistillError, match="no config.json"):
         export(tmp_path, "laptop")
+
+
+@pytest.mark.parametrize("change", [
+    {"layer_types": ["full_attention", "full_attention"]}, {"rope_local_base_freq": 5e4},
+    {"query_pre_attn_scalar": 48}, {"attn_logit_softcapping": 50.0}],
+    ids=["layer-pattern", "local-rope-base", "attention-scale", "softcap"])
+def test_gemma3_maths_llama_cpp_does_not_compute_is_refused(trained_gemma3_text, tmp_path,
+                                                            change):
+    from edgedistill.convert.gguf import check_writable
+
+    cfg = json.loads((trained_gemma3_text / "config.json").read_text())
+    check_writable(trained_gemma3_text, cfg)  # as trained: written
+    with pytest.raises(EdgeDistillError, match="llama.cpp's gemma3 graph") as e:
+        check_writable(trained_gemma3_text, cfg | change)
+    assert "--formats onnx" in e.value.hint
 
 
 def test_unwritable_tokenizer_kind_is_refused(trained_llama, tmp_path):

@@ -84,6 +84,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
                    help="the student's forward and backward on a CPU under bf16 autocast: auto "
                    "(default: for encoders, on a CPU with native bf16) | no | bf16 (on a GPU "
                    "always bf16)")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="recompute the student's activations in backward instead of keeping "
+                   "them: less memory, a little more compute")
     p.add_argument("--eval-every", type=count(0), default=None,
                    help="validate every N steps (0: never; default: a quarter of the steps)")
     p.add_argument("--save-every", type=count(0), default=None,
@@ -138,6 +141,7 @@ def distill_config(args, student: str | None = None):
                                  grad_accum="grad_accum", lr="lr", hidden_weight="hidden_weight",
                                  similarity_weight="similarity_weight",
                                  mixed_precision="mixed_precision", dropout="dropout",
+                                 activation_checkpointing="activation_checkpointing",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
                                cache_topk="cache_topk", num_responses="num_responses",

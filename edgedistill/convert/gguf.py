@@ -2,8 +2,10 @@
 
 Our own converter, after llama.cpp's conventions (tensor names, metadata keys, Q/K
 permutation for llama). Families: llama and mistral (llama architecture, permuted Q/K),
-qwen2 (QKV bias, no permutation), qwen3 (per-head q/k norms, no permutation), bert (embeddings,
-with pooling from sentence-transformers).
+qwen2 (QKV bias, no permutation), qwen3 (per-head q/k norms, no permutation), phi3 (fused
+attn_qkv and gate|up ffn_up, NEOX rope: no permutation), gemma3_text (norms stored as 1 + w, as
+Gemma's RMSNorm multiplies by; sandwich norms; llama.cpp's own sliding-window pattern, checked
+against the config), bert (embeddings, with pooling from sentence-transformers).
 Norms, biases and other 1-D tensors stay F32 whatever the file type, as llama.cpp expects.
 The file is written beside its destination and renamed into place.
 """
@@ -27,7 +29,7 @@ FLOAT_TYPES = tuple(q for q in quant_names("gguf") if quant_type("gguf", q).is_f
 # file type ids (gguf LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_BF16
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 _ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-         "bert": "bert"}
+         "phi3": "phi3", "gemma3_text": "gemma3", "bert": "bert"}
 
 # HF name (after the family prefix is removed) -> GGUF name; {i} is the layer index.
 _DECODER_NAMES = {
@@ -40,11 +42,19 @@ _DECODER_NAMES = {
     "layers.{i}.self_attn.o_proj": "blk.{i}.attn_output",
     "layers.{i}.self_attn.q_norm": "blk.{i}.attn_q_norm",  # qwen3
     "layers.{i}.self_attn.k_norm": "blk.{i}.attn_k_norm",
+    "layers.{i}.self_attn.qkv_proj": "blk.{i}.attn_qkv",  # phi3: q, k, v rows in one
+    "layers.{i}.mlp.gate_up_proj": "blk.{i}.ffn_up",  # phi3: gate rows, then up rows
     "layers.{i}.mlp.gate_proj": "blk.{i}.ffn_gate",
     "layers.{i}.mlp.up_proj": "blk.{i}.ffn_up",
     "layers.{i}.mlp.down_proj": "blk.{i}.ffn_down",
     "layers.{i}.input_layernorm": "blk.{i}.attn_norm",
     "layers.{i}.post_attention_layernorm": "blk.{i}.ffn_norm",
+}
+# gemma3: post_attention_layernorm follows attention (llama's is the FFN's input norm)
+_GEMMA3_NAMES = _DECODER_NAMES | {
+    "layers.{i}.post_attention_layernorm": "blk.{i}.post_attention_norm",
+    "layers.{i}.pre_feedforward_layernorm": "blk.{i}.ffn_norm",
+    "layers.{i}.post_feedforward_layernorm": "blk.{i}.post_ffw_norm",
 }
 _BERT_NAMES = {
     "embeddings.word_embeddings": "token_embd",
@@ -68,7 +78,7 @@ _ALWAYS_F32 = ("position_embd", "token_types")
 def _compiled(family: str) -> list:
     """The name table as regexes: ``{i}`` matches the layer index, and a key matches its own
     ``.weight`` / ``.bias`` too."""
-    table = _BERT_NAMES if family == "bert" else _DECODER_NAMES
+    table = {"bert": _BERT_NAMES, "gemma3_text": _GEMMA3_NAMES}.get(family, _DECODER_NAMES)
     out = []
     for key, value in table.items():
         body = re.escape(key).replace(r"\{i\}", r"(?P<i>\d+)")
@@ -95,6 +105,40 @@ def gguf_name(hf_name: str, family: str) -> str | None:
             return (value.replace("{i}", layer) if layer else value) + suffix
     raise EdgeDistillError(f"tensor {hf_name!r} of this {family} model has no GGUF name.",
                            "the checkpoint has weights edgedistill does not know; export ONNX")
+
+
+def norm_shift(family: str, gguf_tensor: str) -> float:
+    """What the file adds to an HF tensor: 1 for gemma3's norm weights (HF keeps w and
+    multiplies by 1 + w; llama.cpp multiplies by the stored weight), else 0."""
+    return 1.0 if family == "gemma3_text" and gguf_tensor.endswith("norm.weight") else 0.0
+
+
+# llama.cpp's gemma3 graph: sliding-window attention on every layer but each 6th, local RoPE
+# base 10000, attention scaled by 1/sqrt(head_dim)
+_GEMMA3_PATTERN, _GEMMA3_LOCAL_BASE = 6, 10000.0
+
+
+def _check_gemma3(cfg: dict) -> None:
+    """Refuse a gemma3 config whose maths llama.cpp's graph would not reproduce."""
+    hd = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+    types = cfg.get("layer_types") or []
+    want = ["sliding_attention" if (i + 1) % _GEMMA3_PATTERN else "full_attention"
+            for i in range(int(cfg["num_hidden_layers"]))]
+    problems = []
+    if types and list(types) != want:
+        problems.append("layer_types other than 5 sliding-window layers to each full one")
+    if float(cfg.get("rope_local_base_freq", _GEMMA3_LOCAL_BASE)) != _GEMMA3_LOCAL_BASE:
+        problems.append(f"rope_local_base_freq {cfg['rope_local_base_freq']} (llama.cpp: 10000)")
+    if float(cfg.get("query_pre_attn_scalar", hd)) != hd:
+        problems.append(f"query_pre_attn_scalar {cfg['query_pre_attn_scalar']} != head_dim {hd}")
+    if cfg.get("attn_logit_softcapping"):
+        problems.append("attention logit soft-capping")
+    if cfg.get("use_bidirectional_attention"):
+        problems.append("bidirectional attention")
+    if problems:
+        raise EdgeDistillError("this gemma3 model has " + "; ".join(problems) + ", which "
+                               "llama.cpp's gemma3 graph does not compute.",
+                               "export this model to ONNX (--formats onnx)")
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -155,6 +199,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
     cfg = json.loads((model_dir / "config.json").read_text())
     shape = shape_from_config(cfg, str(model_dir / "config.json"))
     family, arch = shape.family, _ARCH[shape.family]
+    if family == "gemma3_text":
+        _check_gemma3(cfg)
     kind = tokenizer_kind(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     vocab = build_vocab(model_dir, tok, shape.vocab_size)
@@ -163,7 +209,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     w = gguf.GGUFWriter(str(tmp), arch)
     try:
-        _metadata(w, arch, cfg, shape, model_dir, ftype)
+        _metadata(w, arch, cfg, shape, model_dir, ftype, vocab.tokens)
         _tokenizer(w, vocab, tok, kind, cfg)
         freqs = rope_freqs(cfg, shape.head_dim) if arch == "llama" else None
         if freqs is not None:
@@ -175,6 +221,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
             if arch == "llama" and gname.split(".")[-2] in ("attn_q", "attn_k"):
                 heads = shape.num_heads if ".attn_q." in gname else shape.num_kv_heads
                 arr = permute_qk(arr, heads)
+            if shift := norm_shift(family, gname):
+                arr = arr + np.float32(shift)
             _write_tensor(w, gname, arr, ftype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -186,8 +234,21 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
     return out_path
 
 
-def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str) -> None:
-    w.add_name(model_dir.name)
+# llama.cpp sets attributes on these tokens of any model whose general.name holds "phi3" or
+# "phi-3", and fails to load one whose vocabulary lacks them
+_PHI3_NAME, _PHI3_TOKENS = re.compile(r"(?i)phi(-?)3"), {"</s>", "<unk>", "<s>", "<|endoftext|>"}
+
+
+def gguf_model_name(folder_name: str, tokens) -> str:
+    """general.name: the folder's name, with "phi3" spelt "phi_3" where llama.cpp would look
+    for Phi-3's special tokens in a vocabulary that lacks them."""
+    if _PHI3_NAME.search(folder_name) and not _PHI3_TOKENS <= set(tokens):
+        return _PHI3_NAME.sub(lambda m: "phi_3", folder_name)
+    return folder_name
+
+
+def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str, tokens=()) -> None:
+    w.add_name(gguf_model_name(model_dir.name, tokens))
     w.add_file_type(_FILE_TYPE[ftype])
     w.add_quantization_version(2)
     w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
@@ -207,7 +268,16 @@ def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str) -> No
     w.add_head_count_kv(shape.num_kv_heads)
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
-    w.add_rope_dimension_count(shape.head_dim)
+    # phi3 (Phi-4-mini): rope on the first partial_rotary_factor of each head's dimensions
+    w.add_rope_dimension_count(int(shape.head_dim * float(cfg.get("partial_rotary_factor")
+                                                          or 1.0)))
+    if arch == "phi3":  # llama.cpp reads it (0: none) and runs phi3 without a window anyway
+        w.add_sliding_window(int(cfg.get("sliding_window") or 0))
+    if arch == "gemma3":
+        if cfg.get("sliding_window"):
+            w.add_sliding_window(int(cfg["sliding_window"]))
+        if cfg.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
     if shape.head_dim * shape.num_heads != shape.hidden_size or "head_dim" in cfg:
         w.add_key_length(shape.head_dim)
         w.add_value_length(shape.head_dim)
@@ -238,15 +308,22 @@ def sliding_window(model_dir: str | Path) -> int | None:
     """The attention window, in tokens, of a model whose layers (some or all) attend only to
     the last N positions (Mistral v0.1: 4096; Qwen2 with ``use_sliding_window``), as
     transformers configures it; None for full attention. llama.cpp's llama, qwen2 and qwen3
-    graphs have no window: a GGUF of such a model attends to the whole context."""
+    graphs have no window, and its phi3 graph turns the window off: a GGUF of such a model
+    attends to the whole context. None too for gemma3, whose llama.cpp graph has the window
+    (its pattern checked by check_writable)."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model_dir)
+    if _ARCH.get(cfg.model_type) in _GGUF_WINDOWED:
+        return None
     window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None)
     if not window or (types is not None and "sliding_attention" not in types):
         return None
     return int(window)
+
+
+_GGUF_WINDOWED = {"gemma3"}
 
 
 def window_note(window: int, context: int) -> str:
@@ -263,6 +340,8 @@ def check_writable(model_dir: str | Path, cfg: dict) -> None:
     shape = shape_from_config(cfg, str(Path(model_dir) / "config.json"))
     check_tokenizer(Path(model_dir))
     _rope_scaling(None, _ARCH[shape.family], cfg)
+    if shape.family == "gemma3_text":
+        _check_gemma3(cfg)
 
 
 def _rope_scaling(w, arch: str, cfg: dict) -> None:

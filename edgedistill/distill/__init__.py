@@ -298,6 +298,10 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     student_model = auto.from_pretrained(init_dir, dtype=torch.float32)
     log(f"student from {init_dir} ({sum(p.numel() for p in student_model.parameters()):,} "
         f"params, init={init if student is None else 'given'})")
+    if train.activation_checkpointing:
+        student_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        log("student activations recomputed in backward (--activation-checkpointing)")
     if train.dropout != "config":
         changed = set_dropout(student_model, train.dropout)
         if changed:

@@ -119,6 +119,10 @@ class TrainConfig:
     encoders, where it distilled the demo's MiniLM student 1.25x faster at the same held-out
     cosine; causal LMs on a CPU stay fp32 (not measured). On a GPU the student always trains
     under bf16 autocast (accelerate's), whatever this says."""
+    activation_checkpointing: bool = False
+    """Keep only each layer's input during the student's forward pass and recompute the rest
+    in backward (transformers' gradient checkpointing, non-reentrant): less memory for a
+    little more compute; the same gradients."""
     eval_every: Optional[int] = None
     """Validate every N steps (0: never); None: a quarter of the steps."""
     save_every: Optional[int] = None

@@ -234,7 +234,7 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
     bar = tqdm(total=cfg.steps, initial=start, disable=not acc.is_main_process,
                desc="distill", unit="step", file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
-    tokens, t0, loss_ema = 0, time.time(), None
+    tokens, t0, loss_ema, aside = 0, time.time(), None, 0.0  # aside: validating, saving
     share = module.kd.on_policy if policy_fn else 0.0
     for step in range(start, cfg.steps):
         model.train()
@@ -266,12 +266,15 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
             tokens += batch["input_ids"].numel() * world
         sched.step()
         loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
-        rec = {"step": step + 1, "loss": step_loss, "lr": sched.get_last_lr()[0]}
+        rec = {"step": step + 1, "loss": step_loss, "lr": sched.get_last_lr()[0],
+               "seconds": round(time.time() - t0 - aside, 3)}
         if policy:
             rec["on_policy"] = True
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss_ema:.4f}",
+                        tok_s=f"{tokens / max(time.time() - t0 - aside, 1e-9):.0f}")
         last = step + 1 == cfg.steps
+        t_aside = time.time()
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             model.eval()
             with torch.no_grad():
@@ -289,11 +292,13 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
                 save_checkpoint(ckpt_dir, step + 1, acc.unwrap_model(model), opt, sched,
                                 fingerprint)
             acc.wait_for_everyone()
+        aside += time.time() - t_aside
     bar.close()
     elapsed = time.time() - t0
     final = next((r for r in reversed(history) if any(k.startswith("val_") for k in r)), {})
     return {"steps": cfg.steps, "start_step": start, "seconds": elapsed,
-            "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "tokens": tokens, "tokens_per_s": tokens / max(elapsed - aside, 1e-9),
+            "aside_seconds": aside,
             "final_train_loss": history[-1]["loss"] if history else None,
             "validation": {k[4:]: v for k, v in final.items() if k.startswith("val_")},
             "world_size": world, "device": acc.device.type, "is_main": acc.is_main_process,

@@ -159,6 +159,7 @@ def build_report(run_dir: str | Path) -> dict:
     teacher_val = {"loss": dist.get("teacher_val_loss")} if dist.get("teacher_val_loss") \
         is not None else {}
     training = ({k: dist.get(k) for k in ("steps", "tokens", "seconds", "tokens_per_s",
+                                          "aside_seconds",
                                           "device", "validation", "stages")}
                 | {"teacher_validation": teacher_val, "curve": curve}) if dist or curve else {}
     target_pred = next((r.predicted["target"] for r in records

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedistill.arch import ModelShape
-from edgedistill.convert.gguf import gguf_name, permute_qk
+from edgedistill.convert.gguf import gguf_name, norm_shift, permute_qk
 from edgedistill.errors import EdgeDistillError
 from edgedistill.quantize.onnx import fold_constant_transposes
 from edgedistill.records import Verdict
@@ -147,7 +147,7 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
             continue
         dec = dequantize(np.asarray(t.data), t.tensor_type)
         dec = dec.reshape(tuple(int(d) for d in reversed(t.shape))).astype(np.float32)
-        src = p.detach().float().numpy()
+        src = p.detach().float().numpy() + np.float32(norm_shift(shape.family, gname))
         heads = None
         if llama_arch and gname.split(".")[-2] in ("attn_q", "attn_k"):
             heads = shape.num_heads if ".attn_q." in gname else shape.num_kv_heads
@@ -156,6 +156,7 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
         kind = t.tensor_type.name
         rows.append(weight_row(gname, kind, src, dec, _GGML_GRID.get(kind)))
         if dec.shape == src.shape:
+            dec = dec - np.float32(norm_shift(shape.family, gname))
             state[pname] = _unpermute_qk(dec, heads) if heads else dec
     return state, rows
 
