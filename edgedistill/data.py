@@ -383,19 +383,31 @@ def load_texts(path: str | Path, render: Render | None = None) -> list[str]:
 # -- causal LMs: packed blocks ---------------------------------------------------------------
 
 def split_documents(texts: list[str], val_fraction: float = 0.05) -> tuple[list[str], list[str]]:
-    """(train, validation) documents. Several documents: a stable hash picks the held-out ones
-    (at least one). A single document: its last ``val_fraction`` of characters."""
-    
-    if len(texts) >= 20:
-        train, val = split_holdout(texts, val_fraction)
-        if val and train:
-            return train, val
-    if len(texts) > 1:
-        k = max(1, round(len(texts) * val_fraction))
-        return texts[:-k], texts[-k:]
-    text = texts[0]
-    cut = int(len(text) * (1 - val_fraction))
-    return [text[:cut]], [text[cut:]]
+    """(train, validation) documents. A document longer than ``val_fraction`` of all the
+    characters is cut: its last ``val_fraction`` is held out (held out whole, it alone would
+    take more than the held-out share: a folder of one large text file and many chat records
+    would otherwise lose the file to validation). Of the others, several: a stable hash picks
+    the held-out ones (at least one); one: its last ``val_fraction`` of characters."""
+    budget = val_fraction * sum(len(t) for t in texts)
+    train, val, small = [], [], []
+    for t in texts:
+        if len(t) > budget or len(texts) == 1:
+            cut = int(len(t) * (1 - val_fraction))
+            train.append(t[:cut])
+            val.append(t[cut:])
+        else:
+            small.append(t)
+    if len(small) >= 20:
+        tr, va = split_holdout(small, val_fraction)
+        if not (va and tr):
+            k = max(1, round(len(small) * val_fraction))
+            tr, va = small[:-k], small[-k:]
+    elif len(small) > 1 or (small and not val):
+        k = max(1, round(len(small) * val_fraction))
+        tr, va = small[:-k], small[-k:]
+    else:
+        tr, va = small, []
+    return train + tr, val + va
 
 
 def pack(texts: list[str], tok, seq_len: int):

@@ -93,50 +93,44 @@ def teacher_dir(tmp_path):
 
 # -- small real models (trained here, so verification thresholds mean something) ------------
 
+def _trained(tmp_path_factory, family: str = "llama") -> Path:
+    """A tiny causal LM of ``family`` with a byte-level BPE tokenizer, trained for a few
+    seconds on stdlib text (hidden 64, 2 layers, 4 heads / 2 KV heads, vocab 320)."""
+    from edgedistill.toy import make_causal_lm
+    return make_causal_lm(tmp_path_factory.mktemp("m") / family.split("_")[0], family=family,
+                          hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=320,
+                          steps=100, seq_len=64, batch=8, chars=150_000, lr=1e-2)
+
+
 @pytest.fixture(scope="session")
 def trained_llama(tmp_path_factory):
-    """A tiny llama with a byte-level BPE tokenizer, trained for a few seconds on stdlib text."""
-    from edgedistill.toy import make_causal_lm
-    return make_causal_lm(tmp_path_factory.mktemp("m") / "llama", hidden=64, layers=2, heads=4,
-                          kv_heads=2, ffn=128, vocab=320, steps=100, seq_len=64, batch=8,
-                          chars=150_000, lr=1e-2)
+    """A tiny llama."""
+    return _trained(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def trained_phi3(tmp_path_factory):
     """A tiny phi3 (fused q/k/v and gate/up projections)."""
-    from edgedistill.toy import make_causal_lm
-    return make_causal_lm(tmp_path_factory.mktemp("m") / "phi3", family="phi3", hidden=64,
-                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=100,
-                          seq_len=64, batch=8, chars=150_000, lr=1e-2)
+    return _trained(tmp_path_factory, "phi3")
 
 
 @pytest.fixture(scope="session")
 def trained_gemma3_text(tmp_path_factory):
     """A tiny Gemma 3 text model (q/k norms, sandwich norms, scaled embeddings, heads wider
     than hidden/heads, tied embeddings)."""
-    from edgedistill.toy import make_causal_lm
-    return make_causal_lm(tmp_path_factory.mktemp("m") / "gemma3", family="gemma3_text",
-                          hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=320,
-                          steps=100, seq_len=64, batch=8, chars=150_000, lr=1e-2)
+    return _trained(tmp_path_factory, "gemma3_text")
 
 
 @pytest.fixture(scope="session")
 def trained_qwen3(tmp_path_factory):
     """A tiny qwen3 (q/k head norms, heads wider than hidden/heads, tied embeddings)."""
-    from edgedistill.toy import make_causal_lm
-    return make_causal_lm(tmp_path_factory.mktemp("m") / "qwen3", family="qwen3", hidden=64,
-                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=100,
-                          seq_len=64, batch=8, chars=150_000, lr=1e-2)
+    return _trained(tmp_path_factory, "qwen3")
 
 
 @pytest.fixture(scope="session")
 def trained_qwen2(tmp_path_factory):
     """A tiny qwen2 (tied embeddings, QKV bias), trained like trained_llama."""
-    from edgedistill.toy import make_causal_lm
-    return make_causal_lm(tmp_path_factory.mktemp("m") / "qwen2", family="qwen2", hidden=64,
-                          layers=2, heads=4, kv_heads=2, ffn=128, vocab=320, steps=100,
-                          seq_len=64, batch=8, chars=150_000, lr=1e-2)
+    return _trained(tmp_path_factory, "qwen2")
 
 
 def sentencepiece_llama(folder: Path, keep_model_file: bool = True, legacy: bool = True) -> Path:

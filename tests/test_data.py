@@ -113,6 +113,16 @@ def test_validation_split_is_stable_and_disjoint():
     assert len(single[1][0]) == 100
 
 
+def test_a_large_document_among_many_small_ones_is_cut_not_held_out_whole():
+    big = "b" * 100_000
+    chats = [f"chat {i} " * 20 for i in range(300)]  # 300 x ~160 characters
+    train, val = split_documents([big] + chats, 0.05)
+    assert "b" * 90_000 in "".join(train)  # the file trains ...
+    assert val[0] == "b" * 5000  # ... and its last 5% validates, beside some chats
+    held = sum(len(v) for v in val) / (len(big) + sum(map(len, chats)))
+    assert 0.02 < held < 0.10 and set(chats) & set(val) and set(chats) & set(train)
+
+
 def test_sentences_of_splits_and_deduplicates():
     out = sentences_of(["One sentence here. Another one follows.\nOne sentence here."])
     assert out == ["One sentence here.", "Another one follows."]
