@@ -92,7 +92,7 @@ def _fkl_chunk(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Ten
     """(summed loss, its gradient with respect to the student's logits) of one chunk, for
     forward KL at temperature T mixed with CE, in closed form: d/dz of T^2 KL(p_t || p_s) is
     T (p_s - p_t), of CE softmax(z) - onehot(label). Rows labelled -100 add nothing. Made in
-    place where it can, so a chunk holds about three (chunk, V) float tensors."""
+    place where it can: a chunk holds at most five (chunk, V) float tensors at once."""
     T, w_kd = cfg.temperature, cfg.kd_weight
     keep = (labels != -100).unsqueeze(-1)
     z = s_logits.float()
