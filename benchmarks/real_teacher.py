@@ -131,6 +131,24 @@ def files_table(report: dict) -> list[dict]:
     return out
 
 
+CHAIN_FILES = (("distill", "distill.json"), ("export_student", "export/student/export.json"),
+               ("export_teacher", "export/teacher/export.json"), ("bench", "bench.json"),
+               ("report", "report.json"))
+
+
+def chain_stages(run_dir: Path, started: float) -> dict:
+    """Seconds per stage of the whole chain, from when each stage's result file was written
+    (the chain runs them in this order; plan and data preparation fall in distill's)."""
+    out, last = {}, started
+    for name, rel in CHAIN_FILES:
+        f = run_dir / rel
+        if f.is_file():
+            t = f.stat().st_mtime
+            out[name] = round(t - last, 1)
+            last = t
+    return out
+
+
 def heldout(models: dict, teacher_dir: Path, blocks: int) -> dict:
     """Each model's next-token loss and KL(teacher || model) on wiki_en.txt, per token."""
     import torch
@@ -213,9 +231,11 @@ def main() -> None:
             dist = json.loads((run_dir / "distill.json").read_text())
             student_dir = run_dir / "student"
         else:
+            started = time.time()
             secs, text = run(edgedistill_cmd(args, "export", *common),
                              work / f"export-{target}.log")
             row["stages_seconds"]["chain"] = secs
+            row["chain_stages_seconds"] = chain_stages(run_dir, started)
             try:
                 doc = json.loads(text)
                 row["chain"] = doc
