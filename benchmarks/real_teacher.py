@@ -149,10 +149,38 @@ def chain_stages(run_dir: Path, started: float) -> dict:
     return out
 
 
-def heldout(models: dict, teacher_dir: Path, blocks: int) -> dict:
-    """Each model's next-token loss and KL(teacher || model) on wiki_en.txt, per token."""
+def judge(model, held, teacher_logits: list, device: str, batch: int = 8) -> dict:
+    """``model``'s figures on the (N, T) blocks ``held`` against the teacher's logits (one
+    (batch, T - 1, V) tensor per batch of ``batch``): loss on the next token, KL(teacher ||
+    model) and top-1 agreement per predicted position, as ``bench`` reports them for deployed
+    files (:func:`edgedistill.bench.quality.causal_quality`)."""
     import torch
-    import torch.nn.functional as F
+
+    from edgedistill.bench.quality import causal_quality
+
+    sums, n = {"loss": 0.0, "kl_to_teacher": 0.0, "top1_agreement": 0.0}, 0
+    with torch.no_grad():
+        for k, i in enumerate(range(0, len(held), batch)):
+            ids = held[i:i + batch]
+            lg = model(input_ids=ids.to(device)).logits[:, :-1].float().cpu().numpy()
+            q = causal_quality(list(lg), ids.tolist(), list(teacher_logits[k].numpy()))
+            sums = {key: v + q[key] * q["tokens"] for key, v in sums.items()}
+            n += q["tokens"]
+    return {key: v / n for key, v in sums.items()} | {"tokens": n}
+
+
+def teacher_logits(teacher, held, device: str, batch: int = 8) -> list:
+    """The teacher's logits for :func:`judge`, per batch, on the CPU."""
+    import torch
+
+    with torch.no_grad():
+        return [teacher(input_ids=held[i:i + batch].to(device)).logits[:, :-1].float().cpu()
+                for i in range(0, len(held), batch)]
+
+
+def heldout(models: dict, teacher_dir: Path, blocks: int) -> dict:
+    """The teacher and each of ``models`` (folders) on wiki_en.txt (:func:`judge`)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgedistill.data import pack
@@ -160,29 +188,15 @@ def heldout(models: dict, teacher_dir: Path, blocks: int) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     held = pack([(CORPORA / "wiki_en.txt").read_text()], tok, 256)[:blocks]
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).to(dev)
     out: dict = {"source": "edgedistill/corpora/wiki_en.txt", "tokens": 0, "models": {}}
-    t_logp = []
-    with torch.no_grad():
-        for i in range(0, len(held), 8):
-            t_logp.append(F.log_softmax(teacher(input_ids=held[i:i + 8].to(dev))
-                                        .logits[:, :-1].float(), -1).cpu())
-    del teacher
+    t_logits = None
     for name, path in {"teacher": teacher_dir, **models}.items():
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(dev).eval()
-        loss = kl = top1 = n = 0.0
-        with torch.no_grad():
-            for k, i in enumerate(range(0, len(held), 8)):
-                ids = held[i:i + 8].to(dev)
-                lp = F.log_softmax(m(input_ids=ids).logits[:, :-1].float(), -1).cpu()
-                lt, tgt = t_logp[k], ids[:, 1:].cpu()
-                loss += float(F.nll_loss(lp.flatten(0, 1), tgt.reshape(-1), reduction="sum"))
-                kl += float((lt.exp() * (lt - lp)).sum())
-                top1 += float((lp.argmax(-1) == lt.argmax(-1)).sum())
-                n += tgt.numel()
-        out["models"][name] = {"loss": loss / n, "kl_to_teacher": kl / n,
-                               "top1_agreement": top1 / n}
-        out["tokens"] = int(n)
+        if t_logits is None:
+            t_logits = teacher_logits(m, held, dev)
+        fig = judge(m, held, t_logits, dev)
+        out["tokens"] = fig.pop("tokens")
+        out["models"][name] = fig
         del m
     return out
 

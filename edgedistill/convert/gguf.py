@@ -271,11 +271,9 @@ def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str, token
     # phi3 (Phi-4-mini): rope on the first partial_rotary_factor of each head's dimensions
     w.add_rope_dimension_count(int(shape.head_dim * float(cfg.get("partial_rotary_factor")
                                                           or 1.0)))
-    if arch == "phi3":  # llama.cpp reads it (0: none) and runs phi3 without a window anyway
+    if arch in ("phi3", "gemma3"):  # 0: none. llama.cpp runs phi3 without a window anyway
         w.add_sliding_window(int(cfg.get("sliding_window") or 0))
     if arch == "gemma3":
-        if cfg.get("sliding_window"):
-            w.add_sliding_window(int(cfg["sliding_window"]))
         if cfg.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
     if shape.head_dim * shape.num_heads != shape.hidden_size or "head_dim" in cfg:

@@ -147,7 +147,8 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
             continue
         dec = dequantize(np.asarray(t.data), t.tensor_type)
         dec = dec.reshape(tuple(int(d) for d in reversed(t.shape))).astype(np.float32)
-        src = p.detach().float().numpy() + np.float32(norm_shift(shape.family, gname))
+        shift = np.float32(norm_shift(shape.family, gname))  # compared in the file's terms
+        src = p.detach().float().numpy() + shift
         heads = None
         if llama_arch and gname.split(".")[-2] in ("attn_q", "attn_k"):
             heads = shape.num_heads if ".attn_q." in gname else shape.num_kv_heads
@@ -156,7 +157,7 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
         kind = t.tensor_type.name
         rows.append(weight_row(gname, kind, src, dec, _GGML_GRID.get(kind)))
         if dec.shape == src.shape:
-            dec = dec - np.float32(norm_shift(shape.family, gname))
+            dec = dec - shift
             state[pname] = _unpermute_qk(dec, heads) if heads else dec
     return state, rows
 
