@@ -15,6 +15,48 @@ def test_layer_selection_spreads_and_keeps_ends():
     assert select_layers(4, 4) == [0, 1, 2, 3]
 
 
+def test_layer_selection_leaves_out_the_most_alike_run():
+    d = torch.ones(7, 7) * 0.5
+    d[2, 5] = d[5, 2] = 0.1  # states 2 and 5 alike: layers 2, 3, 4 change little
+    assert select_layers(6, 3, d) == [0, 1, 5]
+    d[1, 4] = d[4, 1] = 0.05
+    assert select_layers(6, 3, d) == [0, 4, 5]
+    # the first and last layers are always kept, whatever the distances say
+    d[0, 3] = d[6, 3] = d[3, 6] = 0.0
+    assert select_layers(6, 3, d)[0] == 0 and select_layers(6, 3, d)[-1] == 5
+    assert select_layers(6, 2, d) == [0, 5] and select_layers(6, 1, d) == [5]
+
+
+def test_calibrated_depth_leaves_out_the_layers_that_change_nothing(tmp_path):
+    """Layers 2 and 3 of a 6-layer llama write nothing to the residual stream: with
+    calibration text, a 4-layer student keeps 0, 1, 4, 5 (evenly spread would keep 0, 2, 3,
+    5) and holds exactly those layers' weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64,
+                                           intermediate_size=128, num_hidden_layers=6,
+                                           num_attention_heads=4, num_key_value_heads=2))
+    with torch.no_grad():
+        for i in (2, 3):
+            teacher.model.layers[i].self_attn.o_proj.weight.zero_()
+            teacher.model.layers[i].mlp.down_proj.weight.zero_()
+    teacher.save_pretrained(tmp_path / "t")
+    cfg = json.loads((tmp_path / "t" / "config.json").read_text())
+    small = dataclasses.replace(shape_from_config(cfg), num_layers=4)
+    ids = torch.randint(1, 300, (2, 32), generator=torch.Generator().manual_seed(0))
+    out = build_student(tmp_path / "t", config_for_shape(cfg, small), tmp_path / "s",
+                        calibration=[{"input_ids": ids}])
+    student = _load(out).state_dict()
+    for k, li in enumerate([0, 1, 4, 5]):
+        for name in ("self_attn.q_proj.weight", "mlp.down_proj.weight"):
+            assert torch.equal(student[f"model.layers.{k}.{name}"],
+                               teacher.state_dict()[f"model.layers.{li}.{name}"])
+    # the skipped layers changed nothing, so the student computes the teacher's function
+    with torch.no_grad():
+        assert torch.allclose(_load(out)(ids).logits, teacher.eval()(ids).logits, atol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
 def test_set_dropout_reaches_config_and_kernels(family):
     import transformers as tf

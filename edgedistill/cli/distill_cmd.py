@@ -51,11 +51,13 @@ def run(args) -> int:
     print(f"student: {res.student_dir}")
     print(f"steps {res.metrics['steps']} ({res.metrics['tokens']:,} tokens, "
           f"{res.metrics['tokens_per_s']:.0f} tok/s, world size {res.metrics['world_size']})")
-    if "teacher_val_loss" in res.metrics:
+    if "teacher_val_loss" in res.metrics and "loss" in v:
         print(f"held-out loss: student {v.get('loss', float('nan')):.4f}, teacher "
               f"{res.metrics['teacher_val_loss']:.4f}; KL to teacher {v.get('kl', 0):.4f}")
     elif "cosine" in v:
         print(f"held-out embedding cosine to the teacher: {v['cosine']:.4f}")
+    elif not v:
+        print("held-out figures: none (validation was off: --eval-every 0)")
     if "cache_bytes_per_token" in res.metrics:
         print(f"top-{res.metrics['cache_topk']} cache: {res.metrics['cache_bytes_per_token']} "
               "bytes per token")
