@@ -318,19 +318,23 @@ def load_prompts(path: str | Path, fields: bool = False):
     return prompts
 
 
-def _text_file(path: Path) -> str:
-    """A text file's contents as UTF-8. A few undecodable bytes (a stray Latin-1 character)
-    are replaced; a file that is mostly not UTF-8 text (binary, compressed, UTF-16) is refused
-    rather than trained and verified on as noise."""
-    raw = path.read_bytes()
-    text = raw.decode("utf-8-sig", errors="replace")
+def decode_text(raw: bytes, where: str, bom: bool = True) -> str:
+    """``raw`` as UTF-8 (``bom``: a leading byte-order mark dropped). A few undecodable bytes
+    (a stray Latin-1 character) are replaced; data that is mostly not UTF-8 text (binary,
+    compressed, UTF-16) is refused rather than trained and verified on as noise."""
+    text = raw.decode("utf-8-sig" if bom else "utf-8", errors="replace")
     bad = text.count("\ufffd") + text.count("\x00")
     if text and bad > 0.01 * len(text):
-        raise EdgeDistillError(f"data {path} is not UTF-8 text ({bad / len(text):.0%} of it "
+        raise EdgeDistillError(f"data {where} is not UTF-8 text ({bad / len(text):.0%} of it "
                                "does not decode, or is NUL bytes).",
                                "pass plain UTF-8 text (convert it, or decompress it first), or "
                                ".jsonl with a 'text' field")
     return text
+
+
+def _text_file(path: Path) -> str:
+    """A text file's contents (:func:`decode_text`)."""
+    return decode_text(path.read_bytes(), str(path))
 
 
 def load_texts(path: str | Path, render: Render | None = None) -> list[str]:

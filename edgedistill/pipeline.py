@@ -19,7 +19,9 @@ from edgedistill.bench import BenchConfig, artifacts_of_run, bench
 from edgedistill.calibrate.verify import verify_plan
 from edgedistill.convert.gguf import check_writable
 from edgedistill.distill import DistillConfig, distill
+from edgedistill.datastream import source_id
 from edgedistill.distill.quant_aware import default_for
+from edgedistill.distill.streamed import HELDOUT_TEXT
 from edgedistill.distill.teachers import primary_index, teacher_list
 from edgedistill.errors import EdgeDistillError, writable_dir
 from edgedistill.export import ExportConfig, export, resolve_formats
@@ -97,11 +99,14 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
     largest exported and measured as the baseline) on ``target`` (a profile name, ``local``,
     a YAML path or a DeviceProfile, resolved once here and passed down); returns {json, md,
     html} report paths."""
-    config = config.with_data(data)
-    plan_config, export_config, bench_config = config.plan, config.export, config.bench
-    baselines = config.baselines
     # records hold absolute paths: usable from any folder
     run_dir = writable_dir(Path(out).resolve())
+    streamed = bool(data) and config.distill.data.stream
+    # a streamed corpus is not read again: the chain checks files on the documents that
+    # validated the distillation
+    config = config.with_data(run_dir / HELDOUT_TEXT if streamed else data)
+    plan_config, export_config, bench_config = config.plan, config.export, config.bench
+    baselines = config.baselines
     stages = Ledger(run_dir, name="stages.json")
     prof = resolve_profile(target)
     teachers = teacher_list(teacher)
@@ -113,7 +118,8 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
         check_model_files(t.path)
     _check_exportable(t, prof, export_config)
     t_id = [t.config, files_id(t.path) if t.path else None, others]
-    data_id = files_id(Path(data)) if data else "stdlib"
+    data_id = (source_id(str(data)) if streamed else files_id(Path(data)) if data
+               else "stdlib")
     total = 5 if baselines else 4
 
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)

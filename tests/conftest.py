@@ -262,3 +262,24 @@ def split_bpe_model(folder: Path, pre: str, family: str = "llama", nfc: bool = F
               bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     return folder
+
+
+def kill_after_checkpoint(args: list, out: Path, step: int, env: dict) -> None:
+    """Start ``edgedistill ARGS --out OUT``, SIGKILL it once checkpoint ``step`` (or a later
+    one) is written, and check it left no student behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *map(str, args), "--out",
+                             str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (latest.is_file() and
+                                          latest.read_text().strip() >= f"step-{step:07d}"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file() and not (out / "student").exists()

@@ -2,10 +2,8 @@
 on 2 CPU processes (gloo), the top-K cache, teacher-generated data, encoders, bad input."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan import PlanConfig
 
-from conftest import tiny_sentence_bert
+from conftest import kill_after_checkpoint, tiny_sentence_bert
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -87,17 +85,7 @@ def test_resume_after_kill_continues_exactly(trained_llama, text_file, tmp_path,
             "--steps", "16", *recipe]
     straight = _cli(*args, "--out", tmp_path / "a")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    proc = subprocess.Popen([sys.executable, "-m", "edgedistill", *map(str, args), "--out",
-                             str(tmp_path / "b")], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    latest = tmp_path / "b" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (latest.is_file() and
-                                          latest.read_text().strip() >= "step-0000006"):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert latest.is_file() and not (tmp_path / "b" / "student").exists()
+    kill_after_checkpoint(args, tmp_path / "b", 6, ENV)
     resumed = _cli(*args, "--out", tmp_path / "b", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step" in resumed.stderr

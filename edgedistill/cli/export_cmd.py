@@ -3,6 +3,7 @@ verify every artifact against torch."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from edgedistill.cli.options import (_given, add_distill_options, add_plan_options,
@@ -93,11 +94,14 @@ def run_config(args):
     from edgedistill.bench import BenchConfig
     from edgedistill.pipeline import RunConfig
 
-    return RunConfig(plan=plan_config(args), distill=distill_config(args),
-                     export=export_config(args),
+    export = export_config(args)
+    streamed = bool(getattr(args, "stream", None))
+    if streamed:  # the files are checked on the stream's held-out documents (pipeline.run)
+        export = dataclasses.replace(export, data=None)
+    return RunConfig(plan=plan_config(args), distill=distill_config(args), export=export,
                      bench=BenchConfig(**_given(args, threads="threads",
                                                 new_tokens="new_tokens", repeats="repeats",
-                                                data="data")),
+                                                **({} if streamed else {"data": "data"}))),
                      baselines=not args.no_baselines, quant_aware=not args.no_quant_aware,
                      compare_ptq=bool(args.compare_ptq), **_given(args, verify_plan="verify_plan"))
 

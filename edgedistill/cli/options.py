@@ -87,6 +87,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute the student's activations in backward instead of keeping "
                    "them: less memory, a little more compute")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="causal LMs: read --data while training instead of loading it all "
+                   "(large text folders, JSONL, hf://datasets/ORG/NAME[/CONFIG])")
     p.add_argument("--eval-every", type=count(0), default=None,
                    help="validate every N steps (0: never; default: a quarter of the steps)")
     p.add_argument("--save-every", type=count(0), default=None,
@@ -147,7 +150,7 @@ def distill_config(args, student: str | None = None):
                                cache_topk="cache_topk", num_responses="num_responses",
                                gen_temperature="gen_temperature", top_p="top_p",
                                max_new_tokens="max_new_tokens", keep_if="keep_if",
-                               drop_unfinished="drop_unfinished"))
+                               drop_unfinished="drop_unfinished", stream="stream"))
     return DistillConfig(kd=kd, train=train, data=data, student=student,
                          **_given(args, init="init", teacher_dtype="teacher_dtype",
                                   stages="stages", progressive_teacher="progressive_teacher",

@@ -23,6 +23,7 @@ from edgedistill.distill import quant_aware
 from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.progressive import distill_progressive
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
+from edgedistill.distill.streamed import calibration_blocks, open_stream
 from edgedistill.distill.responses import (generate_responses, render_prompts, response_data,
                                            response_key, split_prompts)
 from edgedistill.distill.teachers import (describe, panel, routed_files, teacher_list,
@@ -100,7 +101,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
     if len(teachers) > 1:
         _require_alone(config)
         pn = panel(teachers, config.teacher_weights,
-                   data is not None and load_prompts(data) is not None)
+                   data is not None and not config.data.stream
+                   and load_prompts(data) is not None)
         t = pn.primary
         log(describe(pn))
     else:
@@ -145,9 +147,17 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
 
     # -- data -----------------------------------------------------------------------------
 
-    got = load_prompts(data, fields=True) if data is not None and not encoder else None
-    prompts, prompt_fields = got if got is not None else (None, None)
-    if prompts is not None:
+    stream = prompts = prompt_fields = None
+    if data_cfg.stream:  # read as it trains: nothing loaded or tokenized up front
+        stream, val_items, data_desc, data_hash = open_stream(
+            data, tok, encoder, config.routes, data_cfg, train, run_dir)
+        train_items = stream
+        log(f"data: streamed from {data}; {len(val_items)} held-out blocks validate")
+    elif data is not None and not encoder:
+        prompts, prompt_fields = load_prompts(data, fields=True) or (None, None)
+    if stream is not None:
+        pass  # opened above
+    elif prompts is not None:
         texts = render_prompts(tok, prompts)
         train_idx, val_idx = split_prompts(texts, data_cfg.val_fraction)
         how = (f"sampled at temperature {data_cfg.gen_temperature:g}, top-p "
@@ -184,7 +194,9 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         texts = list(default_sentences())
     else:
         texts = [stdlib_source(DEFAULT_CAUSAL_CHARS)]
-    if prompts is not None:
+    if stream is not None:
+        pass  # described above
+    elif prompts is not None:
         data_desc = {"prompts": len(texts), "train_prompts": len(train_idx),
                      "val_prompts": len(val_idx)}
     elif encoder:
@@ -216,8 +228,9 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
             data_desc["routed_blocks"] = {
                 ("mixture" if p < 0 else str(pn.mixed[p][0].name)): len(b)
                 for p, b in trains.items()}
-    data_hash = (fingerprint(texts) if prompts is not None else
-                 fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:]))
+    if stream is None:
+        data_hash = (fingerprint(texts) if prompts is not None else
+                     fingerprint([len(x) for x in texts], texts[0][:2000], texts[-1][-2000:]))
     others = [] if pn is None else [(files_id(x.path), w) for x, w in pn.mixed[1:]] + [
         files_id(x.path) for x in pn.text_only]
     run_key = fingerprint(t.config, files_id(t.path), others, student_cfg,
@@ -290,8 +303,10 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                 calib = [dict(tok(train_items[:32], padding=True, truncation=True,
                                   max_length=data_cfg.seq_len, return_tensors="pt"))]
             else:
-                calib = [{"input_ids": train_items[i:i + 4]} for i in range(0, 16, 4)
-                         if i < len(train_items)]
+                blocks = (train_items if stream is None else
+                          calibration_blocks(data, tok, data_cfg, train.seed))
+                calib = [{"input_ids": blocks[i:i + 4]} for i in range(0, 16, 4)
+                         if i < len(blocks)]
         build_student(init_from or t.path, student_cfg, init_dir, init=init,
                       calibration=calib, seed=train.seed)
     state.wait_for_everyone()
@@ -327,9 +342,12 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                   "its matrices and embedding tables on onnxruntime's grids; they")
         log(f"quant-aware: the {qad.spec} file stores {stored} train through it from step "
             f"{qad.start}")
-    metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn, len(train_items),
+    metrics = run_training(recipe.module, recipe.teacher_fn, recipe.batch_fn,
+                           None if stream is not None else len(train_items),
                            recipe.val_fn, recipe.train_cfg, run_dir, run_key, resume, log,
-                           policy_fn=recipe.policy_fn, qad=qad)
+                           policy_fn=recipe.policy_fn, qad=qad, stream=stream)
+    if stream is not None:
+        data_desc |= stream.describe()
     trained = metrics.pop("unwrapped")
     student_dir = run_dir / "student"
     if qad is not None:  # the saved student is the fake-quant model the file will hold

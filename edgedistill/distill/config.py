@@ -192,6 +192,10 @@ class DataConfig:
     expression (e.g. a checked answer)."""
     drop_unfinished: bool = False
     """Prompt data: drop responses that hit ``max_new_tokens`` without ending."""
+    stream: bool = False
+    """Read the data while training (:mod:`edgedistill.datastream`) instead of loading and
+    tokenizing it all first: causal LMs, text or JSONL files, a saved dataset, or
+    ``hf://datasets/ORG/NAME[/CONFIG]``."""
 
     def __post_init__(self):
         _require(self.seq_len >= 2, f"--seq-len must be at least 2, not {self.seq_len}.",
@@ -220,6 +224,9 @@ class DataConfig:
                 raise EdgeDistillError(f"--keep-if {self.keep_if!r} is not a regular "
                                        f"expression ({e}).",
                                        "write e.g. --keep-if '^Answer: \\d+$'") from None
+        _require(not (self.stream and (self.generate or self.cache_topk)),
+                 "--stream reads the data once, as it trains; --generate and --cache-topk "
+                 "need all of it first.", "drop --stream, or drop --generate/--cache-topk")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ checkpoints and exact resume. Runs as one process, or unchanged under ``accelera
 ``torchrun`` (DDP; gloo on CPU, NCCL on GPU): each rank takes its slice of every global batch.
 
 Batches are addressed, not iterated: micro-batch j of the run is a fixed slice of a
-seeded permutation, so a resumed run sees exactly the batches the killed one would have.
+seeded permutation, so a resumed run sees exactly the batches the killed one would have. A
+streamed corpus (``stream``, :class:`edgedistill.datastream.BlockStream`) is addressed by
+position instead, and its reading state is saved in each checkpoint.
 """
 from __future__ import annotations
 
@@ -143,8 +145,14 @@ def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr)
 
 
+def stream_positions(j: int, batch: int, world: int, rank: int) -> list[int]:
+    """Stream positions of micro-batch ``j`` for ``rank``: the stream is read in order."""
+    first = j * batch * world + rank * batch
+    return list(range(first, first + batch))
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, module, optimizer, scheduler, fingerprint: str,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, data_state: dict | None = None) -> Path:
     """Write checkpoint ``step`` atomically (temp folder, rename, then the ``latest`` pointer)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:07d}"
@@ -153,7 +161,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, module, optimizer, scheduler, fin
     tmp.mkdir()
     torch.save({"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                "fingerprint": fingerprint}, tmp / "state.pt")
+                "fingerprint": fingerprint, "data": data_state}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     pointer = ckpt_dir / ".latest.tmp"
@@ -188,15 +196,16 @@ def on_policy_step(step: int, share: float, seed: int) -> bool:
 
 def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg: TrainConfig,
           run_dir: Path, fingerprint: str, resume: bool = False, log=None,
-          policy_fn=None, qad=None) -> dict:
+          policy_fn=None, qad=None, stream=None) -> dict:
     """Train ``module`` for ``cfg.steps`` optimizer steps.
 
     teacher_fn(batch) -> teacher outputs (no grad); batch_fn(indices) -> batch dict;
     val_fn(module) -> dict of validation figures; policy_fn(student, batch, seed) -> the
     batch rewritten by the student (on-policy steps, a share ``module.kd.on_policy`` of
     them); ``qad``: a :class:`~edgedistill.distill.quant_aware.QuantAware` phase, switched on
-    at its start step (also after a resume past it). Returns the metrics dict (also written
-    to run_dir/train_log.jsonl as it goes)."""
+    at its start step (also after a resume past it); ``stream``: the corpus batch_fn reads
+    when it is streamed (``n_train`` None), addressed by :func:`stream_positions`. Returns the
+    metrics dict (also written to run_dir/train_log.jsonl as it goes)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -225,6 +234,11 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
         sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start = state["step"]
+        if stream is not None:
+            if not state.get("data"):
+                raise EdgeDistillError("--resume: the checkpoint holds no stream position.",
+                                       "resume with the original arguments, or use a new --out")
+            stream.load_state_dict(state["data"])
         if log:
             log(f"resumed from step {start}")
     model, opt = acc.prepare(module, opt)
@@ -247,7 +261,9 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
         policy = on_policy_step(step, share, cfg.seed)
         for m in range(cfg.grad_accum):
             j = step * cfg.grad_accum + m
-            batch = batch_fn(micro_batch_indices(j, n_train, cfg.batch_size, world, rank,
+            batch = batch_fn(stream_positions(j, cfg.batch_size, world, rank)
+                             if stream is not None else
+                             micro_batch_indices(j, n_train, cfg.batch_size, world, rank,
                                                  cfg.seed))
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             if policy:
@@ -290,7 +306,7 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(ckpt_dir, step + 1, acc.unwrap_model(model), opt, sched,
-                                fingerprint)
+                                fingerprint, data_state=stream.state_dict() if stream else None)
             acc.wait_for_everyone()
         aside += time.time() - t_aside
     bar.close()
