@@ -124,7 +124,9 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
 
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
     dcfg = config.distill  # --quant-aware with --no-quant-aware is refused by RunConfig
-    if config.quant_aware and dcfg.quant_aware is None:
+    if config.quant_aware and dcfg.quant_aware is None and dcfg.train.fsdp:
+        log("quant-aware distillation: off (--fsdp trains without the quant-aware phase)")
+    elif config.quant_aware and dcfg.quant_aware is None:
         spec, why = default_for(prof, t.shape.is_encoder, tuple(export_config.quants or ()))
         log(f"quant-aware distillation: {'on, for ' + spec if spec else 'off'} ({why}"
             + ("; --no-quant-aware turns it off)" if spec else ")"))

@@ -93,25 +93,47 @@ def test_resume_after_kill_continues_exactly(trained_llama, text_file, tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_processes_on_gloo_match_one_process(trained_llama, text_file, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_on_gloo_match_one_process(trained_llama, text_file, tmp_path, sharding):
+    fsdp = ["--fsdp"] if sharding == "fsdp" else []
     args = ["distill", "--teacher", trained_llama, "--data", text_file, *SMALL,
-            "--save-every", "0"]
+            "--save-every", "4" if fsdp else "0"]
     one = _cli(*args, "--batch-size", "4", "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _cli(*args, "--batch-size", "2", "--out", tmp_path / "two",
-               launcher=(str(Path(sys.executable).parent / "accelerate"), "launch",
-                         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                         "--mixed_precision", "no", "--dynamo_backend", "no",
-                         "--main_process_port", "29561", "-m", "edgedistill"))
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", str(29561 + len(fsdp)),
+                "-m", "edgedistill")
+    two = _cli(*args, *fsdp, "--batch-size", "2", "--out", tmp_path / "two",
+               launcher=launcher)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "distill.json").read_text())["world_size"] == 2
+    doc = json.loads((tmp_path / "two" / "distill.json").read_text())
+    assert doc["world_size"] == 2 and ("sharded" in doc) == bool(fsdp)
+    if fsdp:  # each process holds about half of the student
+        import re
+        held, total = (int(x.replace(",", "")) for x in re.search(
+            r"process 0 holds ([\d,]+) of ([\d,]+)", two.stderr).groups())
+        assert 0.4 < held / total < 0.6
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     # the same training up to float reassociation: DDP averages two half-batch gradients where
-    # one process takes the mean of the whole batch. Adam divides by sqrt(v), so rows of the
-    # embedding whose gradients are nearly zero amplify that rounding: 1.3e-5 measured on an
-    # Intel Xeon (2 threads). Unsynchronised or unsharded training differs by ~lr a step.
+    # one process takes the mean of the whole batch (FSDP reduce-scatters them). Adam divides
+    # by sqrt(v), so rows of the embedding whose gradients are nearly zero amplify that
+    # rounding: 1.3e-5 measured on an Intel Xeon (2 threads). Unsynchronised or unsharded
+    # training differs by ~lr a step.
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst
+    if fsdp:  # a sharded run resumes from its gathered checkpoint: the same student
+        import shutil
+        shutil.rmtree(tmp_path / "two" / "student")
+        (tmp_path / "two" / "checkpoints" / "latest").write_text("step-0000004")
+        again = _cli(*args, *fsdp, "--batch-size", "2", "--out", tmp_path / "two", "--resume",
+                     launcher=launcher)
+        assert again.returncode == 0 and "resumed from step 4" in again.stderr, \
+            again.stderr[-3000:]
+        c = _weights(tmp_path / "two")
+        assert all(torch.allclose(b[k], c[k], atol=1e-6) for k in b)
+        bad = _cli(*args, "--fsdp", "--quant-aware", "gguf:q4_0", "--out", tmp_path / "q")
+        assert bad.returncode == 2 and "--fsdp shards the student" in bad.stderr
 
 
 def test_topk_cache_and_generated_data(trained_llama, text_file, tmp_path):

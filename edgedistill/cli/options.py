@@ -87,6 +87,9 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute the student's activations in backward instead of keeping "
                    "them: less memory, a little more compute")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="under accelerate launch / torchrun: shard the student's parameters, "
+                   "gradients and optimizer state across the processes (torch FSDP2)")
     p.add_argument("--stream", action="store_true", default=None,
                    help="causal LMs: read --data while training instead of loading it all "
                    "(large text folders, JSONL, hf://datasets/ORG/NAME[/CONFIG])")
@@ -145,6 +148,7 @@ def distill_config(args, student: str | None = None):
                                  similarity_weight="similarity_weight",
                                  mixed_precision="mixed_precision", dropout="dropout",
                                  activation_checkpointing="activation_checkpointing",
+                                 fsdp="fsdp",
                                  eval_every="eval_every", save_every="save_every", seed="seed"))
     data = DataConfig(**_given(args, seq_len="seq_len", generate="generate",
                                cache_topk="cache_topk", num_responses="num_responses",

@@ -19,7 +19,7 @@ from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, pla
                               stdlib_source)
 from edgedistill.distill.config import (DataConfig, DistillConfig, DistillResult, KDConfig,
                                         TRAIN_DEFAULTS, TrainConfig, auto_teacher_dtype)
-from edgedistill.distill import quant_aware
+from edgedistill.distill import quant_aware, sharding
 from edgedistill.distill.loop import train as run_training
 from edgedistill.distill.progressive import distill_progressive
 from edgedistill.distill.recipes import causal_recipe, encoder_recipe
@@ -348,12 +348,14 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                            policy_fn=recipe.policy_fn, qad=qad, stream=stream)
     if stream is not None:
         data_desc |= stream.describe()
-    trained = metrics.pop("unwrapped")
+    trained = metrics.pop("unwrapped").student
+    if "sharded" in metrics:  # every process gathers; the main one gets the whole student
+        trained = sharding.unsharded_student(recipe.module, init_dir)
     student_dir = run_dir / "student"
     if qad is not None:  # the saved student is the fake-quant model the file will hold
-        metrics["quant_aware"] = qad.record(qad.bake(trained.student))
+        metrics["quant_aware"] = qad.record(qad.bake(trained))
     if metrics.pop("is_main"):
-        _save_student(trained.student, init_dir, student_dir)
+        _save_student(trained, init_dir, student_dir)
         if pn is not None:
             metrics["teachers"] = [{"teacher": str(x.path), "weight": w, "mixed": True}
                                    for x, w in pn.mixed] + [
@@ -368,7 +370,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         tmp = run_dir / ".distill.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=2, default=str))
         tmp.replace(run_dir / "distill.json")
-    return DistillResult(run_dir, student_dir, metrics)
+        return DistillResult(run_dir, student_dir, metrics)
+    return DistillResult(run_dir, student_dir, {})  # another process of a distributed run
 
 
 def _save_student(model, tokenizer_dir: Path, out: Path) -> None:

@@ -123,6 +123,10 @@ class TrainConfig:
     """Keep only each layer's input during the student's forward pass and recompute the rest
     in backward (transformers' gradient checkpointing, non-reentrant): less memory for a
     little more compute; the same gradients."""
+    fsdp: bool = False
+    """Shard the student's parameters, gradients and optimizer state across the processes of a
+    distributed run (torch FSDP2, per layer; :mod:`edgedistill.distill.sharding`); one process
+    trains as usual."""
     eval_every: Optional[int] = None
     """Validate every N steps (0: never); None: a quarter of the steps."""
     save_every: Optional[int] = None
@@ -319,6 +323,11 @@ class DistillConfig:
                  "--cache-topk trains against a top-K teacher distribution, which supports "
                  f"forward KL only, not {self.kd.loss!r}.",
                  "use --loss fkl with --cache-topk, or drop --cache-topk")
+        _require(not (self.train.fsdp and (self.kd.on_policy or self.quant_aware)),
+                 "--fsdp shards the student for plain distillation steps; on-policy steps "
+                 "(each process writes text of its own length) and the quant-aware phase are "
+                 "not supported with it.", "drop --fsdp, or drop --on-policy / --quant-aware "
+                 "(the whole chain: --no-quant-aware)")
         if self.student is not None:
             check_student_folder(Path(self.student))
 

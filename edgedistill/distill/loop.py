@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from edgedistill.distill import quant_aware
+from edgedistill.distill import quant_aware, sharding
 from edgedistill.distill.config import KDConfig, TrainConfig
 from edgedistill.distill.losses import (HiddenStateLoss, chunked_kd_loss, embedding_loss,
                                         similarity_loss, topk_kd_loss)
@@ -152,14 +152,18 @@ def stream_positions(j: int, batch: int, world: int, rank: int) -> list[int]:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, module, optimizer, scheduler, fingerprint: str,
-                    keep: int = 2, data_state: dict | None = None) -> Path:
-    """Write checkpoint ``step`` atomically (temp folder, rename, then the ``latest`` pointer)."""
+                    keep: int = 2, data_state: dict | None = None,
+                    full: tuple[dict, dict] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically (temp folder, rename, then the ``latest`` pointer).
+    ``full``: (model, optimizer) state dicts gathered from a sharded run, saved instead of
+    ``module``'s and ``optimizer``'s."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:07d}"
     tmp = ckpt_dir / f".tmp-step-{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save({"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+    model_state, optim_state = full or (module.state_dict(), optimizer.state_dict())
+    torch.save({"step": step, "module": model_state, "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(), "rng": _rng_state(),
                 "fingerprint": fingerprint, "data": data_state}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -220,17 +224,29 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
     def cpu_autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_cpu)
     torch.manual_seed(cfg.seed)
+    fsdp = cfg.fsdp and acc.num_processes > 1
+    if fsdp:  # before the optimizer: it holds the shards
+        total = sum(p.numel() for p in module.parameters())
+        sharding.shard(module, module.student)
+        if log:
+            held = sum(p.to_local().numel() for p in module.parameters())
+            log(f"student sharded over {acc.num_processes} processes (FSDP2): process "
+                f"{acc.process_index} holds {held:,} of {total:,} trainable parameters")
     decay = [p for n, p in module.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in module.named_parameters() if p.ndim < 2]
-    opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
-                 {"params": no_decay, "weight_decay": 0.0}], cfg.lr)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr) if fsdp else adamw(groups, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     ckpt_dir = run_dir / "checkpoints"
     start = 0
     if resume:
         state = load_checkpoint(ckpt_dir, fingerprint)
-        module.load_state_dict(state["module"])
-        opt.load_state_dict(state["optimizer"])
+        if fsdp:
+            sharding.load_full_state(module, opt, state["module"], state["optimizer"])
+        else:
+            module.load_state_dict(state["module"])
+            opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start = state["step"]
@@ -241,7 +257,10 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
             stream.load_state_dict(state["data"])
         if log:
             log(f"resumed from step {start}")
-    model, opt = acc.prepare(module, opt)
+    if fsdp:  # sharded already: accelerate keeps the optimizer's accumulation steps
+        model, opt = module, acc.prepare(opt)
+    else:
+        model, opt = acc.prepare(module, opt)
     world, rank = acc.num_processes, acc.process_index
     log_path = run_dir / "train_log.jsonl"
     history: list[dict] = []
@@ -293,8 +312,12 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
         t_aside = time.time()
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             model.eval()
+            if fsdp:  # validation calls the student's parts directly: gather them first
+                model.unshard()
             with torch.no_grad():
                 rec |= {f"val_{k}": v for k, v in val_fn(acc.unwrap_model(model)).items()}
+            if fsdp:
+                model.reshard()
             if log and acc.is_main_process:
                 log("step {step}: ".format(step=step + 1) + ", ".join(
                     f"{k} {v:.4f}" for k, v in rec.items() if k.startswith("val_")))
@@ -304,9 +327,11 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
                 f.write(json.dumps(rec) + "\n")
         if cfg.save_every and ((step + 1) % cfg.save_every == 0 or last):
             acc.wait_for_everyone()
+            full = sharding.full_state(module, opt.optimizer) if fsdp else None
             if acc.is_main_process:
                 save_checkpoint(ckpt_dir, step + 1, acc.unwrap_model(model), opt, sched,
-                                fingerprint, data_state=stream.state_dict() if stream else None)
+                                fingerprint, data_state=stream.state_dict() if stream else None,
+                                full=full)
             acc.wait_for_everyone()
         aside += time.time() - t_aside
     bar.close()
@@ -318,4 +343,5 @@ def train(module: DistillModule, teacher_fn, batch_fn, n_train: int, val_fn, cfg
             "final_train_loss": history[-1]["loss"] if history else None,
             "validation": {k[4:]: v for k, v in final.items() if k.startswith("val_")},
             "world_size": world, "device": acc.device.type, "is_main": acc.is_main_process,
-            "unwrapped": acc.unwrap_model(model), "config": asdict(cfg)}
+            "unwrapped": acc.unwrap_model(model), "config": asdict(cfg),
+            **({"sharded": f"FSDP2 over {world} processes"} if fsdp else {})}
