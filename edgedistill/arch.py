@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edgedistill.errors import TeacherError
 
 CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3_text")
-ENCODER_FAMILIES = ("bert",)
+ENCODER_FAMILIES = ("bert", "xlm-roberta")
 FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 
 
@@ -23,7 +23,8 @@ class ModelShape:
     """HF ``model_type``: llama, qwen2, qwen3, mistral, phi3 (fused q/k/v and gate/up
     projections: the same weights as llama's, in two matrices), gemma3_text (Gemma 3's text
     models: q/k norms, a norm after attention and after the FFN too, embeddings scaled by
-    sqrt(hidden), sliding-window layers) or bert."""
+    sqrt(hidden), sliding-window layers), bert or xlm-roberta (bert's layers; positions
+    counted from the padding id + 1, one token type, a SentencePiece Unigram tokenizer)."""
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -42,13 +43,21 @@ class ModelShape:
     sandwich_norms: bool = False
     """A norm after attention and after the FFN too: 4 per layer, not 2 (gemma3_text)."""
     max_position: int = 0
-    """Encoders: learned position embeddings (bert); 0 for rotary models."""
+    """Encoders: rows of the learned position embeddings (xlm-roberta's include the
+    padding id + 1 rows before the first position); 0 for rotary models."""
     type_vocab_size: int = 0
     """Encoders: token-type embeddings (bert)."""
+    position_offset: int = 0
+    """Encoders: position rows before the first position (xlm-roberta: padding id + 1)."""
 
     @property
     def is_encoder(self) -> bool:
         return self.family in ENCODER_FAMILIES
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Encoders: the longest input, in tokens, their position table allows."""
+        return self.max_position - self.position_offset if self.is_encoder else None
 
     @property
     def q_dim(self) -> int:
@@ -145,7 +154,8 @@ def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
     )
     if family in ENCODER_FAMILIES:
         return ModelShape(num_kv_heads=nh, max_position=int(cfg.get("max_position_embeddings", 512)),
-                          type_vocab_size=int(cfg.get("type_vocab_size", 2)), **common)
+                          type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+                          position_offset=position_offset(cfg), **common)
     return ModelShape(
         num_kv_heads=int(cfg.get("num_key_value_heads") or nh),
         # llama, qwen2, qwen3, mistral and phi3 configs default to an untied head, gemma3's
@@ -157,6 +167,14 @@ def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
         sandwich_norms=family == "gemma3_text",
         **common,
     )
+
+
+def position_offset(cfg: dict) -> int:
+    """Rows of the position embeddings before the first position: xlm-roberta counts
+    positions from its padding id + 1 (fairseq's convention), bert from 0."""
+    if cfg.get("model_type") == "xlm-roberta":
+        return int(cfg.get("pad_token_id", 1)) + 1
+    return 0
 
 
 def config_for_shape(teacher_cfg: dict, shape: ModelShape) -> dict:

@@ -51,7 +51,8 @@ def weight_files(folder: Path) -> list[Path]:
             or sorted(p for p in folder.glob("pytorch_model*.bin")))
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "sentencepiece.bpe.model", "vocab.txt",
+                   "vocab.json")
 
 
 def check_model_files(path: Path, role: str = "teacher", flag: str = "--teacher") -> None:
@@ -108,6 +109,7 @@ def _read_config(path: Path, name: str) -> dict:
 
 HUB_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
              "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+             "sentencepiece.bpe.model",
              "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
              "merges.txt", "*.jinja", "modules.json", "sentence_bert_config.json",
              "1_Pooling/config.json")

@@ -38,6 +38,12 @@ REAL_CONFIGS = {
                      "max_position_embeddings": 131072, "tie_word_embeddings": False,
                      "original_max_position_embeddings": 4096, "sliding_window": 262144,
                      "pad_token_id": 32000},
+    "multilingual-e5-small": {"model_type": "xlm-roberta", "architectures": ["BertModel"],
+                              "hidden_size": 384, "intermediate_size": 1536,
+                              "num_attention_heads": 12, "num_hidden_layers": 12,
+                              "vocab_size": 250037, "max_position_embeddings": 514,
+                              "type_vocab_size": 1, "pad_token_id": 1,
+                              "layer_norm_eps": 1e-12},
     "mistral-7b": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
                    "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                    "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32768,
@@ -73,6 +79,9 @@ TINY_CONFIGS = {
     "bert": {"model_type": "bert", "hidden_size": 64, "intermediate_size": 128,
              "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 250,
              "max_position_embeddings": 64, "type_vocab_size": 2},
+    "xlm-roberta": {"model_type": "xlm-roberta", "hidden_size": 64, "intermediate_size": 128,
+                    "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 250,
+                    "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 1},
 }
 
 
@@ -228,6 +237,49 @@ def tiny_sentence_bert(folder: Path) -> Path:
                                   num_hidden_layers=2, num_attention_heads=4,
                                   max_position_embeddings=128)
     transformers.BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_xlm_roberta(folder: Path, vocab: int = 600) -> Path:
+    """A tiny multilingual-e5-style embedder (xlm-roberta, random weights): a SentencePiece
+    Unigram tokenizer trained here with SentencePiece's NFKC rules, converted by transformers
+    as XLM-R's tokenizer.json is (precompiled character map, fairseq ids), mean pooling and
+    normalisation declared as sentence-transformers does."""
+    import io
+
+    import sentencepiece as spm
+    import torch
+    import transformers
+
+    from edgedistill.data import stdlib_source
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = stdlib_source(150_000) + "\nnaïve café ＡＢＣ ﬁ ① Größe 日本語 и русский\n" * 20
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=buf, vocab_size=vocab,
+        model_type="unigram", normalization_rule_name="nmt_nfkc", character_coverage=1.0,
+        num_threads=1, minloglevel=2)
+    sp_file = folder / "sentencepiece.bpe.model"
+    sp_file.write_bytes(buf.getvalue())
+    tok = transformers.XLMRobertaTokenizerFast(vocab_file=str(sp_file))
+    tok.save_pretrained(folder)
+    sp_file.unlink()  # tokenizer.json alone, as the fast tokenizer saves it
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    write_config(folder / "1_Pooling", {"word_embedding_dimension": 64,
+                                        "pooling_mode_mean_tokens": True})
+    torch.manual_seed(0)
+    cfg = transformers.XLMRobertaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=130, type_vocab_size=1,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)
+    transformers.XLMRobertaModel(cfg).save_pretrained(folder)
     return folder
 
 

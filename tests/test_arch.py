@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 def _build(cfg: dict):
     config = transformers.AutoConfig.for_model(**cfg)
-    if cfg["model_type"] == "bert":
-        return transformers.AutoModel.from_config(config)  # BertModel (with pooler)
+    if cfg["model_type"] in ("bert", "xlm-roberta"):
+        return transformers.AutoModel.from_config(config)  # with the pooler
     return transformers.AutoModelForCausalLM.from_config(config)
 
 

@@ -13,7 +13,7 @@ from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan import PlanConfig
 
-from conftest import kill_after_checkpoint, tiny_sentence_bert
+from conftest import kill_after_checkpoint, tiny_sentence_bert, tiny_xlm_roberta
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -160,8 +160,9 @@ def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
         assert res.metrics["validation"]["loss"] > 0
 
 
-def test_encoder_distillation_keeps_the_embedding_space(tmp_path):
-    teacher = tiny_sentence_bert(tmp_path / "bert")
+@pytest.mark.parametrize("make", [tiny_sentence_bert, tiny_xlm_roberta])
+def test_encoder_distillation_keeps_the_embedding_space(make, tmp_path):
+    teacher = make(tmp_path / "teacher")
     sentences = tmp_path / "s.txt"
     from edgedistill.data import stdlib_sentences
     sentences.write_text("\n".join(stdlib_sentences()[:400]))

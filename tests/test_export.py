@@ -12,6 +12,7 @@ from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.export import ExportConfig, export, verify_artifact
 
 from conftest import (digits_bpe_llama, sentencepiece_llama, split_bpe_model, tiny_sentence_bert,
+                      tiny_xlm_roberta,
                       write_config)
 
 pytestmark = pytest.mark.slow
@@ -318,6 +319,37 @@ def test_bert_sentence_embedder_onnx_and_gguf(tmp_path):
     assert "MatMulInteger" in ops and "MatMulNBits" not in ops
 
 
+def test_xlm_roberta_embedder_onnx_and_gguf(tmp_path, monkeypatch):
+    """multilingual-e5's family: a SentencePiece Unigram tokenizer written for llama.cpp's UGM
+    tokenizer with its NFKC character map (parity checked on full-width letters, ligatures,
+    Cyrillic, doubled and leading spaces), and positions counted from the padding id + 1."""
+    import gguf
+
+    from edgedistill.convert import gguf_vocab
+
+    model = tiny_xlm_roberta(tmp_path / "e5")
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
+                 tmp_path / "out")
+    assert res.tokenizer_parity["passed"] and res.tokenizer_parity["mismatches"] == 0
+    arts = _by_quant(res)
+    for key, art in arts.items():
+        assert art.status == "passed", (key, art.verdict.failures)
+    assert arts[("gguf", "f16")].verdict.figures["cosine"] > 0.9999
+    reader = gguf.GGUFReader(arts[("gguf", "f16")].path)
+    model_field = reader.fields["tokenizer.ggml.model"]
+    assert bytes(model_field.parts[model_field.data[0]]).decode() == "t5"
+    assert "tokenizer.ggml.precompiled_charsmap" in reader.fields
+    pos = next(t for t in reader.tensors if t.name == "position_embd.weight")
+    assert list(pos.shape)[::-1] == [128, 64]  # 130 rows less the padding id + 1
+    # without the character map llama.cpp does not normalize: the NFKC probes split otherwise
+    plain = gguf_vocab._unigram_settings
+    monkeypatch.setattr(gguf_vocab, "_unigram_settings",
+                        lambda tj, where: plain(tj, where)[:2] + (None,))
+    res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
+                 tmp_path / "no-map")
+    assert not res.tokenizer_parity["passed"] and res.artifacts[0].status == "failed"
+
+
 def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):
     import onnx
     from gguf import GGUFReader
@@ -439,18 +471,24 @@ def test_gemma3_maths_llama_cpp_does_not_compute_is_refused(trained_gemma3_text,
     assert "--formats onnx" in e.value.hint
 
 
-def test_unwritable_tokenizer_kind_is_refused(trained_llama, tmp_path):
+@pytest.mark.parametrize("kind", ["wordlevel", "bare-unigram"])
+def test_unwritable_tokenizer_kind_is_refused(kind, trained_llama, tmp_path):
+    """A WordLevel vocabulary has no llama.cpp tokenizer; a Unigram one without
+    SentencePiece's Metaspace step would tokenize differently in llama.cpp's UGM."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    model = tmp_path / "unigram"
+    model = tmp_path / kind
     shutil.copytree(trained_llama, model)
     for f in model.glob("tokenizer*"):
         f.unlink()
-    uni = Tokenizer(models.Unigram([("<unk>", 0.0)] + [(chr(97 + i), -1.0) for i in range(26)],
-                                   unk_id=0))
-    PreTrainedTokenizerFast(tokenizer_object=uni, unk_token="<unk>").save_pretrained(model)
-    with pytest.raises(TokenizerKindError, match="cannot write this tokenizer as GGUF") as e:
+    pieces = [("<unk>", 0.0)] + [(chr(97 + i), -1.0) for i in range(26)]
+    tok = (Tokenizer(models.Unigram(pieces, unk_id=0)) if kind == "bare-unigram" else
+           Tokenizer(models.WordLevel({p: i for i, (p, _) in enumerate(pieces)}, "<unk>")))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(model)
+    why = ("cannot write this tokenizer as GGUF" if kind == "wordlevel" else
+           "Unigram tokenizer's steps .* no llama.cpp equivalent")
+    with pytest.raises(TokenizerKindError, match=why) as e:
         export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)), tmp_path / "o")
     assert "--formats onnx" in e.value.hint
 

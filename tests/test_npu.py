@@ -16,7 +16,7 @@ from edgedistill.export import ExportConfig, export
 from edgedistill.profiles import load_profile
 from edgedistill.runtimes import qnn
 
-from conftest import tiny_sentence_bert
+from conftest import tiny_sentence_bert, tiny_xlm_roberta
 
 
 def test_graph_shapes_follow_the_profile():
@@ -144,6 +144,19 @@ def test_npu_context_can_be_left_out(tmp_path):
     assert art.status == "passed", art.verdict.failures
     assert not list((tmp_path / "out").rglob("*.qnn-ctx.onnx"))
     assert all("context" not in i for i in art.verdict.figures["htp"].values())
+
+
+def test_xlm_roberta_a8w8_runs_on_the_htp(tmp_path):
+    """multilingual-e5's family in fixed shapes: positions derived from the padded ids (the
+    padding id + 1 onwards) compile and run on the HTP with CPU fallback disabled."""
+    pytest.importorskip("onnxruntime_qnn")
+    model = tiny_xlm_roberta(tmp_path / "e5")
+    res = export(model, "phone-npu", ExportConfig(quants=("qdq_a8w8",), eval_sentences=8,
+                                                  npu_eval_items=2, npu_context=False),
+                 tmp_path / "out")
+    art = res.artifacts[-1]
+    assert art.quant == "qdq_a8w8" and art.status == "passed", art.verdict.failures
+    assert art.verdict.figures["cosine"] >= 0.95 and art.verdict.figures["htp"]
 
 
 def test_unsupported_op_is_listed_with_a_fix(tmp_path):

@@ -96,6 +96,19 @@ def test_default_teacher_is_the_bundled_minilm():
     assert pl.student.shape.total_params() < pl.teacher.shape.total_params()
 
 
+def test_multilingual_e5_plans_an_xlm_roberta_student(teacher_dir):
+    """xlm-roberta keeps its positions' offset (padding id + 1) and single token type; its
+    250k-piece embedding table, not its layers, holds most of its parameters."""
+    pl = plan(str(teacher_dir("multilingual-e5-small")), "laptop")
+    t, s = pl.teacher.shape, pl.student.shape
+    assert t.total_params() == 117_654_144 and t.max_tokens == 512
+    assert s.family == "xlm-roberta" and s.num_layers < t.num_layers and s.max_tokens == 512
+    cfg = pl.student_config
+    assert (cfg["pad_token_id"], cfg["type_vocab_size"], cfg["max_position_embeddings"]) == \
+        (1, 1, 514)
+    assert pl.student.prediction.encoder_batch_ms <= pl.requirements["encoder_batch_ms"]
+
+
 def test_default_speedup_relaxes_with_a_note_when_out_of_reach():
     import dataclasses
 

@@ -5,7 +5,9 @@ permutation for llama). Families: llama and mistral (llama architecture, permute
 qwen2 (QKV bias, no permutation), qwen3 (per-head q/k norms, no permutation), phi3 (fused
 attn_qkv and gate|up ffn_up, NEOX rope: no permutation), gemma3_text (norms stored as 1 + w, as
 Gemma's RMSNorm multiplies by; sandwich norms; llama.cpp's own sliding-window pattern, checked
-against the config), bert (embeddings, with pooling from sentence-transformers).
+against the config), bert and xlm-roberta (embeddings, with pooling from sentence-transformers;
+xlm-roberta's position table loses the rows before its first position, as llama.cpp's bert
+graph counts positions from 0).
 Norms, biases and other 1-D tensors stay F32 whatever the file type, as llama.cpp expects.
 The file is written beside its destination and renamed into place.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.arch import shape_from_config
+from edgedistill.arch import ENCODER_FAMILIES, position_offset, shape_from_config
 from edgedistill.convert.gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import quant_names, quant_type
@@ -29,7 +31,8 @@ FLOAT_TYPES = tuple(q for q in quant_names("gguf") if quant_type("gguf", q).is_f
 # file type ids (gguf LlamaFileType): ALL_F32, MOSTLY_F16, MOSTLY_BF16
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 _ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-         "phi3": "phi3", "gemma3_text": "gemma3", "bert": "bert"}
+         "phi3": "phi3", "gemma3_text": "gemma3", "bert": "bert",
+         "xlm-roberta": "bert"}
 
 # HF name (after the family prefix is removed) -> GGUF name; {i} is the layer index.
 _DECODER_NAMES = {
@@ -70,7 +73,7 @@ _BERT_NAMES = {
     "encoder.layer.{i}.output.dense": "blk.{i}.ffn_down",
     "encoder.layer.{i}.output.LayerNorm": "blk.{i}.layer_output_norm",
 }
-_BERT_DROP = ("embeddings.position_ids", "pooler.", "cls.")
+_BERT_DROP = ("embeddings.position_ids", "pooler.", "cls.", "lm_head.")  # MLM heads
 _ALWAYS_F32 = ("position_embd", "token_types")
 
 
@@ -78,7 +81,8 @@ _ALWAYS_F32 = ("position_embd", "token_types")
 def _compiled(family: str) -> list:
     """The name table as regexes: ``{i}`` matches the layer index, and a key matches its own
     ``.weight`` / ``.bias`` too."""
-    table = {"bert": _BERT_NAMES, "gemma3_text": _GEMMA3_NAMES}.get(family, _DECODER_NAMES)
+    table = (_BERT_NAMES if family in ENCODER_FAMILIES else
+             _GEMMA3_NAMES if family == "gemma3_text" else _DECODER_NAMES)
     out = []
     for key, value in table.items():
         body = re.escape(key).replace(r"\{i\}", r"(?P<i>\d+)")
@@ -91,10 +95,10 @@ def _compiled(family: str) -> list:
 def gguf_name(hf_name: str, family: str) -> str | None:
     """GGUF tensor name of an HF parameter; None for tensors llama.cpp does not use."""
     name = hf_name
-    for prefix in ("model.", "bert."):
+    for prefix in ("model.", "bert.", "roberta."):
         if name.startswith(prefix):
             name = name[len(prefix):]
-    if family == "bert":
+    if family in ENCODER_FAMILIES:
         if name.startswith(_BERT_DROP):
             return None
         name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
@@ -223,6 +227,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
                 arr = permute_qk(arr, heads)
             if shift := norm_shift(family, gname):
                 arr = arr + np.float32(shift)
+            if gname == "position_embd.weight":
+                arr = arr[position_offset(cfg):]
             _write_tensor(w, gname, arr, ftype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -251,7 +257,7 @@ def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str, token
     w.add_name(gguf_model_name(model_dir.name, tokens))
     w.add_file_type(_FILE_TYPE[ftype])
     w.add_quantization_version(2)
-    w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
+    w.add_context_length(int(cfg.get("max_position_embeddings", 2048)) - position_offset(cfg))
     w.add_embedding_length(shape.hidden_size)
     w.add_block_count(shape.num_layers)
     w.add_feed_forward_length(shape.intermediate_size)
@@ -405,6 +411,10 @@ def _tokenizer(w, vocab, tok, kind: str, cfg: dict) -> None:
         w.add_token_merges(vocab.merges)
     if vocab.add_space_prefix is not None:
         w.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.remove_extra_whitespaces is not None:
+        w.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+    if vocab.charsmap:
+        w.add_precompiled_charsmap(vocab.charsmap)
     ids = special_ids(tok, kind)
     setters = {"bos": w.add_bos_token_id, "eos": w.add_eos_token_id, "unk": w.add_unk_token_id,
                "pad": w.add_pad_token_id, "sep": w.add_sep_token_id, "mask": w.add_mask_token_id}

@@ -8,7 +8,10 @@ Three kinds, detected from the HF tokenizer folder:
   model's own; from a BPE ``tokenizer.json`` with byte fallback they follow the merge ranks,
   because llama.cpp's SPM tokenizer merges by score;
 - ``bert``: WordPiece, with llama.cpp's phantom-space spelling (``##`` stripped, word-initial
-  pieces prefixed with U+2581).
+  pieces prefixed with U+2581);
+- ``t5``: SentencePiece Unigram (xlm-roberta, multilingual-e5), llama.cpp's UGM tokenizer: pieces
+  and scores as tokenizer.json holds them, and the normalizer's precompiled character map
+  (SentencePiece's NFKC rules) with its whitespace handling.
 
 Anything else is refused with the reason, never written approximately. Tokenizer parity is
 then checked by running llama.cpp's tokenizer (see parity checks in export/__init__.py).
@@ -41,13 +44,16 @@ class TokenizerKindError(EdgeDistillError):
 @dataclass
 class Vocab:
     model: str
-    """tokenizer.ggml.model: gpt2, llama or bert."""
+    """tokenizer.ggml.model: gpt2, llama, bert or t5."""
     tokens: list[str]
     types: list[int]
     scores: list[float] | None = None
     merges: list[str] | None = None
     pre: str | None = None
     add_space_prefix: bool | None = None
+    remove_extra_whitespaces: bool | None = None
+    charsmap: bytes | None = None
+    """t5: SentencePiece's precompiled normalization map."""
 
 
 def _load_json(path: Path) -> dict:
@@ -76,11 +82,13 @@ def unicode_normalization(tj: dict) -> str | None:
 
 
 def tokenizer_kind(model_dir: Path) -> str:
-    """``gpt2``, ``llama`` or ``bert``; raises TokenizerKindError otherwise."""
+    """``gpt2``, ``llama``, ``bert`` or ``t5``; raises TokenizerKindError otherwise."""
     tj = _load_json(model_dir / "tokenizer.json")
     model = (tj.get("model") or {}).get("type")
     if model == "WordPiece":
         return "bert"
+    if model == "Unigram":
+        return "t5"
     if model == "BPE":
         # Byte-level BPE maps every byte to a vocabulary symbol first, so a byte_fallback flag
         # on it never fires (transformers' GGUF tokenizer conversion sets one): gpt2, not llama.
@@ -96,7 +104,8 @@ def tokenizer_kind(model_dir: Path) -> str:
     raise TokenizerKindError(
         f"{model_dir}: cannot write this tokenizer as GGUF (tokenizer.json model "
         f"{model!r}, pre-tokenizer {[p.get('type') for p in _pre_tokenizers(tj)]}).",
-        "edgedistill writes byte-level BPE, SentencePiece and WordPiece tokenizers; export this "
+        "edgedistill writes byte-level BPE, SentencePiece (BPE and Unigram) and WordPiece "
+        "tokenizers; export this "
         "model to ONNX instead (--formats onnx)")
 
 
@@ -125,6 +134,8 @@ def check_tokenizer(model_dir: Path) -> str:
         _check_wordpiece_case(model_dir, _load_json(model_dir / "tokenizer.json"))
     if kind == "gpt2":
         _gpt2_pre_name(_load_json(model_dir / "tokenizer.json"), model_dir)
+    if kind == "t5":
+        _unigram_settings(_load_json(model_dir / "tokenizer.json"), model_dir)
     if kind == "llama" and (model_dir / "tokenizer.model").is_file():
         try:
             import sentencepiece as spm
@@ -164,6 +175,59 @@ def _gpt2_pre_name(tj: dict, where: Path) -> str:
         f"{where}: the byte-level BPE pre-tokenizer {kinds} has no llama.cpp equivalent "
         "that edgedistill knows (known: GPT-2, Llama-3, Qwen2 and SmolLM splits).",
         "export this model to ONNX instead (--formats onnx), or file the tokenizer.json")
+
+
+_SPACES = {"Regex": " {2,}"}
+
+
+def _unigram_settings(tj: dict, where: Path) -> tuple[bool, bool, bytes | None]:
+    """(add_space_prefix, remove_extra_whitespaces, precompiled charsmap) of a Unigram
+    tokenizer.json, as llama.cpp's UGM tokenizer applies them; raises TokenizerKindError for
+    steps it has no equivalent of."""
+    import base64
+
+    norms = [n for n in _normalizers(tj) if n]
+    charsmap, collapse, other = None, False, []
+    for n in norms:
+        if n.get("type") == "Precompiled":
+            charsmap = base64.b64decode(n.get("precompiled_charsmap") or "") or None
+        elif (n.get("type") == "Replace" and n.get("pattern") == _SPACES
+              and n.get("content") in (" ", _SPM_SPACE)):
+            collapse = True
+        elif n.get("type") != "Strip":
+            other.append(n.get("type"))
+    pres = [p for p in _pre_tokenizers(tj) if p]
+    kinds = [p.get("type") for p in pres]
+    if kinds not in (["Metaspace"], ["WhitespaceSplit", "Metaspace"]) or other:
+        raise TokenizerKindError(
+            f"{where}: this Unigram tokenizer's steps (normalizers {other or 'as usual'}, "
+            f"pre-tokenizers {kinds}) have no llama.cpp equivalent that edgedistill knows "
+            "(known: SentencePiece's precompiled map, then Metaspace).",
+            "export this model to ONNX instead (--formats onnx)")
+    meta = pres[-1]
+    prefix = meta.get("prepend_scheme", "always" if meta.get("add_prefix_space", True)
+                      else "never") != "never"
+    return prefix, collapse, charsmap
+
+
+def _unigram_vocab(model_dir: Path, tok, tj: dict, vocab_size: int) -> Vocab:
+    prefix, collapse, charsmap = _unigram_settings(tj, model_dir)
+    tokens, types, _ = _base(tok, vocab_size)
+    pieces = tj["model"]["vocab"]
+    unk = tj["model"].get("unk_id")
+    scores = []
+    for i, t in enumerate(tokens):
+        if i < len(pieces) and pieces[i][0] == t:
+            scores.append(float(pieces[i][1]))
+            if i == unk:
+                types[i] = UNKNOWN
+            elif (types[i] == NORMAL and tj["model"].get("byte_fallback") and len(t) == 6
+                  and t.startswith("<0x") and t.endswith(">")):
+                types[i] = BYTE
+        else:
+            scores.append(0.0 if types[i] in (CONTROL, USER_DEFINED) else -10000.0)
+    return Vocab("t5", tokens, types, scores=scores, pre="default", add_space_prefix=prefix,
+                 remove_extra_whitespaces=collapse, charsmap=charsmap)
 
 
 def _base(tok, vocab_size: int) -> tuple[list[str], list[int], dict[int, str]]:
@@ -209,6 +273,8 @@ def build_vocab(model_dir: Path, tok, vocab_size: int) -> Vocab:
             else:
                 out.append(_SPM_SPACE + t)
         return Vocab("bert", out, types, pre="default")
+    if kind == "t5":
+        return _unigram_vocab(model_dir, tok, tj, vocab_size)
     return _spm_vocab(model_dir, tok, tj, vocab_size)
 
 
@@ -272,7 +338,7 @@ def _adds_space_prefix(tok) -> bool:
 def special_ids(tok, kind: str) -> dict[str, int | bool]:
     """bos/eos/unk/pad/sep/mask ids and the add_bos/add_eos flags, as HF applies them."""
     out: dict[str, int | bool] = {}
-    if kind == "bert":
+    if kind in ("bert", "t5") and tok.cls_token_id is not None:  # encoders: [CLS] ... [SEP]
         pairs = [("bos", tok.cls_token_id), ("eos", tok.sep_token_id), ("sep", tok.sep_token_id)]
     else:
         pairs = [("bos", tok.bos_token_id), ("eos", tok.eos_token_id)]

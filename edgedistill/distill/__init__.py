@@ -113,6 +113,10 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         t = load_teacher(teachers[0], weights=True)  # a hub id: downloaded, or found cached
     check_model_files(t.path)
     encoder = t.shape.is_encoder
+    if encoder and data_cfg.seq_len > t.shape.max_tokens:
+        log(f"sentences cut at {t.shape.max_tokens} tokens, as many positions as the teacher "
+            f"has (--seq-len {data_cfg.seq_len})")
+        data_cfg = replace(data_cfg, seq_len=t.shape.max_tokens)
     if encoder and kd.on_policy:
         raise EdgeDistillError("--on-policy trains on text the student writes; a sentence "
                                "embedder writes none.", "drop --on-policy for encoders")

@@ -32,6 +32,7 @@ TOKENIZER_PROBES = [
     "MixedCASE words_with_underscores and-hyphens",
     "I'LL SAY WE'VE, you'Re THEY'D don't",
     "decomposed: cafe\u0301 an\u0303o A\u030a",
+    "compatibility forms: ＡＢＣ１２３ ﬁne ① ｶﾀｶﾅ x²",
     "",
     " ",
     "\n",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedistill.runtimes.llama_worker import trained_context
 from edgedistill.runtimes.outputs import (SENTENCE_EMBEDDING, _empty_past, onnx_causal_feeds,
                                           ort_session)
 
@@ -252,7 +253,11 @@ def _encoder_batch_run(task):
         llm = Llama(task["model"], embedding=True, n_ctx=4096, n_batch=4096, n_ubatch=4096,
                     n_threads=task["threads"], n_threads_batch=task["threads"],
                     n_gpu_layers=gpu_layers, verbose=False)
-        run = lambda texts: llm.embed(texts)  # noqa: E731
+        # llama.cpp embeds a whole text: cut each, once, to the tokens the other runtimes'
+        # tokenizers keep (and the model has positions for)
+        limit = min(task.get("seq_len") or 512, trained_context(task["model"]) or 512)
+        fitted = {t: _fit_text(llm, t, limit) for t in task["texts"]}
+        run = lambda texts: llm.embed([fitted.get(t, t) for t in texts])  # noqa: E731
     elif runtime == "onnxruntime":
         from transformers import AutoTokenizer
 
@@ -282,6 +287,21 @@ def _encoder_batch_run(task):
                           return_tensors="pt").to(device)
                 return model(**enc).last_hidden_state.float().cpu()  # on the host: done
     return run
+
+
+def _fit_text(llm, text: str, limit: int) -> str:
+    """The longest prefix of ``text`` that llama.cpp tokenizes, special tokens included, into
+    at most ``limit`` tokens."""
+    def count(t: str) -> int:
+        return len(llm.tokenize(t.encode("utf-8"), add_bos=True))
+
+    if count(text) <= limit:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count(text[:mid]) <= limit else (lo, mid - 1)
+    return text[:lo]
 
 
 def _encoder_ids(task):

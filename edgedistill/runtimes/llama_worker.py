@@ -55,8 +55,8 @@ def main(spec_path: str) -> int:
             np.save(work / f"logits_{i}.npy", np.array(llm.scores[: len(ids)], dtype=np.float32))
             result[f"logits_{i}"] = f"logits_{i}.npy"
     elif op == "embed":
-        llm = Llama(task["model"], embedding=True, n_ctx=task.get("n_ctx", 512),
-                    n_batch=task.get("n_ctx", 512), n_ubatch=task.get("n_ctx", 512),
+        n_ctx = min(task.get("n_ctx", 512), trained_context(task["model"]) or 512)
+        llm = Llama(task["model"], embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                     n_threads=task["threads"], n_threads_batch=task["threads"], verbose=False)
         vecs = [llm.embed(t, normalize=task["normalize"]) for t in task["texts"]]
         np.save(work / "embeddings.npy", np.array(vecs, dtype=np.float32))
@@ -66,6 +66,19 @@ def main(spec_path: str) -> int:
         return 2
     (work / "result.json").write_text(json.dumps(result))
     return 0
+
+
+def trained_context(path: str) -> int | None:
+    """The GGUF's ``{arch}.context_length``: an encoder's position table has that many rows,
+    and llama.cpp aborts on a position beyond it."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    arch = fields.get("general.architecture")
+    if arch is None:
+        return None
+    key = fields.get(f"{bytes(arch.parts[-1]).decode()}.context_length")
+    return int(key.parts[-1][0]) if key is not None else None
 
 
 def _ggml_quantize_chunk():

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.arch import ModelShape
+from edgedistill.arch import ModelShape, position_offset
 from edgedistill.convert.gguf import gguf_name, norm_shift, permute_qk
 from edgedistill.errors import EdgeDistillError
 from edgedistill.quantize.onnx import fold_constant_transposes
@@ -149,6 +149,9 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
         dec = dec.reshape(tuple(int(d) for d in reversed(t.shape))).astype(np.float32)
         shift = np.float32(norm_shift(shape.family, gname))  # compared in the file's terms
         src = p.detach().float().numpy() + shift
+        head = src[:0]
+        if gname == "position_embd.weight":  # xlm-roberta: rows before the first position
+            head, src = np.split(src, [position_offset(model.config.to_dict())])
         heads = None
         if llama_arch and gname.split(".")[-2] in ("attn_q", "attn_k"):
             heads = shape.num_heads if ".attn_q." in gname else shape.num_kv_heads
@@ -158,7 +161,8 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
         rows.append(weight_row(gname, kind, src, dec, _GGML_GRID.get(kind)))
         if dec.shape == src.shape:
             dec = dec - shift
-            state[pname] = _unpermute_qk(dec, heads) if heads else dec
+            dec = _unpermute_qk(dec, heads) if heads else dec
+            state[pname] = np.concatenate([head, dec]) if len(head) else dec
     return state, rows
 
 
