@@ -441,9 +441,10 @@ def sentences_of(texts: list[str]) -> list[str]:
 def eval_data(tok, encoder: bool, data: str | None = None, *, sequences: int = 8,
               seq_len: int = 128, sentences: int = 256):
     """(held-out items, calibration items) for export's checks and bench's quality: token-id
-    sequences of ``seq_len`` for causal LMs (at most ``sequences``), sentences of at most
-    ``seq_len`` tokens for encoders (at most ``sentences``). The user's ``data`` if given, else standard-library text; raises
-    EdgeDistillError when it is too short to verify with."""
+    sequences of ``seq_len`` for causal LMs (at most ``sequences``), sentences for encoders
+    (at most ``sentences``; with ``tok``, only those of at most ``seq_len`` tokens). The
+    user's ``data`` if given, else standard-library text; raises EdgeDistillError when it is
+    too short to verify with."""
     if encoder:
         if data:
             lines = [ln.strip() for t in load_texts(data, chat_renderer(tok))
@@ -455,8 +456,9 @@ def eval_data(tok, encoder: bool, data: str | None = None, *, sequences: int = 8
         held = held or items[-sentences:]
         # only sentences every runtime sees whole: torch and onnxruntime truncate at seq_len
         # tokens, llama.cpp embeds all of a text
-        fits = [len(ids) <= seq_len for ids in tok(held)["input_ids"]]
-        held = [s for s, ok in zip(held, fits) if ok] or held
+        if tok is not None:
+            fits = [len(ids) <= seq_len for ids in tok(held)["input_ids"]]
+            held = [s for s, ok in zip(held, fits) if ok] or held
         return spread(held, sentences), train[:64]
     text = ("\n\n".join(load_texts(data, chat_renderer(tok))) if data
             else stdlib_source(400_000))
