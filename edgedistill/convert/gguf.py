@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.arch import ENCODER_FAMILIES, position_offset, shape_from_config
+from edgedistill.arch import ENCODER_FAMILIES, shape_from_config
 from edgedistill.convert.gguf_vocab import build_vocab, check_tokenizer, special_ids, tokenizer_kind
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import quant_names, quant_type
@@ -228,7 +228,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, ftype: str = "f16")
             if shift := norm_shift(family, gname):
                 arr = arr + np.float32(shift)
             if gname == "position_embd.weight":
-                arr = arr[position_offset(cfg):]
+                arr = arr[shape.position_offset:]
             _write_tensor(w, gname, arr, ftype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -257,7 +257,7 @@ def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str, token
     w.add_name(gguf_model_name(model_dir.name, tokens))
     w.add_file_type(_FILE_TYPE[ftype])
     w.add_quantization_version(2)
-    w.add_context_length(int(cfg.get("max_position_embeddings", 2048)) - position_offset(cfg))
+    w.add_context_length(int(cfg.get("max_position_embeddings", 2048)) - shape.position_offset)
     w.add_embedding_length(shape.hidden_size)
     w.add_block_count(shape.num_layers)
     w.add_feed_forward_length(shape.intermediate_size)

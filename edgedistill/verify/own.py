@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedistill.arch import ModelShape, position_offset
+from edgedistill.arch import ModelShape
 from edgedistill.convert.gguf import gguf_name, norm_shift, permute_qk
 from edgedistill.errors import EdgeDistillError
 from edgedistill.quantize.onnx import fold_constant_transposes
@@ -151,7 +151,7 @@ def gguf_own_state(path: str | Path, model, shape: ModelShape) -> tuple[dict, li
         src = p.detach().float().numpy() + shift
         head = src[:0]
         if gname == "position_embd.weight":  # xlm-roberta: rows before the first position
-            head, src = np.split(src, [position_offset(model.config.to_dict())])
+            head, src = np.split(src, [shape.position_offset])
         heads = None
         if llama_arch and gname.split(".")[-2] in ("attn_q", "attn_k"):
             heads = shape.num_heads if ".attn_q." in gname else shape.num_kv_heads
