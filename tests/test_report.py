@@ -197,6 +197,35 @@ def test_nothing_meets_the_targets_names_the_closest_and_advises(tmp_path, teach
     assert "#recommendation.miss" in (run / "report.html").read_text()
 
 
+def test_a_file_whose_check_failed_is_never_named(tmp_path, teacher_dir):
+    """The real-teacher phone-npu run: a16w8 below target, a8w8 and a16w4 failed, each judged
+    on the float student's figures (all equally close), so 'the fastest' named a failed file.
+    A below-target file is named before any failed one, and when every file failed nothing is."""
+    rows = [_row("student", "gguf", "q4_0", 900.0, 60.0, 0.14, status="failed"),
+            _row("student", "gguf", "q8_0", 300.0, 59.0, 0.30, status="below-target"),
+            _row("student", "gguf", "q4_k_m", 600.0, 59.5, 0.25, status="failed"),
+            _row("student", "hf", "fp32", 50.0, 58.0, 0.31),
+            _row("teacher", "hf", "fp32", 20.0, 8.0, 1.0)]
+    run = _causal_run(tmp_path / "run", teacher_dir, rows)
+    report(run)
+    rec = json.loads((run / "report.json").read_text())["recommendation"]
+    assert rec["closest"]["id"] == "student gguf:q8_0" and rec["closest"]["check"] == \
+        "below-target"
+    for r in rows:
+        if r["role"] == "student" and r["format"] != "hf":
+            r["parity"]["status"] = "failed"
+    gone = _causal_run(tmp_path / "gone", teacher_dir, rows)
+    report(gone)
+    doc = json.loads((gone / "report.json").read_text())
+    rec = doc["recommendation"]
+    assert rec["file"] is None and rec["closest"] is None and not rec["meets_targets"]
+    assert [f["id"] for f in rec["failed"]] == ["student gguf:q4_0", "student gguf:q4_k_m",
+                                                "student gguf:q8_0"]
+    assert rec["headline"].startswith("Nothing to ship for laptop: every student file failed")
+    assert rec["headline"] in (gone / "report.md").read_text()
+    assert doc["advice"]  # still says how far the float student is
+
+
 def test_more_steps_advice_reads_validation_not_the_decayed_loss():
     """The demo's encoder run: its training loss rose 5% over the last quarter (the learning
     rate had decayed to its floor), which read as 'flattened', while its validation cosine

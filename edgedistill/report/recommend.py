@@ -195,7 +195,10 @@ def _ranked(rows: list[dict], role: str, kind: str, targets: dict, formats: dict
 def recommend(rows: list[dict], kind: str, targets: dict, formats: dict | None,
               target_name: str, measured_on: str, teacher_fits: bool | None = None) -> dict:
     """The file to ship: the fastest of the student's files in a format:quant the profile
-    lists whose verdict is ``passed`` and whose quality meets ``targets``. Files timed here
+    lists whose verdict is ``passed`` and whose quality meets ``targets``. When none does, the
+    ``closest`` is named from the files whose check passed, else from those below target; a
+    file whose check failed is never named (``closest`` is None and ``failed`` lists them).
+    Files timed here
     rank by that speed, before files that were not (NPU graphs), which rank by the target's
     prediction. The teacher's files are the baseline; when no student file meets the targets
     and one of the teacher's does, it is named as ``teacher_alternative`` (with whether the
@@ -255,14 +258,19 @@ def recommend(rows: list[dict], kind: str, targets: dict, formats: dict | None,
             doc["runner_up"] = entry(a2, s2, b2, j2) | {"why": why}
         doc["passed_over"] = passed_over
     else:
-        # nothing meets the targets: the closest file that passed its check (else any); of
-        # those about as close (CLOSE), the fastest (measured first: cands' order)
-        pool = [c for c in cands if status(c[0]) == "passed"] or cands
-        least = min(c[3]["shortfall"] for c in pool)
-        a, s, basis, j = next(c for c in pool if c[3]["shortfall"] <= least + CLOSE)
-        best = entry(a, s, basis, j)
-        doc |= {"file": None, "closest": best | {"misses": why_not(a, j)},
-                "meets_targets": False}
+        # nothing meets the targets: the closest file that passed its check, else one below
+        # its target; a file whose check failed (broken against the model it came from) is
+        # never named. Of those about as close (CLOSE), the fastest (measured first).
+        pool = ([c for c in cands if status(c[0]) == "passed"]
+                or [c for c in cands if status(c[0]) == "below-target"])
+        doc |= {"file": None, "closest": None, "meets_targets": False}
+        if pool:
+            least = min(c[3]["shortfall"] for c in pool)
+            a, s, basis, j = next(c for c in pool if c[3]["shortfall"] <= least + CLOSE)
+            doc["closest"] = entry(a, s, basis, j) | {"misses": why_not(a, j)}
+        else:
+            doc["failed"] = [{"id": row_id(c[0]), "check": status(c[0]) or "missing"}
+                             for c in cands]
         alt = next((c for c in teachers if status(c[0]) == "passed" and c[3]["meets"]), None)
         if alt is not None:
             fits = ("the plan predicted it meets the target's speed" if teacher_fits else
@@ -275,6 +283,10 @@ def recommend(rows: list[dict], kind: str, targets: dict, formats: dict | None,
 
 def _headline(doc: dict, kind: str, target_name: str) -> str:
     f = doc["file"] or doc["closest"]
+    if f is None:
+        return (f"Nothing to ship for {target_name}: every student file failed its check "
+                f"against the model it came from ({', '.join(x['id'] for x in doc['failed'])})."
+                " Ship a higher-precision format, or train quant-aware for this one.")
     where = (f"measured on {f['measured_on']}" if f["speed_basis"] == "measured"
              else f"predicted for {target_name} ({f.get('predicted_label') or 'predicted'}), "
                   "not timed here")
