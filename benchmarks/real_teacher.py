@@ -6,8 +6,9 @@ a mix of standard-library text and chat records, judged on held-out text from an
 
 For each target:
 1. ``edgedistill plan`` (the student it picks);
-2. a 3-step probe of the training loop, to size ``--steps`` so distillation fits ``--minutes``
-   (validation included), unless ``--steps`` is given;
+2. a 4-step probe of the training loop ending in one validation and one checkpoint, to size
+   ``--steps`` so distillation fits ``--minutes`` (its 4 validations and 4 checkpoints
+   included), unless ``--steps`` is given;
 3. the whole chain, ``edgedistill export --teacher T --target X --data MIX --steps N`` (plan,
    distill, export, quantize, verify, benchmark with the teacher's files as baselines, report),
    or with ``--distill-only`` ``edgedistill distill`` alone (``--launch accelerate``: under
@@ -98,19 +99,28 @@ def run(cmd: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> tuple[float, s
 
 
 def probe_steps(args, teacher: Path, target: str, mix: Path, work: Path) -> dict:
-    """Steps that fit the budget, from 4 timed steps of the real loop (the first left out)."""
+    """Steps that fit the budget, validation and checkpoints included: 4 timed steps of the
+    real loop (the first left out) ending in one validation and one checkpoint, whose time
+    (distill.json's ``aside_seconds``) the run spends 4 times (:data:`EVENTS`)."""
     out = work / f"probe-{target}"
     extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
     secs, _ = run(edgedistill_cmd(args, "distill", "--teacher", str(teacher), "--target",
                                   target, "--data", str(mix), "--steps", "4", "--eval-every",
-                                  "0", "--save-every", "0", "--out", str(out), *extra),
+                                  "4", "--save-every", "4", "--out", str(out), *extra),
                   work / f"probe-{target}.log")
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     step_s = (rows[-1]["seconds"] - rows[0]["seconds"]) / (len(rows) - 1)
-    # validation: 4 times eval_batches (16) batches of the teacher's and the student's forward
-    # passes, each about a third of a training step
-    steps = max(8, int(args.minutes * 60 / step_s - 4 * 16 / 3))
-    return {"probe_seconds": secs, "step_seconds": step_s, "steps": steps}
+    aside = json.loads((out / "distill.json").read_text())["aside_seconds"]
+    steps = max(8, int((args.minutes * 60 - EVENTS * aside) / step_s))
+    return {"probe_seconds": secs, "step_seconds": step_s,
+            "validation_and_checkpoint_seconds": aside, "steps": steps}
+
+
+EVENTS = 4
+"""Validations and checkpoints in a run (``--eval-every`` and ``--save-every`` a quarter of
+the steps). The 15-minute runs counted a validation batch at a third of a training step; it
+costs about half of one (SmolLM2-135M: 16 batches in 57 s against 7 s a step), and the runs
+overran their budget by a fifth."""
 
 
 def files_table(report: dict) -> list[dict]:
@@ -238,7 +248,9 @@ def main() -> None:
         run_dir = work / f"run-{target}"
         extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
         common = ["--teacher", str(teacher), "--target", target, "--data", str(mix),
-                  "--steps", str(steps), "--out", str(run_dir), "--json", *extra]
+                  "--steps", str(steps), "--save-every", str(max(1, steps // EVENTS)),
+                  "--eval-every", str(max(1, steps // EVENTS)), "--out", str(run_dir), "--json",
+                  *extra]
         if args.distill_only:
             secs, text = run(edgedistill_cmd(args, "distill", *common),
                              work / f"distill-{target}.log")
