@@ -21,6 +21,8 @@ And for the NPUs' static QDQ files (onnxruntime's QDQ quantizer, as quantize/qdq
 - ``U8`` / ``U16``: one scale and zero point per tensor, unsigned 8 or 16 bits (8-bit matrices,
   and the embedding tables, which take the activations' width): the range widened to hold 0,
   s = (max - min) / (2^b - 1), z = round(-min / s), x' = (q - z) s;
+- ``S4C`` (qdq_a16w4's matrices): symmetric signed 4 bits per output channel, s = max|x| / 7
+  snapped to 20 significant bits, q in [-7, 7], zero point 0 (scales the exporter writes);
 - activations (``fake_quant_act``): the same, per tensor, over a running min/max (the
   exporter's MinMax calibration).
 
@@ -190,7 +192,35 @@ def affine(w, bits: int):
     return ((q - z) * s).reshape(w.shape)
 
 
-QDQ_GRIDS = {"U8": lambda w: affine(w, 8), "U16": lambda w: affine(w, 16)}
+def s4c_scales(w):
+    """The per-row scales of :func:`s4c`: the row's largest magnitude / 7, snapped to 20
+    significant bits (so every q s, |q| <= 7, is exact in float32); 1e-4 / 14 for a row of
+    zeros (the QNN config's MinimumRealRange over [-7, 7])."""
+    import torch
+
+    a = w.to(torch.float32).abs().amax(-1, keepdim=True)
+    return _snap(torch.where(a > 0, a, torch.full_like(a, 0.5e-4)) / 7, 20)
+
+
+def s4c(w):
+    """``w`` rounded to symmetric signed 4 bits per row (the output channel of a torch
+    ``Linear``), as qdq_a16w4 files store a matrix for the HTP's int4 MatMul: q = round(x / s)
+    in [-7, 7] with s = :func:`s4c_scales`, zero point 0; the row's largest magnitude at
+    q = +-7. The exporter writes these scales itself (quantize/qdq.py): onnxruntime's own
+    symmetric int4 range, [-8, 7] with s = max|x| / 7.5, has no fixed point (its extreme
+    element always falls between two steps), so no trained grid could survive it."""
+    import torch
+
+    x = w.to(torch.float32)
+    s = s4c_scales(x)
+    q = torch.clamp(torch.round(x / s), -7, 7)
+    top = x.abs().argmax(-1, keepdim=True)
+    q = q.scatter(-1, top, torch.where(x.gather(-1, top) < 0, -7.0, 7.0)
+                  * (x.gather(-1, top) != 0))
+    return (q * s).reshape(w.shape)
+
+
+QDQ_GRIDS = {"U8": lambda w: affine(w, 8), "U16": lambda w: affine(w, 16), "S4C": s4c}
 """Static QDQ weight type -> its exact grid."""
 
 
@@ -232,10 +262,11 @@ NBITS_GRIDS = {"MNB4": mnb4, "MNB8": mnb8}
 GRIDS = GGML_GRIDS | QDQ_GRIDS | NBITS_GRIDS
 
 ONNX_TYPES = {"qdq_a8w8": frozenset({"U8"}), "qdq_a16w8": frozenset({"U8", "U16"}),
-              "int4": frozenset({"MNB4", "MNB8"})}
+              "qdq_a16w4": frozenset({"S4C", "U16"}), "int4": frozenset({"MNB4", "MNB8"})}
 """ONNX quantization -> the weight types its files store, all with a grid here (QDQ: 8-bit
-matrices, the embedding tables at the activations' width; int4: 4-bit blocks, 8-bit ones for
-the output head, value and FFN down projections)."""
+matrices, or 4-bit ones per channel for a16w4, the embedding tables at the activations'
+width; int4: 4-bit blocks, 8-bit ones for the output head, value and FFN down
+projections)."""
 
 
 def fake_quant_act(x, lo, hi, bits: int = 8):

@@ -68,8 +68,8 @@ def test_the_whole_chains_default_and_the_deployed_file_check():
     assert spec == "onnx:qdq_a8w8" and "static 8-bit activations" in why
     spec, why = default_for(npu, False, ("qdq_a16w8",))  # --quant qdq_a16w8
     assert spec is None and "onnx:qdq_a16w8 loses little" in why
-    spec, why = default_for(npu, False, ("qdq_a16w4",))  # 4-bit weights, no grid yet
-    assert spec is None and "no training grid" in why
+    spec, why = default_for(npu, False, ("qdq_a16w4",))  # --quant qdq_a16w4: 4-bit weights
+    assert spec == "onnx:qdq_a16w4" and "4-bit weights" in why
     assert default_for(laptop, False, ("q8_0",))[0] is None
     check_deployed("gguf:q4_0", laptop)
     with pytest.raises(EdgeDistillError) as e:
@@ -177,20 +177,24 @@ def test_cli_refuses_a_format_without_a_grid(trained_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_phone_npu_student_trains_for_its_a8w8_file_exactly(trained_llama, text_file,
-                                                              tmp_path):
+@pytest.mark.parametrize("quant", ["qdq_a8w8", "qdq_a16w4"])
+def test_a_phone_npu_student_trains_for_its_qdq_file_exactly(trained_llama, text_file,
+                                                             tmp_path, quant):
     """--quant-aware onnx:qdq_a8w8: matrices and embedding tables on the QDQ file's per-tensor
-    grids, the linear layers' activations rounded to 8 bits; the QDQ files onnxruntime writes
-    for the HTP decode to exactly the trained weights, and the model still agrees with its
-    teacher."""
-    res = _qat(trained_llama, "phone-npu", text_file, "onnx:qdq_a8w8", tmp_path / "run")
+    grids, the linear layers' activations rounded to 8 bits. onnx:qdq_a16w4: the matrices on
+    4 bits per channel (S4C), the table at 16 bits. The QDQ files onnxruntime writes for the
+    HTP decode to exactly the trained weights, and the model still agrees with its teacher."""
+    res = _qat(trained_llama, "phone-npu", text_file, f"onnx:{quant}", tmp_path / "run")
     qa = res.metrics["quant_aware"]
-    assert qa["trained_types"] == {"U8": 16} and "8 bits per tensor" in qa["activations"]
+    if quant == "qdq_a8w8":
+        assert qa["trained_types"] == {"U8": 16} and "8 bits per tensor" in qa["activations"]
+    else:
+        assert qa["trained_types"] == {"S4C": 15, "U16": 1} and "activations" not in qa, qa
     assert res.metrics["validation"]["kl"] < 0.05, res.metrics["validation"]
     out = export(res.student_dir, "phone-npu",
-                 ExportConfig(quants=("qdq_a8w8",), context=160, eval_sequences=2,
+                 ExportConfig(quants=(quant,), context=160, eval_sequences=2,
                               npu_eval_items=2), tmp_path / "export")
-    art = next(a for a in out.artifacts if a.quant == "qdq_a8w8")
+    art = next(a for a in out.artifacts if a.quant == quant)
     assert art.status == "passed", art.verdict.failures
     assert art.verdict.figures["weights"] == {"tensors": 16, "quantized": 16, "exact": 16}
     assert "16 of its 16 quantized matrices hold exactly the trained weights" in art.note

@@ -98,6 +98,49 @@ def test_matmulnbits_grids_are_a_fixed_point_of_onnxruntimes_quantizer(tmp_path)
         assert float((gw - w).norm() / w.norm()) < rtn
 
 
+def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
+    """Matrices on the S4C grid (a MatMul's [K, N] weight and a Gemm's transposed [N, K]),
+    quantized by the export's own qdq_a16w4 call (quantize/qdq.py) and decoded as
+    DequantizeLinear decodes them, come back bit for bit: int4, per output channel, zero
+    point 0. onnxruntime's own range would not (its scale from a grid's values differs)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import (compute_scale_zp,
+                                                      get_qmin_qmax_for_qType)
+
+    from edgedistill.quantize.qdq import quantize_graph
+    from edgedistill.verify.own import qdq_weights
+
+    w, v = _awkward(16, 128), _awkward(16, 32)[:, :24].T.contiguous()
+    w[5] = 0  # a row of zeros
+    gw, gv = quantgrid.s4c(w), quantgrid.s4c(v)
+    assert torch.equal(quantgrid.s4c(gw), gw) and torch.equal(quantgrid.s4c(-gw), -gw)
+    assert set((gw / quantgrid.s4c_scales(w)).round().unique().tolist()) <= set(range(-7, 8))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul"),
+         helper.make_node("Gemm", ["y", "V"], ["z"], name="/gemm/Gemm", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 128])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 24])],
+        [numpy_helper.from_array(gw.numpy().T.copy(), "W"),
+         numpy_helper.from_array(gv.numpy(), "V")])
+    fixed = tmp_path / "m.fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                ir_version=10), fixed)
+    feeds = [{"x": np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)}]
+    out = quantize_graph(fixed, "qdq_a16w4", feeds)
+    q = onnx.load(out)
+    types = {i.name: i.data_type for i in q.graph.initializer}
+    assert types["W_quantized"] == TensorProto.INT4 == types["V_quantized"]
+    assert qdq_weights(out, fixed) == {"tensors": 2, "quantized": 2, "exact": 2}
+    # onnxruntime's symmetric int4 scale for the same row: max|x| / 7.5, another grid
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT4, symmetric=True)
+    row = gw[0].numpy()
+    _, ort_scale = compute_scale_zp(row.min(), row.max(), qmin, qmax, True)
+    assert float(ort_scale) != float(quantgrid.s4c_scales(gw)[0])
+    rtn = float((gw - w).norm() / w.norm())
+    assert rtn < 0.2, rtn  # a plain 4-bit rounding per channel
+
+
 def test_activation_rounding_is_static_and_straight_through():
     x = torch.linspace(-1, 3, 101, requires_grad=True)
     y = quantgrid.fake_quant_act(x, -1.0, 3.0, 8)
@@ -132,12 +175,12 @@ def test_a_format_without_a_grid_is_a_clear_error():
     assert quantgrid.file_types("gguf", "q4_k_m") == {"Q4_K", "Q6_K"}
     assert quantgrid.file_types("onnx", "qdq_a16w8") == {"U8", "U16"}
     assert quantgrid.file_types("onnx", "int4") == {"MNB4", "MNB8"}
-    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int8"), ("gguf", "f16"),
-                       ("onnx", "qdq_a16w4")):
+    assert quantgrid.file_types("onnx", "qdq_a16w4") == {"S4C", "U16"}
+    for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int8"), ("gguf", "f16")):
         with pytest.raises(EdgeDistillError) as e:
             quantgrid.file_types(fmt, quant)
-        assert ("gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0, onnx:int4, onnx:qdq_a16w8, "
-                "onnx:qdq_a8w8" in e.value.hint)
+        assert ("gguf:q4_0, gguf:q4_k_m, gguf:q6_k, gguf:q8_0, onnx:int4, onnx:qdq_a16w4, "
+                "onnx:qdq_a16w8, onnx:qdq_a8w8" in e.value.hint)
     with pytest.raises(ValueError):
         quantgrid.q4_0(torch.zeros(4, 40))
     with pytest.raises(ValueError):

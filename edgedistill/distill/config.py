@@ -268,7 +268,7 @@ class DistillConfig:
     order given (normalized; default equal)."""
     quant_aware: Optional[str] = None
     """Quant-aware distillation: ``FMT:QUANT`` (``gguf:q4_k_m``, ``gguf:q4_0``, ``gguf:q6_k``,
-    ``gguf:q8_0``, ``onnx:int4``, ``onnx:qdq_a8w8``, ``onnx:qdq_a16w8``) whose exact grids the
+    ``gguf:q8_0``, ``onnx:int4``, ``onnx:qdq_a8w8``, ``onnx:qdq_a16w8``, ``onnx:qdq_a16w4``) whose exact grids the
     student's matrices are trained through in the last ``quant_aware_share`` of the steps;
     the saved student holds the rounded weights (distill/quant_aware.py)."""
     quant_aware_share: float = 0.5

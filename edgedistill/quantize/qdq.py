@@ -43,13 +43,14 @@ def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
             if n.op_type == "Softmax":  # masked scores: 8-bit steps would swamp real ones
                 overrides[n.input[0]] = [{"quant_type": QuantType.QUInt16}]
     if w_bits == 4:
-        # 4-bit weights per output channel, symmetric (what the HTP's int4 MatMul takes)
+        # 4-bit weights per output channel, symmetric (what the HTP's int4 MatMul takes), on
+        # quantgrid's S4C grid: scales written here, so that a student trained on the grid
+        # keeps exactly its weights (onnxruntime's own int4 range has no fixed point)
         inits = {t.name: t for t in model.graph.initializer}
         for n in model.graph.node:
             if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
                 axis = 0 if n.op_type == "Gemm" and _trans_b(n) else 1
-                overrides[n.input[1]] = [{"quant_type": QuantType.QInt4, "symmetric": True,
-                                          "axis": axis}]
+                overrides[n.input[1]] = int4_channels(inits[n.input[1]], axis)
 
     out = fixed.with_name(fixed.name.replace(".fp32.onnx", f".{quant}.onnx"))
     with quiet_root_logger(), atomic_onnx(out) as tmp:
@@ -58,6 +59,22 @@ def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
                                  keep_removable_activations=True)
         quantize(str(fixed), str(tmp), cfg)
     return out
+
+
+def int4_channels(init, axis: int) -> list[dict]:
+    """Per-channel overrides of a 4-bit weight: quantgrid.s4c's scale for each channel along
+    ``axis`` (the output channel), zero point 0."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType
+
+    from edgedistill.quantgrid import s4c_scales
+
+    w = np.moveaxis(numpy_helper.to_array(init).astype(np.float32), axis, 0)
+    scales = s4c_scales(torch.from_numpy(w.reshape(len(w), -1).copy())).reshape(-1).numpy()
+    return [{"quant_type": QuantType.QInt4, "axis": axis, "scale": np.float32(s),
+             "zero_point": np.int8(0)} for s in scales]
 
 
 def _trans_b(node) -> bool:
