@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edgedistill.errors import TeacherError
 
 CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3_text")
-ENCODER_FAMILIES = ("bert", "xlm-roberta")
+ENCODER_FAMILIES = ("bert", "xlm-roberta", "roberta")
 FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 
 
@@ -23,8 +23,9 @@ class ModelShape:
     """HF ``model_type``: llama, qwen2, qwen3, mistral, phi3 (fused q/k/v and gate/up
     projections: the same weights as llama's, in two matrices), gemma3_text (Gemma 3's text
     models: q/k norms, a norm after attention and after the FFN too, embeddings scaled by
-    sqrt(hidden), sliding-window layers), bert or xlm-roberta (bert's layers; positions
-    counted from the padding id + 1, one token type, a SentencePiece Unigram tokenizer)."""
+    sqrt(hidden), sliding-window layers), bert, xlm-roberta (bert's layers; positions
+    counted from the padding id + 1, one token type, a SentencePiece Unigram tokenizer) or
+    roberta (xlm-roberta's layers and positions, a byte-level BPE tokenizer)."""
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -48,7 +49,7 @@ class ModelShape:
     type_vocab_size: int = 0
     """Encoders: token-type embeddings (bert)."""
     position_offset: int = 0
-    """Encoders: position rows before the first position (xlm-roberta: padding id + 1)."""
+    """Encoders: position rows before the first position ((xlm-)roberta: padding id + 1)."""
 
     @property
     def is_encoder(self) -> bool:
@@ -170,9 +171,9 @@ def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
 
 
 def position_offset(cfg: dict) -> int:
-    """Rows of the position embeddings before the first position: xlm-roberta counts
-    positions from its padding id + 1 (fairseq's convention), bert from 0."""
-    if cfg.get("model_type") == "xlm-roberta":
+    """Rows of the position embeddings before the first position: xlm-roberta and roberta
+    count positions from their padding id + 1 (fairseq's convention), bert from 0."""
+    if cfg.get("model_type") in ("xlm-roberta", "roberta"):
         return int(cfg.get("pad_token_id", 1)) + 1
     return 0
 

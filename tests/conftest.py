@@ -44,6 +44,12 @@ REAL_CONFIGS = {
                               "vocab_size": 250037, "max_position_embeddings": 514,
                               "type_vocab_size": 1, "pad_token_id": 1,
                               "layer_norm_eps": 1e-12},
+    "all-distilroberta-v1": {"model_type": "roberta", "architectures": ["RobertaModel"],
+                             "hidden_size": 768, "intermediate_size": 3072,
+                             "num_attention_heads": 12, "num_hidden_layers": 6,
+                             "vocab_size": 50265, "max_position_embeddings": 514,
+                             "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0,
+                             "eos_token_id": 2, "layer_norm_eps": 1e-5},
     "mistral-7b": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
                    "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                    "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32768,
@@ -82,6 +88,9 @@ TINY_CONFIGS = {
     "xlm-roberta": {"model_type": "xlm-roberta", "hidden_size": 64, "intermediate_size": 128,
                     "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 250,
                     "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 1},
+    "roberta": {"model_type": "roberta", "hidden_size": 64, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 300,
+                "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 1},
 }
 
 
@@ -280,6 +289,45 @@ def tiny_xlm_roberta(folder: Path, vocab: int = 600) -> Path:
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id)
     transformers.XLMRobertaModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_roberta(folder: Path, vocab: int = 700) -> Path:
+    """A tiny all-distilroberta-style embedder (roberta, random weights): a byte-level BPE
+    trained here and saved by transformers as RoBERTa's tokenizer is (GPT-2's split, <s> ...
+    </s> around each text), positions from the padding id + 1, mean pooling and
+    normalisation declared as sentence-transformers does."""
+    import torch
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+
+    from edgedistill.data import stdlib_source
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = stdlib_source(150_000) + "\nnaïve café Größe 日本語 и русский 2024 don't\n" * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text.splitlines(), vocab_size=vocab, min_frequency=2,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                            show_progress=False)
+    bpe.save_model(str(folder))
+    tok = transformers.RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"),
+                                            merges_file=str(folder / "merges.txt"))
+    tok.save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    write_config(folder / "1_Pooling", {"word_embedding_dimension": 64,
+                                        "pooling_mode_mean_tokens": True})
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=130, type_vocab_size=1,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)
+    transformers.RobertaModel(cfg).save_pretrained(folder)
     return folder
 
 

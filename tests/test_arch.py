@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from edgedistill.arch import config_for_shape, shape_from_config
+from edgedistill.arch import ENCODER_FAMILIES, config_for_shape, shape_from_config
 from edgedistill.errors import TeacherError
 
 from conftest import REAL_CONFIGS, TINY_CONFIGS
@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 def _build(cfg: dict):
     config = transformers.AutoConfig.for_model(**cfg)
-    if cfg["model_type"] in ("bert", "xlm-roberta"):
+    if cfg["model_type"] in ENCODER_FAMILIES:
         return transformers.AutoModel.from_config(config)  # with the pooler
     return transformers.AutoModelForCausalLM.from_config(config)
 

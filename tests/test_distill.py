@@ -13,7 +13,7 @@ from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan import PlanConfig
 
-from conftest import kill_after_checkpoint, tiny_sentence_bert, tiny_xlm_roberta
+from conftest import kill_after_checkpoint, tiny_roberta, tiny_sentence_bert, tiny_xlm_roberta
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -160,7 +160,7 @@ def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
         assert res.metrics["validation"]["loss"] > 0
 
 
-@pytest.mark.parametrize("make", [tiny_sentence_bert, tiny_xlm_roberta])
+@pytest.mark.parametrize("make", [tiny_sentence_bert, tiny_xlm_roberta, tiny_roberta])
 def test_encoder_distillation_keeps_the_embedding_space(make, tmp_path):
     teacher = make(tmp_path / "teacher")
     sentences = tmp_path / "s.txt"

@@ -12,7 +12,7 @@ from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.export import ExportConfig, export, verify_artifact
 
 from conftest import (digits_bpe_llama, sentencepiece_llama, split_bpe_model, tiny_sentence_bert,
-                      tiny_xlm_roberta,
+                      tiny_roberta, tiny_xlm_roberta,
                       write_config)
 
 pytestmark = pytest.mark.slow
@@ -348,6 +348,33 @@ def test_xlm_roberta_embedder_onnx_and_gguf(tmp_path, monkeypatch):
     res = export(model, "laptop", ExportConfig(formats=("gguf",), quants=("f16",)),
                  tmp_path / "no-map")
     assert not res.tokenizer_parity["passed"] and res.artifacts[0].status == "failed"
+
+
+def test_roberta_embedder_onnx_and_gguf(tmp_path):
+    """all-distilroberta's family: xlm-roberta's layers and positions (from the padding id +
+    1) with a byte-level BPE tokenizer, written as llama.cpp's gpt2 tokenizer with GPT-2's
+    split and <s> ... </s> around each text (parity checked)."""
+    import gguf
+
+    model = tiny_roberta(tmp_path / "roberta")
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
+                 tmp_path / "out")
+    assert res.tokenizer_parity["passed"] and res.tokenizer_parity["mismatches"] == 0
+    arts = _by_quant(res)
+    for key, art in arts.items():
+        assert art.status == "passed", (key, art.verdict.failures)
+    assert arts[("gguf", "f16")].verdict.figures["cosine"] > 0.9999
+    reader = gguf.GGUFReader(arts[("gguf", "f16")].path)
+
+    def text(key):
+        f = reader.fields[key]
+        return bytes(f.parts[f.data[0]]).decode()
+
+    assert (text("general.architecture"), text("tokenizer.ggml.model"),
+            text("tokenizer.ggml.pre")) == ("bert", "gpt2", "gpt-2")
+    assert "tokenizer.ggml.merges" in reader.fields
+    pos = next(t for t in reader.tensors if t.name == "position_embd.weight")
+    assert list(pos.shape)[::-1] == [128, 64]  # 130 rows less the padding id + 1
 
 
 def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):

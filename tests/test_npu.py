@@ -16,7 +16,7 @@ from edgedistill.export import ExportConfig, export
 from edgedistill.profiles import load_profile
 from edgedistill.runtimes import qnn
 
-from conftest import tiny_sentence_bert, tiny_xlm_roberta
+from conftest import tiny_roberta, tiny_sentence_bert, tiny_xlm_roberta
 
 
 def test_graph_shapes_follow_the_profile():
@@ -146,11 +146,13 @@ def test_npu_context_can_be_left_out(tmp_path):
     assert all("context" not in i for i in art.verdict.figures["htp"].values())
 
 
-def test_xlm_roberta_a8w8_runs_on_the_htp(tmp_path):
-    """multilingual-e5's family in fixed shapes: positions derived from the padded ids (the
-    padding id + 1 onwards) compile and run on the HTP with CPU fallback disabled."""
+@pytest.mark.parametrize("make", [tiny_xlm_roberta, tiny_roberta])
+def test_xlm_roberta_a8w8_runs_on_the_htp(tmp_path, make):
+    """multilingual-e5's and all-distilroberta's families in fixed shapes: positions derived
+    from the padded ids (the padding id + 1 onwards) compile and run on the HTP with CPU
+    fallback disabled."""
     pytest.importorskip("onnxruntime_qnn")
-    model = tiny_xlm_roberta(tmp_path / "e5")
+    model = make(tmp_path / "e5")
     res = export(model, "phone-npu", ExportConfig(quants=("qdq_a8w8",), eval_sentences=8,
                                                   npu_eval_items=2, npu_context=False),
                  tmp_path / "out")

@@ -109,6 +109,27 @@ def test_multilingual_e5_plans_an_xlm_roberta_student(teacher_dir):
     assert pl.student.prediction.encoder_batch_ms <= pl.requirements["encoder_batch_ms"]
 
 
+def test_all_distilroberta_plans_a_roberta_student(teacher_dir):
+    """roberta: xlm-roberta's positions (from the padding id + 1), a 50k byte-level BPE
+    vocabulary; the published 82.1M parameters (distilroberta-base with its pooler). Its
+    width (768) puts the laptop's product target (200 ms a batch) out of reach of any
+    student that keeps the teacher's embedding space: the plan says so and plans for the
+    speedup over the teacher alone, where it used to refuse."""
+    pl = plan(str(teacher_dir("all-distilroberta-v1")), "laptop")
+    t, s = pl.teacher.shape, pl.student.shape
+    assert t.total_params() == 82_118_400 and t.max_tokens == 512
+    assert s.family == "roberta" and s.total_params() < t.total_params()
+    assert pl.student_config["max_position_embeddings"] == 514
+    req = pl.requirements["encoder_batch_ms"]
+    assert req == pytest.approx(pl.teacher_prediction.encoder_batch_ms / 2) and req > 200
+    assert pl.student.prediction.encoder_batch_ms <= req
+    text = " ".join(pl.explanation)
+    assert "reaches laptop's own targets" in text and "2x speedup over the teacher alone" in text
+    assert "speed set by 2x the teacher" in text
+    with pytest.raises(PlanError, match="even the smallest candidate"):  # 10x: out of reach
+        plan(str(teacher_dir("all-distilroberta-v1")), "laptop", PlanConfig(speedup=10))
+
+
 def test_default_speedup_relaxes_with_a_note_when_out_of_reach():
     import dataclasses
 

@@ -5,9 +5,9 @@ permutation for llama). Families: llama and mistral (llama architecture, permute
 qwen2 (QKV bias, no permutation), qwen3 (per-head q/k norms, no permutation), phi3 (fused
 attn_qkv and gate|up ffn_up, NEOX rope: no permutation), gemma3_text (norms stored as 1 + w, as
 Gemma's RMSNorm multiplies by; sandwich norms; llama.cpp's own sliding-window pattern, checked
-against the config), bert and xlm-roberta (embeddings, with pooling from sentence-transformers;
-xlm-roberta's position table loses the rows before its first position, as llama.cpp's bert
-graph counts positions from 0).
+against the config), bert, xlm-roberta and roberta (embeddings, with pooling from
+sentence-transformers; (xlm-)roberta's position table loses the rows before its first position,
+as llama.cpp's bert graph counts positions from 0).
 Norms, biases and other 1-D tensors stay F32 whatever the file type, as llama.cpp expects.
 The file is written beside its destination and renamed into place.
 """
@@ -32,7 +32,7 @@ FLOAT_TYPES = tuple(q for q in quant_names("gguf") if quant_type("gguf", q).is_f
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 _ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
          "phi3": "phi3", "gemma3_text": "gemma3", "bert": "bert",
-         "xlm-roberta": "bert"}
+         "xlm-roberta": "bert", "roberta": "bert"}
 
 # HF name (after the family prefix is removed) -> GGUF name; {i} is the layer index.
 _DECODER_NAMES = {
