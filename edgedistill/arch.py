@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edgedistill.errors import TeacherError
 
 CAUSAL_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3_text")
-ENCODER_FAMILIES = ("bert", "xlm-roberta", "roberta")
+ENCODER_FAMILIES = ("bert", "xlm-roberta", "roberta", "distilbert")
 FAMILIES = CAUSAL_FAMILIES + ENCODER_FAMILIES
 
 
@@ -25,7 +25,9 @@ class ModelShape:
     models: q/k norms, a norm after attention and after the FFN too, embeddings scaled by
     sqrt(hidden), sliding-window layers), bert, xlm-roberta (bert's layers; positions
     counted from the padding id + 1, one token type, a SentencePiece Unigram tokenizer) or
-    roberta (xlm-roberta's layers and positions, a byte-level BPE tokenizer)."""
+    roberta (xlm-roberta's layers and positions, a byte-level BPE tokenizer) or distilbert
+    (bert's layers under other names, no token types, no pooler; its config.json names the
+    sizes dim, n_layers, n_heads and hidden_dim)."""
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -98,7 +100,7 @@ class ModelShape:
         """Output projection: the LM head (causal, untied) or the pooler (bert)."""
         h = self.hidden_size
         if self.is_encoder:
-            return h * h + h
+            return 0 if self.family == "distilbert" else h * h + h
         return 0 if self.tie_embeddings else self.vocab_size * h
 
     def non_embedding_params(self) -> int:
@@ -134,8 +136,21 @@ def _need(cfg: dict, key: str, source: str):
     return cfg[key]
 
 
+NATIVE_KEYS = {"distilbert": {"hidden_size": "dim", "num_hidden_layers": "n_layers",
+                              "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim"}}
+"""Families whose config.json names the sizes otherwise: common name -> the family's."""
+
+
+def canonical(cfg: dict) -> dict:
+    """``cfg`` with the common size names (hidden_size, ...) for a family that names them
+    otherwise (distilbert's dim, n_layers, n_heads, hidden_dim)."""
+    keys = NATIVE_KEYS.get(cfg.get("model_type"), {})
+    return cfg | {k: cfg[v] for k, v in keys.items() if v in cfg} if keys else cfg
+
+
 def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
     """Read a ModelShape from an HF config dict. Raises TeacherError for other families."""
+    cfg = canonical(cfg)
     family = cfg.get("model_type")
     if family not in FAMILIES:
         raise TeacherError(
@@ -154,8 +169,9 @@ def shape_from_config(cfg: dict, source: str = "config.json") -> ModelShape:
         intermediate_size=int(_need(cfg, "intermediate_size", source)),
     )
     if family in ENCODER_FAMILIES:
+        types = 0 if family == "distilbert" else int(cfg.get("type_vocab_size", 2))
         return ModelShape(num_kv_heads=nh, max_position=int(cfg.get("max_position_embeddings", 512)),
-                          type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+                          type_vocab_size=types,
                           position_offset=position_offset(cfg), **common)
     return ModelShape(
         num_kv_heads=int(cfg.get("num_key_value_heads") or nh),
@@ -183,12 +199,10 @@ def config_for_shape(teacher_cfg: dict, shape: ModelShape) -> dict:
     ids, rope and norm settings; everything that depends on depth is cut to the new depth."""
     cfg = copy.deepcopy(teacher_cfg)
     cfg.pop("_name_or_path", None)
-    cfg.update(
-        hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        intermediate_size=shape.intermediate_size,
-    )
+    sizes = dict(hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+                 num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size)
+    native = NATIVE_KEYS.get(cfg.get("model_type"), {})
+    cfg.update({native.get(k, k): v for k, v in sizes.items()})
     if not shape.is_encoder:
         cfg["num_key_value_heads"] = shape.num_kv_heads
     if "head_dim" in cfg or shape.head_dim * shape.num_heads != shape.hidden_size:

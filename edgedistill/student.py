@@ -66,6 +66,8 @@ class Importance:
 
 def _modules(model, encoder: bool):
     """Per layer: (attention output projection, FFN down projection) modules."""
+    if encoder and hasattr(model, "transformer"):  # distilbert
+        return [(lay.attention.out_lin, lay.ffn.lin2) for lay in model.transformer.layer]
     if encoder:
         layers = model.encoder.layer
         return [(lay.attention.output.dense, lay.output.dense) for lay in layers]
@@ -159,7 +161,8 @@ def _init_from_teacher(student, teacher, t: ModelShape, s: ModelShape, imp: Impo
     layers = select_layers(t.num_layers, s.num_layers, imp.distance)
     sd_t = teacher.state_dict()
     new = {}
-    prefix = "encoder.layer." if t.is_encoder else "model.layers."
+    prefix = ("transformer.layer." if t.family == "distilbert" else
+              "encoder.layer." if t.is_encoder else "model.layers.")
     for name, w_s in student.state_dict().items():
         src, li = name, None
         if name.startswith(prefix):
@@ -206,18 +209,19 @@ def _slice_layer_param(name, w, hid, q_idx, kv_idx, f_idx, t: ModelShape):
     if "gate_up_proj" in name:  # phi3: rows [gate | up]; a neuron keeps its gate and up row
         w = w[torch.cat([f_idx, t.intermediate_size + f_idx])]
         return w[:, hid] if w.ndim == 2 else w
-    if any(k in name for k in ("q_proj", "attention.self.query")):
+    if any(k in name for k in ("q_proj", "attention.self.query", "attention.q_lin")):
         w = w[q_rows]
         return w[:, hid] if w.ndim == 2 else w
-    if any(k in name for k in ("k_proj", "v_proj", "attention.self.key", "attention.self.value")):
+    if any(k in name for k in ("k_proj", "v_proj", "attention.self.key", "attention.self.value",
+                               "attention.k_lin", "attention.v_lin")):
         w = w[kv_rows]
         return w[:, hid] if w.ndim == 2 else w
-    if any(k in name for k in ("o_proj", "attention.output.dense")):
+    if any(k in name for k in ("o_proj", "attention.output.dense", "attention.out_lin")):
         return w[hid][:, q_rows] if w.ndim == 2 else w[hid]
-    if any(k in name for k in ("gate_proj", "up_proj", "intermediate.dense")):
+    if any(k in name for k in ("gate_proj", "up_proj", "intermediate.dense", "ffn.lin1")):
         w = w[f_idx]
         return w[:, hid] if w.ndim == 2 else w
-    if any(k in name for k in ("down_proj", "output.dense")):
+    if any(k in name for k in ("down_proj", "output.dense", "ffn.lin2")):
         return w[hid][:, f_idx] if w.ndim == 2 else w[hid]
     if w.ndim == 1 and w.shape[0] == t.hidden_size:
         return w[hid]  # layer norms

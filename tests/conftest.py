@@ -50,6 +50,12 @@ REAL_CONFIGS = {
                              "vocab_size": 50265, "max_position_embeddings": 514,
                              "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0,
                              "eos_token_id": 2, "layer_norm_eps": 1e-5},
+    "multi-qa-distilbert-cos-v1": {"model_type": "distilbert",
+                                   "architectures": ["DistilBertModel"], "dim": 768,
+                                   "hidden_dim": 3072, "n_heads": 12, "n_layers": 6,
+                                   "vocab_size": 30522, "max_position_embeddings": 512,
+                                   "activation": "gelu", "pad_token_id": 0,
+                                   "sinusoidal_pos_embds": False},
     "mistral-7b": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
                    "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                    "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32768,
@@ -88,6 +94,8 @@ TINY_CONFIGS = {
     "xlm-roberta": {"model_type": "xlm-roberta", "hidden_size": 64, "intermediate_size": 128,
                     "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 250,
                     "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 1},
+    "distilbert": {"model_type": "distilbert", "dim": 64, "hidden_dim": 128, "n_heads": 4,
+                   "n_layers": 2, "vocab_size": 250, "max_position_embeddings": 64},
     "roberta": {"model_type": "roberta", "hidden_size": 64, "intermediate_size": 128,
                 "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 300,
                 "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 1},
@@ -246,6 +254,35 @@ def tiny_sentence_bert(folder: Path) -> Path:
                                   num_hidden_layers=2, num_attention_heads=4,
                                   max_position_embeddings=128)
     transformers.BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_distilbert(folder: Path) -> Path:
+    """A tiny msmarco-distilbert-style embedder (distilbert, random weights): the bundled
+    MiniLM's uncased WordPiece vocabulary saved as DistilBERT's tokenizer (no token types),
+    config.json in DistilBERT's own names (dim, n_layers, n_heads, hidden_dim), mean pooling
+    and normalisation declared as sentence-transformers does."""
+    import torch
+    import transformers
+
+    from edgedistill.teacher import default_teacher_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = transformers.DistilBertTokenizerFast(
+        vocab_file=str(default_teacher_path() / "vocab.txt"))
+    tok.save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    write_config(folder / "1_Pooling", {"word_embedding_dimension": 64,
+                                        "pooling_mode_mean_tokens": True})
+    torch.manual_seed(0)
+    cfg = transformers.DistilBertConfig(vocab_size=len(tok), dim=64, hidden_dim=128,
+                                        n_layers=2, n_heads=4, max_position_embeddings=128)
+    transformers.DistilBertModel(cfg).save_pretrained(folder)
     return folder
 
 

@@ -13,7 +13,8 @@ from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig
 from edgedistill.errors import EdgeDistillError
 from edgedistill.plan import PlanConfig
 
-from conftest import kill_after_checkpoint, tiny_roberta, tiny_sentence_bert, tiny_xlm_roberta
+from conftest import (kill_after_checkpoint, tiny_distilbert, tiny_roberta, tiny_sentence_bert,
+                      tiny_xlm_roberta)
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -160,7 +161,8 @@ def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
         assert res.metrics["validation"]["loss"] > 0
 
 
-@pytest.mark.parametrize("make", [tiny_sentence_bert, tiny_xlm_roberta, tiny_roberta])
+@pytest.mark.parametrize("make", [tiny_sentence_bert, tiny_xlm_roberta, tiny_roberta,
+                                  tiny_distilbert])
 def test_encoder_distillation_keeps_the_embedding_space(make, tmp_path):
     teacher = make(tmp_path / "teacher")
     sentences = tmp_path / "s.txt"
@@ -171,7 +173,8 @@ def test_encoder_distillation_keeps_the_embedding_space(make, tmp_path):
                                                   eval_every=3),
                                 data=DataConfig(seq_len=32)),
                   plan_config=PlanConfig(speedup=1.2))
-    cfg = json.loads((res.student_dir / "config.json").read_text())
+    from edgedistill.arch import canonical
+    cfg = canonical(json.loads((res.student_dir / "config.json").read_text()))
     assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] <= 2
     assert (res.student_dir / "modules.json").is_file()
     assert -1 <= res.metrics["validation"]["cosine"] <= 1

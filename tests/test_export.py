@@ -12,7 +12,7 @@ from edgedistill.errors import EdgeDistillError, TeacherError
 from edgedistill.export import ExportConfig, export, verify_artifact
 
 from conftest import (digits_bpe_llama, sentencepiece_llama, split_bpe_model, tiny_sentence_bert,
-                      tiny_roberta, tiny_xlm_roberta,
+                      tiny_distilbert, tiny_roberta, tiny_xlm_roberta,
                       write_config)
 
 pytestmark = pytest.mark.slow
@@ -375,6 +375,25 @@ def test_roberta_embedder_onnx_and_gguf(tmp_path):
     assert "tokenizer.ggml.merges" in reader.fields
     pos = next(t for t in reader.tensors if t.name == "position_embd.weight")
     assert list(pos.shape)[::-1] == [128, 64]  # 130 rows less the padding id + 1
+
+
+def test_distilbert_embedder_onnx_and_gguf(tmp_path):
+    """msmarco-distilbert's family: bert's layers under DistilBERT's names, no token types
+    and no pooler, sizes in DistilBERT's config keys; written for llama.cpp's bert graph."""
+    import gguf
+
+    model = tiny_distilbert(tmp_path / "distilbert")
+    res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
+                 tmp_path / "out")
+    assert res.tokenizer_parity["passed"] and res.tokenizer_parity["mismatches"] == 0
+    arts = _by_quant(res)
+    for key, art in arts.items():
+        assert art.status == "passed", (key, art.verdict.failures)
+    assert arts[("gguf", "f16")].verdict.figures["cosine"] > 0.9999
+    reader = gguf.GGUFReader(arts[("gguf", "f16")].path)
+    names = {t.name for t in reader.tensors}
+    assert "token_types.weight" not in names and "blk.1.ffn_down.weight" in names
+    assert len(names) == 2 + 2 + 2 * 16  # token and position tables, their norm, 16 a layer
 
 
 def test_verification_fails_on_corrupted_artifacts(trained_llama, tmp_path):

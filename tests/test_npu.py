@@ -16,7 +16,7 @@ from edgedistill.export import ExportConfig, export
 from edgedistill.profiles import load_profile
 from edgedistill.runtimes import qnn
 
-from conftest import tiny_roberta, tiny_sentence_bert, tiny_xlm_roberta
+from conftest import tiny_distilbert, tiny_roberta, tiny_sentence_bert, tiny_xlm_roberta
 
 
 def test_graph_shapes_follow_the_profile():
@@ -146,7 +146,7 @@ def test_npu_context_can_be_left_out(tmp_path):
     assert all("context" not in i for i in art.verdict.figures["htp"].values())
 
 
-@pytest.mark.parametrize("make", [tiny_xlm_roberta, tiny_roberta])
+@pytest.mark.parametrize("make", [tiny_xlm_roberta, tiny_roberta, tiny_distilbert])
 def test_xlm_roberta_a8w8_runs_on_the_htp(tmp_path, make):
     """multilingual-e5's and all-distilroberta's families in fixed shapes: positions derived
     from the padded ids (the padding id + 1 onwards) compile and run on the HTP with CPU

@@ -130,6 +130,17 @@ def test_all_distilroberta_plans_a_roberta_student(teacher_dir):
         plan(str(teacher_dir("all-distilroberta-v1")), "laptop", PlanConfig(speedup=10))
 
 
+def test_multi_qa_distilbert_plans_a_distilbert_student(teacher_dir):
+    """distilbert: sizes under its own config keys, no token types, no pooler: the published
+    66,362,880 parameters; the student's config keeps DistilBERT's keys."""
+    pl = plan(str(teacher_dir("multi-qa-distilbert-cos-v1")), "laptop")
+    t, s = pl.teacher.shape, pl.student.shape
+    assert t.total_params() == 66_362_880 and (t.num_layers, t.hidden_size) == (6, 768)
+    assert s.family == "distilbert" and s.num_layers < t.num_layers
+    cfg = pl.student_config
+    assert cfg["n_layers"] == s.num_layers and cfg["dim"] == 768 and "hidden_size" not in cfg
+
+
 def test_default_speedup_relaxes_with_a_note_when_out_of_reach():
     import dataclasses
 

@@ -171,3 +171,61 @@ def test_phi3_fused_rows_are_pruned_as_llama_prunes_its_separate_ones(trained_ph
         with torch.no_grad():
             logits.append(_load(out)(ids).logits)
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+def _distilbert_as_bert(folder, out):
+    """The same weights in bert's layout (bert and distilbert compute the same function of
+    them when bert's single token type adds zeros)."""
+    from transformers import BertConfig, BertModel, DistilBertModel
+
+    d = DistilBertModel.from_pretrained(folder)
+    c = d.config
+    bert = BertModel(BertConfig(vocab_size=c.vocab_size, hidden_size=c.dim,
+                                intermediate_size=c.hidden_dim, num_hidden_layers=c.n_layers,
+                                num_attention_heads=c.n_heads, type_vocab_size=1,
+                                max_position_embeddings=c.max_position_embeddings,
+                                layer_norm_eps=1e-12, pad_token_id=c.pad_token_id))
+    names = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
+             "attention.v_lin": "attention.self.value",
+             "attention.out_lin": "attention.output.dense",
+             "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
+             "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm"}
+    state = dict(bert.state_dict())
+    state["embeddings.token_type_embeddings.weight"] = torch.zeros(1, c.dim)
+    for k, w in d.state_dict().items():
+        k = k.replace("transformer.layer.", "encoder.layer.")
+        for a, b in names.items():
+            k = k.replace(a, b)
+        state[k] = w
+    bert.load_state_dict(state)
+    bert.save_pretrained(out)
+    for f in folder.glob("*.json"):
+        if f.name != "config.json":
+            (out / f.name).write_text(f.read_text())
+    (out / "vocab.txt").write_text((folder / "vocab.txt").read_text())
+    return out
+
+
+def test_distilbert_is_pruned_as_bert_prunes_the_same_weights(tmp_path):
+    """DistilBERT's own names (q_lin, out_lin, ffn.lin1, ...) and size keys (dim, n_layers,
+    ...): a shrunk distilbert student computes what the same student of the same weights in
+    bert's layout computes."""
+    from transformers import AutoModel
+
+    from conftest import tiny_distilbert
+
+    dist = tiny_distilbert(tmp_path / "distilbert")
+    bert = _distilbert_as_bert(dist, tmp_path / "bert")
+    ids = torch.randint(1000, 3000, (2, 20), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for teacher in (dist, bert):
+        cfg = json.loads((teacher / "config.json").read_text())
+        small = dataclasses.replace(shape_from_config(cfg), num_layers=1, hidden_size=32,
+                                    num_heads=2, num_kv_heads=2, intermediate_size=64)
+        student = build_student(teacher, config_for_shape(cfg, small), tmp_path / f"s{len(outs)}")
+        assert shape_from_config(json.loads((student / "config.json").read_text())) == small
+        with torch.no_grad():
+            outs.append(AutoModel.from_pretrained(student).eval()(input_ids=ids)
+                        .last_hidden_state)
+    assert "dim" in json.loads((tmp_path / "s0" / "config.json").read_text())
+    assert torch.allclose(outs[0], outs[1], atol=1e-5), (outs[0] - outs[1]).abs().max()

@@ -32,7 +32,7 @@ FLOAT_TYPES = tuple(q for q in quant_names("gguf") if quant_type("gguf", q).is_f
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 _ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
          "phi3": "phi3", "gemma3_text": "gemma3", "bert": "bert",
-         "xlm-roberta": "bert", "roberta": "bert"}
+         "xlm-roberta": "bert", "roberta": "bert", "distilbert": "bert"}
 
 # HF name (after the family prefix is removed) -> GGUF name; {i} is the layer index.
 _DECODER_NAMES = {
@@ -73,7 +73,21 @@ _BERT_NAMES = {
     "encoder.layer.{i}.output.dense": "blk.{i}.ffn_down",
     "encoder.layer.{i}.output.LayerNorm": "blk.{i}.layer_output_norm",
 }
-_BERT_DROP = ("embeddings.position_ids", "pooler.", "cls.", "lm_head.")  # MLM heads
+_DISTILBERT_NAMES = {
+    "embeddings.word_embeddings": "token_embd",
+    "embeddings.position_embeddings": "position_embd",
+    "embeddings.LayerNorm": "token_embd_norm",
+    "transformer.layer.{i}.attention.q_lin": "blk.{i}.attn_q",
+    "transformer.layer.{i}.attention.k_lin": "blk.{i}.attn_k",
+    "transformer.layer.{i}.attention.v_lin": "blk.{i}.attn_v",
+    "transformer.layer.{i}.attention.out_lin": "blk.{i}.attn_output",
+    "transformer.layer.{i}.sa_layer_norm": "blk.{i}.attn_output_norm",
+    "transformer.layer.{i}.ffn.lin1": "blk.{i}.ffn_up",
+    "transformer.layer.{i}.ffn.lin2": "blk.{i}.ffn_down",
+    "transformer.layer.{i}.output_layer_norm": "blk.{i}.layer_output_norm",
+}
+_BERT_DROP = ("embeddings.position_ids", "pooler.", "cls.", "lm_head.",  # MLM heads
+              "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
 _ALWAYS_F32 = ("position_embd", "token_types")
 
 
@@ -81,7 +95,8 @@ _ALWAYS_F32 = ("position_embd", "token_types")
 def _compiled(family: str) -> list:
     """The name table as regexes: ``{i}`` matches the layer index, and a key matches its own
     ``.weight`` / ``.bias`` too."""
-    table = (_BERT_NAMES if family in ENCODER_FAMILIES else
+    table = (_DISTILBERT_NAMES if family == "distilbert" else
+             _BERT_NAMES if family in ENCODER_FAMILIES else
              _GEMMA3_NAMES if family == "gemma3_text" else _DECODER_NAMES)
     out = []
     for key, value in table.items():
@@ -95,7 +110,7 @@ def _compiled(family: str) -> list:
 def gguf_name(hf_name: str, family: str) -> str | None:
     """GGUF tensor name of an HF parameter; None for tensors llama.cpp does not use."""
     name = hf_name
-    for prefix in ("model.", "bert.", "roberta."):
+    for prefix in ("model.", "bert.", "roberta.", "distilbert."):
         if name.startswith(prefix):
             name = name[len(prefix):]
     if family in ENCODER_FAMILIES:
@@ -269,7 +284,7 @@ def _metadata(w, arch: str, cfg: dict, shape, model_dir: Path, ftype: str, token
         w.add_causal_attention(False)
         pooling = sentence_pooling(model_dir)
         w.add_pooling_type(PoolingType.CLS if pooling.mode == "cls" else PoolingType.MEAN)
-        w.add_token_type_count(int(cfg.get("type_vocab_size", 2)))
+        w.add_token_type_count(shape.type_vocab_size or 1)  # distilbert: none (1, as llama.cpp)
         return
     w.add_head_count_kv(shape.num_kv_heads)
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
