@@ -11,6 +11,8 @@ them (not learned):
 - ``Q8_0``: blocks of 32 along a row; d = max|x| / 127 (stored fp16); q = round(x / d).
 - ``Q4_0``: blocks of 32; d = m / -8 where m is the block's value of largest magnitude
   (stored fp16); q = min(15, trunc(x / d + 8.5)); x' = (q - 8) d.
+- ``Q5_0``: the same with 5 bits (d = m / -16, q up to 31, x' = (q - 16) d): llama.cpp's
+  fallback for Q4_K on rows that do not divide into 256-blocks.
 - ``Q4_K``: super-blocks of 256 with fp16 d and dmin, sub-blocks of 32 with 6-bit scales and
   mins; x' = d sc q - dmin m.
 - ``Q6_K``: super-blocks of 256 with fp16 d, sub-blocks of 16 with int8 scales; x' = d sc
@@ -33,7 +35,7 @@ a row (the MatMul's K axis), fp32 scales:
   s = (max - min) / 15, z = round(-min / s); also the embedding tables (GatherBlockQuantized);
 - ``MNB8``: 8 bits, symmetric: s = m / -128, m the block's value of largest magnitude.
 
-Q8_0 and Q4_0 are ggml's reference quantizers, bit for bit. The k-quant grids are the ones
+Q8_0, Q4_0 and Q5_0 are ggml's reference quantizers, bit for bit. The k-quant grids are the ones
 ggml's quantizer finds again: each sub-block keeps an element at each end of its range, so
 the quantizer's first guess fits it exactly. Weights on any of these grids are a fixed point
 of llama.cpp's quantizer (``llama_model_quantize`` from an F32 file, without an importance
@@ -95,6 +97,19 @@ def q4_0(w):
     return ((q - 8) * _fp16(d)).reshape(w.shape)
 
 
+def q5_0(w):
+    """``w`` rounded to GGUF Q5_0 exactly (ggml's quantize_row_q5_0_ref): Q4_0 with 5 bits,
+    d = m / -16, q = min(31, trunc(x / d + 16.5)). llama.cpp stores a Q4_K_M file's matrices
+    whose rows do not divide into 256-blocks (a 384-wide student's) in Q5_0."""
+    import torch
+
+    x = _blocks(w)
+    first = x.abs().argmax(-1, keepdim=True)
+    d = x.gather(-1, first) / -16
+    q = torch.clamp(torch.trunc(x * _div(torch.ones_like(d), d) + 16.5), max=31)
+    return ((q - 16) * _fp16(d)).reshape(w.shape)
+
+
 def _round(x):
     """ggml's nearest_int: round half to even."""
     import torch
@@ -154,7 +169,7 @@ def q6_k(w):
     return (ds * q).reshape(w.shape)
 
 
-GGML_GRIDS = {"Q4_0": q4_0, "Q8_0": q8_0, "Q4_K": q4_k, "Q6_K": q6_k}
+GGML_GRIDS = {"Q4_0": q4_0, "Q5_0": q5_0, "Q8_0": q8_0, "Q4_K": q4_k, "Q6_K": q6_k}
 """ggml tensor type -> its exact grid."""
 
 

@@ -257,6 +257,18 @@ def tiny_sentence_bert(folder: Path) -> Path:
     return folder
 
 
+def mean_pooling_files(folder: Path, dim: int) -> None:
+    """sentence-transformers' modules: the transformer, mean pooling, normalisation."""
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    write_config(folder / "1_Pooling", {"word_embedding_dimension": dim,
+                                        "pooling_mode_mean_tokens": True})
+
+
 def tiny_distilbert(folder: Path) -> Path:
     """A tiny msmarco-distilbert-style embedder (distilbert, random weights): the bundled
     MiniLM's uncased WordPiece vocabulary saved as DistilBERT's tokenizer (no token types),
@@ -271,14 +283,7 @@ def tiny_distilbert(folder: Path) -> Path:
     tok = transformers.DistilBertTokenizerFast(
         vocab_file=str(default_teacher_path() / "vocab.txt"))
     tok.save_pretrained(folder)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"}]))
-    write_config(folder / "1_Pooling", {"word_embedding_dimension": 64,
-                                        "pooling_mode_mean_tokens": True})
+    mean_pooling_files(folder, 64)
     torch.manual_seed(0)
     cfg = transformers.DistilBertConfig(vocab_size=len(tok), dim=64, hidden_dim=128,
                                         n_layers=2, n_heads=4, max_position_embeddings=128)
@@ -311,14 +316,7 @@ def tiny_xlm_roberta(folder: Path, vocab: int = 600) -> Path:
     tok = transformers.XLMRobertaTokenizerFast(vocab_file=str(sp_file))
     tok.save_pretrained(folder)
     sp_file.unlink()  # tokenizer.json alone, as the fast tokenizer saves it
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"}]))
-    write_config(folder / "1_Pooling", {"word_embedding_dimension": 64,
-                                        "pooling_mode_mean_tokens": True})
+    mean_pooling_files(folder, 64)
     torch.manual_seed(0)
     cfg = transformers.XLMRobertaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -350,14 +348,7 @@ def tiny_roberta(folder: Path, vocab: int = 700) -> Path:
     tok = transformers.RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"),
                                             merges_file=str(folder / "merges.txt"))
     tok.save_pretrained(folder)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"}]))
-    write_config(folder / "1_Pooling", {"word_embedding_dimension": 64,
-                                        "pooling_mode_mean_tokens": True})
+    mean_pooling_files(folder, 64)
     torch.manual_seed(0)
     cfg = transformers.RobertaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

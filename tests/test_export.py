@@ -319,15 +319,11 @@ def test_bert_sentence_embedder_onnx_and_gguf(tmp_path):
     assert "MatMulInteger" in ops and "MatMulNBits" not in ops
 
 
-def test_xlm_roberta_embedder_onnx_and_gguf(tmp_path, monkeypatch):
-    """multilingual-e5's family: a SentencePiece Unigram tokenizer written for llama.cpp's UGM
-    tokenizer with its NFKC character map (parity checked on full-width letters, ligatures,
-    Cyrillic, doubled and leading spaces), and positions counted from the padding id + 1."""
+def _embedder_files_pass(model, tmp_path):
+    """Export an embedder's ONNX fp32/int8 and GGUF F16/Q8_0: tokenizer parity exact, every
+    file passed, F16 within 1e-4 cosine of torch. Returns the F16 file's GGUFReader."""
     import gguf
 
-    from edgedistill.convert import gguf_vocab
-
-    model = tiny_xlm_roberta(tmp_path / "e5")
     res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
                  tmp_path / "out")
     assert res.tokenizer_parity["passed"] and res.tokenizer_parity["mismatches"] == 0
@@ -335,7 +331,17 @@ def test_xlm_roberta_embedder_onnx_and_gguf(tmp_path, monkeypatch):
     for key, art in arts.items():
         assert art.status == "passed", (key, art.verdict.failures)
     assert arts[("gguf", "f16")].verdict.figures["cosine"] > 0.9999
-    reader = gguf.GGUFReader(arts[("gguf", "f16")].path)
+    return gguf.GGUFReader(arts[("gguf", "f16")].path)
+
+
+def test_xlm_roberta_embedder_onnx_and_gguf(tmp_path, monkeypatch):
+    """multilingual-e5's family: a SentencePiece Unigram tokenizer written for llama.cpp's UGM
+    tokenizer with its NFKC character map (parity checked on full-width letters, ligatures,
+    Cyrillic, doubled and leading spaces), and positions counted from the padding id + 1."""
+    from edgedistill.convert import gguf_vocab
+
+    model = tiny_xlm_roberta(tmp_path / "e5")
+    reader = _embedder_files_pass(model, tmp_path)
     model_field = reader.fields["tokenizer.ggml.model"]
     assert bytes(model_field.parts[model_field.data[0]]).decode() == "t5"
     assert "tokenizer.ggml.precompiled_charsmap" in reader.fields
@@ -354,17 +360,8 @@ def test_roberta_embedder_onnx_and_gguf(tmp_path):
     """all-distilroberta's family: xlm-roberta's layers and positions (from the padding id +
     1) with a byte-level BPE tokenizer, written as llama.cpp's gpt2 tokenizer with GPT-2's
     split and <s> ... </s> around each text (parity checked)."""
-    import gguf
-
     model = tiny_roberta(tmp_path / "roberta")
-    res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
-                 tmp_path / "out")
-    assert res.tokenizer_parity["passed"] and res.tokenizer_parity["mismatches"] == 0
-    arts = _by_quant(res)
-    for key, art in arts.items():
-        assert art.status == "passed", (key, art.verdict.failures)
-    assert arts[("gguf", "f16")].verdict.figures["cosine"] > 0.9999
-    reader = gguf.GGUFReader(arts[("gguf", "f16")].path)
+    reader = _embedder_files_pass(model, tmp_path)
 
     def text(key):
         f = reader.fields[key]
@@ -380,17 +377,8 @@ def test_roberta_embedder_onnx_and_gguf(tmp_path):
 def test_distilbert_embedder_onnx_and_gguf(tmp_path):
     """msmarco-distilbert's family: bert's layers under DistilBERT's names, no token types
     and no pooler, sizes in DistilBERT's config keys; written for llama.cpp's bert graph."""
-    import gguf
-
     model = tiny_distilbert(tmp_path / "distilbert")
-    res = export(model, "laptop", ExportConfig(quants=("fp32", "int8", "f16", "q8_0")),
-                 tmp_path / "out")
-    assert res.tokenizer_parity["passed"] and res.tokenizer_parity["mismatches"] == 0
-    arts = _by_quant(res)
-    for key, art in arts.items():
-        assert art.status == "passed", (key, art.verdict.failures)
-    assert arts[("gguf", "f16")].verdict.figures["cosine"] > 0.9999
-    reader = gguf.GGUFReader(arts[("gguf", "f16")].path)
+    reader = _embedder_files_pass(model, tmp_path)
     names = {t.name for t in reader.tensors}
     assert "token_types.weight" not in names and "blk.1.ffn_down.weight" in names
     assert len(names) == 2 + 2 + 2 * 16  # token and position tables, their norm, 16 a layer

@@ -25,7 +25,7 @@ def _awkward(rows: int = 16, cols: int = 128) -> torch.Tensor:
     return w
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q5_0"])
 def test_grids_equal_ggml_reference_quantizers(kind):
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
@@ -203,8 +203,9 @@ def test_llama_cpp_writes_weights_on_the_grid_bit_for_bit(
     """Every matrix of the file's types with a grid (here all: Q4_K_M's Q4_K and Q6_K, Q4_0's
     Q6_K output, ...), put on its grid, is stored by llama.cpp in that type and decodes to
     exactly the baked weights (the F32 file of the same model holds them): requantizing
-    changes nothing, the exact export of a quant-aware student. Q4_0 and Q8_0 also on a
-    tied qwen2 whose rows k-quants do not divide (its Q6_K output falls back on Q8_0)."""
+    changes nothing, the exact export of a quant-aware student. Q4_0, Q8_0 and Q4_K_M also
+    on a tied qwen2 whose rows k-quants do not divide (Q4_K falls back on Q5_0, Q6_K on
+    Q8_0)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from transformers import AutoModelForCausalLM
@@ -214,8 +215,10 @@ def test_llama_cpp_writes_weights_on_the_grid_bit_for_bit(
     from edgedistill.quantize.gguf import quantize_gguf
 
     for src_dir, family in ((llama256, "llama"), (trained_qwen2, "qwen2")):
-        if family == "qwen2" and quant not in ("q8_0", "q4_0"):
+        if family == "qwen2" and quant not in ("q8_0", "q4_0", "q4_k_m"):
             continue
+        if family == "qwen2" and quant == "q4_k_m":  # 64-wide rows: Q4_K's fallback, Q5_0
+            assert "Q5_0" in ggml_types(src_dir, quant).values()
         types = ggml_types(src_dir, quant)
         model = tmp_path / f"{family}-on-grid"
         shutil.copytree(src_dir, model)

@@ -13,7 +13,7 @@ keeps. Scales are recomputed from the weights at every step, as the quantizer co
 At the end the weights are replaced by their rounded values (:meth:`QuantAware.bake`): the
 saved student is the fake-quant model, and since weights on these grids are a fixed point of
 llama.cpp's quantizer, the file made from it holds the same numbers (tests/test_quantgrid.py).
-Matrices in a type with no grid (Q5_0 fallbacks, say) are left to the quantizer.
+Matrices in a type with no grid (Q5_1 or IQ4_NL fallbacks, say) are left to the quantizer.
 
 The NPUs' static QDQ files (``onnx:qdq_a8w8``, ``onnx:qdq_a16w8``) store every matrix in one
 8-bit scale and zero point per tensor, and the embedding tables at the activations' width
