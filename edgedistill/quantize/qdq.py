@@ -8,6 +8,7 @@ from pathlib import Path
 from edgedistill.convert.onnx import atomic_onnx, quiet_root_logger
 from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import quant_names, quant_type
+from edgedistill.quantgrid import s4c_scales
 from edgedistill.quantize.onnx import FeedReader
 
 
@@ -68,8 +69,6 @@ def int4_channels(init, axis: int) -> list[dict]:
     import torch
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType
-
-    from edgedistill.quantgrid import s4c_scales
 
     w = np.moveaxis(numpy_helper.to_array(init).astype(np.float32), axis, 0)
     scales = s4c_scales(torch.from_numpy(w.reshape(len(w), -1).copy())).reshape(-1).numpy()
