@@ -150,6 +150,19 @@ def test_topk_cache_and_generated_data(trained_llama, text_file, tmp_path):
     assert bad.returncode == 2 and "forward KL only" in bad.stderr
 
 
+def test_a_validation_just_before_the_last_one_is_left_out(trained_llama, text_file,
+                                                          tmp_path):
+    """--eval-every 8 over 9 steps: step 8's validation would measure almost the model step
+    9's does (the 45-minute real-teacher run validated at 348 and 350 of 350)."""
+    res = distill(trained_llama, "laptop", text_file, tmp_path / "run",
+                  DistillConfig(train=TrainConfig(steps=9, batch_size=2, save_every=0,
+                                                  eval_every=8),
+                                data=DataConfig(seq_len=32)),
+                  plan_config=PlanConfig(speedup=1))
+    log = [json.loads(x) for x in (res.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "val_loss" in r] == [9]
+
+
 def test_losses_and_random_init_run(trained_llama, text_file, tmp_path):
     for loss in ("rkl", "jsd"):
         res = distill(trained_llama, "laptop", text_file, tmp_path / loss,

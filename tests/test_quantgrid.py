@@ -100,9 +100,10 @@ def test_matmulnbits_grids_are_a_fixed_point_of_onnxruntimes_quantizer(tmp_path)
 
 def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
     """Matrices on the S4C grid (a MatMul's [K, N] weight and a Gemm's transposed [N, K]),
-    quantized by the export's own qdq_a16w4 call (quantize/qdq.py) and decoded as
-    DequantizeLinear decodes them, come back bit for bit: int4, per output channel, zero
-    point 0. onnxruntime's own range would not (its scale from a grid's values differs)."""
+    quantized by the export's own qdq_a16w4 call for a model trained on it (quantize/qdq.py)
+    and decoded as DequantizeLinear decodes them, come back bit for bit: int4, per output
+    channel, zero point 0. onnxruntime's own scales, which an untrained model's file keeps,
+    move them (from a grid's values they compute another scale)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.quant_utils import (compute_scale_zp,
@@ -127,7 +128,9 @@ def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
                                 ir_version=10), fixed)
     feeds = [{"x": np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)}]
-    out = quantize_graph(fixed, "qdq_a16w4", feeds)
+    out = quantize_graph(fixed, "qdq_a16w4", feeds)  # an untrained model: onnxruntime's
+    assert qdq_weights(out, fixed) == {"tensors": 2, "quantized": 2, "exact": 0}
+    out = quantize_graph(fixed, "qdq_a16w4", feeds, trained_grid=True)
     q = onnx.load(out)
     types = {i.name: i.data_type for i in q.graph.initializer}
     assert types["W_quantized"] == TensorProto.INT4 == types["V_quantized"]

@@ -142,7 +142,7 @@ def export(student: str | Path, target: str | DeviceProfile = "laptop",
     if "onnx" in plan and prof.constraints.static_shapes:
         result.artifacts += npu_artifacts(ref, out_dir / "onnx", plan["onnx"], calib, prof,
                                           config.context, config.npu_eval_items,
-                                          config.npu_context, **steps)
+                                          config.npu_context, trained, **steps)
     elif "onnx" in plan:
         result.artifacts += onnx_artifacts(ref, out_dir / "onnx", plan["onnx"], calib,
                                            prof.constraints.int4_block_size, **steps)

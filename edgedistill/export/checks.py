@@ -116,9 +116,12 @@ def onnx_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list
 # -- NPU: fixed-shape QDQ graphs on the HTP -------------------------------------------------
 def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list, profile,
                   context: int | None = None, eval_items: int = 16,
-                  save_context: bool = True, *, ledger, log, threads: int) -> list[Artifact]:
+                  save_context: bool = True, trained: str | None = None, *, ledger, log,
+                  threads: int) -> list[Artifact]:
     """Fixed-shape float graphs, then each QDQ scheme; every graph checked against torch
-    on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider."""
+    on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider.
+    ``trained``: the ``FMT:QUANT`` a quant-aware student was trained for (its file gets the
+    trained grid's scales where onnxruntime's own would move the weights)."""
 
     graphs = npu.graph_shapes(ref.encoder, profile, context)  # bad shapes fail first
     fp32 = _onnx_model(ref, out_dir, ledger, log)
@@ -196,7 +199,8 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
         else:
             if feeds is None:
                 feeds = _npu_calibration(ref, fixed, graphs, calib, threads)
-            paths = [qdq.quantize_graph(p, quant, f) for p, f in zip(fixed, feeds)]
+            paths = [qdq.quantize_graph(p, quant, f, trained_grid=trained == f"onnx:{quant}")
+                     for p, f in zip(fixed, feeds)]
         th = threshold_for("onnx", quant, ref.encoder)
         cpu = float_fig if quant == "fp32" else figures(cpu_run(paths))
         if quant == "fp32":

@@ -21,8 +21,12 @@ SENSITIVE_OPS = ("LayerNormalization", "Softmax")
 """Ops whose outputs keep 16-bit activations when the rest of the graph is 8 bit."""
 
 
-def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
-    """QDQ-quantize a fixed float graph for the HTP with activation ranges from ``feeds``."""
+def quantize_graph(fixed: Path, quant: str, feeds: list[dict], trained_grid: bool = False) -> Path:
+    """QDQ-quantize a fixed float graph for the HTP with activation ranges from ``feeds``.
+    ``trained_grid``: the model was trained quant-aware for this file; 4-bit weights then
+    take quantgrid.s4c's scales (:func:`int4_channels`), which keep its weights exactly,
+    instead of onnxruntime's own, which round an untrained model a little better
+    (benchmarks/a16w4_scales.py)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
@@ -44,14 +48,16 @@ def quantize_graph(fixed: Path, quant: str, feeds: list[dict]) -> Path:
             if n.op_type == "Softmax":  # masked scores: 8-bit steps would swamp real ones
                 overrides[n.input[0]] = [{"quant_type": QuantType.QUInt16}]
     if w_bits == 4:
-        # 4-bit weights per output channel, symmetric (what the HTP's int4 MatMul takes), on
-        # quantgrid's S4C grid: scales written here, so that a student trained on the grid
+        # 4-bit weights per output channel, symmetric (what the HTP's int4 MatMul takes). A
+        # student trained on quantgrid's S4C grid gets its scales written here, so that it
         # keeps exactly its weights (onnxruntime's own int4 range has no fixed point)
         inits = {t.name: t for t in model.graph.initializer}
         for n in model.graph.node:
             if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
                 axis = 0 if n.op_type == "Gemm" and _trans_b(n) else 1
-                overrides[n.input[1]] = int4_channels(inits[n.input[1]], axis)
+                overrides[n.input[1]] = (
+                    int4_channels(inits[n.input[1]], axis) if trained_grid else
+                    [{"quant_type": QuantType.QInt4, "symmetric": True, "axis": axis}])
 
     out = fixed.with_name(fixed.name.replace(".fp32.onnx", f".{quant}.onnx"))
     with quiet_root_logger(), atomic_onnx(out) as tmp:
