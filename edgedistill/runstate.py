@@ -29,11 +29,13 @@ LEDGER = ".ledger.json"
 
 def atomic_write(path: Path, data) -> Path:
     """Write ``data`` (str, bytes, or anything JSON-able, as indented JSON) to ``path`` via a
-    temporary file beside it and a rename: readers see the old file or the new, never half."""
+    temporary file beside it and a rename: readers see the old file or the new, never half.
+    The temporary file is the process's own, so processes writing the same file (the ranks of
+    a launch) do not rename each other's away."""
     path = Path(path)
     if not isinstance(data, (str, bytes)):
         data = json.dumps(data, indent=2, default=str)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(data, bytes):
         tmp.write_bytes(data)
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 from edgedistill.data import chat_renderer
 from edgedistill.datastream import BlockStream, open_reader, source_id
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runstate import atomic_write
 from edgedistill.runstate import fingerprint
 
 
@@ -37,9 +38,7 @@ def open_stream(data, tok, encoder: bool, routes, data_cfg, train, run_dir: Path
     val = stream.validation(train.eval_batches * train.batch_size)
     out = run_dir / HELDOUT_TEXT
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n\n".join(stream.heldout))
-    tmp.replace(out)
+    atomic_write(out, "\n\n".join(stream.heldout))  # every process of a launch writes it
     desc = {"stream": str(data), "seq_len": data_cfg.seq_len, "val_blocks": len(val),
             "shuffle_buffer_blocks": stream.size}
     return stream, val, desc, fingerprint(source_id(str(data)), data_cfg.val_fraction)
