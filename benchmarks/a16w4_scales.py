@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from qad import compare  # noqa: E402  (benchmarks/qad.py's figures, computed the same way)
+from qad import compare, npu_file_logits  # noqa: E402  (qad.py's figures, the same way)
 
 
 def main() -> int:
@@ -45,8 +45,7 @@ def main() -> int:
     from edgedistill.export import ExportConfig, export
     from edgedistill.profiles import load_profile
     from edgedistill.quantize import qdq
-    from edgedistill.runtimes import qnn
-    from edgedistill.runtimes.outputs import ort_session, torch_causal_logits
+    from edgedistill.runtimes.outputs import torch_causal_logits
 
     model = Path(args.teacher)
     if not (model / "config.json").is_file():
@@ -78,9 +77,7 @@ def main() -> int:
         finally:
             qdq.quantize_graph = plain
         art = next(a for a in res.artifacts if a.quant == "qdq_a16w4")
-        sessions = [ort_session(npu.fixed_path(art.path.parent / "model.onnx", g, art.quant),
-                                args.threads, basic=True) for g in graphs]
-        got = qnn.run_causal(*sessions, held, [0] * len(held), graphs)[0]
+        got = npu_file_logits(art, held, graphs, args.threads)
         rows[name] = compare(ref, got, held) | {"check": art.status}
         print(name, {k: round(v, 4) if isinstance(v, float) else v
                      for k, v in rows[name].items()}, file=sys.stderr)

@@ -63,6 +63,18 @@ def compare(teacher: list, got: list, seqs: list) -> dict:
     return {"kl": kl / n, "top1_agreement": agree / n, "heldout_loss": ce / m}
 
 
+def npu_file_logits(art, held: list, graphs: list, threads: int) -> list:
+    """The logits of the phone NPU's QDQ file ``art`` (an export Artifact) on ``held``: its
+    fixed prefill graphs run by onnxruntime's CPU provider."""
+    from edgedistill.convert import npu
+    from edgedistill.runtimes import qnn
+    from edgedistill.runtimes.outputs import ort_session
+
+    sessions = [ort_session(npu.fixed_path(art.path.parent / "model.onnx", g, art.quant),
+                            threads, basic=True) for g in graphs]
+    return qnn.run_causal(*sessions, held, [0] * len(held), graphs)[0]
+
+
 def qdq_quants_of(grids: list) -> tuple:
     return tuple(g.split(":", 1)[1] for g in grids if g.startswith("onnx:qdq"))
 
@@ -102,9 +114,8 @@ def main() -> int:
     from edgedistill.plan import PlanConfig
     from edgedistill.profiles import load_profile
     from edgedistill.quantize.gguf import tensor_types
-    from edgedistill.runtimes import qnn
     from edgedistill.runtimes.outputs import (gguf_causal_logits, onnx_causal_logits,
-                                              ort_session, torch_causal_logits)
+                                              torch_causal_logits)
     from edgedistill.toy import make_causal_lm
 
     work = Path(args.work)
@@ -141,9 +152,7 @@ def main() -> int:
     npu_graphs = npu.graph_shapes(False, load_profile("phone-npu"), args.npu_context)
 
     def npu_logits(a):  # the HTP's QDQ prefill graph, run by onnxruntime's CPU provider
-        sessions = [ort_session(npu.fixed_path(a.path.parent / "model.onnx", g, a.quant),
-                                args.threads, basic=True) for g in npu_graphs]
-        return qnn.run_causal(*sessions, held, [0] * len(held), npu_graphs)[0]
+        return npu_file_logits(a, held, npu_graphs, args.threads)
 
     files = [  # (quantizations, target, export settings, folder, the file's logits)
         (gguf_quants, "laptop", ExportConfig(formats=("gguf",), quants=gguf_quants), "export",

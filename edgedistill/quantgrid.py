@@ -221,7 +221,8 @@ def s4c(w):
     """``w`` rounded to symmetric signed 4 bits per row (the output channel of a torch
     ``Linear``), as qdq_a16w4 files store a matrix for the HTP's int4 MatMul: q = round(x / s)
     in [-7, 7] with s = :func:`s4c_scales`, zero point 0; the row's largest magnitude at
-    q = +-7. The exporter writes these scales itself (quantize/qdq.py): onnxruntime's own
+    q = +-7. A student trained on it gets these scales written by the exporter itself
+    (quantize/qdq.py, ``trained_grid``): onnxruntime's own
     symmetric int4 range, [-8, 7] with s = max|x| / 7.5, has no fixed point (its extreme
     element always falls between two steps), so no trained grid could survive it."""
     import torch
