@@ -20,9 +20,12 @@ them (not learned):
 
 And for the NPUs' static QDQ files (onnxruntime's QDQ quantizer, as quantize/qdq.py calls it):
 
-- ``U8`` / ``U16``: one scale and zero point per tensor, unsigned 8 or 16 bits (8-bit matrices,
-  and the embedding tables, which take the activations' width): the range widened to hold 0,
+- ``U8`` / ``U16``: one scale and zero point per tensor, unsigned 8 or 16 bits (the embedding
+  tables, which take the activations' width): the range widened to hold 0,
   s = (max - min) / (2^b - 1), z = round(-min / s), x' = (q - z) s;
+- ``S8C`` (qdq_a8w8's and qdq_a16w8's matrices): symmetric signed 8 bits per output channel,
+  s = max|x| / 127 snapped to 16 significant bits, q in [-127, 127], zero point 0 (a fixed point
+  of onnxruntime's symmetric int8 range, which is [-127, 127]);
 - ``S4C`` (qdq_a16w4's matrices): symmetric signed 4 bits per output channel, s = max|x| / 7
   snapped to 20 significant bits, q in [-7, 7], zero point 0 (scales the exporter writes);
 - activations (``fake_quant_act``): the same, per tensor, over a running min/max (the
@@ -236,7 +239,27 @@ def s4c(w):
     return (q * s).reshape(w.shape)
 
 
-QDQ_GRIDS = {"U8": lambda w: affine(w, 8), "U16": lambda w: affine(w, 16), "S4C": s4c}
+def s8c(w):
+    """``w`` rounded to symmetric signed 8 bits per row (the output channel of a torch
+    ``Linear``), as qdq_a8w8 and qdq_a16w8 files store a matrix: q = round(x / s) in
+    [-127, 127], s = the row's largest magnitude / 127 snapped to 16 significant bits, zero
+    point 0, that element at q = +-127. onnxruntime's symmetric int8 range is [-127, 127]
+    (quant_utils.ONNX_INT_TYPE_SYMMETRIC_RANGE), so its scale for these values is s again,
+    exactly: the file holds the trained weights without scales of our own."""
+    import torch
+
+    x = w.to(torch.float32)
+    a = x.abs().amax(-1, keepdim=True)
+    s = _snap(torch.where(a > 0, a, torch.full_like(a, 1e-4)) / 127, 16)
+    q = torch.clamp(torch.round(x / s), -127, 127)
+    top = x.abs().argmax(-1, keepdim=True)
+    q = q.scatter(-1, top, torch.where(x.gather(-1, top) < 0, -127.0, 127.0)
+                  * (x.gather(-1, top) != 0))
+    return (q * s).reshape(w.shape)
+
+
+QDQ_GRIDS = {"U8": lambda w: affine(w, 8), "U16": lambda w: affine(w, 16), "S4C": s4c,
+             "S8C": s8c}
 """Static QDQ weight type -> its exact grid."""
 
 
@@ -277,10 +300,10 @@ NBITS_GRIDS = {"MNB4": mnb4, "MNB8": mnb8}
 
 GRIDS = GGML_GRIDS | QDQ_GRIDS | NBITS_GRIDS
 
-ONNX_TYPES = {"qdq_a8w8": frozenset({"U8"}), "qdq_a16w8": frozenset({"U8", "U16"}),
+ONNX_TYPES = {"qdq_a8w8": frozenset({"S8C", "U8"}), "qdq_a16w8": frozenset({"S8C", "U16"}),
               "qdq_a16w4": frozenset({"S4C", "U16"}), "int4": frozenset({"MNB4", "MNB8"})}
 """ONNX quantization -> the weight types its files store, all with a grid here (QDQ: 8-bit
-matrices, or 4-bit ones per channel for a16w4, the embedding tables at the activations'
+matrices per channel, or 4-bit ones for a16w4, the embedding tables at the activations'
 width; int4: 4-bit blocks, 8-bit ones for the output head, value and FFN down
 projections)."""
 

@@ -2,6 +2,6 @@
 the report, the run manifest and the export ledger read them)."""
 __version__ = "0.1.0"
 
-ARTIFACTS_VERSION = 5
+ARTIFACTS_VERSION = 6
 """Bump when a converter or quantizer writes other bytes for the same inputs (or a check
 judges the same file otherwise): exports recorded under another version are redone."""

@@ -46,6 +46,9 @@ def test_fixed_graphs_are_static_and_match_torch(trained_llama, tmp_path):
             assert dims and all(d > 0 for d in dims), (t.name, dims)
         vals = [onnx.numpy_helper.to_array(t) for t in m.graph.initializer]
         assert not any(v.dtype.kind == "f" and v.size and v.min() < -1e30 for v in vals)
+        # each RMSNorm is one op (its squares are never quantized on their own)
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("RMSNormalization") == 2 * 2 + 1 and "Pow" not in ops, ops
     seqs = [list(range(5, 25)), list(range(40, 72))]  # shorter than the chunk, and a full one
     nxt = [7, 9]
     sessions = [ort_session(p, basic=True) for p in fixed]

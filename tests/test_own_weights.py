@@ -150,3 +150,56 @@ def test_a_corrupted_quantized_file_still_fails(trained_llama, tmp_path):
     v = verify_artifact(trained_llama, bad, "gguf", "q4_0")
     assert v.status == "failed" and "own weights" in v.failures[0], v.failures
     assert v.figures["weights"]["beyond"] == 0
+
+
+def test_a_qdq_file_is_judged_by_its_own_grid_and_arithmetic(tmp_path):
+    """An NPU QDQ file: each matrix against a plain rounding in its own grid (8 or 4 bits per
+    output channel, a table per tensor), so a scale written wrong fails whatever the model;
+    the HTP's outputs against the same file on the CPU provider (its own arithmetic)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgedistill.export.checks import _own_arithmetic, _weights_on_grid
+    from edgedistill.quantize.qdq import quantize_graph
+    from edgedistill.records import Verdict
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (64, 32)).astype(np.float32)
+    table = rng.normal(0, 1.0, (50, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["T", "ids"], ["e"], name="/embed/Gather"),
+         helper.make_node("MatMul", ["e", "W"], ["y"], name="/mm/MatMul")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(table, "T")])
+    fixed = tmp_path / "m.fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                ir_version=10), fixed)
+    feeds = [{"ids": rng.integers(0, 50, (1, 8)).astype(np.int64)} for _ in range(2)]
+    for quant, kinds in (("qdq_a8w8", {"S8C", "U8"}), ("qdq_a16w4", {"S4C", "U16"})):
+        out = quantize_graph(fixed, quant, feeds)
+        rows = own.qdq_weight_rows(out, fixed)
+        assert {r["type"] for r in rows} == kinds, rows
+        assert all(r["ratio"] <= 1.5 for r in rows), rows
+        v = Verdict("passed", {})
+        _weights_on_grid(v, rows)
+        assert v.status == "passed" and v.figures["weights"]["beyond"] == 0
+    # the matrix's scales written 1.5x too large: the file decodes to another matrix
+    m = onnx.load(out)
+    scale = next(t for t in m.graph.initializer if t.name.startswith("W") and "scale" in t.name)
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 1.5, scale.name))
+    onnx.save(m, out)
+    v = Verdict("passed", {})
+    _weights_on_grid(v, own.qdq_weight_rows(out, fixed))
+    assert v.status == "failed" and "tensor W (S4C)" in v.failures[0], v.failures
+    # the HTP against the file's own arithmetic: rounding passes, another reading fails
+    logits = [rng.normal(size=(6, 40)) for _ in range(2)]
+    cpu = (logits, rng.normal(size=(2, 40)))
+    near = ([x + rng.normal(0, 0.01, x.shape) for x in logits], cpu[1] + 0.01)
+    fig, bad = _own_arithmetic(False, cpu, near)
+    assert bad is None and fig["own_rel_rms"] < 0.02
+    fig, bad = _own_arithmetic(False, cpu, ([x[:, ::-1] for x in logits], cpu[1]))
+    assert bad and "CPU provider" in bad and fig["own_rel_rms"] > 1
+    emb = rng.normal(size=(4, 16))
+    assert _own_arithmetic(True, emb, emb + 1e-4)[1] is None
+    assert "cosine" in _own_arithmetic(True, emb, -emb)[1]

@@ -144,6 +144,43 @@ def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
     assert rtn < 0.2, rtn  # a plain 4-bit rounding per channel
 
 
+@pytest.mark.parametrize("quant", ["qdq_a8w8", "qdq_a16w8"])
+def test_s8c_grid_is_a_fixed_point_of_the_8_bit_qdq_export(tmp_path, quant):
+    """Matrices on the S8C grid (a MatMul's [K, N] weight and a Gemm's transposed [N, K]),
+    quantized by the export's own call for any model (quantize/qdq.py: onnxruntime's scales)
+    and decoded as DequantizeLinear decodes them, come back bit for bit: int8, per output
+    channel, zero point 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgedistill.quantize.qdq import quantize_graph
+    from edgedistill.verify.own import qdq_weights
+
+    w, v = _awkward(16, 128), _awkward(16, 32)[:, :24].T.contiguous()
+    w[5] = 0  # a row of zeros
+    w[6] = -w[6].abs()  # a row whose largest magnitude is negative
+    gw, gv = quantgrid.s8c(w), quantgrid.s8c(v)
+    assert torch.equal(quantgrid.s8c(gw), gw) and torch.equal(quantgrid.s8c(-gw), -gw)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul"),
+         helper.make_node("Gemm", ["y", "V"], ["z"], name="/gemm/Gemm", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 128])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 24])],
+        [numpy_helper.from_array(gw.numpy().T.copy(), "W"),
+         numpy_helper.from_array(gv.numpy(), "V")])
+    fixed = tmp_path / "m.fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                ir_version=10), fixed)
+    feeds = [{"x": np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)}]
+    out = quantize_graph(fixed, quant, feeds)
+    q = onnx.load(out)
+    types = {i.name: i.data_type for i in q.graph.initializer}
+    assert types["W_quantized"] == TensorProto.INT8 == types["V_quantized"]
+    assert qdq_weights(out, fixed) == {"tensors": 2, "quantized": 2, "exact": 2}
+    # a plain 8-bit rounding per channel (0.015: row 2's lone outlier widens its steps)
+    assert float((gw - w).norm() / w.norm()) < 0.02
+
+
 def test_activation_rounding_is_static_and_straight_through():
     x = torch.linspace(-1, 3, 101, requires_grad=True)
     y = quantgrid.fake_quant_act(x, -1.0, 3.0, 8)
@@ -176,7 +213,8 @@ def test_fake_quant_passes_gradients_straight_through():
 
 def test_a_format_without_a_grid_is_a_clear_error():
     assert quantgrid.file_types("gguf", "q4_k_m") == {"Q4_K", "Q6_K"}
-    assert quantgrid.file_types("onnx", "qdq_a16w8") == {"U8", "U16"}
+    assert quantgrid.file_types("onnx", "qdq_a16w8") == {"S8C", "U16"}
+    assert quantgrid.file_types("onnx", "qdq_a8w8") == {"S8C", "U8"}
     assert quantgrid.file_types("onnx", "int4") == {"MNB4", "MNB8"}
     assert quantgrid.file_types("onnx", "qdq_a16w4") == {"S4C", "U16"}
     for fmt, quant in (("gguf", "q5_k_m"), ("onnx", "int8"), ("gguf", "f16")):

@@ -15,9 +15,10 @@ saved student is the fake-quant model, and since weights on these grids are a fi
 llama.cpp's quantizer, the file made from it holds the same numbers (tests/test_quantgrid.py).
 Matrices in a type with no grid (Q5_1 or IQ4_NL fallbacks, say) are left to the quantizer.
 
-The NPUs' static QDQ files (``onnx:qdq_a8w8``, ``onnx:qdq_a16w8``) store every matrix in one
-8-bit scale and zero point per tensor, and the embedding tables at the activations' width
-(quantize/qdq.py); weights on those grids are a fixed point of onnxruntime's quantizer too.
+The NPUs' static QDQ files (``onnx:qdq_a8w8``, ``onnx:qdq_a16w8``) store every matrix in
+symmetric 8 bits per output channel, and the embedding tables at the activations' width with
+one scale and zero point (quantize/qdq.py); weights on those grids are a fixed point of
+onnxruntime's quantizer too.
 ``onnx:qdq_a16w4`` stores its matrices in symmetric 4 bits per output channel, with the
 scales of quantgrid.s4c, which the exporter writes itself.
 With 8-bit activations, each linear layer's input and output are also rounded to 8 bits per
@@ -161,7 +162,7 @@ def onnx_node(module_name: str) -> str:
 
 def onnx_targets(student, quant: str) -> list[tuple]:
     """(module, weight type) for an ONNX file. Static QDQ: every linear layer's matrix in
-    ``U8`` (``S4C``, 4 bits per channel, for a16w4), every embedding table at the
+    ``S8C`` (8 bits per channel; ``S4C``, 4 bits, for a16w4), every embedding table at the
     activations' width (``U8`` or ``U16``). int4: 4-bit
     blocks (``MNB4``), 8-bit ones (``MNB8``) for the output head and the layers
     formats.ONNX_INT4_AT_8_BITS names; the tables in 4-bit blocks, a tied head with them;
@@ -173,7 +174,7 @@ def onnx_targets(student, quant: str) -> list[tuple]:
     if quant != "int4":
         qt = quant_type("onnx", quant)
         table = "U8" if qt.activation_bits == 8 else "U16"
-        matrix = "S4C" if qt.weight_bits == 4 else "U8"
+        matrix = "S4C" if qt.weight_bits == 4 else "S8C"
         return [(mod, matrix if isinstance(mod, torch.nn.Linear) else table) for _, mod in mods]
     get_head = getattr(student, "get_output_embeddings", None)
     head = get_head() if get_head else None

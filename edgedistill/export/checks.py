@@ -20,8 +20,10 @@ from edgedistill.runtimes import qnn
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.outputs import (_empty_past, onnx_causal_feeds, ort_session,
                                           torch_causal_logits)
-from edgedistill.verify.parity import (Verdict, embedding_figures, failed_to_run, judge,
-                                       logit_figures, threshold_for)
+from edgedistill.verify.own import (OWN_COSINE, OWN_REL_RMS, WEIGHT_RATIO, centred_rel_rms,
+                                    qdq_weight_rows, weight_summary)
+from edgedistill.verify.parity import (Limits, Threshold, Verdict, embedding_figures,
+                                       failed_to_run, judge, logit_figures, threshold_for)
 from edgedistill.verify.reference import Reference, verify
 
 
@@ -31,6 +33,10 @@ def _report(log, encoder: bool, fmt: str, quant: str, path: Path, v: Verdict,
     key = "cosine" if encoder else "top1_agreement"
     fig = v.figures.get(key)
     shown = f"{key} {fig:.4f}" if fig is not None else (v.error or "")
+    own = v.figures.get("own_rel_rms", v.figures.get("own_cosine"))
+    if own is not None and fig is not None:
+        shown += (f", {'cosine' if encoder else 'rel. RMS'} {own:.4g} to the file's own "
+                  f"arithmetic (CPU)")
     size = f"{path.stat().st_size / 2**20:.1f} MiB" if path.exists() else "-"
     status = "FAILED" if v.status == "failed" else v.status
     log(f"{fmt}:{quant:<9} {size:>10}  {status}  {shown}"
@@ -118,8 +124,11 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
                   context: int | None = None, eval_items: int = 16,
                   save_context: bool = True, trained: str | None = None, *, ledger, log,
                   threads: int) -> list[Artifact]:
-    """Fixed-shape float graphs, then each QDQ scheme; every graph checked against torch
-    on the HTP backend (CPU fallback disabled) and on onnxruntime's CPU provider.
+    """Fixed-shape float graphs, then each QDQ scheme; every graph run on the HTP backend (CPU
+    fallback disabled) and on onnxruntime's CPU provider. A QDQ file is judged as
+    :func:`_own_arithmetic` says: broken (``failed``) when its weights are off their grid or
+    the HTP computes otherwise than the file's own arithmetic; its distance from torch against
+    the table's targets (``passed`` or ``below-target``).
     ``trained``: the ``FMT:QUANT`` a quant-aware student was trained for (its file gets the
     trained grid's scales where onnxruntime's own would move the weights)."""
 
@@ -202,7 +211,8 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
             paths = [qdq.quantize_graph(p, quant, f, trained_grid=trained == f"onnx:{quant}")
                      for p, f in zip(fixed, feeds)]
         th = threshold_for("onnx", quant, ref.encoder)
-        cpu = float_fig if quant == "fp32" else figures(cpu_run(paths))
+        cpu_out = None if quant == "fp32" else cpu_run(paths)
+        cpu = float_fig if quant == "fp32" else figures(cpu_out)
         if quant == "fp32":
             v = judge(cpu, th)
             v.figures.update(runtime="onnxruntime CPU", mask_value=mask_value)
@@ -211,10 +221,12 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
             v.figures["runtime"] = "onnxruntime CPU (HTP not run: onnxruntime-qnn missing)"
             v.fail(unavailable)
         else:
-            v = _htp_verdict(ref.encoder, paths, graphs, enc_feeds or items, nxt, opts, th,
-                             figures, save_context)
+            v = _htp_verdict(ref.encoder, paths, graphs, enc_feeds or items, nxt, opts,
+                             Limits(th.target, Threshold()), figures, save_context,
+                             own=lambda got: _own_arithmetic(ref.encoder, cpu_out, got))
             v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
                                     if k in cpu}
+            _weights_on_grid(v, qdq_weight_rows(paths[0], fixed[0]))
         note = ("decode graph: " + paths[1].name) if len(paths) > 1 else ""
         ctx = [i["context"]["file"] for i in v.figures.get("htp", {}).values()
                if "context" in i]
@@ -260,9 +272,46 @@ def _npu_calibration(ref: Reference, fixed: list[Path], graphs, calib: list,
     return [pre_feeds, dec_feeds]
 
 
-def _htp_verdict(encoder: bool, paths, graphs, items, nxt, opts, th, figures, context=True):
+def _own_arithmetic(encoder: bool, cpu_out, got) -> tuple[dict, str | None]:
+    """The HTP's outputs against the same QDQ file on onnxruntime's CPU provider, which
+    computes each QuantizeLinear / DequantizeLinear in float as the file defines it (the
+    file's own arithmetic): (figures, the failure or None). The HTP computes in integers
+    and rounds otherwise, within :data:`~edgedistill.verify.own.OWN_REL_RMS` of the logits'
+    RMS (:data:`~edgedistill.verify.own.OWN_COSINE` for embeddings); a graph the HTP
+    reads otherwise than the CPU (a pattern it fuses, an op it quantizes otherwise) misses
+    that by far."""
+    if encoder:
+        cos = embedding_figures(cpu_out, got)["cosine"]
+        bad = (None if cos >= OWN_COSINE else f"cosine {cos:.5f} to the same file on "
+               f"onnxruntime's CPU provider < {OWN_COSINE:g} (floor)")
+        return {"own_cosine": cos}, bad
+    (cpu_pre, cpu_dec), (pre, dec) = cpu_out, got
+    rel = centred_rel_rms(list(cpu_pre) + [cpu_dec], list(pre) + [dec])
+    bad = (None if rel <= OWN_REL_RMS else f"logits differ from the same file on onnxruntime's "
+           f"CPU provider by {rel:.3g} of their RMS (> {OWN_REL_RMS:g}) (floor)")
+    return {"own_rel_rms": rel}, bad
+
+
+def _weights_on_grid(v: Verdict, rows: list[dict]) -> None:
+    """Fail ``v`` when a stored matrix or table is off its grid: further from the float
+    graph's tensor than :data:`~edgedistill.verify.own.WEIGHT_RATIO` times a plain rounding
+    in the same bits and channels (a scaled, negated or misplaced tensor)."""
+    summary = weight_summary(rows)
+    v.figures["weights"] = {"tensors": summary["tensors"], "worst": summary["worst"],
+                            "beyond": len(summary["bad"]), "quantized": summary["quantized"],
+                            "exact": len(summary["exact"])}
+    for r in summary["bad"][:3]:
+        v.fail(f"tensor {r['tensor']} ({r['type']}): " + (
+            r["error"] if "error" in r else
+            f"relative error {r['rel_error']:.3g}, {r['ratio']:.1f}x a plain rounding's "
+            f"{r['rtn_rel_error']:.3g} (> {WEIGHT_RATIO:g}x)") + " (floor)")
+
+
+def _htp_verdict(encoder: bool, paths, graphs, items, nxt, opts, th, figures, context=True,
+                 own=None):
     """``items``: feed dicts for an encoder, token sequences for a causal LM. ``context``:
-    save each compiled graph as an EPContext model and measure on that file."""
+    save each compiled graph as an EPContext model and measure on that file. ``own``: a
+    function of the HTP's outputs giving (figures, failure or None) to add."""
 
     t0 = time.time()
     try:
@@ -301,6 +350,11 @@ def _htp_verdict(encoder: bool, paths, graphs, items, nxt, opts, th, figures, co
                           f"{', '.join(unsupported) or 'none found'}): {errors}", th)
     else:
         v = judge(figures(got), th)
+        if own is not None:
+            extra, bad = own(got)
+            v.figures.update(extra)
+            if bad:
+                v.fail(bad)
         for name, info in graphs_info.items():
             diff = info.get("context", {}).get("max_diff_vs_compiled", 0.0)
             if diff > 1e-5:

@@ -90,7 +90,7 @@ def gaussian_rtn_error(bits: int, block: int, asym: bool) -> float:
     dequantized from a GGUF file, a quant-aware checkpoint) which a round-to-nearest keeps
     exactly and a runtime's quantizer does not."""
     w = np.random.default_rng(0).normal(size=(64, 256))
-    return _rel(rtn(w, bits, block, asym), w)
+    return _rel(rtn(w, bits, min(block, w.size), asym), w)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -281,18 +281,19 @@ def onnx_own_graph(path: str | Path, fp32_path: str | Path, dst: str | Path) -> 
     return rows
 
 
-def qdq_weights(path: str | Path, float_path: str | Path) -> dict:
-    """A static QDQ file's matrices and tables (2-D weights behind a DequantizeLinear),
-    decoded as the runtime decodes them ((q - zero point) x scale, per tensor or per channel,
-    in float32) and compared bit for bit with the float file's: {tensors, quantized, exact}
-    (the ``weights`` summary :func:`~edgedistill.distill.quant_aware.file_note` reads)."""
+def _qdq_tensors(path: str | Path, float_path: str | Path):
+    """A static QDQ file's 2-D weights behind a DequantizeLinear, decoded as the runtime
+    decodes them ((q - zero point) x scale in float32): (name, float file's tensor, decoded,
+    bits, per-channel axis or None, asymmetric)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     inits = {t.name: t for t in model.graph.initializer}
     source = {t.name: t for t in onnx.load(str(float_path)).graph.initializer}
-    n = exact = 0
+    bits_of = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
+               onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT16: 16,
+               onnx.TensorProto.UINT16: 16}
     for node in model.graph.node:
         name = node.input[0]
         base = name.removesuffix("_quantized")
@@ -305,14 +306,42 @@ def qdq_weights(path: str | Path, float_path: str | Path) -> dict:
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         zp = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
               if len(node.input) > 2 and node.input[2] in inits else np.zeros_like(scale))
+        axis = None
         if scale.ndim:  # per channel along ``axis``
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
             shape = [1] * q.ndim
             shape[axis] = -1
             scale, zp = scale.reshape(shape), zp.reshape(shape)
+        asym = inits[name].data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.UINT8,
+                                         onnx.TensorProto.UINT16)
+        yield base, src, (q - zp) * scale, bits_of.get(inits[name].data_type, 8), axis, asym
+
+
+def qdq_weights(path: str | Path, float_path: str | Path) -> dict:
+    """A static QDQ file's matrices and tables (2-D weights behind a DequantizeLinear),
+    decoded as the runtime decodes them and compared bit for bit with the float file's:
+    {tensors, quantized, exact} (the ``weights`` summary
+    :func:`~edgedistill.distill.quant_aware.file_note` reads)."""
+    n = exact = 0
+    for _, src, dec, *_ in _qdq_tensors(path, float_path):
         n += 1
-        exact += bool(np.array_equal((q - zp) * scale, src))
+        exact += bool(np.array_equal(dec, src))
     return {"tensors": n, "quantized": n, "exact": exact}
+
+
+def qdq_weight_rows(path: str | Path, float_path: str | Path) -> list[dict]:
+    """:func:`weight_row` for every matrix and table of a static QDQ file: its error against
+    a plain round-to-nearest in its own grid (bits; per output channel, or per tensor)."""
+    rows = []
+    for name, src, dec, bits, axis, asym in _qdq_tensors(path, float_path):
+        if axis is None:
+            s2, d2 = src.reshape(1, -1), dec.reshape(1, -1)
+        else:
+            s2 = np.moveaxis(src, axis, 0).reshape(src.shape[axis], -1)
+            d2 = np.moveaxis(dec, axis, 0).reshape(dec.shape[axis], -1)
+        kind = f"{'U' if asym else 'S'}{bits}{'' if axis is None else 'C'}"
+        rows.append(weight_row(name, kind, s2, d2, (bits, s2.shape[1], asym)))
+    return rows
 
 
 def is_nbits(path: str | Path) -> bool:
