@@ -269,3 +269,47 @@ def test_phone_npu_whole_chain_writes_its_report(trained_llama, tmp_path):
     html = (out / "report.html").read_text()
     assert "onnxruntime-qnn (HTP, x86 simulation)" in html
     assert html.count("data:image/png;base64,") >= 1  # the torch rows were timed
+
+
+def test_rms_norm_steps_become_one_op_with_the_same_outputs(tmp_path):
+    """x / sqrt(mean(x^2) + eps), with and without the weight's Mul after it, as torch exports
+    an RMSNorm: one RMSNormalization each, the same outputs on the CPU provider; a look-alike
+    over another axis is left alone."""
+    import onnx
+    import onnx.version_converter
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgedistill.runtimes.outputs import ort_session
+
+    rng = np.random.default_rng(0)
+    c = {"two": np.array(2.0, np.float32), "eps": np.array(1e-6, np.float32),
+         "last": np.array([-1], np.int64), "first": np.array([1], np.int64),
+         "w": rng.normal(1, 0.1, 16).astype(np.float32)}
+
+    def norm(x, out, axes, weight):
+        mid = out + ("_n" if weight else "")
+        nodes = [helper.make_node("Pow", [x, "two"], [out + "_sq"]),
+                 helper.make_node("ReduceMean", [out + "_sq", axes], [out + "_m"]),
+                 helper.make_node("Add", [out + "_m", "eps"], [out + "_e"]),
+                 helper.make_node("Sqrt", [out + "_e"], [out + "_r"]),
+                 helper.make_node("Div", [x, out + "_r"], [mid])]
+        return nodes + ([helper.make_node("Mul", ["w", mid], [out])] if weight else [])
+
+    graph = helper.make_graph(
+        norm("x", "a", "last", True) + norm("a", "b", "last", False)
+        + norm("b", "y", "first", False), "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 16])],
+        [numpy_helper.from_array(v, k) for k, v in c.items()])
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    onnx.save(model, tmp_path / "steps.onnx")
+    fused = onnx.version_converter.convert_version(model, npu.RMS_NORM_OPSET)
+    assert npu.fuse_rms_norms(fused) == 2
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("RMSNormalization") == 2 and ops.count("Pow") == 1, ops
+    onnx.save(fused, tmp_path / "fused.onnx")
+    x = {"x": rng.normal(0, 3, (2, 5, 16)).astype(np.float32)}
+    want, got = (ort_session(tmp_path / f, basic=True).run(None, x)[0]
+                 for f in ("steps.onnx", "fused.onnx"))
+    assert np.abs(want - got).max() < 1e-5
