@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgedistill.pipeline import report
@@ -224,6 +225,31 @@ def test_a_file_whose_check_failed_is_never_named(tmp_path, teacher_dir):
     assert rec["headline"].startswith("Nothing to ship for laptop: every student file failed")
     assert rec["headline"] in (gone / "report.md").read_text()
     assert doc["advice"]  # still says how far the float student is
+
+
+def test_an_npu_graph_carries_the_float_models_quality_through_its_own_agreement():
+    """NPU graphs are checked against their float model, not scored against the teacher: a
+    file keeping 40% of its float student's top-1 no longer ranks as the float student (the
+    real-teacher run's a16w4 was named as closest on the float student's figures)."""
+    from edgedistill.report.recommend import judge, recommend
+
+    def graph(quant, top1, kl, tps):
+        g = _npu_graph("student")
+        g |= {"quant": quant, "path": f"/x/student.{quant}.onnx"}
+        g["parity"] = {"status": "below-target", "top1_agreement": top1, "kl": kl}
+        g["predicted"] = {"target": {"decode_tokens_per_s": tps, "label": "uncalibrated"}}
+        return g
+
+    rows = [graph("qdq_a16w4", 0.40, 1.5, 550.0), graph("qdq_a16w8", 0.95, 0.02, 420.0),
+            _row("student", "hf", "fp32", 50.0, 20.0, 0.50),
+            _row("teacher", "hf", "fp32", 20.0, 10.0, 1.0)]
+    j = judge(rows[0], rows, "causal", {"top1_agreement": 0.6, "perplexity_ratio": 1.5})
+    assert j["figures"]["top1_agreement"] == pytest.approx(0.50 * 0.40)
+    assert j["figures"]["perplexity_ratio"] == pytest.approx(2.0 * np.exp(1.5))
+    assert "carried through the file's agreement" in j["source"]
+    rec = recommend(rows, "causal", {"top1_agreement": 0.6, "perplexity_ratio": 1.5},
+                    {"onnx": ["qdq_a16w8", "qdq_a16w4"]}, "phone-npu", "here")
+    assert rec["closest"]["quant"] == "qdq_a16w8", rec["closest"]
 
 
 def test_more_steps_advice_reads_validation_not_the_decayed_loss():

@@ -82,11 +82,15 @@ def teacher_perplexity(rows: list[dict]) -> float | None:
 def quality_figures(a: dict, rows: list[dict], kind: str) -> tuple[dict, str]:
     """The row's quality against the teacher as the targets name it, and where it comes from.
     An NPU graph is verified against the float model it came from, not scored against the
-    teacher: its figures are that float model's (torch row of the same role), and say so."""
+    teacher: its figures are that float model's (torch row of the same role) carried through
+    the file's own agreement with it (top-1 agreement and cosines multiplied by the file's,
+    perplexity by exp of its KL), and say so: an estimate, which keeps a file that loses
+    most of its model from ranking as the model."""
     q = a.get("quality") or {}
     source = "the file's own outputs on held-out text"
     if "error" in q:
         return {}, ""
+    fidelity = None
     if kind == "encoder" and "cosine_to_teacher" not in q or \
             kind == "causal" and "top1_agreement" in q and "perplexity" not in q:
         same = next((r for r in rows if r["role"] == a["role"] and r["format"] == "hf"
@@ -94,22 +98,30 @@ def quality_figures(a: dict, rows: list[dict], kind: str) -> tuple[dict, str]:
         if same is None:
             return {}, ""
         q = same["quality"]
-        source = f"the float {a['role']} (torch); the file is verified against it"
+        fidelity = a.get("parity") or {}
+        source = (f"the float {a['role']} (torch), carried through the file's agreement with "
+                  f"it (an estimate)")
     figs = {}
     if kind == "encoder":
+        keep = (fidelity or {}).get("cosine")
+        keep = 1.0 if keep is None else max(float(keep), 0.0)
         gen = q.get("general_english") or {}
         for key in ("cosine_to_teacher", "neighbour_overlap"):
             if q.get(key) is not None:
-                figs[key] = float(q[key])
+                figs[key] = float(q[key]) * (keep if key == "cosine_to_teacher" else 1.0)
         for g, key in GENERAL:
             if gen.get(key) is not None:
-                figs[g] = float(gen[key])
+                figs[g] = float(gen[key]) * (keep if key == "cosine_to_teacher" else 1.0)
     else:
+        top1 = (fidelity or {}).get("top1_agreement")
+        kl = (fidelity or {}).get("kl")
         if q.get("top1_agreement") is not None:
-            figs["top1_agreement"] = float(q["top1_agreement"])
+            figs["top1_agreement"] = float(q["top1_agreement"]) * (
+                1.0 if top1 is None else float(top1))
         ref = teacher_perplexity(rows)
         if q.get("perplexity") is not None and ref:
-            figs["perplexity_ratio"] = float(q["perplexity"]) / ref
+            figs["perplexity_ratio"] = float(q["perplexity"]) / ref * (
+                1.0 if kl is None else math.exp(min(float(kl), 50.0)))
     return figs, source
 
 
