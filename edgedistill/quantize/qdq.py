@@ -21,9 +21,10 @@ SCHEMES = {q: (quant_type("onnx", q).activation_bits, quant_type("onnx", q).weig
 SENSITIVE_OPS = ("LayerNormalization", "Softmax")
 """Ops whose outputs keep 16-bit activations when the rest of the graph is 8 bit."""
 NORMALIZATIONS = ("LayerNormalization", "RMSNormalization")
-"""Ops whose input, the residual stream, keeps 16-bit activations in an 8-bit graph: a real
-LLM's residual stream holds a few values hundreds of times the rest (SmolLM2-135M's), which
-an 8-bit grid over its range rounds to zero."""
+"""Ops whose input, the residual stream, keeps 16-bit activations in an 8-bit graph (but where
+it is an embedding's output, whose values its 8-bit table holds already): a real LLM's
+residual stream holds a few values hundreds of times the rest (SmolLM2-135M's), which an
+8-bit grid over its range rounds to zero."""
 
 
 def quantize_graph(fixed: Path, quant: str, feeds: list[dict], trained_grid: bool = False) -> Path:
@@ -47,12 +48,16 @@ def quantize_graph(fixed: Path, quant: str, feeds: list[dict], trained_grid: boo
     model = onnx.load(str(fixed))
     overrides: dict = {}
     if a_bits == 8:
+        producer = {o: n.op_type for n in model.graph.node for o in n.output}
         for n in model.graph.node:
             if n.op_type in SENSITIVE_OPS:
                 overrides[n.output[0]] = [{"quant_type": QuantType.QUInt16}]
             if n.op_type == "Softmax":  # masked scores: 8-bit steps would swamp real ones
                 overrides[n.input[0]] = [{"quant_type": QuantType.QUInt16}]
-            if n.op_type in NORMALIZATIONS:
+            if n.op_type in NORMALIZATIONS and \
+                    producer.get(n.input[0]) not in ("Gather", "GatherElements"):
+                # (an embedding's output holds its 8-bit table's values already; made 16
+                # bit, the HTP could not allocate SmolLM2's prefill graph: QNN MEM_ALLOC)
                 overrides[n.input[0]] = [{"quant_type": QuantType.QUInt16}]
     # matrices per output channel, symmetric (what the HTP's MatMul takes; per tensor, a
     # real LLM's 8-bit matrices lose 4x the KL: SmolLM2-135M's a16w8 0.097 against 0.022).
