@@ -181,7 +181,12 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
         for mask_value in npu.MASK_VALUES:
             fixed = [npu.fix_graph(fp32, g, mask_value) for g in graphs]
             float_fig = figures(cpu_run(fixed))
-            if judge(float_fig, th).passed:
+            v = judge(float_fig, th)
+            # exact: the target, or within a tenth of the relative floor (a deep model's
+            # float rounding: SmolLM2-135M's 30 layers differ from torch by 1.2e-4 of 48)
+            rel = th.floor.max_rel_diff
+            if v.passed or v.usable and rel is not None and \
+                    float_fig.get("max_rel_diff", 1.0) <= rel / 10:
                 return mask_value, fixed, float_fig
             tried.append((-float_fig["cosine"] if ref.encoder else float_fig["kl"],
                           len(tried), mask_value, float_fig))
