@@ -192,14 +192,19 @@ def test_a_qdq_file_is_judged_by_its_own_grid_and_arithmetic(tmp_path):
     v = Verdict("passed", {})
     _weights_on_grid(v, own.qdq_weight_rows(out, fixed))
     assert v.status == "failed" and "tensor W (S4C)" in v.failures[0], v.failures
-    # the HTP against the file's own arithmetic: rounding passes, another reading fails
+    # the HTP against the file's own arithmetic: rounding passes; outputs far apart fail
+    # when their quality against torch differs too, not when two lossy runs drift alike
     logits = [rng.normal(size=(6, 40)) for _ in range(2)]
     cpu = (logits, rng.normal(size=(2, 40)))
+    good, lossy = {"top1_agreement": 0.9, "kl": 0.02}, {"top1_agreement": 0.39, "kl": 1.77}
     near = ([x + rng.normal(0, 0.01, x.shape) for x in logits], cpu[1] + 0.01)
-    fig, bad = _own_arithmetic(False, cpu, near)
+    fig, bad = _own_arithmetic(False, cpu, near, good, good)
     assert bad is None and fig["own_rel_rms"] < 0.02
-    fig, bad = _own_arithmetic(False, cpu, ([x[:, ::-1] for x in logits], cpu[1]))
+    apart = ([x[:, ::-1] for x in logits], cpu[1])
+    fig, bad = _own_arithmetic(False, cpu, apart, good, {"top1_agreement": 0.02, "kl": 10.0})
     assert bad and "CPU provider" in bad and fig["own_rel_rms"] > 1
+    assert _own_arithmetic(False, cpu, apart, lossy,
+                           {"top1_agreement": 0.382, "kl": 1.71})[1] is None
     emb = rng.normal(size=(4, 16))
-    assert _own_arithmetic(True, emb, emb + 1e-4)[1] is None
-    assert "cosine" in _own_arithmetic(True, emb, -emb)[1]
+    assert _own_arithmetic(True, emb, emb + 1e-4, {"cosine": 0.99}, {"cosine": 0.99})[1] is None
+    assert "cosine" in _own_arithmetic(True, emb, -emb, {"cosine": 0.99}, {"cosine": -0.9})[1]

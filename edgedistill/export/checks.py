@@ -228,7 +228,8 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
         else:
             v = _htp_verdict(ref.encoder, paths, graphs, enc_feeds or items, nxt, opts,
                              Limits(th.target, Threshold()), figures, save_context,
-                             own=lambda got: _own_arithmetic(ref.encoder, cpu_out, got))
+                             own=lambda got: _own_arithmetic(ref.encoder, cpu_out, got, cpu,
+                                                             figures(got)))
             v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
                                     if k in cpu}
             _weights_on_grid(v, qdq_weight_rows(paths[0], fixed[0]))
@@ -277,23 +278,40 @@ def _npu_calibration(ref: Reference, fixed: list[Path], graphs, calib: list,
     return [pre_feeds, dec_feeds]
 
 
-def _own_arithmetic(encoder: bool, cpu_out, got) -> tuple[dict, str | None]:
+SAME_QUALITY = {"top1_agreement": 0.05, "kl_ratio": 1.5, "cosine": 0.01}
+"""How far the HTP's and the CPU provider's figures against torch may differ for a file whose
+outputs drift apart (:func:`_own_arithmetic`): top-1 points, the ratio of the KLs, cosine."""
+
+
+def _own_arithmetic(encoder: bool, cpu_out, got, cpu_fig: dict, htp_fig: dict
+                    ) -> tuple[dict, str | None]:
     """The HTP's outputs against the same QDQ file on onnxruntime's CPU provider, which
     computes each QuantizeLinear / DequantizeLinear in float as the file defines it (the
     file's own arithmetic): (figures, the failure or None). The HTP computes in integers
-    and rounds otherwise, within :data:`~edgedistill.verify.own.OWN_REL_RMS` of the logits'
-    RMS (:data:`~edgedistill.verify.own.OWN_COSINE` for embeddings); a graph the HTP
-    reads otherwise than the CPU (a pattern it fuses, an op it quantizes otherwise) misses
-    that by far."""
+    and rounds otherwise: within :data:`~edgedistill.verify.own.OWN_REL_RMS` of the logits'
+    RMS (:data:`~edgedistill.verify.own.OWN_COSINE` for embeddings) on a file that keeps its
+    model. In a deep file that loses much, the two roundings compound apart (SmolLM2-135M's
+    a16w4: 0.24 of the RMS, with top-1 39.0% and 38.2% against torch, KL 1.77 and 1.71), so
+    the file fails only when its two runs also disagree on its quality (:data:`SAME_QUALITY`),
+    as a graph the HTP reads otherwise does (SmolLM2's unfused RMSNorm: 85% against 1.6%)."""
     if encoder:
         cos = embedding_figures(cpu_out, got)["cosine"]
-        bad = (None if cos >= OWN_COSINE else f"cosine {cos:.5f} to the same file on "
-               f"onnxruntime's CPU provider < {OWN_COSINE:g} (floor)")
+        apart = abs(cpu_fig.get("cosine", 0.0) - htp_fig.get("cosine", 0.0))
+        bad = (None if cos >= OWN_COSINE or apart <= SAME_QUALITY["cosine"] else
+               f"cosine {cos:.5f} to the same file on onnxruntime's CPU provider < "
+               f"{OWN_COSINE:g}, and cosines to torch {htp_fig.get('cosine', 0):.4f} against "
+               f"{cpu_fig.get('cosine', 0):.4f} (floor)")
         return {"own_cosine": cos}, bad
     (cpu_pre, cpu_dec), (pre, dec) = cpu_out, got
     rel = centred_rel_rms(list(cpu_pre) + [cpu_dec], list(pre) + [dec])
-    bad = (None if rel <= OWN_REL_RMS else f"logits differ from the same file on onnxruntime's "
-           f"CPU provider by {rel:.3g} of their RMS (> {OWN_REL_RMS:g}) (floor)")
+    t_c, t_h = cpu_fig.get("top1_agreement", 0.0), htp_fig.get("top1_agreement", 0.0)
+    k_c, k_h = cpu_fig.get("kl", 0.0), htp_fig.get("kl", 0.0)
+    same = (abs(t_c - t_h) <= SAME_QUALITY["top1_agreement"]
+            and max(k_c, k_h) <= SAME_QUALITY["kl_ratio"] * max(min(k_c, k_h), 1e-3))
+    bad = (None if rel <= OWN_REL_RMS or same else
+           f"logits differ from the same file on onnxruntime's CPU provider by {rel:.3g} of "
+           f"their RMS (> {OWN_REL_RMS:g}), and so does their quality: top-1 {t_h:.1%} "
+           f"against {t_c:.1%}, KL {k_h:.3g} against {k_c:.3g} (floor)")
     return {"own_rel_rms": rel}, bad
 
 
