@@ -98,6 +98,25 @@ def test_matmulnbits_grids_are_a_fixed_point_of_onnxruntimes_quantizer(tmp_path)
         assert float((gw - w).norm() / w.norm()) < rtn
 
 
+def _matmul_gemm_graph(gw, gv, tmp_path):
+    """A float graph of a MatMul ([K, N] weight ``gw``.T) into a Gemm (transposed [N, K]
+    weight ``gv``), as the NPU's fixed graphs hold matrices, and one calibration feed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul"),
+         helper.make_node("Gemm", ["y", "V"], ["z"], name="/gemm/Gemm", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 128])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 24])],
+        [numpy_helper.from_array(gw.numpy().T.copy(), "W"),
+         numpy_helper.from_array(gv.numpy(), "V")])
+    fixed = tmp_path / "m.fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                ir_version=10), fixed)
+    return fixed, [{"x": np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)}]
+
+
 def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
     """Matrices on the S4C grid (a MatMul's [K, N] weight and a Gemm's transposed [N, K]),
     quantized by the export's own qdq_a16w4 call for a model trained on it (quantize/qdq.py)
@@ -105,7 +124,7 @@ def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
     channel, zero point 0. onnxruntime's own scales, which an untrained model's file keeps,
     move them (from a grid's values they compute another scale)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
     from onnxruntime.quantization.quant_utils import (compute_scale_zp,
                                                       get_qmin_qmax_for_qType)
 
@@ -117,17 +136,7 @@ def test_s4c_grid_is_a_fixed_point_of_the_a16w4_export(tmp_path):
     gw, gv = quantgrid.s4c(w), quantgrid.s4c(v)
     assert torch.equal(quantgrid.s4c(gw), gw) and torch.equal(quantgrid.s4c(-gw), -gw)
     assert set((gw / quantgrid.s4c_scales(w)).round().unique().tolist()) <= set(range(-7, 8))
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul"),
-         helper.make_node("Gemm", ["y", "V"], ["z"], name="/gemm/Gemm", transB=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 128])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 24])],
-        [numpy_helper.from_array(gw.numpy().T.copy(), "W"),
-         numpy_helper.from_array(gv.numpy(), "V")])
-    fixed = tmp_path / "m.fp32.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
-                                ir_version=10), fixed)
-    feeds = [{"x": np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)}]
+    fixed, feeds = _matmul_gemm_graph(gw, gv, tmp_path)
     out = quantize_graph(fixed, "qdq_a16w4", feeds)  # an untrained model: onnxruntime's
     assert qdq_weights(out, fixed) == {"tensors": 2, "quantized": 2, "exact": 0}
     out = quantize_graph(fixed, "qdq_a16w4", feeds, trained_grid=True)
@@ -151,7 +160,7 @@ def test_s8c_grid_is_a_fixed_point_of_the_8_bit_qdq_export(tmp_path, quant):
     and decoded as DequantizeLinear decodes them, come back bit for bit: int8, per output
     channel, zero point 0."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     from edgedistill.quantize.qdq import quantize_graph
     from edgedistill.verify.own import qdq_weights
@@ -161,17 +170,7 @@ def test_s8c_grid_is_a_fixed_point_of_the_8_bit_qdq_export(tmp_path, quant):
     w[6] = -w[6].abs()  # a row whose largest magnitude is negative
     gw, gv = quantgrid.s8c(w), quantgrid.s8c(v)
     assert torch.equal(quantgrid.s8c(gw), gw) and torch.equal(quantgrid.s8c(-gw), -gw)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="/mm/MatMul"),
-         helper.make_node("Gemm", ["y", "V"], ["z"], name="/gemm/Gemm", transB=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 128])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 24])],
-        [numpy_helper.from_array(gw.numpy().T.copy(), "W"),
-         numpy_helper.from_array(gv.numpy(), "V")])
-    fixed = tmp_path / "m.fp32.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
-                                ir_version=10), fixed)
-    feeds = [{"x": np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)}]
+    fixed, feeds = _matmul_gemm_graph(gw, gv, tmp_path)
     out = quantize_graph(fixed, quant, feeds)
     q = onnx.load(out)
     types = {i.name: i.data_type for i in q.graph.initializer}
