@@ -20,8 +20,8 @@ from edgedistill.runtimes import qnn
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.outputs import (_empty_past, onnx_causal_feeds, ort_session,
                                           torch_causal_logits)
-from edgedistill.verify.own import (OWN_COSINE, OWN_REL_RMS, WEIGHT_RATIO, centred_rel_rms,
-                                    qdq_weight_rows, weight_summary)
+from edgedistill.verify.own import (OWN_COSINE, OWN_REL_RMS, centred_rel_rms, qdq_weight_rows,
+                                    weight_failures, weight_summary, weights_figure)
 from edgedistill.verify.parity import (Limits, Threshold, Verdict, embedding_figures,
                                        failed_to_run, judge, logit_figures, threshold_for)
 from edgedistill.verify.reference import Reference, verify
@@ -228,8 +228,8 @@ def npu_artifacts(ref: Reference, out_dir: Path, quants: list[str], calib: list,
         else:
             v = _htp_verdict(ref.encoder, paths, graphs, enc_feeds or items, nxt, opts,
                              Limits(th.target, Threshold()), figures, save_context,
-                             own=lambda got: _own_arithmetic(ref.encoder, cpu_out, got, cpu,
-                                                             figures(got)))
+                             own=lambda got, fig: _own_arithmetic(ref.encoder, cpu_out, got,
+                                                                  cpu, fig))
             v.figures["cpu_qdq"] = {k: cpu[k] for k in ("top1_agreement", "kl", "cosine")
                                     if k in cpu}
             _weights_on_grid(v, qdq_weight_rows(paths[0], fixed[0]))
@@ -320,21 +320,17 @@ def _weights_on_grid(v: Verdict, rows: list[dict]) -> None:
     graph's tensor than :data:`~edgedistill.verify.own.WEIGHT_RATIO` times a plain rounding
     in the same bits and channels (a scaled, negated or misplaced tensor)."""
     summary = weight_summary(rows)
-    v.figures["weights"] = {"tensors": summary["tensors"], "worst": summary["worst"],
-                            "beyond": len(summary["bad"]), "quantized": summary["quantized"],
-                            "exact": len(summary["exact"])}
-    for r in summary["bad"][:3]:
-        v.fail(f"tensor {r['tensor']} ({r['type']}): " + (
-            r["error"] if "error" in r else
-            f"relative error {r['rel_error']:.3g}, {r['ratio']:.1f}x a plain rounding's "
-            f"{r['rtn_rel_error']:.3g} (> {WEIGHT_RATIO:g}x)") + " (floor)")
+    v.figures["weights"] = weights_figure(summary)
+    for reason in weight_failures(summary):
+        v.fail(reason)
 
 
 def _htp_verdict(encoder: bool, paths, graphs, items, nxt, opts, th, figures, context=True,
                  own=None):
     """``items``: feed dicts for an encoder, token sequences for a causal LM. ``context``:
     save each compiled graph as an EPContext model and measure on that file. ``own``: a
-    function of the HTP's outputs giving (figures, failure or None) to add."""
+    function of the HTP's outputs and their figures giving (figures, failure or None) to
+    add."""
 
     t0 = time.time()
     try:
@@ -372,9 +368,10 @@ def _htp_verdict(encoder: bool, paths, graphs, items, nxt, opts, th, figures, co
         v = failed_to_run(f"the HTP did not take the whole graph (ops on CPU: "
                           f"{', '.join(unsupported) or 'none found'}): {errors}", th)
     else:
-        v = judge(figures(got), th)
+        fig = figures(got)
+        v = judge(fig, th)
         if own is not None:
-            extra, bad = own(got)
+            extra, bad = own(got, fig)
             v.figures.update(extra)
             if bad:
                 v.fail(bad)

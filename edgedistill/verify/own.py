@@ -121,6 +121,25 @@ def weight_summary(rows: list[dict]) -> dict:
 
 
 # -- GGUF: the file's tensors back into the torch model -------------------------------------
+def weight_failures(summary: dict, ratio: float = WEIGHT_RATIO) -> list[str]:
+    """The floor failures of :func:`weight_summary`'s tensors beyond ``ratio`` (three named,
+    then a count)."""
+    out = [f"tensor {r['tensor']} ({r['type']}): " + (
+        r["error"] if "error" in r else
+        f"relative error {r['rel_error']:.3g}, {r['ratio']:.1f}x a plain rounding's "
+        f"{r['rtn_rel_error']:.3g} (> {ratio:g}x)") + " (floor)" for r in summary["bad"][:3]]
+    if len(summary["bad"]) > 3:
+        out.append(f"{len(summary['bad']) - 3} more tensors beyond a plain rounding (floor)")
+    return out
+
+
+def weights_figure(summary: dict) -> dict:
+    """A verdict's ``weights`` figure from :func:`weight_summary`."""
+    return {"tensors": summary["tensors"], "worst": summary["worst"],
+            "beyond": len(summary["bad"]), "quantized": summary["quantized"],
+            "exact": len(summary["exact"])}
+
+
 def _unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of :func:`edgedistill.convert.gguf.permute_qk`."""
     shape = w.shape
@@ -389,14 +408,7 @@ def judge_own(encoder: bool, fig: dict, weights: dict, own: dict, rows: list[dic
     file against its own weights; ``rows``: :func:`weight_row` per stored tensor;
     ``rel_rms``: :func:`centred_rel_rms` of the file against its own weights (causal)."""
     summary = weight_summary(rows)
-    broken = []
-    for r in summary["bad"][:3]:
-        broken.append(f"tensor {r['tensor']} ({r['type']}): " + (
-            r["error"] if "error" in r else
-            f"relative error {r['rel_error']:.3g}, {r['ratio']:.1f}x a plain rounding's "
-            f"{r['rtn_rel_error']:.3g} (> {limits.weight_ratio:g}x)") + " (floor)")
-    if len(summary["bad"]) > 3:
-        broken.append(f"{len(summary['bad']) - 3} more tensors beyond a plain rounding (floor)")
+    broken = weight_failures(summary, limits.weight_ratio)
     if encoder:
         if own["cosine"] < limits.own_cosine:
             broken.append(f"cosine {own['cosine']:.5f} to its own weights run in torch "
@@ -419,8 +431,6 @@ def judge_own(encoder: bool, fig: dict, weights: dict, own: dict, rows: list[dic
     figures.update({f"own_{k}": own[k] for k in keys if k in own})
     if rel_rms is not None:
         figures["own_rel_rms"] = rel_rms
-    figures["weights"] = {"tensors": summary["tensors"], "worst": summary["worst"],
-                          "beyond": len(summary["bad"]), "quantized": summary["quantized"],
-                          "exact": len(summary["exact"])}
+    figures["weights"] = weights_figure(summary)
     status = "failed" if broken else ("below-target" if short else "passed")
     return Verdict(status, figures, broken + short, limits.to_dict(encoder))
