@@ -120,7 +120,6 @@ def weight_summary(rows: list[dict]) -> dict:
             "exact": [r["tensor"] for r in rows if r.get("exact") and r["type"] not in _FLOATS]}
 
 
-# -- GGUF: the file's tensors back into the torch model -------------------------------------
 def weight_failures(summary: dict, ratio: float = WEIGHT_RATIO) -> list[str]:
     """The floor failures of :func:`weight_summary`'s tensors beyond ``ratio`` (three named,
     then a count)."""
@@ -140,6 +139,7 @@ def weights_figure(summary: dict) -> dict:
             "exact": len(summary["exact"])}
 
 
+# -- GGUF: the file's tensors back into the torch model -------------------------------------
 def _unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of :func:`edgedistill.convert.gguf.permute_qk`."""
     shape = w.shape
