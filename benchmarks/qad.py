@@ -25,6 +25,10 @@ the next token). The recovered share of the quantization gap is
 1 - (KL_qad - KL_float) / (KL_ptq - KL_float), KL_float being arm (a)'s float student (0 for
 ``self``); it is reported only where the PTQ gap exceeds 3x the spread between seeds.
 
+Every arm distils on ``--distill-chars`` characters of standard-library source (4M by default)
+from files the held-out text is never drawn from. A ``self`` arm runs at distill's own learning
+rate for a QAT checkpoint (2e-5) unless ``--self-lr`` says otherwise.
+
 Default teacher: the 4.2M llama kd_vs_ce.py trains (hidden 256, 4 layers, vocab 2048).
 Writes benchmarks/results/qad_<teacher>.json. Figures: measured, this machine, llama.cpp CPU.
 """
@@ -88,9 +92,13 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-4, help="planned: the distillation's lr")
-    ap.add_argument("--self-lr", type=float, default=1e-4,
-                    help="self: the QAT checkpoint's lr (at 5e-4 the 4.2M llama's Q4_0 KL "
-                    "rose from 0.0115 to 0.0156; at 1e-4 and 2e-5 it fell to 0.0045)")
+    ap.add_argument("--self-lr", type=float, default=None,
+                    help="self: the QAT checkpoint's lr (default: distill's for a QAT "
+                    "checkpoint, 2e-5; at 5e-4 the 4.2M llama's Q4_0 KL rose from 0.0115 to "
+                    "0.0156)")
+    ap.add_argument("--distill-chars", type=int, default=4_000_000,
+                    help="characters of standard-library source to distil on (files the "
+                    "held-out text is not drawn from, past the teacher's first 2.5M)")
     ap.add_argument("--share", type=float, default=0.5, help="planned: the QAD phase's share")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--grids", default="gguf:q4_0,gguf:q4_k_m",
@@ -100,6 +108,9 @@ def main() -> int:
                     help="onnx:qdq_* files: the fixed graphs' context")
     ap.add_argument("--teacher-dtype", default="fp32")
     ap.add_argument("--loss", default="fkl", help="the KD divergence: fkl, rkl or jsd")
+    ap.add_argument("--hidden-weight", type=float, default=None,
+                    help="weight of the hidden-state loss (distill's --hidden-weight; default: "
+                    "distill's, 0 for causal LMs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/qad")
     ap.add_argument("--out", help="default: benchmarks/results/qad_<teacher>.json")
@@ -107,7 +118,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from edgedistill.data import eval_data, stdlib_source, stdlib_source_split
+    from edgedistill.data import eval_data, stdlib_source_split
     from edgedistill.distill import DataConfig, DistillConfig, KDConfig, TrainConfig, distill
     from edgedistill.export import ExportConfig, export
     from edgedistill.convert import npu
@@ -129,9 +140,9 @@ def main() -> int:
         make_causal_lm(teacher, hidden=256, layers=4, heads=4, kv_heads=2, ffn=768,
                        vocab=2048, steps=args.teacher_steps, seq_len=128, batch=8, lr=1e-3,
                        chars=2_000_000, log=lambda m: print(m, file=sys.stderr))
-    data = work / "distill_data.txt"
+    data = work / f"distill_data-{args.distill_chars}.txt"
     if not data.is_file():
-        data.write_text(stdlib_source(3_000_000)[2_000_000:])
+        data.write_text(stdlib_source_split()[0][2_500_000:2_500_000 + args.distill_chars])
     heldout = work / "heldout.txt"
     if not heldout.is_file():
         heldout.write_text(stdlib_source_split()[1])
@@ -192,7 +203,8 @@ def main() -> int:
                         student=str(teacher) if use == "self" else None,
                         train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
                                           lr=args.self_lr if use == "self" else args.lr,
-                                          eval_every=0, save_every=0, seed=seed),
+                                          eval_every=0, save_every=0, seed=seed,
+                                          hidden_weight=args.hidden_weight),
                         data=DataConfig(seq_len=args.seq_len), kd=KDConfig(loss=args.loss),
                         teacher_dtype=args.teacher_dtype, **qa)
                     target = "phone-npu" if arm.startswith("qad:onnx:qdq") else "laptop"
@@ -252,8 +264,8 @@ def main() -> int:
            "heldout": {"sequences": len(held), "data": "standard-library files held out "
                        "(stdlib_source_split)"},
            "settings": {k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr",
-                                                      "self_lr", "share", "grids",
-                                                      "teacher_dtype", "loss")},
+                                                      "self_lr", "share", "grids", "distill_chars",
+                                                      "teacher_dtype", "loss", "hidden_weight")},
            "summary": summary, "runs": runs, "seconds": round(time.time() - t_start, 1)}
     out = Path(args.out or ROOT / "results" / f"qad_{teacher.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -236,9 +236,12 @@ def test_the_cli_and_the_api_resolve_the_same_config():
     # at 30, causal LMs 300 x 8 without it, validation every quarter and a checkpoint every
     # eighth of the steps; a given weight (0 included: off) is kept
     assert TrainConfig().resolved(encoder=True) == TrainConfig(
-        steps=800, batch_size=32, hidden_weight=30.0, eval_every=200, save_every=100)
+        steps=800, batch_size=32, lr=5e-4, hidden_weight=30.0, eval_every=200, save_every=100)
     assert TrainConfig().resolved(encoder=False) == TrainConfig(
-        steps=300, batch_size=8, hidden_weight=0.0, eval_every=75, save_every=37)
+        steps=300, batch_size=8, lr=5e-4, hidden_weight=0.0, eval_every=75, save_every=37)
+    # a QAT checkpoint starts where it should end: a low rate unless one is given
+    assert TrainConfig().resolved(False, qat_checkpoint=True).lr == 2e-5
+    assert TrainConfig(lr=1e-4).resolved(False, qat_checkpoint=True).lr == 1e-4
     assert TrainConfig(hidden_weight=0).resolved(encoder=True).hidden_weight == 0
     assert TrainConfig(steps=10, eval_every=0).resolved(False).eval_every == 0  # 0 = never
     rc = run_config(_parse(["export", "--teacher", "t", "--similarity-weight", "2",

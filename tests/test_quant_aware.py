@@ -79,11 +79,13 @@ def test_the_whole_chains_default_and_the_deployed_file_check():
 
 
 @pytest.mark.slow
-def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file, tmp_path):
+def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file, tmp_path,
+                                                        capsys):
     """distill --teacher M --student M --quant-aware gguf:q4_0: the layers' matrices end on
-    the Q4_0 grid, the config says so, the last steps trained through the grid, and the Q4_0
-    file holds exactly the trained weights (no importance matrix moves them)."""
-    res = _qat(trained_llama, "laptop", text_file, "gguf:q4_0", tmp_path / "run")
+    the Q4_0 grid, the config says so, the last steps trained through the grid at the QAT
+    checkpoint's learning rate, and the Q4_0 file holds exactly the trained weights (no
+    importance matrix moves them)."""
+    res = _qat(trained_llama, "laptop", text_file, "gguf:q4_0", tmp_path / "run", lr=None)
     qa = res.metrics["quant_aware"]
     assert qa["format"] == "gguf:q4_0" and qa["start_step"] == 4 and qa["steps"] == 4
     # q, k, v, o, gate, up, down x 2 layers; the untied embedding (Q4_0) and head (hidden 64
@@ -101,6 +103,10 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
     assert torch.equal(quantgrid.q8_0(m.lm_head.weight), m.lm_head.weight)
     log = (res.run_dir / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 8
+    # no --lr: a QAT checkpoint's own low rate (distill's 5e-4 would shake it off its grid)
+    assert 1e-5 < max(json.loads(r)["lr"] for r in log) <= 2e-5
+    assert "a QAT checkpoint (the teacher's own shape, trained quant-aware): lr 2e-05" in \
+        capsys.readouterr().err
 
     out = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",), quants=("q4_0",)),
                  tmp_path / "export")
@@ -150,6 +156,7 @@ def test_compare_ptq_sets_the_same_student_with_and_without_qad_side_by_side(
     assert r.returncode == 0, r.stderr[-3000:]
     assert "quant-aware distillation: on, for gguf:q4_0" in r.stderr
     assert "distill without quant-aware (--compare-ptq)" in r.stderr
+    assert "a QAT checkpoint" not in r.stderr  # a planned student keeps distillation's rate
     assert CONFIG_KEY in json.loads((out / "student" / "config.json").read_text())
     assert CONFIG_KEY not in json.loads((out / "ptq" / "student" / "config.json").read_text())
     doc = json.loads((out / "report.json").read_text())

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from edgedistill.arch import shape_from_config
 from edgedistill.data import (chat_renderer, load_prompts, load_texts, pack, plain_render,
                               sentences_of, split_documents, split_holdout, default_sentences,
                               stdlib_source)
@@ -131,6 +132,11 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
         check_model_files(student, "student", "--student")
         check_same_tokenizer(t.path, student)
         student_cfg = json.loads((student / "config.json").read_text())
+        if config.quant_aware and config.train.lr is None and \
+                shape_from_config(student_cfg, str(student)) == t.shape:
+            train = config.train.resolved(encoder, qat_checkpoint=True)
+            log(f"a QAT checkpoint (the teacher's own shape, trained quant-aware): lr "
+                f"{train.lr:g} (--lr sets another)")
     elif student_config is not None:
         student_cfg = student_config
     else:

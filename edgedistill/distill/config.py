@@ -43,6 +43,16 @@ def auto_teacher_dtype(device: str, cpu_flags, cuda_bf16: bool = False) -> tuple
     return "fp32", "this CPU has no native bf16 instructions"
 
 
+LR = 5e-4
+"""The peak learning rate when the user gives none."""
+
+QAT_CHECKPOINT_LR = 2e-5
+"""The peak learning rate of a QAT checkpoint (the teacher's own shape trained quant-aware from
+its weights) when the user gives none. Its weights start where they should end, so a distilling
+student's rate only shakes them: on the 4.2M llama's Q4_0 checkpoint (1200 steps) held-out KL to
+the float model 0.0034 at 2e-5, 0.0038 at 1e-4, 0.0045 at 5e-6; at 5e-4 (300 steps) it ended
+worse than the plain quantized model (benchmarks/qad.py; docs/benchmarks.md#qadpy)."""
+
 TRAIN_DEFAULTS = {"causal": {"steps": 300, "batch_size": 8, "hidden_weight": 0.0},
                   "encoder": {"steps": 800, "batch_size": 32, "hidden_weight": 30.0}}
 """Steps, batch size and hidden-state loss weight when the user gives none. Encoders: 800
@@ -97,7 +107,10 @@ class TrainConfig:
     """Sequences (encoders: sentences) per micro-batch per process; None: TRAIN_DEFAULTS (32
     encoders, 8 causal)."""
     grad_accum: int = 1
-    lr: float = 5e-4
+    lr: Optional[float] = None
+    """Peak learning rate; None: ``LR`` (5e-4), or ``QAT_CHECKPOINT_LR`` (2e-5) for a QAT
+    checkpoint (a student of the teacher's own shape trained quant-aware), filled by
+    :meth:`resolved`."""
     warmup: float = 0.05
     """Share of the steps spent warming up the learning rate."""
     weight_decay: float = 0.01
@@ -145,7 +158,8 @@ class TrainConfig:
             _require(v is None or (isinstance(v, int) and v >= low),
                      f"{flag} must be a whole number of at least {low}, not {v!r}.",
                      f"use {flag} {max(low, 1)} or more")
-        _require(self.lr > 0, f"--lr must be above 0, not {self.lr}.", "use e.g. --lr 5e-4")
+        _require(self.lr is None or self.lr > 0, f"--lr must be above 0, not {self.lr}.",
+                 "use e.g. --lr 5e-4")
         _require(0 <= self.warmup < 1, f"warmup is a share of the steps in [0, 1), not "
                  f"{self.warmup}.", "use e.g. 0.05")
         _require(self.mixed_precision in ("auto", "no", "bf16"),
@@ -160,12 +174,14 @@ class TrainConfig:
                  f"--hidden-weight must be 0 or more, not "
                  f"{self.hidden_weight}.", "use 0 (off) or e.g. 1")
 
-    def resolved(self, encoder: bool) -> "TrainConfig":
-        """This config with every None filled for a teacher of this kind."""
+    def resolved(self, encoder: bool, qat_checkpoint: bool = False) -> "TrainConfig":
+        """This config with every None filled for a teacher of this kind (``qat_checkpoint``:
+        the student is the teacher's own shape, trained quant-aware)."""
         d = TRAIN_DEFAULTS["encoder" if encoder else "causal"]
         steps = self.steps or d["steps"]
+        lr = self.lr if self.lr is not None else QAT_CHECKPOINT_LR if qat_checkpoint else LR
         return dataclasses.replace(
-            self, steps=steps, batch_size=self.batch_size or d["batch_size"],
+            self, steps=steps, batch_size=self.batch_size or d["batch_size"], lr=lr,
             hidden_weight=(d["hidden_weight"] if self.hidden_weight is None
                            else self.hidden_weight),
             eval_every=max(1, steps // 4) if self.eval_every is None else self.eval_every,
