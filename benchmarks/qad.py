@@ -141,11 +141,11 @@ def main() -> int:
                        vocab=2048, steps=args.teacher_steps, seq_len=128, batch=8, lr=1e-3,
                        chars=2_000_000, log=lambda m: print(m, file=sys.stderr))
     data = work / f"distill_data-{args.distill_chars}.txt"
-    if not data.is_file():
-        data.write_text(stdlib_source_split()[0][2_500_000:2_500_000 + args.distill_chars])
     heldout = work / "heldout.txt"
-    if not heldout.is_file():
-        heldout.write_text(stdlib_source_split()[1])
+    if not (data.is_file() and heldout.is_file()):  # one read of the standard library
+        train_text, held_text = stdlib_source_split()
+        data.write_text(train_text[2_500_000:2_500_000 + args.distill_chars])
+        heldout.write_text(held_text)
     tok = AutoTokenizer.from_pretrained(teacher)
     held, _ = eval_data(tok, False, str(heldout), sequences=args.eval_sequences)
     ref = torch_causal_logits(teacher, held)
