@@ -191,6 +191,10 @@ def test_encoder_distillation_keeps_the_embedding_space(make, tmp_path):
     assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] <= 2
     assert (res.student_dir / "modules.json").is_file()
     assert -1 <= res.metrics["validation"]["cosine"] <= 1
+    # the hidden-state loss on the last layer's token states alone (student last, teacher last)
+    t_layers = canonical(json.loads((teacher / "config.json").read_text()))["num_hidden_layers"]
+    assert json.loads((tmp_path / "run" / "distill.json").read_text())["hidden_layers"] == [
+        [cfg["num_hidden_layers"], t_layers]]
 
 
 def test_bad_inputs(trained_llama, text_file, tmp_path):

@@ -79,6 +79,7 @@ def test_unknown_loss_is_an_error():
 def test_hidden_state_and_embedding_losses():
     hs = HiddenStateLoss(layer_map(2, 6), s_width=8, t_width=12)
     assert hs.layer_map == [(1, 3), (2, 6)]
+    assert layer_map(2, 6, last_only=True) == [(2, 6)]  # what encoders train on
     s_states = [torch.randn(2, 5, 8, requires_grad=True) for _ in range(3)]
     t_states = [torch.randn(2, 5, 12) for _ in range(7)]
     loss = hs(s_states, t_states, torch.ones(2, 5))

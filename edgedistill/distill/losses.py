@@ -260,7 +260,10 @@ def similarity_loss(s_emb: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
     return ((s @ s.T - t @ t.T)[off] ** 2).mean()
 
 
-def layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+def layer_map(n_student: int, n_teacher: int, last_only: bool = False) -> list[tuple[int, int]]:
     """Student layer i matched to teacher layer round(i * (Lt/Ls)), by hidden-state index
-    (0 = embeddings, L = last layer), so the last maps to the last."""
+    (0 = embeddings, L = last layer), so the last maps to the last. ``last_only``: the last
+    layer's pair alone (what encoders train on: ``recipes._hidden_loss``)."""
+    if last_only:
+        return [(n_student, n_teacher)]
     return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
