@@ -376,6 +376,8 @@ def distill(teacher: str | Path | list | None = None, target: str | DeviceProfil
                     "init": init if student is None else str(student), "kd": asdict(kd),
                     "teacher_dtype": dtype,
                     "data_config": asdict(data_cfg), **recipe.extra,
+                    **({"hidden_layers": recipe.module.hidden.layer_map}
+                       if recipe.module.hidden is not None else {}),
                     "wall_seconds": time.time() - t0, "student_dir": str(student_dir)}
         tmp = run_dir / ".distill.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=2, default=str))

@@ -219,8 +219,6 @@ def causal_recipe(t, tok, teacher, student, train_blocks, val_blocks, kd: KDConf
         extra["teacher_val_loss"] = ce / max(count, 1)
     if kd.on_policy > 0:
         extra["on_policy"] = kd.on_policy
-    if hidden is not None:
-        extra["hidden_layers"] = hidden.layer_map
     return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, extra,
                   _policy(teacher, tok) if kd.on_policy > 0 else None)
 
@@ -342,6 +340,4 @@ def encoder_recipe(t, tok, teacher, student, train_items, val_items, kd, cfg: Tr
                 out[f"top10{suffix}"] = neighbour_overlap(s.cpu().numpy(), te.cpu().numpy())
         return out
 
-    return Recipe(module, teacher_fn, batch_fn, val_fn, cfg,
-                  {"pooling": pooling.mode} | ({"hidden_layers": hidden.layer_map}
-                                               if hidden is not None else {}))
+    return Recipe(module, teacher_fn, batch_fn, val_fn, cfg, {"pooling": pooling.mode})
