@@ -69,8 +69,7 @@ def _three_term_errors(train: list[dict], held: list[dict], llc: int) -> list[fl
 
     def row(p):
         x = _x(p, llc)
-        return ([x[0], x[1], x[2] + x[3]] if p["workload"] in ("decode", "generate")
-                else x[:3])
+        return [x[0], x[1], x[2] + x[3]]  # all bytes (decode) or all matmul work (the rest)
     coef = _nnls([row(p) for p in train], [p["seconds"] for p in train])
     return [sum(c * v for c, v in zip(coef, row(p))) / p["seconds"] - 1 for p in held]
 
@@ -125,7 +124,42 @@ def _deep(cal: dict, threads: int, repeats: int) -> dict:
             shutil.rmtree(work / f"deep-h{h}-L{L}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return {"shapes": [{"hidden": h, "layers": L} for h, L in DEEP], "rows": rows,
+            "summary": _deep_summary(rows)}
+
+
+def _stats(errs: list[float]) -> dict:
+    return {"mape": statistics.mean(abs(e) for e in errs), "worst": max(errs, key=abs),
+            "within_15pct": sum(abs(e) <= 0.15 for e in errs) / len(errs)} if errs else {}
+
+
+def _deep_repredict(cal: dict, deep: dict) -> dict:
+    """The stored deep-shape timings of an earlier run, predicted by ``cal``'s fits."""
+    from edgedistill.arch import shape_from_config
+    from edgedistill.calibrate import _config
+    from edgedistill.plan.predictor import predict
+    from edgedistill.profiles import load_profile
+
+    w = cal["workload"]
+    base = load_profile("laptop")
+    local = dataclasses.replace(base, name="local", threads=cal["fingerprint"]["threads"],
+                                latency_targets=dataclasses.replace(
+                                    base.latency_targets, prompt_tokens=w["prompt_tokens"]))
+    rows = []
+    for r in deep["rows"]:
+        shape = shape_from_config(_config("llama", r["hidden"], r["layers"], 2.75, 32000))
+        pred = predict(shape, local, *r["format"].split(":"), cal)
+        want = {"decode": 1 / pred.decode_tokens_per_s, "prefill": pred.prefill_ms / 1e3,
+                "generate": 1 / (pred.generate_tokens_per_s or pred.decode_tokens_per_s)}
+        rows.append(dict(r, predicted_s=want[r["workload"]],
+                         error=want[r["workload"]] / r["measured_s"] - 1,
+                         extrapolated=pred.extrapolated, label=pred.label))
+    return {"shapes": deep["shapes"], "rows": rows, "summary": _deep_summary(rows)}
+
+
+def _deep_summary(rows: list[dict]) -> dict:
     from edgedistill.calibrate import spearman
+
     summary = {}
     for key in sorted({(r["format"], r["workload"]) for r in rows}):
         rs = [r for r in rows if (r["format"], r["workload"]) == key]
@@ -136,13 +170,7 @@ def _deep(cal: dict, threads: int, repeats: int) -> dict:
             "within_10pct": sum(abs(e) <= 0.1 for e in errs) / len(errs),
             "spearman": spearman([r["predicted_s"] for r in rs], [r["measured_s"] for r in rs]),
             "flagged_extrapolated": sum(r["extrapolated"] for r in rs)}
-    return {"shapes": [{"hidden": h, "layers": L} for h, L in DEEP], "rows": rows,
-            "summary": summary}
-
-
-def _stats(errs: list[float]) -> dict:
-    return {"mape": statistics.mean(abs(e) for e in errs), "worst": max(errs, key=abs),
-            "within_15pct": sum(abs(e) <= 0.15 for e in errs) / len(errs)} if errs else {}
+    return summary
 
 
 def main() -> int:
@@ -152,6 +180,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--calibration", default=None,
                     help="evaluate this calibration JSON instead of making a new one")
+    ap.add_argument("--refit", default=None, metavar="JSON",
+                    help="re-fit the measurements stored in JSON (a calibration, or a result "
+                    "this script wrote) with this version's predictor, and judge it on their "
+                    "held-out shapes: a new model on the same timings, nothing re-timed")
     ap.add_argument("--deep", action="store_true",
                     help="also time held-out deep full-width shapes (0.5-1.3B parameters) in "
                     "the calibrated GGUF formats: do per-layer costs add up?")
@@ -162,14 +194,22 @@ def main() -> int:
     from edgedistill.calibrate import CalibrateConfig, calibrate
 
     t0 = time.time()
-    if args.calibration:
+    if args.refit:
+        from edgedistill.calibrate import fit_all
+
+        cal = json.loads(Path(args.refit).read_text())
+        cal.setdefault("seconds", cal.get("calibration_seconds"))
+        cal.setdefault("key", "refit")
+        cal["fits"] = fit_all(cal["points"], cal["machine"]["llc_bytes"])
+        cal["refit_of"] = args.refit
+    elif args.calibration:
         cal = json.loads(Path(args.calibration).read_text())
     else:
         cal = calibrate(CalibrateConfig("local", args.formats, args.budget_s, args.threads,
                                         repeats=args.repeats))
-    llc = cal["machine"]["llc_bytes"]
     rows = {}
     for key, fit in sorted(cal["fits"].items()):
+        llc = fit.get("llc_bytes") or cal["machine"]["llc_bytes"]
         fmt, quant, work = key.split(":")
         pts = [p for p in cal["points"] if (p["format"], p["quant"], p["workload"]) ==
                (fmt, quant, work)]
@@ -186,7 +226,7 @@ def main() -> int:
                                             / max(1, len(h.get("errors", []))))},
             "roofline_uncalibrated": _stats(_roofline_errors(cal, held)),
             "three_term_fit": _stats(_three_term_errors(train, held, llc)),
-            "cv_mape": fit["cv_mape"],
+            "cv_mape": fit["cv_mape"], "cache_bytes": llc,
             "repeatability": fit.get("repeatability"),
         }
         rows[key]["goal_met"] = bool(h and h["mape"] <= 0.05 and abs(h["worst"]) <= 0.15)
@@ -199,10 +239,14 @@ def main() -> int:
            "machine": cal["machine"], "fingerprint": cal["fingerprint"],
            "workload": cal["workload"], "calibration_seconds": cal["seconds"],
            "goal": "held-out MAPE <= 5% and every prediction within +-15%",
-           "results": rows, "points": cal["points"],
+           "results": rows, "refit_of": cal.get("refit_of"),
+           # a re-fit points at the timings it re-judged instead of copying them
+           "points": None if args.refit else cal["points"],
            "command": "python benchmarks/latency_predictor.py " + " ".join(sys.argv[1:]),
            "wall_seconds": time.time() - t0}
-    if args.deep:
+    if args.refit and cal.get("deep"):
+        doc["deep"] = _deep_repredict(cal, cal["deep"])
+    elif args.deep:
         doc["deep"] = _deep(cal, cal["fingerprint"]["threads"], args.repeats)
         doc["wall_seconds"] = time.time() - t0
     out = Path(args.out)

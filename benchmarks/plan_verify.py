@@ -9,7 +9,8 @@ Teachers: SmolLM2-135M's architecture (its config.json values; random weights, a
 roofline, labelled), ``--speedup 2``: the K candidates around the choice are built, written
 in the format and timed in its runtime (calibrate.verify_plan). Reports per deployment:
 Spearman's ρ and the share within ±10% of the predictions, the chosen file's re-timing
-noise, and the regret of the choice. Writes benchmarks/results/plan_verify.json.
+noise, the regret of the choice, and the teacher's shape timed the same way (the speedup is
+relative to it). Writes benchmarks/results/plan_verify.json.
 """
 from __future__ import annotations
 
@@ -60,7 +61,13 @@ def main() -> int:
                 continue
             doc |= {"teacher_name": name, "seconds": time.time() - t0}
             runs.append(doc)
-            q, g = doc["prediction_quality"], doc["regret"]
+            q, g, t = doc["prediction_quality"], doc["regret"], doc.get("teacher_timed") or {}
+            if "measured" in t:
+                print(f"{name} {fq}: teacher decode predicted "
+                      f"{t['predicted']['decode_tokens_per_s']:.1f}, measured "
+                      f"{t['measured']['decode_tokens_per_s']:.1f} tok/s; speedups measured "
+                      + ", ".join(f"{r['shape']} {r.get('speedup_measured', 0):.2f}x"
+                                  for r in doc["candidates"]), flush=True)
             print(f"{name} {fq}: " + "; ".join(
                 f"{k} rho {v['spearman'] if v['spearman'] is not None else float('nan'):.2f} "
                 f"MAPE {v['mape'] or 0:.0%} noise {v['retiming_noise'] or 0:.0%}"

@@ -70,6 +70,60 @@ def test_fit_all_reports_holdout_errors():
         [p["seconds"] for p in points if p["split"] == "holdout"]), abs=1e-3)
 
 
+def test_fallback_matrices_have_their_own_terms():
+    """Rows the format's blocks do not divide are stored in a wider type (Q4_K -> Q5_0) and
+    multiplied by other kernels: prefill splits its matmul work, decode counts their bytes."""
+    from edgedistill.formats import quant_type
+    from edgedistill.plan.costmodel import fallback_matrices
+
+    base = dict(design("llama", 1)[0], hidden_size=640, intermediate_size=1792,
+                num_attention_heads=5, num_key_value_heads=5)
+    s640 = shape_from_config(base)
+    s512 = shape_from_config(dict(base, hidden_size=512, num_attention_heads=4,
+                                  num_key_value_heads=4))
+    q4 = quant_type("gguf", "q4_k_m")
+    n, b = fallback_matrices(s640, q4)
+    # q, k, v, o, gate and up read 640-wide rows; down reads 1792 = 7 x 256
+    assert n == 4 * 640 * 640 + 2 * 640 * 1792 and b == pytest.approx(n * 5.5 / 8)
+    assert fallback_matrices(s512, q4) == (0, 0.0)
+    assert fallback_matrices(s640, quant_type("gguf", "f16")) == (0, 0.0)
+    assert fallback_matrices(s640, quant_type("gguf", "q8_0")) == (0, 0.0)  # 32 divides 640
+    pre = features("prefill", s640, "gguf", "q4_k_m", llc_bytes=32 << 20, prompt=512)
+    f16 = features("prefill", s640, "gguf", "f16", llc_bytes=32 << 20, prompt=512)
+    assert pre[2] + pre[3] == pytest.approx(f16[2]) and pre[3] == pytest.approx(
+        2 * s640.num_layers * n * 512 / 1e9)
+    assert f16[3] == 0
+    dec = features("decode", s640, "gguf", "q4_k_m", llc_bytes=32 << 20, context=512)
+    assert dec[-1] == pytest.approx(s640.num_layers * b / 1e6)
+
+
+def test_fit_all_finds_the_cache_a_process_really_gets():
+    """Timings made with a 48 MiB cache, on a CPU that reports 480 MiB: the decode fit splits
+    the bytes at the cache that explains them, and predicts held-out shapes within 5%."""
+    from edgedistill.calibrate import cache_sizes
+
+    true_llc, reported = 48 << 20, 480 << 20
+    assert true_llc in cache_sizes(reported) and max(cache_sizes(reported)) == reported
+    coef = [2e-4, 3e-5, 1.5e-5, 9e-5, 1e-3, 1e-5, 0.0]  # DRAM bytes 6x dearer than cached
+    cfgs = [c for c in design("llama", 40, seed=3)]
+    points = []
+    for i, c in enumerate(cfgs):
+        x = features("decode", shape_from_config(c), "gguf", "f16", llc_bytes=true_llc,
+                     context=512)
+        points.append({"config": c, "format": "gguf", "quant": "f16", "workload": "decode",
+                       "seconds": sum(a * b for a, b in zip(coef, x)), "prompt": 512,
+                       "split": "holdout" if i % 4 == 3 else "train"})
+    f = fit_all(points, reported)["gguf:f16:decode"]
+    assert f["llc_bytes"] == true_llc
+    assert f["holdout"]["mape"] < 0.05
+    # fitted at the reported size instead, the same timings are explained far worse
+    at_reported = fit([features("decode", shape_from_config(p["config"]), "gguf", "f16",
+                                llc_bytes=reported, context=512)
+                       for p in points if p["split"] == "train"],
+                      [p["seconds"] for p in points if p["split"] == "train"])
+    assert min(at_reported["cv_mape"].values()) > 2 * min(f["cv_mape"].values())
+
+
 def test_spearman_rank_correlation():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -80,9 +134,9 @@ def test_spearman_rank_correlation():
 
 def _fake_calibration(threads):
     fp = fingerprint(threads)
-    fit_ = {"physical": [1e-3, 1e-4, 1e-5, 5e-5, 0.0], "loglinear": [0, 0, 0, 0, 0],
+    fit_ = {"physical": [1e-3, 1e-4, 1e-5, 5e-5, 0.0, 0.0, 1e-5], "loglinear": [0] * 7,
             "chosen": "physical", "holdout": {"n": 3, "mape": 0.03, "worst": 0.05}}
-    pre = dict(fit_, physical=[1e-2, 1e-3, 1e-2, 1e-3, 1e-5])
+    pre = dict(fit_, physical=[1e-2, 1e-3, 1e-2, 2e-2, 1e-3, 1e-5], loglinear=[0] * 6)
     return {"version": 1, "key": "k", "fingerprint": fp, "created": "2026-11-23T00:00:00",
             "machine": {"cpu_model": fp["cpu_model"], "threads": threads, "bandwidth_gbps": 30.0,
                         "compute_tflops_fp32": 0.2, "llc_bytes": 32 << 20},
@@ -112,7 +166,8 @@ def test_labels_calibrated_predicted_uncalibrated(tmp_path):
     assert 1 / here.generate_tokens_per_s == pytest.approx(
         step + (c.generate_token_us + c.generate_vocab_us * shape.vocab_size / 1e3) * 1e-6)
     # with one, the loop is the fit's (and never faster than the step)
-    gen = dict(cal["fits"]["gguf:q4_k_m:decode"], physical=[2e-3, 1e-4, 1e-5, 5e-5, 0.0, 0.0])
+    gen = dict(cal["fits"]["gguf:q4_k_m:decode"],
+               physical=[2e-3, 1e-4, 1e-5, 5e-5, 0.0, 0.0, 1e-5])
     cal["fits"]["gguf:q4_k_m:generate"] = gen
     g = predict(shape, local, "gguf", "q4_k_m", cal)
     assert g.decode_tokens_per_s == pytest.approx(here.decode_tokens_per_s)
@@ -155,6 +210,15 @@ def test_a_shape_outside_the_measured_design_is_flagged_extrapolated(tmp_path):
     assert 1 / far.decode_tokens_per_s == pytest.approx(
         evaluate(wide["fits"]["gguf:q4_k_m:decode"], x, "physical"))
     assert "from the physical fit" in far.basis
+    # a design that timed no fallback rows (every width a multiple of 256) has not measured
+    # what a 640-wide Q4_K_M matrix costs: flagged, though within its sizes
+    even = [c for c in design("llama", 24) if c["hidden_size"] % 256 == 0]
+    odd = next(c for c in design("llama", 24) if c["hidden_size"] == 640)
+    assert even and odd
+    no_fb = dict(_fake_calibration(2), points=timed(even))
+    got = predict(shape_from_config(odd), local, "gguf", "q4_k_m", no_fb)
+    assert got.extrapolated and "fallback type" in got.basis
+    assert not predict(shape_from_config(odd), local, "gguf", "q4_k_m", cal).extrapolated
     # scaled to another CPU, the same shape is extrapolated as well
     assert predict(shape_from_config(REAL_CONFIGS["tinyllama-1.1b"]), load_profile("laptop"),
                    "gguf", "q4_k_m", cal).extrapolated
@@ -270,6 +334,20 @@ def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, t
     q = doc["prediction_quality"]["decode_tokens_per_s"]
     assert q["n"] == 3 and 0 <= q["within_10pct"] <= 1 and -1 <= q["spearman"] <= 1
     assert q["retiming_noise"] is not None  # the chosen one, timed twice
+    # the teacher's own shape is timed too: the speedup asked for is relative to it, so the
+    # requirements are re-derived from its measured speed, and each candidate states its own
+    t = doc["teacher_timed"]
+    assert "error" not in t, t
+    assert t["measured"]["decode_tokens_per_s"] > 0
+    assert doc["requirements_measured"]["decode_tokens_per_s"] == pytest.approx(max(
+        load_profile("laptop").latency_targets.decode_tokens_per_s,
+        t["measured"]["decode_tokens_per_s"] * doc["requirements"]["speedup"]))
+    for r in rows:
+        assert r["speedup_measured"] == pytest.approx(
+            r["measured"]["decode_tokens_per_s"] / t["measured"]["decode_tokens_per_s"])
+    from edgedistill.report import verify_lines, verify_rows
+    assert any(line.startswith("The teacher's shape") for line in verify_lines(doc))
+    assert verify_rows(doc)[1][0][-2].endswith("x")
     g = doc["regret"]
     assert g["applies"] and g["chosen"] == next(r["shape"] for r in rows if r["chosen"])
     if g["best_measured"] is not None:
@@ -280,6 +358,7 @@ def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, t
     other = verify_plan(teacher, "laptop", PlanConfig(speedup=1.0), 2, threads=2, repeats=1,
                         progress=False)
     assert not other["regret"]["applies"] and "not this machine" in other["regret"]["why"]
+    assert other["teacher_timed"] is None  # nothing here to derive its requirements from
     r = subprocess.run([sys.executable, "-m", "edgedistill", "plan", "--teacher", str(teacher),
                         "--target", "local", "--speedup", "1", "--verify", "1"],
                        capture_output=True, text=True, timeout=300)

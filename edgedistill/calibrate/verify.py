@@ -13,6 +13,7 @@ from edgedistill.calibrate import (DECODE_TOKENS, _artifact, _bar, _hf_folder, _
                                    _measure, spearman)
 from edgedistill.machine import machine_info
 from edgedistill.plan import PlanConfig, failures, plan
+from edgedistill.plan.planner import _requirements
 from edgedistill.plan.predictor import CalibrationError, predictor_for
 from edgedistill.profiles import local_profile
 
@@ -43,7 +44,10 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
     ±10% and Spearman's rank correlation; the chosen candidate is timed twice, for the
     re-timing noise. With ``--target local`` the plan's requirements apply here, so the
     regret of the choice is measured too: how much more capable the most capable candidate
-    that meets them measured is than the chosen one (0 when the choice was right)."""
+    that meets them measured is than the chosen one (0 when the choice was right). The
+    teacher's own shape is timed as well (random weights, the same format): a speedup is
+    relative to it, so the requirements are re-derived from its measured speed
+    (``requirements_measured``), and each candidate states its measured speedup."""
     if k < 2:
         raise CalibrationError(f"--verify {k}: ranking needs at least 2 candidates.",
                                "use e.g. --verify 6")
@@ -67,8 +71,37 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
     local = pl.profile.name == "local"
     rows = []
     work = Path(tempfile.mkdtemp(prefix="edgedistill-verify-"))
-    bar = _bar(len(pl.table), progress, "verify", "candidates")
+    bar = _bar(len(pl.table) + local, progress, "verify", "candidates")
+    family = "bert" if encoder else "llama"
+
+    def timed(cfg, name, n=1):
+        hf = _hf_folder(work, family, cfg, name)
+        art = _artifact(work, hf, fmt, quant, threads)
+        out = [_measure(art, fmt, encoder, threads, prompt, seq, batch, repeats,
+                        int(cfg.get("vocab_size", 1024))) for _ in range(n)]
+        shutil.rmtree(work / name, ignore_errors=True)
+        return out
+    teacher_row, req_measured = None, pl.requirements
     try:
+        if local:  # the speedup is relative to the teacher: time it, not only predict it
+            bar(0, f"teacher {pl.teacher.shape.describe()} {fmt}:{quant}")
+            tp = predict_here(pl.teacher.shape, fmt, quant)
+            teacher_row = {"shape": pl.teacher.shape.describe(),
+                           "params": pl.teacher.shape.total_params(),
+                           "predicted": {key: getattr(tp, key) for key in keys},
+                           "label": tp.label, "extrapolated": tp.extrapolated}
+            try:
+                t_cfg = config_for_shape(pl.teacher.config, pl.teacher.shape)
+                teacher_row["measured"] = _figures(timed(t_cfg, "teacher")[0])
+                teacher_row["errors"] = {key: teacher_row["predicted"][key] / v - 1
+                                         for key, v in teacher_row["measured"].items()
+                                         if teacher_row["predicted"][key]}
+                req_measured = _requirements(replace(tp, **teacher_row["measured"]),
+                                             pl.profile, encoder,
+                                             pl.requirements.get("speedup", 1.0))
+            except Exception as e:  # then the planned requirements stand, and it says so
+                teacher_row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                log(f"verify: the teacher could not be timed: {teacher_row['error']}")
         for i, c in enumerate(pl.table):
             cfg = config_for_shape(pl.teacher.config, c.shape)
             chosen = c.shape == pl.student.shape
@@ -78,13 +111,9 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
                    "predicted": {key: getattr(pred, key) for key in keys},
                    "label": pred.label, "extrapolated": pred.extrapolated}
             rows.append(row)
-            bar(i, f"{row['shape']} {fmt}:{quant}")
+            bar(i + local, f"{row['shape']} {fmt}:{quant}")
             try:
-                hf = _hf_folder(work, "bert" if encoder else "llama", cfg, f"c{i}")
-                art = _artifact(work, hf, fmt, quant, threads)
-                times = [_measure(art, fmt, encoder, threads, prompt, seq, batch, repeats,
-                                  int(cfg.get("vocab_size", 1024)))
-                         for _ in range(2 if chosen else 1)]
+                times = timed(cfg, f"c{i}", 2 if chosen else 1)
             except Exception as e:  # one candidate failing is a note, not the end
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 log(f"verify: {row['shape']}: {row['error']}")
@@ -96,9 +125,15 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
                              for key, v in row["measured"].items() if row["predicted"][key]}
             if local:  # the planner's own test, on the measured speeds (memory: the layout's)
                 row["misses_measured"] = failures(replace(pred, **row["measured"]),
-                                                  pl.requirements)
+                                                  req_measured)
                 row["meets_requirements_measured"] = not row["misses_measured"]
-        bar(len(pl.table), "done")
+                t_meas = (teacher_row or {}).get("measured")
+                if t_meas:
+                    row["speedup_measured"] = (
+                        t_meas["encoder_batch_ms"] / row["measured"]["encoder_batch_ms"]
+                        if encoder else row["measured"]["decode_tokens_per_s"]
+                        / t_meas["decode_tokens_per_s"])
+        bar(len(pl.table) + local, "done")
     finally:
         bar(None, "")
         shutil.rmtree(work, ignore_errors=True)
@@ -119,7 +154,8 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
            "workload": ({"encoder_batch": batch, "encoder_seq_len": seq} if encoder else
                         {"prompt_tokens": prompt, "decode_tokens": DECODE_TOKENS}),
            "measured_on": f"{info.cpu_model}, {threads} threads (this machine)",
-           "requirements": pl.requirements, "candidates": rows,
+           "requirements": pl.requirements, "teacher_timed": teacher_row,
+           "requirements_measured": req_measured, "candidates": rows,
            "prediction_quality": quality,
            "predicted_label": rows[0]["label"] if rows else None}
     chosen = next((r for r in timed if r["chosen"]), None)

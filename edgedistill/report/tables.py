@@ -116,9 +116,11 @@ def verify_rows(v: dict) -> tuple[list[str], list[list[str]]]:
                for k in keys]
         rows.append(["*" if r["chosen"] else "", r["shape"], f"{r['params'] / 1e6:.1f}M",
                      "yes" if r["planned_fits"] else "no", *got,
+                     f"{r['speedup_measured']:.2f}x" if "speedup_measured" in r else "-",
                      {True: "yes", False: "no"}.get(r.get("meets_requirements_measured"), "-")])
     return (["", "candidate", "params", "planned fits",
-             *[f"{k} predicted / measured" for k in keys], "meets measured"], rows)
+             *[f"{k} predicted / measured" for k in keys], "speedup measured",
+             "meets measured"], rows)
 
 
 def verify_lines(v: dict) -> list[str]:
@@ -134,6 +136,16 @@ def verify_lines(v: dict) -> list[str]:
                      f"; the chosen file re-timed {q['retiming_noise']:.1%} apart")
             out.append(f"{k}: MAPE {q['mape']:.1%}, {q['within_10pct']:.0%} within ±10%, "
                        f"Spearman {rho}{noise}.")
+    t = v.get("teacher_timed") or {}
+    if "measured" in t:
+        k = "encoder_batch_ms" if "encoder_batch_ms" in t["measured"] else "decode_tokens_per_s"
+        out.append(f"The teacher's shape ({t['shape']}), timed the same way: {k} predicted "
+                   f"{t['predicted'][k]:,.1f}, measured {t['measured'][k]:,.1f} "
+                   f"({t['errors'][k]:+.0%}){' (extrapolated)' if t.get('extrapolated') else ''}"
+                   "; the requirements measured are derived from it.")
+    elif t.get("error"):
+        out.append(f"The teacher's shape could not be timed ({t['error']}); the planned "
+                   "requirements stand.")
     g = v.get("regret") or {}
     if not g.get("applies"):
         out.append(f"Regret not measured: {g.get('why', 'unknown')}.")
