@@ -27,7 +27,7 @@ the next token). The recovered share of the quantization gap is
 
 Every arm distils on ``--distill-chars`` characters of standard-library source (4M by default)
 from files the held-out text is never drawn from. A ``self`` arm runs at distill's own learning
-rate for a QAT checkpoint (2e-5) unless ``--self-lr`` says otherwise.
+rate for a QAT checkpoint (5e-5) unless ``--self-lr`` says otherwise.
 
 Default teacher: the 4.2M llama kd_vs_ce.py trains (hidden 256, 4 layers, vocab 2048).
 Writes benchmarks/results/qad_<teacher>.json. Figures: measured, this machine, llama.cpp CPU.
@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-4, help="planned: the distillation's lr")
     ap.add_argument("--self-lr", type=float, default=None,
                     help="self: the QAT checkpoint's lr (default: distill's for a QAT "
-                    "checkpoint, 2e-5; at 5e-4 the 4.2M llama's Q4_0 KL rose from 0.0115 to "
+                    "checkpoint, 5e-5; at 5e-4 the 4.2M llama's Q4_0 KL rose from 0.0115 to "
                     "0.0156)")
     ap.add_argument("--distill-chars", type=int, default=4_000_000,
                     help="characters of standard-library source to distil on (files the "

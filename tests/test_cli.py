@@ -240,7 +240,7 @@ def test_the_cli_and_the_api_resolve_the_same_config():
     assert TrainConfig().resolved(encoder=False) == TrainConfig(
         steps=300, batch_size=8, lr=5e-4, hidden_weight=0.0, eval_every=75, save_every=37)
     # a QAT checkpoint starts where it should end: a low rate unless one is given
-    assert TrainConfig().resolved(False, qat_checkpoint=True).lr == 2e-5
+    assert TrainConfig().resolved(False, qat_checkpoint=True).lr == 5e-5
     assert TrainConfig(lr=1e-4).resolved(False, qat_checkpoint=True).lr == 1e-4
     assert TrainConfig(hidden_weight=0).resolved(encoder=True).hidden_weight == 0
     assert TrainConfig(steps=10, eval_every=0).resolved(False).eval_every == 0  # 0 = never

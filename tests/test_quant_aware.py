@@ -104,8 +104,8 @@ def test_a_qat_checkpoint_of_a_model_and_its_exact_file(trained_llama, text_file
     log = (res.run_dir / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 8
     # no --lr: a QAT checkpoint's own low rate (distill's 5e-4 would shake it off its grid)
-    assert 1e-5 < max(json.loads(r)["lr"] for r in log) <= 2e-5
-    assert "a QAT checkpoint (the teacher's own shape, trained quant-aware): lr 2e-05" in \
+    assert 2e-5 < max(json.loads(r)["lr"] for r in log) <= 5e-5
+    assert "a QAT checkpoint (the teacher's own shape, trained quant-aware): lr 5e-05" in \
         capsys.readouterr().err
 
     out = export(res.student_dir, "laptop", ExportConfig(formats=("gguf",), quants=("q4_0",)),

@@ -26,7 +26,7 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=count(2), default=None,
                    help="tokens per training sequence (default 256)")
     p.add_argument("--lr", type=positive, default=None,
-                   help="default 5e-4; 2e-5 for a QAT checkpoint (--student of the "
+                   help="default 5e-4; 5e-5 for a QAT checkpoint (--student of the "
                    "teacher's own shape with --quant-aware)")
     p.add_argument("--loss", default=None, help="fkl | rkl | jsd (default fkl)")
     p.add_argument("--temperature", type=positive, default=None, help="KD temperature "
