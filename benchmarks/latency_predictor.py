@@ -65,7 +65,7 @@ def _roofline_errors(cal: dict, points: list[dict]) -> list[float]:
 
 def _three_term_errors(train: list[dict], held: list[dict], llc: int) -> list[float]:
     """bytes (all of them, no cache split) + layers + constant, relative least squares."""
-    from edgedistill.calibrate import _nnls, _x
+    from edgedistill.calibrate.fit import _nnls, _x
 
     def row(p):
         x = _x(p, llc)
@@ -80,6 +80,25 @@ parameters. The calibration times widths up to 2048 with at most 12 layers (2 at
 if per-layer costs add up, the calibrated predictor gets these right without timing them."""
 
 
+def _local(cal: dict):
+    """The laptop profile as this machine at the calibration's workload ('local')."""
+    from edgedistill.profiles import load_profile
+
+    base = load_profile("laptop")
+    return dataclasses.replace(base, name="local", threads=cal["fingerprint"]["threads"],
+                               latency_targets=dataclasses.replace(
+                                   base.latency_targets,
+                                   prompt_tokens=cal["workload"]["prompt_tokens"]))
+
+
+def _seconds(pred) -> dict:
+    """A prediction as seconds per unit of each workload the deep shapes are timed for."""
+    out = {"decode": 1 / pred.decode_tokens_per_s, "prefill": pred.prefill_ms / 1e3}
+    if pred.generate_tokens_per_s:
+        out["generate"] = 1 / pred.generate_tokens_per_s
+    return out
+
+
 def _deep(cal: dict, threads: int, repeats: int) -> dict:
     """Build, time and predict the DEEP shapes in each GGUF format the calibration fitted."""
     import shutil
@@ -88,13 +107,8 @@ def _deep(cal: dict, threads: int, repeats: int) -> dict:
     from edgedistill.arch import shape_from_config
     from edgedistill.calibrate import _artifact, _config, _hf_folder, _measure
     from edgedistill.plan.predictor import predict
-    from edgedistill.profiles import load_profile
 
-    w = cal["workload"]
-    base = load_profile("laptop")
-    local = dataclasses.replace(base, name="local", threads=cal["fingerprint"]["threads"],
-                                latency_targets=dataclasses.replace(
-                                    base.latency_targets, prompt_tokens=w["prompt_tokens"]))
+    w, local = cal["workload"], _local(cal)
     fmts = sorted({tuple(k.split(":")[:2]) for k in cal["fits"] if k.startswith("gguf:")})
     rows, work = [], Path(tempfile.mkdtemp(prefix="latency-deep-"))
     try:
@@ -106,10 +120,7 @@ def _deep(cal: dict, threads: int, repeats: int) -> dict:
                 art = _artifact(work, hf, fmt, quant, threads)
                 got = _measure(art, fmt, False, threads, w["prompt_tokens"], 0, 0, repeats)
                 pred = predict(shape, local, fmt, quant, cal)
-                want = {"decode": 1 / pred.decode_tokens_per_s,
-                        "prefill": pred.prefill_ms / 1e3}
-                if pred.generate_tokens_per_s:
-                    want["generate"] = 1 / pred.generate_tokens_per_s
+                want = _seconds(pred)
                 for wl, sec in got.items():
                     if wl in want:
                         rows.append({"hidden": h, "layers": L, "params": shape.total_params(),
@@ -138,21 +149,15 @@ def _deep_repredict(cal: dict, deep: dict) -> dict:
     from edgedistill.arch import shape_from_config
     from edgedistill.calibrate import _config
     from edgedistill.plan.predictor import predict
-    from edgedistill.profiles import load_profile
 
-    w = cal["workload"]
-    base = load_profile("laptop")
-    local = dataclasses.replace(base, name="local", threads=cal["fingerprint"]["threads"],
-                                latency_targets=dataclasses.replace(
-                                    base.latency_targets, prompt_tokens=w["prompt_tokens"]))
+    local = _local(cal)
     rows = []
     for r in deep["rows"]:
         shape = shape_from_config(_config("llama", r["hidden"], r["layers"], 2.75, 32000))
         pred = predict(shape, local, *r["format"].split(":"), cal)
-        want = {"decode": 1 / pred.decode_tokens_per_s, "prefill": pred.prefill_ms / 1e3,
-                "generate": 1 / (pred.generate_tokens_per_s or pred.decode_tokens_per_s)}
-        rows.append(dict(r, predicted_s=want[r["workload"]],
-                         error=want[r["workload"]] / r["measured_s"] - 1,
+        want = _seconds(pred)
+        sec = want.get(r["workload"], want["decode"])  # the loop is at least the step
+        rows.append(dict(r, predicted_s=sec, error=sec / r["measured_s"] - 1,
                          extrapolated=pred.extrapolated, label=pred.label))
     return {"shapes": deep["shapes"], "rows": rows, "summary": _deep_summary(rows)}
 

@@ -105,9 +105,8 @@ def test_fit_all_finds_the_cache_a_process_really_gets():
     true_llc, reported = 48 << 20, 480 << 20
     assert true_llc in cache_sizes(reported) and max(cache_sizes(reported)) == reported
     coef = [2e-4, 3e-5, 1.5e-5, 9e-5, 1e-3, 1e-5, 0.0]  # DRAM bytes 6x dearer than cached
-    cfgs = [c for c in design("llama", 40, seed=3)]
     points = []
-    for i, c in enumerate(cfgs):
+    for i, c in enumerate(design("llama", 40, seed=3)):
         x = features("decode", shape_from_config(c), "gguf", "f16", llc_bytes=true_llc,
                      context=512)
         points.append({"config": c, "format": "gguf", "quant": "f16", "workload": "decode",

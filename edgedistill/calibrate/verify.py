@@ -12,8 +12,7 @@ from edgedistill.arch import config_for_shape
 from edgedistill.calibrate import (DECODE_TOKENS, _artifact, _bar, _hf_folder, _logger,
                                    _measure, spearman)
 from edgedistill.machine import machine_info
-from edgedistill.plan import PlanConfig, failures, plan
-from edgedistill.plan.planner import _requirements
+from edgedistill.plan import PlanConfig, failures, plan, requirements
 from edgedistill.plan.predictor import CalibrationError, predictor_for
 from edgedistill.profiles import local_profile
 
@@ -31,6 +30,20 @@ def _figures(workload_s: dict) -> dict:
     if "generate" in workload_s:  # GGUF: llama-cpp-python's generate loop
         out["generate_tokens_per_s"] = 1 / workload_s["generate"]
     return out
+
+
+def _row(shape, pred, keys: list[str]) -> dict:
+    """One timed model's row: its shape and this machine's prediction of ``keys``."""
+    return {"shape": shape.describe(), "params": shape.total_params(),
+            "predicted": {key: getattr(pred, key) for key in keys},
+            "label": pred.label, "extrapolated": pred.extrapolated}
+
+
+def _measured(row: dict, workload_s: dict) -> None:
+    """Add ``_measure``'s timings to ``row``, and the prediction's error on each figure."""
+    row["measured"] = _figures(workload_s)
+    row["errors"] = {key: row["predicted"][key] / v - 1
+                     for key, v in row["measured"].items() if row["predicted"][key]}
 
 
 def verify_plan(teacher=None, target="local", config=None, k: int = 6,
@@ -86,19 +99,13 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
         if local:  # the speedup is relative to the teacher: time it, not only predict it
             bar(0, f"teacher {pl.teacher.shape.describe()} {fmt}:{quant}")
             tp = predict_here(pl.teacher.shape, fmt, quant)
-            teacher_row = {"shape": pl.teacher.shape.describe(),
-                           "params": pl.teacher.shape.total_params(),
-                           "predicted": {key: getattr(tp, key) for key in keys},
-                           "label": tp.label, "extrapolated": tp.extrapolated}
+            teacher_row = _row(pl.teacher.shape, tp, keys)
             try:
                 t_cfg = config_for_shape(pl.teacher.config, pl.teacher.shape)
-                teacher_row["measured"] = _figures(timed(t_cfg, "teacher")[0])
-                teacher_row["errors"] = {key: teacher_row["predicted"][key] / v - 1
-                                         for key, v in teacher_row["measured"].items()
-                                         if teacher_row["predicted"][key]}
-                req_measured = _requirements(replace(tp, **teacher_row["measured"]),
-                                             pl.profile, encoder,
-                                             pl.requirements.get("speedup", 1.0))
+                _measured(teacher_row, timed(t_cfg, "teacher")[0])
+                req_measured = requirements(replace(tp, **teacher_row["measured"]),
+                                            pl.profile, encoder,
+                                            pl.requirements.get("speedup", 1.0))
             except Exception as e:  # then the planned requirements stand, and it says so
                 teacher_row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 log(f"verify: the teacher could not be timed: {teacher_row['error']}")
@@ -106,10 +113,7 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
             cfg = config_for_shape(pl.teacher.config, c.shape)
             chosen = c.shape == pl.student.shape
             pred = predict_here(c.shape, fmt, quant)
-            row = {"shape": c.shape.describe(), "params": c.shape.total_params(),
-                   "chosen": chosen, "planned_fits": c.fits,
-                   "predicted": {key: getattr(pred, key) for key in keys},
-                   "label": pred.label, "extrapolated": pred.extrapolated}
+            row = _row(c.shape, pred, keys) | {"chosen": chosen, "planned_fits": c.fits}
             rows.append(row)
             bar(i + local, f"{row['shape']} {fmt}:{quant}")
             try:
@@ -118,11 +122,9 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 log(f"verify: {row['shape']}: {row['error']}")
                 continue
-            row["measured"] = _figures(times[0])
+            _measured(row, times[0])
             if len(times) > 1:
                 row["retimed"] = {w: abs(times[1][w] / v - 1) for w, v in times[0].items()}
-            row["errors"] = {key: row["predicted"][key] / v - 1
-                             for key, v in row["measured"].items() if row["predicted"][key]}
             if local:  # the planner's own test, on the measured speeds (memory: the layout's)
                 row["misses_measured"] = failures(replace(pred, **row["measured"]),
                                                   req_measured)

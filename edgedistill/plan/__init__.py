@@ -9,8 +9,8 @@ Pure Python: planning needs no torch and no weights.
 """
 from edgedistill.plan.planner import (Candidate, DEFAULT_SPEEDUP, Plan, PlanConfig,
                                       candidate_table, deployment, enumerate_candidates,
-                                      failures, plan)
+                                      failures, plan, requirements)
 from edgedistill.plan.progressive import MAX_STAGE_DROP, progressive_chain
 
 __all__ = ["DEFAULT_SPEEDUP", "Candidate", "Plan", "PlanConfig", "candidate_table", "deployment",
-           "enumerate_candidates", "failures", "plan", "MAX_STAGE_DROP", "progressive_chain"]
+           "enumerate_candidates", "failures", "plan", "requirements", "MAX_STAGE_DROP", "progressive_chain"]

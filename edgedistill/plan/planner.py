@@ -206,7 +206,7 @@ def enumerate_candidates(t: ModelShape, profile: DeviceProfile) -> list[ModelSha
 
 # -- requirements ----------------------------------------------------------------------------
 
-def _requirements(t_pred: Prediction, profile: DeviceProfile, encoder: bool,
+def requirements(t_pred: Prediction, profile: DeviceProfile, encoder: bool,
                   speedup: float) -> dict:
     lt = profile.latency_targets
     req = {"memory_gb": profile.memory.budget_gb, "speedup": speedup}
@@ -297,7 +297,7 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
     predict_on = predictor_for(prof, config.calibration)
     t_pred = predict_on(t.shape, fmt, quant)
     speedup = config.speedup or DEFAULT_SPEEDUP
-    req = _requirements(t_pred, prof, t.shape.is_encoder, speedup)
+    req = requirements(t_pred, prof, t.shape.is_encoder, speedup)
     t_fail = failures(t_pred, _targets_only(req, prof))
 
     shapes = enumerate_candidates(t.shape, prof)

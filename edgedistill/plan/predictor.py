@@ -274,8 +274,8 @@ def outside_design(shape: ModelShape, calibration: dict, key: str) -> str:
     """Why ``shape`` lies outside the calibration's measured design for ``key`` ('' when it
     lies inside, or when the calibration keeps no design to check against). Parameters,
     layers and width each count: per-layer costs were measured not to add up for decode
-    beyond the shapes timed (benchmarks/latency_predictor.py --deep: 0.5-1.3B Q4_K_M decoded
-    42-58% slower than the sum predicted, once the weights left the caches). So do matrices
+    beyond the shapes timed (benchmarks/latency_predictor.py --deep: 0.5-1.3B Q4_K_M shapes
+    decode 93-130% faster than the fit predicts, once the weights left the caches). So do matrices
     stored in a fallback type when the design timed none: their rate is then unmeasured."""
     rng = design_range(calibration, key)
     if rng is None:
