@@ -10,7 +10,9 @@ roofline, labelled), ``--speedup 2``: the K candidates around the choice are bui
 in the format and timed in its runtime (calibrate.verify_plan). Reports per deployment:
 Spearman's ρ and the share within ±10% of the predictions, the chosen file's re-timing
 noise, the regret of the choice, and the teacher's shape timed the same way (the speedup is
-relative to it). Writes benchmarks/results/plan_verify.json.
+relative to it), and the re-plan on the measured speeds (``verified``: the candidates
+around each new choice timed until the choice and the more capable rows beside it are all
+measured). Writes benchmarks/results/plan_verify.json.
 """
 from __future__ import annotations
 
@@ -72,6 +74,14 @@ def main() -> int:
                 f"{k} rho {v['spearman'] if v['spearman'] is not None else float('nan'):.2f} "
                 f"MAPE {v['mape'] or 0:.0%} noise {v['retiming_noise'] or 0:.0%}"
                 for k, v in q.items()) + f"; regret {g}", flush=True)
+            v = doc.get("verified") or {}
+            if v.get("applies"):
+                print(f"{name} {fq}: re-planned on the measured speeds ({v['rounds']} rounds, "
+                      f"converged {v['converged']}): {v.get('choice')}, speedup measured "
+                      f"{v.get('speedup_measured') or 0:.2f}x, parameters "
+                      f"{v.get('params_vs_predicted_choice') or 0:+.1%} against the predicted "
+                      f"choice; more capable rows measured too slow: "
+                      f"{v.get('bigger_measured_missing')} {v.get('why', '')}", flush=True)
     out = {"benchmark": "plan_verify", "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/plan_verify.py " + " ".join(sys.argv[1:]),
            "runs": runs}

@@ -122,6 +122,26 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
                else "stdlib")
     total = 5 if baselines else 4
 
+    # the planner's choice, checked by measurement (optional): with --target local the
+    # student is planned from the speeds it timed (PlanConfig.measured)
+    if config.verify_plan:
+        vkey = _hash(t_id, asdict(prof), asdict(plan_config), config.verify_plan,
+                     bench_config.threads)
+        vpath = run_dir / "plan_verify.json"
+        doc = stages.get("verify_plan", key=vkey) is not None and _read_json(vpath)
+        if doc:
+            log(f"verify plan: inputs unchanged, kept {vpath}")
+        else:
+            log(f"verify plan: timing the {config.verify_plan} candidates around the choice")
+            doc = verify_plan(t.path if t.path else teachers[0], prof, plan_config,
+                              config.verify_plan, threads=bench_config.threads, log=log)
+            atomic_write(vpath, doc)
+            stages.put("verify_plan", [vpath], {}, key=vkey)
+        v = doc.get("verified") or {}
+        if v.get("converged") and v.get("measured"):
+            plan_config = replace(plan_config, measured=tuple(v["measured"]))
+            log(f"verify plan: the student is planned on the speeds measured here: {v['choice']}")
+
     # 1-2. profile, plan and distil (distill writes plan.json; it resumes when interrupted)
     dcfg = config.distill  # --quant-aware with --no-quant-aware is refused by RunConfig
     if config.quant_aware and dcfg.quant_aware is None and dcfg.train.fsdp:
@@ -146,20 +166,6 @@ def run(teacher=None, target: str | DeviceProfile = "laptop", data=None, out="ru
             teacher=teachers if len(teachers) > 1 else (t.path if t.path else teachers[0]),
             target=prof, data=data, config=cfg, plan_config=plan_config))
     student_dir = dirs[0]
-
-    # the planner's choice, checked by measurement (optional)
-    if config.verify_plan:
-        vkey = _hash(t_id, asdict(prof), asdict(plan_config), config.verify_plan,
-                     bench_config.threads)
-        vpath = run_dir / "plan_verify.json"
-        if stages.get("verify_plan", key=vkey) is not None and vpath.is_file():
-            log(f"verify plan: inputs unchanged, kept {vpath}")
-        else:
-            log(f"verify plan: timing the {config.verify_plan} candidates around the choice")
-            doc = verify_plan(t.path if t.path else teachers[0], prof, plan_config,
-                              config.verify_plan, threads=bench_config.threads, log=log)
-            atomic_write(vpath, doc)
-            stages.put("verify_plan", [vpath], {}, key=vkey)
 
     # 3. export, quantize and verify the student, then the teacher (the baseline)
     roles = ([("student", student_dir)] + [("student-ptq", d) for d in dirs[1:]]
@@ -231,3 +237,11 @@ def report(run_dir: str | Path) -> dict:
     """(Re)write report.json/md/html of a run folder from its bench.json, plan.json,
     distill.json and export.json files; returns {json, md, html} paths."""
     return write_report(run_dir, build_report(run_dir))
+
+
+def _read_json(path: Path) -> dict | None:
+    """A kept JSON file of an earlier stage; None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -121,6 +121,29 @@ def test_whole_chain_report_and_rerun_skips(trained_llama, tmp_path):
 
 
 @pytest.mark.slow
+def test_whole_chain_on_this_machine_distils_the_verified_choice(trained_llama, tmp_path):
+    """--target local --verify-plan K: the plan is checked by timing before distilling, and
+    the student distilled is the verified choice, planned on the speeds measured here."""
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgedistill", "export", "--teacher",
+                        str(trained_llama), "--target", "local", "--out", str(run), "--steps",
+                        "2", "--seq-len", "32", "--batch-size", "2", "--quant", "q8_0",
+                        "--new-tokens", "4", "--repeats", "1", "--speedup", "1",
+                        "--verify-plan", "2", "--no-baselines", "--no-quant-aware"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = json.loads((run / "plan_verify.json").read_text())["verified"]
+    assert v["applies"] and v["converged"], v
+    student = json.loads((run / "plan.json").read_text())["student"]
+    sh = student["shape"]
+    assert (f"{sh['num_layers']}L h{sh['hidden_size']} ffn{sh['intermediate_size']}"
+            == v["choice"].split(" heads")[0])
+    assert student["predicted"]["label"] == "measured"
+    assert "planned on the speeds measured here" in r.stderr
+    assert "Re-planned on the measured speeds" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_encoders_are_predicted_at_the_lengths_the_bench_runs(tmp_path):
     """An encoder's batch is timed padded to its longest sentence (onnxruntime) or unpadded
     (llama.cpp), not at the profile's cap: the record says which length it ran and why, and

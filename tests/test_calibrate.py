@@ -318,10 +318,14 @@ def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, t
     from edgedistill.calibrate.verify import verify_plan
     from edgedistill.plan import PlanConfig
 
+    from edgedistill.plan import plan
+    from edgedistill.profiles import resolve_profile
+
     teacher = teacher_dir("llama")
-    doc = verify_plan(teacher, "local", PlanConfig(speedup=1.0), 3, threads=2, repeats=1,
+    local = resolve_profile("local")  # measured once, for the verification and the re-plan
+    doc = verify_plan(teacher, local, PlanConfig(speedup=1.0), 3, threads=2, repeats=1,
                       progress=False)
-    rows = doc["candidates"]
+    rows = [r for r in doc["candidates"] if r["round"] == 0]  # the predictor's own table
     assert len(rows) == 3 and sum(r["chosen"] for r in rows) == 1
     assert doc["deployment"].startswith("gguf:")
     for r in rows:
@@ -353,6 +357,24 @@ def test_plan_verify_times_the_candidates_and_measures_the_regret(teacher_dir, t
         best = next(r for r in rows if r["shape"] == g["best_measured"])
         chosen = next(r for r in rows if r["chosen"])
         assert g["capacity_regret"] == pytest.approx(best["params"] / chosen["params"] - 1)
+    # re-planned on the measured speeds until the table around the choice is all timed: the
+    # verified choice meets the requirements measured, the more capable rows around it miss
+    v = doc["verified"]
+    assert v["applies"] and v["converged"], v
+    by = {r["shape"]: r for r in doc["candidates"]}
+    assert sum(r["verified_choice"] for r in doc["candidates"]) == 1
+    assert by[v["choice"]]["meets_requirements_measured"]
+    assert all(not by[b]["meets_requirements_measured"] for b in v["bigger_measured_missing"])
+    assert v["params"] == by[v["choice"]]["params"]
+    # confirmed by timing the teacher and the choice again, alternating
+    assert len(v["confirmed_speedups"]) == 3 and v["confirmed_speedup"] > 0
+    assert isinstance(v["confirmed_meets_speedup"], bool)
+    assert len(v["measured"]) == 1 + sum("measured" in r for r in doc["candidates"])
+    # and distill, planning from those records, gets that same student
+    again = plan(teacher, local, PlanConfig(speedup=1.0, measured=tuple(v["measured"])))
+    assert again.student.shape.describe() == v["choice"]
+    assert again.student.prediction.label == "measured"
+    assert any(line.startswith("Re-planned on the measured speeds") for line in verify_lines(doc))
     # another target: its requirements say nothing about speeds here, and it says so
     other = verify_plan(teacher, "laptop", PlanConfig(speedup=1.0), 2, threads=2, repeats=1,
                         progress=False)

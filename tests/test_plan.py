@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 
@@ -186,3 +187,66 @@ def test_hub_id_from_local_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = load_teacher("acme/tiny")
     assert t.shape.family == "llama" and t.path is None
+
+
+def test_measured_speeds_correct_the_predictions_around_them(teacher_dir):
+    """plan --verify's timings (PlanConfig.measured): a timed shape is judged on its own
+    figures, the others on the predictor's corrected by the timed shapes around them (the
+    ratio interpolated in the log of the predicted figure, flat beyond the ends), and only
+    for the deployment they were timed in."""
+    import math
+
+    from edgedistill.plan import measurement, with_measurements
+    from edgedistill.plan.predictor import predictor_for
+    from edgedistill.profiles import local_profile
+
+    shapes = sorted(enumerate_candidates(load_teacher(str(teacher_dir("tinyllama-1.1b"))).shape,
+                                         local_profile(2)), key=lambda s: s.total_params())
+    base = predictor_for(local_profile(2))
+    small, mid, big = shapes[0], shapes[len(shapes) // 2], shapes[-1]
+    speed = {s: base(s, "gguf", "q4_k_m").decode_tokens_per_s for s in (small, mid, big)}
+    assert speed[small] > speed[mid] > speed[big]
+    rec = [measurement(small, "gguf", "q4_k_m", {"decode_tokens_per_s": speed[small] * 0.5}),
+           measurement(big, "gguf", "q4_k_m", {"decode_tokens_per_s": speed[big] * 1.0})]
+    fixed = with_measurements(base, rec, "gguf", "q4_k_m")
+    p = fixed(small, "gguf", "q4_k_m")
+    assert p.label == "measured" and p.decode_tokens_per_s == pytest.approx(speed[small] * 0.5)
+    assert not p.extrapolated
+    m = fixed(mid, "gguf", "q4_k_m")
+    assert "corrected by measurement" in m.label
+    # between the two timed shapes: between their ratios, by where its prediction lies
+    w = math.log(speed[mid] / speed[big]) / math.log(speed[small] / speed[big])
+    assert m.decode_tokens_per_s == pytest.approx(speed[mid] * 0.5 ** w)
+    assert 0.5 < m.decode_tokens_per_s / speed[mid] < 1.0
+    # prefill was not measured: left as predicted
+    assert m.prefill_ms == pytest.approx(base(mid, "gguf", "q4_k_m").prefill_ms)
+    # another quantization is another file: untouched
+    assert fixed(mid, "gguf", "q8_0") == base(mid, "gguf", "q8_0")
+
+
+def test_a_plan_on_measured_speeds_moves_off_a_choice_that_measured_too_slow(teacher_dir):
+    from edgedistill.plan import measurement
+
+    from edgedistill.profiles import resolve_profile
+
+    folder = str(teacher_dir("tinyllama-1.1b"))
+    cfg = PlanConfig(speedup=2.0, deploy="gguf:q4_k_m")
+    local = resolve_profile("local")  # measured once: each resolution measures the machine anew
+    first = plan(folder, local, cfg)
+    s, t = first.student, first.teacher
+    # the teacher measured as predicted, the choice 10% slower than it must be
+    need = first.requirements["decode_tokens_per_s"]
+    rec = (measurement(t.shape, "gguf", "q4_k_m",
+                       {"decode_tokens_per_s": first.teacher_prediction.decode_tokens_per_s}),
+           measurement(s.shape, "gguf", "q4_k_m", {"decode_tokens_per_s": need * 0.9}))
+    again = plan(folder, local, dataclasses.replace(cfg, measured=rec, top=400))
+    assert again.student.shape != s.shape
+    assert again.student.shape.non_embedding_params() < s.shape.non_embedding_params()
+    assert again.requirements["decode_tokens_per_s"] == pytest.approx(need)
+    assert again.student.prediction.decode_tokens_per_s >= need
+    old = next(c for c in again.table if c.shape == s.shape)  # turned down, on its timing
+    assert old.prediction.label == "measured" and any("decode" in f for f in old.failures)
+    assert any("plan --verify" in line for line in again.explanation)
+    # speeds measured here say nothing about another device's
+    with pytest.raises(PlanError, match="measured on this machine"):
+        plan(folder, "laptop", dataclasses.replace(cfg, measured=rec))

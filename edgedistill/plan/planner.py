@@ -20,6 +20,7 @@ from edgedistill.arch import ModelShape, config_for_shape
 from edgedistill.errors import PlanError
 from edgedistill.formats import RUNTIMES
 from edgedistill.plan.costmodel import Prediction, row_alignment
+from edgedistill.plan.measured import with_measurements
 from edgedistill.plan.predictor import predictor_for
 from edgedistill.profiles import DeviceProfile, resolve_profile
 from edgedistill.teacher import Teacher, load_teacher
@@ -44,6 +45,10 @@ class PlanConfig:
     """Rows in the explanation table."""
     calibration: str | None = None
     """A calibration file of this machine; default: the cache entry, if any (plan/predictor.py)."""
+    measured: tuple = ()
+    """Speeds timed on this machine (``plan --verify``; records of plan/measured.py's
+    ``measurement``): a measured shape is judged on them, every other shape's prediction is
+    corrected by the measured shapes around it. ``--target local`` only."""
 
     def __post_init__(self):
         if self.speedup is not None and not self.speedup >= 1:
@@ -295,6 +300,12 @@ def plan(teacher: str | Teacher | None = None, target: str | DeviceProfile = "la
                         "pass e.g. --speedup 2 (or 1 to ask for no speedup)")
     runtime, fmt, quant = deployment(prof, t.shape.is_encoder, config.deploy)
     predict_on = predictor_for(prof, config.calibration)
+    if config.measured:
+        if prof.name != "local":
+            raise PlanError(f"speeds measured on this machine say nothing about "
+                            f"{prof.name}'s.", "plan with --target local, or drop the "
+                            "measured speeds")
+        predict_on = with_measurements(predict_on, config.measured, fmt, quant)
     t_pred = predict_on(t.shape, fmt, quant)
     speedup = config.speedup or DEFAULT_SPEEDUP
     req = requirements(t_pred, prof, t.shape.is_encoder, speedup)
@@ -447,8 +458,14 @@ def _explain(pl: Plan, bigger: list[Candidate]) -> list[str]:
         lines.append(f"Static shapes: prefill graph of {prof.constraints.prefill_chunk} tokens, "
                      f"decode graph of 1 token, KV cache fixed at {prof.context_length}; widths "
                      f"are multiples of {s.alignment}.")
-    lines.append(f"All figures are {sp.label}, not measured: {sp.basis}. Memory is the "
-                 "arithmetic of the layout (weights, KV cache, runtime buffers).")
+    if "measure" in sp.label:  # planned with plan --verify's timings (PlanConfig.measured)
+        lines.append(f"The student's speed is {sp.label} on this machine (plan --verify); "
+                     f"shapes not timed carry the predictor's figures ({sp.basis}) corrected by "
+                     "the timed shapes around them. Memory is the arithmetic of the layout "
+                     "(weights, KV cache, runtime buffers).")
+    else:
+        lines.append(f"All figures are {sp.label}, not measured: {sp.basis}. Memory is the "
+                     "arithmetic of the layout (weights, KV cache, runtime buffers).")
     far = [p for p in [tp, sp] + [c.prediction for c in pl.table] if p.extrapolated]
     if far:
         who = ("the student" if sp.extrapolated else "") + (

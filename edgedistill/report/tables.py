@@ -114,11 +114,12 @@ def verify_rows(v: dict) -> tuple[list[str], list[list[str]]]:
                                                  f"({r['errors'][k]:+.0%})"
                                                  if "measured" in r else "not timed")
                for k in keys]
-        rows.append(["*" if r["chosen"] else "", r["shape"], f"{r['params'] / 1e6:.1f}M",
+        mark = ("*" if r["chosen"] else "") + ("v" if r.get("verified_choice") else "")
+        rows.append([mark, str(r.get("round", 0)), r["shape"], f"{r['params'] / 1e6:.1f}M",
                      "yes" if r["planned_fits"] else "no", *got,
                      f"{r['speedup_measured']:.2f}x" if "speedup_measured" in r else "-",
                      {True: "yes", False: "no"}.get(r.get("meets_requirements_measured"), "-")])
-    return (["", "candidate", "params", "planned fits",
+    return (["", "round", "candidate", "params", "planned fits",
              *[f"{k} predicted / measured" for k in keys], "speedup measured",
              "meets measured"], rows)
 
@@ -160,7 +161,40 @@ def verify_lines(v: dict) -> list[str]:
                    f"The chosen candidate misses the requirements measured; the most capable "
                    f"one that meets them, {g['best_measured']}, has {-r:.0%} fewer "
                    "parameters.")
-    return out
+    return out + _verified_lines(v.get("verified") or {}, g.get("chosen"))
+
+
+def _verified_lines(v: dict, predicted: str | None) -> list[str]:
+    """The re-plan on the measured speeds (``verified``): the choice it settles on."""
+    if not v.get("applies"):
+        return []
+    more = (f" after {v['rounds']} round{'s' * (v['rounds'] != 1)} of timing the candidates "
+            "around each new choice" if v.get("rounds") else "")
+    if not v.get("choice"):
+        return [f"Re-planned on the measured speeds{more}: nothing fits ({v.get('why')})."]
+    if not v.get("converged"):
+        return [f"Re-planned on the measured speeds{more}: {v['choice']} is the choice, but "
+                f"not verified: {v.get('why')}."]
+    what = ("the choice stands" if v["choice"] == predicted else
+            f"the choice moves from {predicted} to {v['choice']} "
+            f"({v['params_vs_predicted_choice']:+.0%} parameters)")
+    speed = (f", {v['speedup_measured']:.2f}x the teacher measured"
+             if v.get("speedup_measured") else "")
+    if v.get("margin") is not None and v.get("retiming_noise") is not None:
+        speed += (f" ({v['margin']:.1%} inside the requirement, "
+                  + ("within" if v["margin"] < v["retiming_noise"] else "beyond")
+                  + f" the re-timing noise of {v['retiming_noise']:.1%})")
+    if v.get("confirmed_speedup"):
+        n = len(v.get("confirmed_speedups") or [])
+        speed += (f"; timed again alternating with the teacher ({n} pairs), median "
+                  f"{v['confirmed_speedup']:.2f}x"
+                  + ("" if v.get("confirmed_meets_speedup") else ", short of the speedup asked"))
+    bigger = v.get("bigger_measured_missing") or []
+    why = (f"; the more capable {', '.join(bigger)} measured short of the requirements"
+           if bigger else "")
+    return [f"Re-planned on the measured speeds{more}: {what}{speed}. Verified: it meets the "
+            f"requirements measured{why}. The whole chain (--verify-plan) distils this "
+            "student."]
 
 
 def plan_md(sec: dict) -> list[str]:
