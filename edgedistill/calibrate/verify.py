@@ -134,10 +134,8 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
             row["meets_requirements_measured"] = not row["misses_measured"]
             t_meas = (teacher_row or {}).get("measured")
             if t_meas:
-                row["speedup_measured"] = (
-                    t_meas["encoder_batch_ms"] / row["measured"]["encoder_batch_ms"]
-                    if encoder else row["measured"]["decode_tokens_per_s"]
-                    / t_meas["decode_tokens_per_s"])
+                row["speedup_measured"] = _speedup(t_meas[keys[0]], row["measured"][keys[0]],
+                                                   encoder)
         return row
 
     teacher_row, req_measured = None, pl.requirements
@@ -226,8 +224,7 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
         main = keys[0]  # decode tok/s, or ms per encoder batch
         need = (verified.get("requirements") or req_measured).get(main)
         got = v_row["measured"][main]
-        verified |= {"margin": (got / need - 1 if main == "decode_tokens_per_s" else
-                                need / got - 1) if need else None,
+        verified |= {"margin": _speedup(need, got, encoder) - 1 if need else None,
                      "retiming_noise": quality[main]["retiming_noise"],
                      "params": v_row["params"],
                      "speedup_measured": v_row.get("speedup_measured"),
@@ -235,6 +232,11 @@ def verify_plan(teacher=None, target="local", config=None, k: int = 6,
                      - 1}
     doc["verified"] = verified
     return doc
+
+
+def _speedup(teacher: float, student: float, encoder: bool) -> float:
+    """How many times faster ``student`` is: ms per encoder batch, else decode tok/s."""
+    return teacher / student if encoder else student / teacher
 
 
 CONFIRM_PAIRS = 3
@@ -247,7 +249,7 @@ def _confirm(arts, figure, encoder: bool, speedup: float) -> dict:
     ratios = []
     for _ in range(CONFIRM_PAIRS):
         t, c = figure(arts[0]), figure(arts[1])
-        ratios.append(t / c if encoder else c / t)
+        ratios.append(_speedup(t, c, encoder))
     med = statistics.median(ratios)
     return {"confirmed_speedups": ratios, "confirmed_speedup": med,
             "confirmed_meets_speedup": med >= speedup}

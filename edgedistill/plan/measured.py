@@ -19,6 +19,13 @@ from edgedistill.plan.costmodel import Prediction
 FIGURES = ("decode_tokens_per_s", "prefill_ms", "encoder_batch_ms", "generate_tokens_per_s")
 """The figures a measurement may carry (Prediction's fields, this machine's units)."""
 _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelShape))
+MEASURED, CORRECTED = "measured", "corrected by measurement"
+"""Labels of a timed shape's figures, and the suffix of a prediction corrected by them."""
+
+
+def from_measurement(label: str) -> bool:
+    """Whether a Prediction's label says its figures came from ``with_measurements``."""
+    return label == MEASURED or label.endswith(CORRECTED)
 
 
 def shape_key(shape: ModelShape) -> str:
@@ -93,8 +100,8 @@ def with_measurements(predict_on, measured, fmt: str, quant: str):
         if figures is not None:
             return dataclasses.replace(
                 _with_figures(p, {k: v for k, v in figures.items() if getattr(p, k, None)},
-                              "measured"), extrapolated=False)
+                              MEASURED), extrapolated=False)
         fixed = {k: getattr(p, k) * math.exp(_interp(pts, math.log(getattr(p, k))))
                  for k, pts in ratios.items() if getattr(p, k, None)}
-        return _with_figures(p, fixed, f"{p.label}, corrected by measurement")
+        return _with_figures(p, fixed, f"{p.label}, {CORRECTED}")
     return predict
