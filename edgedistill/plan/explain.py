@@ -2,21 +2,18 @@
 and ``candidate_table`` (what ``edgedistill plan`` prints, from a plan's JSON)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from edgedistill.plan.measured import from_measurement
-
-if TYPE_CHECKING:
-    from edgedistill.plan.planner import Candidate, Plan
 
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def explain(pl: Plan, bigger: list[Candidate]) -> list[str]:
+def explain(pl, bigger: list) -> list[str]:
     """The plan in sentences: the teacher against the targets, the requirements, the choice
-    and why nothing more capable was chosen, and how the figures were made."""
+    and why nothing more capable was chosen, and how the figures were made. ``pl`` is a
+    planner.Plan, ``bigger`` its Candidates more capable than the choice (planner imports
+    this module, so the types are not imported here)."""
     t, s, prof, req = pl.teacher, pl.student, pl.profile, pl.requirements
     lines = []
     tp = pl.teacher_prediction
