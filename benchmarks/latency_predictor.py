@@ -232,6 +232,7 @@ def main() -> int:
             "roofline_uncalibrated": _stats(_roofline_errors(cal, held)),
             "three_term_fit": _stats(_three_term_errors(train, held, llc)),
             "cv_mape": fit["cv_mape"], "cache_bytes": llc,
+            "cache_decay": fit.get("cache_decay"),
             "repeatability": fit.get("repeatability"),
         }
         rows[key]["goal_met"] = bool(h and h["mape"] <= 0.05 and abs(h["worst"]) <= 0.15)

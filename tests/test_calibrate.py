@@ -123,6 +123,41 @@ def test_fit_all_finds_the_cache_a_process_really_gets():
     assert min(at_reported["cv_mape"].values()) > 2 * min(f["cv_mape"].values())
 
 
+def test_decode_fit_learns_how_fast_the_cache_stops_helping():
+    """Timings where the cache's share of a step falls as (C / bytes)^6 past a 64 MiB cache:
+    the fit finds the cache and the decay from the design (whose full-width 4-layer shape
+    streams twice the cache), and predicts held-out 0.5-1.3B shapes (8-24 layers, never timed)
+    within 3%. The split of earlier calibrations (decay 1: a fixed cached part) fitted to the
+    same timings gets the deep shapes wrong by more than 25%."""
+    from edgedistill.calibrate import _config
+    from edgedistill.plan.predictor import cached_share
+
+    assert cached_share(10, 20) == 1.0 and cached_share(40, 20) == 0.5
+    assert cached_share(40, 20, 4.0) == pytest.approx(1 / 16)
+    llc, decay = 64 << 20, 6.0
+    coef = [3e-5, 1.6e-5, 2.5e-5, 6e-5, 0.09, 2e-6, 2.7e-5]  # near this VM's Q4_K_M fit
+
+    def point(c, split):
+        x = features("decode", shape_from_config(c), "gguf", "q4_k_m", llc_bytes=llc,
+                     context=512, cache_decay=decay)
+        return {"config": c, "format": "gguf", "quant": "q4_k_m", "workload": "decode",
+                "seconds": sum(a * b for a, b in zip(coef, x)), "prompt": 512, "split": split}
+    cfgs = design("llama", 28, seed=1)
+    assert (2048, 4) in {(c["hidden_size"], c["num_hidden_layers"]) for c in cfgs}
+    points = [point(c, "holdout" if i % 4 == 3 else "train") for i, c in enumerate(cfgs)]
+    f = fit_all(points, 480 << 20)["gguf:q4_k_m:decode"]
+    assert f["llc_bytes"] == llc and f["cache_decay"] == decay
+    deep = [point(_config("llama", h, L, 2.75, 32000), "deep")
+            for h, L in ((2048, 8), (1536, 16), (2048, 24))]
+    from edgedistill.calibrate.fit import _x
+    for p in deep:
+        assert evaluate(f, _x(p, llc, decay)) / p["seconds"] == pytest.approx(1, abs=0.03)
+    train = [p for p in points if p["split"] == "train"]
+    old = fit([_x(p, llc) for p in train], [p["seconds"] for p in train])  # decay 1
+    assert max(abs(evaluate(old, _x(p, llc), "physical") / p["seconds"] - 1)
+               for p in deep) > 0.25
+
+
 def test_spearman_rank_correlation():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -200,6 +235,29 @@ def test_a_shape_outside_the_measured_design_is_flagged_extrapolated(tmp_path):
     assert max(c["hidden_size"] for c in design("llama", 10)) == 2048
     got = predict(tiny, local, "gguf", "q4_k_m", wide)
     assert got.extrapolated and "layers 22 outside" in got.basis and "hidden" not in got.basis
+    # with the full-width 4-layer shape too, the per-layer cost at full width is measured, and
+    # a step that took 98% of its bytes from DRAM (the fit's cache 64 MiB, decay 6): deeper and
+    # bigger shapes of the timed widths are added up, not extrapolated (checked on held-out
+    # 0.5-1.3B shapes by benchmarks/latency_predictor.py --deep)
+    deep = dict(_fake_calibration(2), points=timed(design("llama", 14)))
+    assert (2048, 4) in {(c["hidden_size"], c["num_hidden_layers"]) for c in design("llama", 14)}
+    deep["fits"]["gguf:q4_k_m:decode"].update(llc_bytes=64 << 20, cache_decay=6.0)
+    got = predict(tiny, local, "gguf", "q4_k_m", deep)
+    assert not got.extrapolated and "EXTRAPOLATED" not in got.basis
+    assert "per-layer costs measured at full width, added up" in got.basis
+    wider = predict(shape_from_config(REAL_CONFIGS["mistral-7b"]), local, "gguf", "q4_k_m", deep)
+    assert wider.extrapolated and "hidden 4096 outside the measured 256-2048" in wider.basis
+    # a decode fit whose cache still served a quarter of the biggest step has not measured
+    # the DRAM rate: its deep predictions stay flagged (prefill, compute-bound, adds up)
+    deep["fits"]["gguf:q4_k_m:decode"]["cache_decay"] = 1.0
+    got = predict(tiny, local, "gguf", "q4_k_m", deep)
+    assert got.extrapolated and "layers 22 outside" in got.basis
+    # onnxruntime was never checked on deep shapes: its deep predictions stay flagged
+    from edgedistill.plan.predictor import adds_up
+    deep["points"] += [dict(p, format="onnx", quant="int8") for p in deep["points"]]
+    deep["fits"]["onnx:int8:decode"] = dict(deep["fits"]["gguf:q4_k_m:decode"], cache_decay=6.0)
+    assert not adds_up(deep, "onnx:int8:decode") and not adds_up(deep, "onnx:int8:prefill")
+    assert adds_up(deep, "gguf:q4_k_m:prefill")
     # beyond its design a log-linear fit is not used: it runs away; the physical sum is
     for f in wide["fits"].values():
         f["chosen"] = "loglinear"
@@ -304,8 +362,16 @@ def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
     local = dataclasses.replace(load_profile("laptop"), name="local", threads=2)
     shape = shape_from_config(REAL_CONFIGS["tinyllama-1.1b"])
     assert predictor_for(local)(shape, "gguf", "q8_0").label == "calibrated"  # from the cache
-    # the design stops far below 1.1B parameters: the figure says it is extrapolated
-    assert predictor_for(local)(shape, "gguf", "q8_0").extrapolated
+    # 1.1B at hidden 2048: added up from per-layer costs when the design reached the
+    # full-width 4-layer shape and measured the DRAM rate, else flagged extrapolated
+    from edgedistill.plan.predictor import adds_up
+    got = predictor_for(local)(shape, "gguf", "q8_0")
+    reached = (2048, 4) in {(p["config"]["hidden_size"], p["config"]["num_hidden_layers"])
+                            for p in cal["points"] if p["split"] == "train"}
+    if reached and adds_up(cal, "gguf:q8_0:decode"):
+        assert not got.extrapolated and "added up" in got.basis
+    else:
+        assert got.extrapolated and "EXTRAPOLATED" in got.basis
     # and wider than anything timed
     assert predictor_for(local)(shape_from_config(REAL_CONFIGS["mistral-7b"]), "gguf",
                                 "q8_0").extrapolated

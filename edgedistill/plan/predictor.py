@@ -19,10 +19,18 @@ the time of one unit of work as a non-negative sum of physically motivated terms
                        + c4 attention GFLOP + c5 element-wise MB
 
 where the bytes a decode step streams (weights at their stored width, plus the KV cache) are
-split at a cache size: a model of tens of MB partly lives in the cache. That size is the
-effective one, chosen per fit by cross-validation (``fit.llc_bytes``): on a shared VM the
-cache a process really gets is far smaller than the one the CPU reports (measured: 48 MiB of a
-reported 480). "Fallback" matrices are those whose rows the format's blocks do not divide,
+split between cache and DRAM: a model of tens of MB partly lives in the cache. The share
+served from the cache is (C / bytes)^k once the bytes exceed the cache C, all of them below
+it. C is the effective cache, chosen per fit by cross-validation (``fit.llc_bytes``): on a
+shared VM the cache a process really gets is far smaller than the one the CPU reports
+(measured: 48 MiB of a reported 480). k (``fit.cache_decay``) is how fast the cache stops
+helping once a step streams more than it holds, chosen the same way: a step that streams its
+weights in order evicts what it will need next, so past the cache the hits fall faster than
+the C/bytes of a fixed cached part (k = 1, the split of calibrations before it). Measured on
+held-out 0.5-1.3B shapes (benchmarks/latency_predictor.py --deep): with k = 1 and no timed
+shape far past the cache, decode was predicted 93-130% (Q4_K_M) and 28-34% (F16) too slow;
+with the design's full-width 4-layer shape and C, k chosen by cross-validation, 4-14% (F16,
+k 4), 5-13% (Q8_0, k 4) and 8-24% (Q4_K_M, which chose k 1 and stays flagged extrapolated). "Fallback" matrices are those whose rows the format's blocks do not divide,
 which llama.cpp stores in a wider type and multiplies with other kernels (Q4_K -> Q5_0):
 their matmul work has its own rate (measured: without it, Q4_K_M prefills of width 640 and
 896 were predicted 14-18% too fast and the rank correlation was 0.93; with it 0.97). A
@@ -117,8 +125,9 @@ def load_calibration(path: str | Path | None = None, threads: int | None = None)
 
 def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_bytes: int,
              context: int = 0, prompt: int = 0, seq: int = 0, batch: int = 0,
-             block: int = 32) -> list[float]:
-    """The terms of FEATURES[workload] for one shape, in MB and GFLOP."""
+             block: int = 32, cache_decay: float = 1.0) -> list[float]:
+    """The terms of FEATURES[workload] for one shape, in MB and GFLOP; a decode step's bytes
+    split between cache and DRAM by :func:`cached_share`."""
 
     q = quant_type(fmt, quant)
     weights, streamed, _ = _weight_bytes(shape, q, block)
@@ -126,7 +135,7 @@ def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_byte
     L = shape.num_layers
     if workload in ("decode", "generate"):  # generate: llama-cpp-python's loop, same terms
         total = streamed + shape.kv_cache_elements(context) * q.kv_bytes
-        cached = min(total, llc_bytes)
+        cached = total * cached_share(total, llc_bytes, cache_decay)
         return [1.0, L, cached / 1e6, (total - cached) / 1e6,
                 attention_flops(shape, 1, context, True) / 1e9, shape.vocab_size / 1e3,
                 L * fb_bytes / 1e6]
@@ -142,6 +151,12 @@ def features(workload: str, shape: ModelShape, fmt: str, quant: str, *, llc_byte
                 attention_flops(shape, seq, seq, False) * batch / 1e9,
                 encoder_elementwise_bytes(shape, seq, batch) / 1e6]
     raise ValueError(f"unknown workload {workload!r}")
+
+
+def cached_share(streamed: float, cache: float, decay: float = 1.0) -> float:
+    """The share of a decode step's ``streamed`` bytes served from a ``cache`` of that many
+    bytes: all of them while they fit, then (cache / streamed) ** decay."""
+    return 1.0 if streamed <= cache else (cache / streamed) ** decay
 
 
 def evaluate(fit: dict, x: list[float], model: str | None = None) -> float:
@@ -195,17 +210,21 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         fit_key(fmt, quant, "generate"))  # GGUF calibrations since llama-cpp-python's loop
     if gen_fit is not None:
         workloads, fits = workloads + ["generate"], fits + [gen_fit]
-    times, outside, physical = {}, "", []
+    times, outside, physical, added = {}, "", [], ""
     for w, fit in zip(workloads, fits):
         llc = fit.get("llc_bytes") or calibration["machine"]["llc_bytes"]
         x = features(w, shape, fmt, quant, llc_bytes=llc, context=lt.prompt_tokens,
                      prompt=lt.prompt_tokens, seq=lt.encoder_seq_len, batch=lt.encoder_batch,
-                     block=profile.constraints.int4_block_size)
-        out_w = outside_design(shape, calibration, fit_key(fmt, quant, w))
-        outside = outside or out_w
+                     block=profile.constraints.int4_block_size,
+                     cache_decay=fit.get("cache_decay", 1.0))
+        key = fit_key(fmt, quant, w)
+        outside = outside or outside_design(shape, calibration, key)
+        beyond = outside_design(shape, calibration, key, strict=True)
+        if beyond and not outside:
+            added = added or key
         # a log-linear fit beyond its design runs away (powers of features it never saw
         # vary: 0.5B F16 decode was predicted at 72,530 s a token); the physical sum is linear
-        model = "physical" if out_w and fit["chosen"] == "loglinear" else None
+        model = "physical" if beyond and fit["chosen"] == "loglinear" else None
         if model:
             physical.append(w)
         times[w] = (evaluate(fit, x, model) if here
@@ -223,6 +242,9 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
             f"memory bandwidth and compute; uncertainty about ±{SCALED_UNCERTAINTY:.0%}")
     if outside:
         basis += f"; EXTRAPOLATED: {outside}"
+    elif added:
+        basis += ("; deeper or bigger than the shapes timed: per-layer costs measured at full "
+                  "width, added up")
     if physical:
         basis += (f" ({', '.join(physical)} from the physical fit: the log-linear one does "
                   "not extrapolate)")
@@ -248,7 +270,8 @@ _RANGES: dict = {}
 
 def design_range(calibration: dict, key: str) -> dict | None:
     """The measured design behind fit ``key`` (``format:quant:workload``): the smallest and
-    largest parameters, layers and width among the shapes it was fitted on; None when the
+    largest parameters, layers and width among the shapes it was fitted on, the depths timed
+    at the largest width, and the most bytes a decode step of them streamed; None when the
     calibration keeps no points for it."""
     memo = (calibration.get("key"), calibration.get("created"),
             len(calibration.get("points", [])), key)
@@ -256,11 +279,15 @@ def design_range(calibration: dict, key: str) -> dict | None:
         shapes = [shape_from_config(p["config"]) for p in calibration.get("points", [])
                   if fit_key(p["format"], p["quant"], p["workload"]) == key
                   and p.get("split") == "train"]
+        fmt, quant, _ = key.split(":")
+        widest = max((s.hidden_size for s in shapes), default=0)
         _RANGES[memo] = None if not shapes else {
             "params": (min(s.total_params() for s in shapes),
                        max(s.total_params() for s in shapes)),
             "layers": (min(s.num_layers for s in shapes), max(s.num_layers for s in shapes)),
             "hidden": (min(s.hidden_size for s in shapes), max(s.hidden_size for s in shapes)),
+            "widest_depths": sorted({s.num_layers for s in shapes if s.hidden_size == widest}),
+            "streamed": max(_weight_bytes(s, quant_type(fmt, quant), 32)[1] for s in shapes),
             "fallback": any(_fallback(s, key) for s in shapes)}
     return _RANGES[memo]
 
@@ -270,22 +297,40 @@ def _fallback(shape: ModelShape, key: str) -> bool:
     return fallback_matrices(shape, quant_type(fmt, quant))[0] > 0
 
 
-def outside_design(shape: ModelShape, calibration: dict, key: str) -> str:
+def adds_up(calibration: dict, key: str) -> bool:
+    """Whether fit ``key`` may predict shapes deeper and bigger than it timed by adding up
+    per-layer costs: its design timed its largest width at two depths at least, and (decode)
+    a step that the fit says took at least 90% of its bytes from DRAM, so that the DRAM rate
+    is measured. benchmarks/latency_predictor.py --deep checks it on held-out 0.5-1.3B shapes."""
+    rng = design_range(calibration, key)
+    if not key.startswith("gguf:") or rng is None or len(rng.get("widest_depths", ())) < 2:
+        return False  # onnxruntime was never checked on deep shapes: they stay flagged
+    if key.endswith((":decode", ":generate")):
+        fit = calibration["fits"].get(key) or {}
+        llc = fit.get("llc_bytes") or calibration.get("machine", {}).get("llc_bytes", 0)
+        return bool(llc) and cached_share(rng["streamed"], llc,
+                                          fit.get("cache_decay", 1.0)) <= 0.1
+    return True
+
+
+def outside_design(shape: ModelShape, calibration: dict, key: str,
+                   strict: bool = False) -> str:
     """Why ``shape`` lies outside the calibration's measured design for ``key`` ('' when it
     lies inside, or when the calibration keeps no design to check against). Parameters,
-    layers and width each count: per-layer costs were measured not to add up for decode
-    beyond the shapes timed (benchmarks/latency_predictor.py --deep: 0.5-1.3B Q4_K_M shapes
-    decode 93-130% faster than the fit predicts, once the weights left the caches). So do matrices
-    stored in a fallback type when the design timed none: their rate is then unmeasured."""
+    layers and width each count, except that a design which measured per-layer costs at full
+    width and the DRAM rate (:func:`adds_up`) covers deeper and bigger shapes of its widths;
+    ``strict``: the timed ranges only. So do matrices stored in a fallback type when the
+    design timed none: their rate is then unmeasured."""
     rng = design_range(calibration, key)
     if rng is None:
         return ""
     have = {"params": shape.total_params(), "layers": shape.num_layers,
             "hidden": shape.hidden_size}
+    deeper_ok = not strict and adds_up(calibration, key)
     why = []
     for k, v in have.items():
         lo, hi = rng[k]
-        if not lo <= v <= hi:
+        if not lo <= v <= hi and not (deeper_ok and k != "hidden" and v > hi):
             fmt = (lambda x: f"{x / 1e6:.1f}M") if k == "params" else str
             why.append(f"{k} {fmt(v)} outside the measured {fmt(lo)}-{fmt(hi)}")
     if not rng.get("fallback", True) and _fallback(shape, key):
