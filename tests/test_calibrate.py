@@ -229,8 +229,8 @@ def test_a_shape_outside_the_measured_design_is_flagged_extrapolated(tmp_path):
     assert big.label == "calibrated" and big.extrapolated
     assert "EXTRAPOLATED: params 1100.0M outside the measured" in big.basis
     assert "hidden 2048 outside the measured 256-768" in big.basis
-    # the design's full-width 2-layer shapes cover its width, not its depth or size: per-layer
-    # costs were measured not to add up for decode (benchmarks/latency_predictor.py --deep)
+    # the design's full-width 2-layer shapes alone cover its width, not its depth or size: one
+    # depth at full width does not measure the per-layer cost there
     wide = dict(_fake_calibration(2), points=timed(design("llama", 10)))
     assert max(c["hidden_size"] for c in design("llama", 10)) == 2048
     got = predict(tiny, local, "gguf", "q4_k_m", wide)
