@@ -9,11 +9,13 @@ import sys
 import pytest
 
 from edgedistill.arch import shape_from_config
-from edgedistill.calibrate import (CalibrateConfig, calibrate, design, fit, fit_all, parse_formats,
-                                   spearman)
+from edgedistill.calibrate import (CalibrateConfig, _config, calibrate, design, fit, fit_all,
+                                   parse_formats, spearman)
+from edgedistill.calibrate.fit import _x
 from edgedistill.errors import EdgeDistillError
-from edgedistill.plan.predictor import (CalibrationError, evaluate, features, fingerprint,
-                                        load_calibration, predict, predict_config, predictor_for)
+from edgedistill.plan.predictor import (CalibrationError, adds_up, cached_share, evaluate,
+                                        features, fingerprint, load_calibration, predict,
+                                        predict_config, predictor_for)
 from edgedistill.profiles import load_profile
 
 from conftest import REAL_CONFIGS, write_config
@@ -129,8 +131,6 @@ def test_decode_fit_learns_how_fast_the_cache_stops_helping():
     streams twice the cache), and predicts held-out 0.5-1.3B shapes (8-24 layers, never timed)
     within 3%. The split of earlier calibrations (decay 1: a fixed cached part) fitted to the
     same timings gets the deep shapes wrong by more than 25%."""
-    from edgedistill.calibrate import _config
-    from edgedistill.plan.predictor import cached_share
 
     assert cached_share(10, 20) == 1.0 and cached_share(40, 20) == 0.5
     assert cached_share(40, 20, 4.0) == pytest.approx(1 / 16)
@@ -149,7 +149,6 @@ def test_decode_fit_learns_how_fast_the_cache_stops_helping():
     assert f["llc_bytes"] == llc and f["cache_decay"] == decay
     deep = [point(_config("llama", h, L, 2.75, 32000), "deep")
             for h, L in ((2048, 8), (1536, 16), (2048, 24))]
-    from edgedistill.calibrate.fit import _x
     for p in deep:
         assert evaluate(f, _x(p, llc, decay)) / p["seconds"] == pytest.approx(1, abs=0.03)
     train = [p for p in points if p["split"] == "train"]
@@ -253,7 +252,6 @@ def test_a_shape_outside_the_measured_design_is_flagged_extrapolated(tmp_path):
     got = predict(tiny, local, "gguf", "q4_k_m", deep)
     assert got.extrapolated and "layers 22 outside" in got.basis
     # onnxruntime was never checked on deep shapes: its deep predictions stay flagged
-    from edgedistill.plan.predictor import adds_up
     deep["points"] += [dict(p, format="onnx", quant="int8") for p in deep["points"]]
     deep["fits"]["onnx:int8:decode"] = dict(deep["fits"]["gguf:q4_k_m:decode"], cache_decay=6.0)
     assert not adds_up(deep, "onnx:int8:decode") and not adds_up(deep, "onnx:int8:prefill")
@@ -364,7 +362,6 @@ def test_real_calibration_in_llama_cpp_is_used_by_plan(tmp_path):
     assert predictor_for(local)(shape, "gguf", "q8_0").label == "calibrated"  # from the cache
     # 1.1B at hidden 2048: added up from per-layer costs when the design reached the
     # full-width 4-layer shape and measured the DRAM rate, else flagged extrapolated
-    from edgedistill.plan.predictor import adds_up
     got = predictor_for(local)(shape, "gguf", "q8_0")
     reached = (2048, 4) in {(p["config"]["hidden_size"], p["config"]["num_hidden_layers"])
                             for p in cal["points"] if p["split"] == "train"}

@@ -67,7 +67,7 @@ WIDE = ((2048, 2), (1536, 2), (2048, 4))
 so that they cost about what a mid-size shape does (9-40 s here): they extend the calibrated
 widths to those of 0.5-1.5B models, and time one width at two depths, so that the per-layer
 cost at full width is measured, and a decode step streaming far more than the cache (the
-4-layer one: 126 MB at Q4_K_M, 410 MB at F16), so that the DRAM rate is. Deeper and bigger
+4-layer one: 129 MB at Q4_K_M, 411 MB at F16), so that the DRAM rate is. Deeper and bigger
 shapes at the calibrated widths are then predicted by adding up per-layer costs, which
 benchmarks/latency_predictor.py --deep checks on held-out 0.5-1.3B shapes (8-24 layers)."""
 WIDE_AT = (5, 9, 13)

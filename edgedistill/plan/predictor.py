@@ -30,11 +30,11 @@ the C/bytes of a fixed cached part (k = 1, the split of calibrations before it).
 held-out 0.5-1.3B shapes (benchmarks/latency_predictor.py --deep): with k = 1 and no timed
 shape far past the cache, decode was predicted 93-130% (Q4_K_M) and 28-34% (F16) too slow;
 with the design's full-width 4-layer shape and C, k chosen by cross-validation, 4-14% (F16,
-k 4), 5-13% (Q8_0, k 4) and 8-24% (Q4_K_M, which chose k 1 and stays flagged extrapolated). "Fallback" matrices are those whose rows the format's blocks do not divide,
-which llama.cpp stores in a wider type and multiplies with other kernels (Q4_K -> Q5_0):
-their matmul work has its own rate (measured: without it, Q4_K_M prefills of width 640 and
-896 were predicted 14-18% too fast and the rank correlation was 0.93; with it 0.97). A
-log-linear model over the same terms is fitted too; whichever generalises better in
+k 4), 5-13% (Q8_0, k 4) and 8-24% (Q4_K_M, which chose k 1 and stays flagged extrapolated).
+"Fallback" matrices are those whose rows the format's blocks do not divide, which llama.cpp
+stores in a wider type and multiplies with other kernels (Q4_K -> Q5_0): their matmul work
+has its own rate (measured: without it, Q4_K_M prefills of width 640 and 896 were predicted
+14-18% too fast and the rank correlation was 0.93; with it 0.97). A log-linear model over the same terms is fitted too; whichever generalises better in
 cross-validation on the calibration's own training shapes is used (``fit.chosen``).
 
 Pure Python: ``plan`` must not import numpy or torch. The fitting lives in calibrate/.
@@ -210,7 +210,7 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
         fit_key(fmt, quant, "generate"))  # GGUF calibrations since llama-cpp-python's loop
     if gen_fit is not None:
         workloads, fits = workloads + ["generate"], fits + [gen_fit]
-    times, outside, physical, added = {}, "", [], ""
+    times, outside, physical, added = {}, "", [], False
     for w, fit in zip(workloads, fits):
         llc = fit.get("llc_bytes") or calibration["machine"]["llc_bytes"]
         x = features(w, shape, fmt, quant, llc_bytes=llc, context=lt.prompt_tokens,
@@ -218,10 +218,10 @@ def predict(shape: ModelShape, profile: DeviceProfile, fmt: str, quant: str,
                      block=profile.constraints.int4_block_size,
                      cache_decay=fit.get("cache_decay", 1.0))
         key = fit_key(fmt, quant, w)
-        outside = outside or outside_design(shape, calibration, key)
         beyond = outside_design(shape, calibration, key, strict=True)
-        if beyond and not outside:
-            added = added or key
+        out_w = beyond and outside_design(shape, calibration, key)  # what adding up can't cover
+        outside = outside or out_w
+        added = added or bool(beyond and not out_w)
         # a log-linear fit beyond its design runs away (powers of features it never saw
         # vary: 0.5B F16 decode was predicted at 72,530 s a token); the physical sum is linear
         model = "physical" if beyond and fit["chosen"] == "loglinear" else None
