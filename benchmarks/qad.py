@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -114,7 +115,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/edgedistill-bench/qad")
     ap.add_argument("--out", help="default: benchmarks/results/qad_<teacher>.json")
+    ap.add_argument("--calibrated-plan", action="store_true",
+                    help="plan the planned student with this machine's latency calibration "
+                    "(default: as an uncalibrated machine plans it, the 3.4M student of the "
+                    "committed runs; a calibration here plans a 1-layer one for 2x)")
     args = ap.parse_args()
+    if not args.calibrated_plan:  # the planner reads this machine's calibration from the cache
+        os.environ["EDGEDISTILL_CACHE"] = str(Path(args.work) / "cache")
 
     from transformers import AutoTokenizer
 
@@ -265,7 +272,8 @@ def main() -> int:
                        "(stdlib_source_split)"},
            "settings": {k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr",
                                                       "self_lr", "share", "grids", "distill_chars",
-                                                      "teacher_dtype", "loss", "hidden_weight")},
+                                                      "teacher_dtype", "loss", "hidden_weight",
+                                                      "calibrated_plan")},
            "summary": summary, "runs": runs, "seconds": round(time.time() - t_start, 1)}
     out = Path(args.out or ROOT / "results" / f"qad_{teacher.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
