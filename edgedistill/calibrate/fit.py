@@ -78,7 +78,8 @@ def _fit_decode(train: list[dict], llc: int) -> dict:
     step's bytes between cache and DRAM is at the cache a process really gets, which on a
     shared VM is a fraction of what the CPU reports (measured here: 48 MiB of a reported
     480 MiB halved the held-out error of F16 and Q4_K_M decode), and the decay says how fast
-    the cache stops helping past it. On ties (within 0.1 point of MAPE) the smaller cache and decay."""
+    the cache stops helping past it. On ties (within 0.1 point of MAPE) the smaller cache
+    and decay."""
     y = [p["seconds"] for p in train]
     best = None
     for size in cache_sizes(llc):

@@ -34,8 +34,9 @@ k 4), 5-13% (Q8_0, k 4) and 8-24% (Q4_K_M, which chose k 1 and stays flagged ext
 "Fallback" matrices are those whose rows the format's blocks do not divide, which llama.cpp
 stores in a wider type and multiplies with other kernels (Q4_K -> Q5_0): their matmul work
 has its own rate (measured: without it, Q4_K_M prefills of width 640 and 896 were predicted
-14-18% too fast and the rank correlation was 0.93; with it 0.97). A log-linear model over the same terms is fitted too; whichever generalises better in
-cross-validation on the calibration's own training shapes is used (``fit.chosen``).
+14-18% too fast and the rank correlation was 0.93; with it 0.97). A log-linear model over
+the same terms is fitted too; whichever generalises better in cross-validation on the
+calibration's own training shapes is used (``fit.chosen``).
 
 Pure Python: ``plan`` must not import numpy or torch. The fitting lives in calibrate/.
 """
