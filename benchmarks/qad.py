@@ -84,6 +84,90 @@ def qdq_quants_of(grids: list) -> tuple:
     return tuple(g.split(":", 1)[1] for g in grids if g.startswith("onnx:qdq"))
 
 
+def summarize(runs: list, grids: list, seeds: list) -> list:
+    """One row per use and deployed file: the seeds' median KL of each arm, the spread
+    between seeds, and the recovered share of the gap where it exceeds 3x that spread."""
+    summary = []
+    for use in sorted({r["use"] for r in runs}):
+        for g in grids:
+            q = g.split(":", 1)[1]
+
+            def kls(arm, key=q):
+                return [next(r for r in runs if r["use"] == use and r["arm"] == arm
+                             and r["seed"] == s)[key]["kl"] for s in seeds]
+            ptq, qad = kls("ptq"), kls(f"qad:{g}")
+            flt = [0.0] * len(seeds) if use == "self" else kls("ptq", "float")
+            gap = float(np.median(ptq) - np.median(flt))
+            spread = max(max(ptq) - min(ptq), max(qad) - min(qad))
+            share = 1 - (np.median(qad) - np.median(flt)) / gap if gap > 0 else None
+
+            def med(arm, key):
+                return float(np.median([next(r for r in runs if r["use"] == use
+                                             and r["arm"] == arm and r["seed"] == s)[q][key]
+                                        for s in seeds]))
+            summary.append({
+                "use": use, "deployed": g, "kl_float": float(np.median(flt)),
+                "kl_ptq": float(np.median(ptq)), "kl_qad": float(np.median(qad)),
+                "top1_ptq": med("ptq", "top1_agreement"),
+                "top1_qad": med(f"qad:{g}", "top1_agreement"),
+                "heldout_loss_ptq": med("ptq", "heldout_loss"),
+                "heldout_loss_qad": med(f"qad:{g}", "heldout_loss"),
+                "gap": gap, "seed_spread": float(spread),
+                "recovered": (float(share) if share is not None and gap > 3 * spread
+                              else None),
+                "recovered_raw": float(share) if share is not None else None,
+                "measurable": bool(gap > 3 * spread)})
+    return summary
+
+
+def show(summary: list, out: Path) -> None:
+    for s in summary:
+        rec = "n/a (gap within 3x seed spread)" if s["recovered"] is None else \
+            f"{s['recovered']:.0%}"
+        print(f"{s['use']:<8} {s['deployed']:<12} KL float {s['kl_float']:.4f}  PTQ "
+              f"{s['kl_ptq']:.4f}  QAD {s['kl_qad']:.4f}  spread {s['seed_spread']:.4f}  "
+              f"recovered {rec}")
+    print(json.dumps({"benchmark": "qad", "out": str(out)}))
+
+
+SEED_FREE = ("steps", "batch_size", "seq_len", "lr", "self_lr", "share", "distill_chars",
+             "teacher_dtype", "loss", "hidden_weight", "calibrated_plan")
+"""Settings runs must share to be merged (their seeds and grids may differ)."""
+
+
+def merge(paths: list[str], out: str | None) -> int:
+    """Several result files of one setting, other seeds each, as one: their runs together,
+    the summary over every seed they hold (the seed spread needs at least two)."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    first = docs[0]
+    for p, d in zip(paths[1:], docs[1:]):
+        diff = [k for k in SEED_FREE if d["settings"].get(k) != first["settings"].get(k)]
+        if d["teacher"] != first["teacher"] or diff:
+            print(f"qad.py --merge: {p} was run with another teacher or settings "
+                  f"({', '.join(diff) or 'teacher'}) than {paths[0]}; merge only runs "
+                  "that differ in their seeds", file=sys.stderr)
+            return 2
+    runs = [r for d in docs for r in d["runs"]]
+    seen = {(r["use"], r["arm"], r["seed"]) for r in runs}
+    if len(seen) < len(runs):
+        print("qad.py --merge: two files hold the same arm and seed; merge other seeds",
+              file=sys.stderr)
+        return 2
+    grid_sets = [set(d["settings"]["grids"].split(",")) for d in docs]
+    grids = [g for g in first["settings"]["grids"].split(",")
+             if all(g in gs for gs in grid_sets)]
+    seeds = sorted({r["seed"] for r in runs})
+    doc = dict(first, summary=summarize(runs, grids, seeds), runs=runs,
+               settings=dict(first["settings"], grids=",".join(grids),
+                             seeds=",".join(map(str, seeds))),
+               merged_from=[Path(p).name for p in paths],
+               seconds=round(sum(d.get("seconds", 0) for d in docs), 1))
+    target = Path(out or paths[0])
+    target.write_text(json.dumps(doc, indent=2, default=str))
+    show(doc["summary"], target)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", help="a causal-LM HF folder (default: the 4.2M llama)")
@@ -119,7 +203,12 @@ def main() -> int:
                     help="plan the planned student with this machine's latency calibration "
                     "(default: as an uncalibrated machine plans it, the 3.4M student of the "
                     "committed runs; a calibration here plans a 1-layer one for 2x)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="write one result of several runs of the same settings with other "
+                    "seeds (to --out, default: the first file) and summarize over all seeds")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     if not args.calibrated_plan:  # the planner reads this machine's calibration from the cache
         os.environ["EDGEDISTILL_CACHE"] = str(Path(args.work) / "cache")
 
@@ -227,36 +316,7 @@ def main() -> int:
                                                           *quants)}, default=str)[:800],
                       file=sys.stderr)
 
-    summary = []
-    for use in sorted({r["use"] for r in runs}):
-        for g in grids:
-            q = g.split(":", 1)[1]
-
-            def kls(arm, key=q):
-                return [next(r for r in runs if r["use"] == use and r["arm"] == arm
-                             and r["seed"] == s)[key]["kl"] for s in seeds]
-            ptq, qad = kls("ptq"), kls(f"qad:{g}")
-            flt = [0.0] * len(seeds) if use == "self" else kls("ptq", "float")
-            gap = float(np.median(ptq) - np.median(flt))
-            spread = max(max(ptq) - min(ptq), max(qad) - min(qad))
-            share = 1 - (np.median(qad) - np.median(flt)) / gap if gap > 0 else None
-
-            def med(arm, key):
-                return float(np.median([next(r for r in runs if r["use"] == use
-                                             and r["arm"] == arm and r["seed"] == s)[q][key]
-                                        for s in seeds]))
-            summary.append({
-                "use": use, "deployed": g, "kl_float": float(np.median(flt)),
-                "kl_ptq": float(np.median(ptq)), "kl_qad": float(np.median(qad)),
-                "top1_ptq": med("ptq", "top1_agreement"),
-                "top1_qad": med(f"qad:{g}", "top1_agreement"),
-                "heldout_loss_ptq": med("ptq", "heldout_loss"),
-                "heldout_loss_qad": med(f"qad:{g}", "heldout_loss"),
-                "gap": gap, "seed_spread": float(spread),
-                "recovered": (float(share) if share is not None and gap > 3 * spread
-                              else None),
-                "recovered_raw": float(share) if share is not None else None,
-                "measurable": bool(gap > 3 * spread)})
+    summary = summarize(runs, grids, seeds)
     cfg = json.loads((teacher / "config.json").read_text())
     doc = {"benchmark": "qad", "measured": True,
            "device": f"{platform.processor() or platform.machine()}, {args.threads} threads",
@@ -278,13 +338,7 @@ def main() -> int:
     out = Path(args.out or ROOT / "results" / f"qad_{teacher.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=str))
-    for s in summary:
-        rec = "n/a (gap within 3x seed spread)" if s["recovered"] is None else \
-            f"{s['recovered']:.0%}"
-        print(f"{s['use']:<8} {s['deployed']:<12} KL float {s['kl_float']:.4f}  PTQ "
-              f"{s['kl_ptq']:.4f}  QAD {s['kl_qad']:.4f}  spread {s['seed_spread']:.4f}  "
-              f"recovered {rec}")
-    print(json.dumps({"benchmark": "qad", "out": str(out)}))
+    show(summary, out)
     return 0
 
 
