@@ -181,3 +181,50 @@ def test_encoders_are_predicted_at_the_lengths_the_bench_runs(tmp_path):
         assert got == pytest.approx(want)
         at_cap = predictor_for(laptop)(shape, fmt, by[fmt].quant).encoder_batch_ms
         assert got < at_cap  # shorter than the cap: less work predicted
+
+
+TOKENIZER_TEXTS = ["A short one.", "", "Crème brûlée, naïve café — 東京 and emoji 🙂!",
+                   "word " * 300, "Two\nlines\twith   spaces", "UPPER lower MiXeD 12345"]
+
+
+def test_bench_children_tokenize_as_transformers_does_without_importing_it(trained_llama,
+                                                                          tmp_path):
+    """An onnxruntime bench child rebuilds the parent's fast tokenizer from tokenizer_spec
+    (the tokenizers library alone: importing transformers costs a child about 6 s here). Its
+    ids, masks and type ids equal transformers' for padded, truncated batches, on the bundled
+    MiniLM's WordPiece and a byte-level BPE with a pad token; the child never imports
+    transformers."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from edgedistill.runtimes.outputs import spec_encoder, tokenizer_spec
+    from edgedistill.teacher import default_teacher_path
+
+    bpe = tmp_path / "bpe"
+    shutil.copytree(trained_llama, bpe)
+    cfg = json.loads((bpe / "tokenizer_config.json").read_text())
+    (bpe / "tokenizer_config.json").write_text(json.dumps(cfg | {"pad_token": cfg.get(
+        "eos_token") or "</s>", "padding_side": "left"}))
+    for folder in (default_teacher_path(), bpe):
+        tok = AutoTokenizer.from_pretrained(folder)
+        spec = tokenizer_spec(str(folder))
+        assert spec is not None
+        for texts in (TOKENIZER_TEXTS, TOKENIZER_TEXTS[:1], TOKENIZER_TEXTS[2:4]):
+            want = tok(texts, padding=True, truncation=True, max_length=40, return_tensors="np")
+            got = spec_encoder(spec, 40)(texts)
+            assert set(got) == set(want.keys()), folder
+            for k in got:
+                assert np.array_equal(got[k], want[k]), (folder, k)
+    assert tokenizer_spec(str(trained_llama)) is None or \
+        AutoTokenizer.from_pretrained(trained_llama).pad_token is not None
+
+    task = {"tokenizer_spec": tokenizer_spec(str(default_teacher_path())), "seq_len": 128}
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    code = ("import json, sys; from edgedistill.runtimes.bench_worker import _encoder_tokenizer;"
+            f"enc = _encoder_tokenizer(json.load(open({str(tmp_path / 'task.json')!r})));"
+            "print(enc(['hello world'])['input_ids'].tolist(), 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    want = AutoTokenizer.from_pretrained(default_teacher_path())(["hello world"])["input_ids"]
+    assert " ".join(out[:-1]) == str(want) and out[-1] == "False"

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgedistill.runtimes.llama_worker import trained_context
 from edgedistill.runtimes.outputs import (SENTENCE_EMBEDDING, _empty_past, onnx_causal_feeds,
-                                          ort_session)
+                                          ort_session, spec_encoder)
 
 
 def _llama_causal(task):
@@ -223,8 +223,11 @@ def _encoder_paired(task):
     """Several models of one runtime in one process, timed in turn, so that every model sees
     the same machine: batches take a tenth of a second, and a shared machine's speed wanders
     by tens of percent over seconds."""
-    return _in_turn([_encoder_run(dict(task, model=m, tokenizer=t, paired=True))
-                     for m, t in zip(task["models"], task["tokenizers"])], task["repeats"])
+    specs = task.get("tokenizer_specs") or [None] * len(task["models"])
+    return _in_turn([_encoder_run(dict(task, model=m, tokenizer=t, tokenizer_spec=p,
+                                       paired=True))
+                     for m, t, p in zip(task["models"], task["tokenizers"], specs)],
+                    task["repeats"])
 
 
 def _encoder_run(task):
@@ -259,16 +262,13 @@ def _encoder_batch_run(task):
         fitted = {t: _fit_text(llm, t, limit) for t in task["texts"]}
         run = lambda texts: llm.embed([fitted.get(t, t) for t in texts])  # noqa: E731
     elif runtime == "onnxruntime":
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(task["tokenizer"])
+        encode = _encoder_tokenizer(task)
         # loaded once, as deployed; several sessions taking turns must not spin (see there)
         sess = _ort_session(task, spin=not task.get("paired"))
         names = {i.name for i in sess.get_inputs()}
 
         def run(texts):  # tokenizing is part of the work, as in llama.cpp's embed()
-            enc = tok(texts, padding=True, truncation=True, max_length=task["seq_len"],
-                      return_tensors="np")
+            enc = encode(texts)
             return sess.run([SENTENCE_EMBEDDING], {k: v.astype(np.int64) for k, v in enc.items()
                                                    if k in names})[0]
     else:
@@ -287,6 +287,19 @@ def _encoder_batch_run(task):
                           return_tensors="pt").to(device)
                 return model(**enc).last_hidden_state.float().cpu()  # on the host: done
     return run
+
+
+def _encoder_tokenizer(task):
+    """texts -> {input name: array}, padded to the longest and cut at the task's seq_len: the
+    parent's fast tokenizer rebuilt from ``tokenizer_spec`` with the tokenizers library, else
+    transformers' AutoTokenizer of the task's tokenizer folder."""
+    if task.get("tokenizer_spec"):
+        return spec_encoder(task["tokenizer_spec"], task["seq_len"])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(task["tokenizer"])
+    return lambda texts: dict(tok(texts, padding=True, truncation=True,
+                                  max_length=task["seq_len"], return_tensors="np"))
 
 
 def _fit_text(llm, text: str, limit: int) -> str:

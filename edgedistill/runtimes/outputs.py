@@ -7,6 +7,7 @@ message, not a dead pipeline.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,46 @@ def torch_sentence_embeddings(model_dir: Path, texts: list[str], pooling: Poolin
             hidden = model(**enc).last_hidden_state.float().numpy()
             out.append(pool(hidden, enc["attention_mask"].numpy(), pooling))
     return np.concatenate(out)
+
+
+# -- tokenizers without transformers ----------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def tokenizer_spec(folder: str) -> dict | None:
+    """What a child process needs to tokenize as transformers' fast tokenizer of ``folder``
+    does (``tok(texts, padding=True, truncation=True, max_length=N)``) with the
+    ``tokenizers`` library alone: importing transformers takes a bench child about 6 s here,
+    more than the work it times. The Rust backend as transformers set it up (its normalizer
+    and post-processor included), the padding it applies and the inputs it returns. None
+    where there is no fast backend or no pad token (the child then loads transformers)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if not getattr(tok, "is_fast", False) or tok.pad_token is None:
+        return None
+    return {"json": tok.backend_tokenizer.to_str(), "pad_id": tok.pad_token_id,
+            "pad_token": str(tok.pad_token), "pad_type_id": tok.pad_token_type_id,
+            "padding_side": tok.padding_side, "truncation_side": tok.truncation_side,
+            "inputs": list(tok.model_input_names)}
+
+
+def spec_encoder(spec: dict, max_length: int):
+    """texts -> {input name: int64 array (batch, longest)}: :func:`tokenizer_spec`'s
+    tokenizer, padded to the batch's longest text and cut at ``max_length`` tokens."""
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_str(spec["json"])
+    tk.enable_truncation(max_length, direction=spec["truncation_side"])
+    tk.enable_padding(direction=spec["padding_side"], pad_id=spec["pad_id"],
+                      pad_type_id=spec["pad_type_id"], pad_token=spec["pad_token"])
+
+    def encode(texts: list[str]) -> dict:
+        encs = tk.encode_batch(list(texts))
+        got = {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask
+                                                                      for e in encs],
+               "token_type_ids": [e.type_ids for e in encs]}
+        return {k: np.asarray(v, dtype=np.int64) for k, v in got.items() if k in spec["inputs"]}
+    return encode
 
 
 # -- onnxruntime ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from edgedistill.formats import CPU_RUNTIME, RUNTIMES
 from edgedistill.runtimes import cuda
 from edgedistill.runtimes.child import RuntimeFailure, child
+from edgedistill.runtimes.outputs import tokenizer_spec
 
 def available(runtime: str) -> bool:
     """Whether ``runtime``'s Python package is installed here."""
@@ -42,6 +43,8 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     if texts is not None:
         task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len, "batch": batch,
                  "tokenizer": str(tokenizer or path.parent)}
+        if task["runtime"] == "onnxruntime":  # the child need not import transformers
+            task["tokenizer_spec"] = tokenizer_spec(task["tokenizer"])
     else:
         task |= {"kind": "causal", "prompt": prompt, "new_tokens": new_tokens}
     return child("edgedistill.runtimes.bench_worker", task, timeout, name)
