@@ -30,10 +30,9 @@ from edgedistill.runtimes import cuda, outputs
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.cuda import (GPU_RUNTIMES, TORCH_MODE_LABEL, TORCH_MODES, cuda_device,
                                        gpu_bandwidth_gbps, require)
-from edgedistill.runtimes.outputs import (tokenizer_spec, torch_causal_logits,
-                                          torch_sentence_embeddings)
+from edgedistill.runtimes.outputs import torch_causal_logits, torch_sentence_embeddings
 from edgedistill.runtimes.qaihub import Hub, QaiHubError
-from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, time_artifact
+from edgedistill.runtimes.runners import GPU_RUNTIME_TASK, child_tokenizer, time_artifact
 from edgedistill.teacher import sentence_pooling, weight_files
 
 
@@ -428,8 +427,8 @@ def _time_encoders(artifacts, order, threads, repeats, texts, seq_len, batch,
                 "repeats": repeats, "texts": texts, "seq_len": seq_len, "batch": batch,
                 "models": [str(artifacts[k]["path"]) for k in ks],
                 "tokenizers": [str(artifacts[k]["model_dir"]) for k in ks]}
-        if task["runtime"] == "onnxruntime":  # the child need not import transformers
-            task["tokenizer_specs"] = [tokenizer_spec(t) for t in task["tokenizers"]]
+        task["tokenizer_specs"] = [child_tokenizer(task["runtime"], t)
+                                   for t in task["tokenizers"]]
         task |= GPU_RUNTIME_TASK.get(runtime, {})  # a GPU runtime: its worker and device
         try:
             res = child("edgedistill.runtimes.bench_worker", task, timeout * len(ks), runtime)

@@ -223,11 +223,10 @@ def _encoder_paired(task):
     """Several models of one runtime in one process, timed in turn, so that every model sees
     the same machine: batches take a tenth of a second, and a shared machine's speed wanders
     by tens of percent over seconds."""
-    specs = task.get("tokenizer_specs") or [None] * len(task["models"])
     return _in_turn([_encoder_run(dict(task, model=m, tokenizer=t, tokenizer_spec=p,
                                        paired=True))
-                     for m, t, p in zip(task["models"], task["tokenizers"], specs)],
-                    task["repeats"])
+                     for m, t, p in zip(task["models"], task["tokenizers"],
+                                        task["tokenizer_specs"])], task["repeats"])
 
 
 def _encoder_run(task):

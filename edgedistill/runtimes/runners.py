@@ -11,6 +11,14 @@ from edgedistill.runtimes import cuda
 from edgedistill.runtimes.child import RuntimeFailure, child
 from edgedistill.runtimes.outputs import tokenizer_spec
 
+def child_tokenizer(worker: str, folder: str) -> dict | None:
+    """The tokenizer an encoder's bench child of ``worker`` is handed: onnxruntime's children
+    get :func:`~edgedistill.runtimes.outputs.tokenizer_spec` and need not import
+    transformers; the others (llama.cpp tokenizes itself, torch loads transformers anyway)
+    none."""
+    return tokenizer_spec(folder) if worker == "onnxruntime" else None
+
+
 def available(runtime: str) -> bool:
     """Whether ``runtime``'s Python package is installed here."""
     return importlib.util.find_spec(RUNTIMES[runtime].package) is not None
@@ -43,8 +51,7 @@ def time_artifact(path: Path, fmt: str, *, threads: int, prompt: list[int] | Non
     if texts is not None:
         task |= {"kind": "encoder", "texts": texts, "seq_len": seq_len, "batch": batch,
                  "tokenizer": str(tokenizer or path.parent)}
-        if task["runtime"] == "onnxruntime":  # the child need not import transformers
-            task["tokenizer_spec"] = tokenizer_spec(task["tokenizer"])
+        task["tokenizer_spec"] = child_tokenizer(task["runtime"], task["tokenizer"])
     else:
         task |= {"kind": "causal", "prompt": prompt, "new_tokens": new_tokens}
     return child("edgedistill.runtimes.bench_worker", task, timeout, name)
